@@ -1,0 +1,1 @@
+"""PostgreSQL storage backend for the Omejdn OAuth 2.0 / OpenID Connect server."""

@@ -1,0 +1,235 @@
+"""The embedded default: a PostgreSQL of our own when no connection is configured.
+
+``omejdn-pg`` with no ``--url``, no ``OMEJDN_PG_URL`` and no plugin file
+naming a connection starts (or reuses) a PostgreSQL server from the
+``pgserver`` wheel, with its data in a local folder (``./.omejdn-pg/pgdata``,
+or ``OMEJDN_PG_DATA``). That is what makes the quick start work on a machine
+with no database server at all.
+
+The trade-off: the server outlives the command that started it (pgserver's
+``cleanup_mode=None``), so consecutive commands reuse it instead of paying a
+start each time — which means someone must stop it (``omejdn-pg db stop``).
+It listens on a Unix socket only, never on a TCP port, and trusts local
+connections: a development and evaluation database, not a production one.
+Reusing a running server reads its ``postmaster.pid`` and does not touch
+pgserver's start-up path at all, so a reuse costs a file read.
+
+pgserver is an optional extra (``omejdn-pg[embedded]``); without it, the
+embedded default fails with one line saying how to install it or how to
+configure a connection instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import subprocess
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import psycopg
+from psycopg import sql
+
+from omejdn_pg.errors import ConfigurationError, StorageUnavailable
+from omejdn_pg.settings import ConnectionSettings
+
+DATA_ENV: Final = "OMEJDN_PG_DATA"
+DEFAULT_DATA_DIR: Final = Path(".omejdn-pg") / "pgdata"
+DATABASE: Final = "omejdn"
+"""The database the CLI uses on the embedded server (``postgres`` stays the admin's)."""
+SUPERUSER: Final = "postgres"
+INSTALL_HINT: Final = (
+    "the embedded PostgreSQL needs the pgserver package: pip install 'omejdn-pg[embedded]' "
+    "(or configure a connection with --url, OMEJDN_PG_URL or a plugin file)"
+)
+
+
+class EmbeddedError(ConfigurationError):
+    """The embedded server cannot be used (pgserver missing, start failed, ...)."""
+
+
+@dataclass(frozen=True)
+class EmbeddedStatus:
+    """What ``postmaster.pid`` of a data folder says."""
+
+    data_dir: Path
+    running: bool
+    pid: int | None = None
+    socket_dir: Path | None = None
+    port: int | None = None
+
+    def connection(self, dbname: str = DATABASE) -> ConnectionSettings:
+        """Connection settings for ``dbname`` on the running server."""
+        if not self.running or self.socket_dir is None:
+            raise StorageUnavailable(f"the embedded PostgreSQL in {self.data_dir} is not running")
+        return ConnectionSettings(
+            {
+                "host": str(self.socket_dir),
+                "port": str(self.port or 5432),
+                "user": SUPERUSER,
+                "dbname": dbname,
+            }
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"data_dir": str(self.data_dir), "running": self.running}
+        if self.running:
+            result.update(
+                pid=self.pid,
+                socket_dir=str(self.socket_dir) if self.socket_dir else None,
+                port=self.port,
+                url=url(self.connection()),
+            )
+        return result
+
+
+def data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The data folder: ``$OMEJDN_PG_DATA``, else ``./.omejdn-pg/pgdata``, made absolute."""
+    value = (environ if environ is not None else os.environ).get(DATA_ENV)
+    return Path(value).expanduser().absolute() if value else DEFAULT_DATA_DIR.absolute()
+
+
+def url(settings: ConnectionSettings) -> str:
+    """A libpq URI for a socket connection (the socket directory as the ``host`` parameter)."""
+    params = settings.params
+    return (
+        f"postgresql://{params.get('user', SUPERUSER)}@/{params.get('dbname', DATABASE)}"
+        f"?host={params['host']}&port={params.get('port', '5432')}"
+    )
+
+
+def status(path: Path) -> EmbeddedStatus:
+    """Whether a server runs on ``path``, without starting one."""
+    pid_file = path / "postmaster.pid"
+    try:
+        lines = pid_file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return EmbeddedStatus(path, running=False)
+    except OSError as exc:
+        raise EmbeddedError(f"{pid_file}: cannot read: {exc.strerror}") from exc
+    # postmaster.pid: pid, data dir, start time, port, socket dir, listen address, shmem, status
+    if len(lines) < 8:
+        return EmbeddedStatus(path, running=False)
+    try:
+        pid = int(lines[0].strip())
+        port = int(lines[3].strip()) if lines[3].strip() else None
+    except ValueError:
+        return EmbeddedStatus(path, running=False)
+    socket_dir = Path(lines[4].strip()) if lines[4].strip() else None
+    running = _process_exists(pid) and lines[7].strip() == "ready"
+    return EmbeddedStatus(path, running, pid if running else None, socket_dir, port)
+
+
+def start(path: Path) -> tuple[EmbeddedStatus, bool]:
+    """Start the server on ``path`` unless it runs already; ``(status, started_now)``.
+
+    The ``omejdn`` database is created on first start.
+    """
+    current = status(path)
+    started = False
+    if not current.running:
+        pgserver = _pgserver()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pgserver.get_server(path, cleanup_mode=None)
+        except (OSError, subprocess.SubprocessError, RuntimeError, AssertionError) as exc:
+            log_file = path / "log"
+            raise EmbeddedError(
+                f"the embedded PostgreSQL in {path} did not start ({type(exc).__name__}: "
+                f"{_first_line(str(exc))}); see {log_file}"
+            ) from exc
+        current = status(path)
+        started = True
+        if not current.running:
+            raise EmbeddedError(
+                f"the embedded PostgreSQL in {path} did not start; see {path / 'log'}"
+            )
+    _ensure_database(current)
+    return current, started
+
+
+def stop(path: Path) -> bool:
+    """Stop the server on ``path``; False if it was not running. The data stays."""
+    current = status(path)
+    if not current.running:
+        return False
+    _pgserver()
+    # pg_ctl is made at import time by pgserver, so it is looked up, not imported by name.
+    pg_ctl = importlib.import_module("pgserver._commands").pg_ctl
+
+    owner = _data_owner(path)
+    try:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=path, user=owner)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise EmbeddedError(
+            f"could not stop the embedded PostgreSQL in {path}: {_first_line(str(exc))}"
+        ) from exc
+    return True
+
+
+def _ensure_database(current: EmbeddedStatus) -> None:
+    admin = current.connection(dbname=SUPERUSER)
+    try:
+        with psycopg.connect(admin.conninfo(), autocommit=True, connect_timeout=10) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+            ).fetchone()
+            if exists is None:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(
+                        sql.Identifier(DATABASE)
+                    )
+                )
+    except psycopg.errors.DuplicateDatabase:
+        return  # a concurrent first start created it
+    except psycopg.Error as exc:
+        raise StorageUnavailable(
+            f"the embedded PostgreSQL in {current.data_dir} does not answer: "
+            f"{_first_line(str(exc))}"
+        ) from exc
+
+
+def _pgserver() -> Any:
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, cron): harmless.
+            warnings.simplefilter("ignore")
+            import pgserver
+    except ImportError as exc:
+        raise EmbeddedError(INSTALL_HINT) from exc
+    # pgserver logs whole command outputs at ERROR level; the CLI reports one
+    # line and points at the server log instead.
+    logging.getLogger("pgserver").addHandler(logging.NullHandler())
+    logging.getLogger("pgserver").propagate = False
+    return pgserver
+
+
+def _data_owner(path: Path) -> str | None:
+    """The system user pg_ctl must run as: pgserver runs postgres as ``pgserver`` under root."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (KeyError, OSError):
+        return None
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _first_line(text: str) -> str:
+    stripped = text.strip()
+    return stripped.splitlines()[0] if stripped else text

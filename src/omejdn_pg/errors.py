@@ -1,0 +1,61 @@
+"""The package's exception tree.
+
+Every error a caller can act on is one of these, raised ``from`` the driver's
+error so the cause stays on the traceback for debugging while the message stays
+fit for an operator: it names what was wrong (a user, a section, a file, a
+host) and never carries a password, a private key or a connection password.
+"""
+
+from __future__ import annotations
+
+
+class OmejdnPgError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigurationError(OmejdnPgError):
+    """The static plugin configuration is missing, malformed or inconsistent."""
+
+
+class StorageError(OmejdnPgError):
+    """A storage operation failed; nothing of it was written."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached, or the connection broke mid-operation."""
+
+
+class SchemaOutOfDate(StorageError):
+    """The database schema is not at the revision this package expects."""
+
+
+class NotFound(StorageError, LookupError):
+    """The user, client or section the operation needs does not exist."""
+
+
+class AlreadyExists(StorageError):
+    """A user or client with the same identifier exists already."""
+
+
+class InvalidInput(OmejdnPgError, ValueError):
+    """A value from outside cannot be stored as given."""
+
+
+class InvalidSectionName(InvalidInput):
+    """A configuration section name outside ``^[a-z][a-z0-9_]{0,48}$``."""
+
+
+class InvalidValue(InvalidInput):
+    """A value PostgreSQL cannot store, e.g. JSON with a ``\\u0000`` character."""
+
+
+class InvalidKeyMaterial(InvalidInput):
+    """A PEM that is not a usable RSA/EC key or X.509 certificate chain."""
+
+
+class PasswordRejected(InvalidInput):
+    """A new password that the password policy cannot hash safely."""
+
+
+class MigrationError(OmejdnPgError):
+    """A schema migration stopped; the database was left as it was."""

@@ -1,0 +1,250 @@
+"""The facade Omejdn's core calls, built only on ``PluginLoader.fire``.
+
+Every path the CLI and the tests take goes through the events exactly as the
+server's would: finding a user is "the first non-None answer to USER_GET",
+verifying a password is "the first non-None answer, else False", a new user
+goes to ``user_backend_default``. Nothing here knows which backends answer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from cryptography import x509
+
+from omejdn_pg import events
+from omejdn_pg.database import Database
+from omejdn_pg.defaults.files import FileStore
+from omejdn_pg.entities import Client, KeyMaterial, User
+from omejdn_pg.events import PluginLoader
+from omejdn_pg.passwords import PasswordPolicy
+from omejdn_pg.plugin import PostgresBackendPlugin
+from omejdn_pg.repositories.config import ConfigRepository
+from omejdn_pg.repositories.keys import KeyRepository
+from omejdn_pg.settings import (
+    BACKEND_NAME,
+    DEFAULT_PLUGINS,
+    PLUGIN_NAME,
+    BackendSettings,
+    StaticConfiguration,
+)
+
+
+def _first(answers: Iterable[Any]) -> Any:
+    return next((answer for answer in answers if answer is not None), None)
+
+
+class Users:
+    def __init__(self, loader: PluginLoader, backend_default: str) -> None:
+        self._loader = loader
+        self.backend_default = backend_default
+
+    def find(self, username: str) -> User | None:
+        found: User | None = _first(self._loader.fire(events.USER_GET, username=username))
+        return found
+
+    def all(self) -> list[User]:
+        return [u for answer in self._loader.fire(events.USER_GET_ALL) for u in answer or ()]
+
+    def add(self, user: User) -> None:
+        self._loader.fire(events.USER_CREATE, user=user, user_backend=self.backend_default)
+
+    def save(self, user: User) -> None:
+        self._loader.fire(events.USER_UPDATE, user=user)
+
+    def delete(self, username: str) -> None:
+        self._loader.fire(events.USER_DELETE, username=username)
+
+    def verify_password(self, user: User, password: str) -> bool:
+        answer = _first(
+            self._loader.fire(
+                events.USER_AUTHENTICATION_PASSWORD_VERIFY, user=user, password=password
+            )
+        )
+        return bool(answer)
+
+    def update_password(self, user: User, password: str) -> None:
+        self._loader.fire(events.USER_AUTHENTICATION_PASSWORD_CHANGE, user=user, password=password)
+
+
+class Clients:
+    def __init__(self, loader: PluginLoader, backend_default: str) -> None:
+        self._loader = loader
+        self.backend_default = backend_default
+
+    def find(self, client_id: str) -> Client | None:
+        found: Client | None = _first(self._loader.fire(events.CLIENT_GET, client_id=client_id))
+        return found
+
+    def all(self) -> list[Client]:
+        return [c for answer in self._loader.fire(events.CLIENT_GET_ALL) for c in answer or ()]
+
+    def add(self, client: Client) -> None:
+        self._loader.fire(events.CLIENT_CREATE, client=client, client_backend=self.backend_default)
+
+    def save(self, client: Client) -> None:
+        self._loader.fire(events.CLIENT_UPDATE, client=client)
+
+    def delete(self, client_id: str) -> None:
+        self._loader.fire(events.CLIENT_DELETE, client_id=client_id)
+
+    def certificate(self, client: Client) -> x509.Certificate | None:
+        found: x509.Certificate | None = _first(
+            self._loader.fire(events.CLIENT_AUTHENTICATION_CERTIFICATE_GET, client=client)
+        )
+        return found
+
+    def set_certificate(self, client: Client, certificate: x509.Certificate | None) -> None:
+        self._loader.fire(
+            events.CLIENT_AUTHENTICATION_CERTIFICATE_UPDATE, client=client, new_cert=certificate
+        )
+
+
+class Config:
+    def __init__(self, loader: PluginLoader, postgres: PostgresBackendPlugin | None) -> None:
+        self._loader = loader
+        self._postgres = postgres
+
+    def read(self, section: str, fallback: Any = None) -> Any:
+        answer = _first(
+            self._loader.fire(events.CONFIGURATION_LOAD, section=section, fallback=fallback)
+        )
+        return fallback if answer is None else answer
+
+    def write(self, section: str, data: Any) -> None:
+        self._loader.fire(events.CONFIGURATION_STORE, section=section, data=data)
+
+    def sections(self) -> list[str]:
+        """Sections stored in PostgreSQL, or else in the deployment's files."""
+        if self._postgres is not None:
+            return self._postgres.database.read(lambda conn: ConfigRepository(conn).sections())
+        return FileStore(self._loader.base_dir).sections()
+
+
+class Keys:
+    def __init__(self, loader: PluginLoader, postgres: PostgresBackendPlugin | None) -> None:
+        self._loader = loader
+        self._postgres = postgres
+
+    def store(self, target_type: str, target: str, material: KeyMaterial) -> None:
+        self._loader.fire(
+            events.KEYS_STORE, target_type=target_type, target=target, key_material=material
+        )
+
+    def load(self, target_type: str, target: str) -> KeyMaterial:
+        answers = self._loader.fire(events.KEYS_LOAD, target_type=target_type, target=target)
+        return next((m for m in answers if m is not None and not m.is_empty), KeyMaterial())
+
+    def load_all(self, target_type: str) -> list[KeyMaterial]:
+        seen: set[str | None] = set()
+        materials = []
+        for answer in self._loader.fire(events.KEYS_LOAD_ALL, target_type=target_type):
+            for material in answer or ():
+                if material.kid not in seen:
+                    seen.add(material.kid)
+                    materials.append(material)
+        return materials
+
+    def targets(self, target_type: str | None = None) -> list[tuple[str, str]]:
+        """Targets stored in PostgreSQL, or else in the deployment's files."""
+        if self._postgres is not None:
+            return self._postgres.database.read(
+                lambda conn: KeyRepository(conn).targets(target_type)
+            )
+        return FileStore(self._loader.base_dir).key_targets(target_type)
+
+    def jwks(self, target_type: str) -> dict[str, Any]:
+        """The public keys of ``target_type`` as a JWK Set (RFC 7517)."""
+        return {"keys": [m.public_jwk() for m in self.load_all(target_type) if m.pk is not None]}
+
+
+class Host:
+    """What Omejdn's core sees of storage: users, clients, config and keys."""
+
+    def __init__(self, loader: PluginLoader) -> None:
+        self.loader = loader
+        configuration = loader.configuration
+        plugin = loader.plugins.get(PLUGIN_NAME)
+        self.postgres = plugin if isinstance(plugin, PostgresBackendPlugin) else None
+        self.users = Users(loader, configuration.user_backend_default)
+        self.clients = Clients(loader, configuration.client_backend_default)
+        self.config = Config(loader, self.postgres)
+        self.keys = Keys(loader, self.postgres)
+
+    def __repr__(self) -> str:
+        return (
+            f"Host(plugins={sorted(self.loader.plugins)}, base_dir={str(self.loader.base_dir)!r})"
+        )
+
+    @classmethod
+    def from_files(
+        cls,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+    ) -> Host:
+        return cls(PluginLoader.from_files(paths, base_dir=base_dir))
+
+    @classmethod
+    def from_env(cls, *, base_dir: str | os.PathLike[str] | None = None) -> Host:
+        return cls(PluginLoader.from_env(base_dir=base_dir))
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: BackendSettings,
+        *,
+        defaults: frozenset[str] = frozenset(),
+        base_dir: str | os.PathLike[str] | None = None,
+        user_backend_default: str = BACKEND_NAME,
+        client_backend_default: str = BACKEND_NAME,
+        database: Database | None = None,
+    ) -> Host:
+        """A host whose postgres backend uses ``settings`` (or an open ``database``),
+        with only the default file plugins named in ``defaults``."""
+        configuration = StaticConfiguration(
+            {
+                "deactivate_defaults": [d for d in DEFAULT_PLUGINS if d not in defaults],
+                "user_backend_default": user_backend_default,
+                "client_backend_default": client_backend_default,
+            }
+        )
+        loader = PluginLoader(configuration, base_dir=base_dir)
+        loader.load_plugins()
+        plugin = PostgresBackendPlugin()
+        plugin.settings = settings
+        plugin.attach(
+            database or Database.connect(settings.connection, settings.pool),
+            PasswordPolicy(settings.passwords),
+        )
+        plugin.register(loader, settings.handlers)
+        loader.plugins[PLUGIN_NAME] = plugin
+        return cls(loader)
+
+    def close(self) -> None:
+        self.loader.close()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every PostgreSQL write inside is one transaction: all of them, or none."""
+        with ExitStack() as stack:
+            if self.postgres is not None:
+                stack.enter_context(self.postgres.database.batch())
+            yield
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every PostgreSQL read inside sees one consistent snapshot of the database."""
+        with ExitStack() as stack:
+            if self.postgres is not None:
+                stack.enter_context(self.postgres.database.snapshot())
+            yield

@@ -1,0 +1,128 @@
+"""Password hashing: one CryptContext for verifying Omejdn's hashes and making new ones.
+
+Omejdn (Ruby) stores bcrypt hashes (``$2a$12$...``); we verify those and, by
+default, hash new passwords with bcrypt too, so a database stays readable by a
+Ruby Omejdn. A deployment may configure argon2 instead; bcrypt hashes then
+count as deprecated and are replaced on the user's next successful login, as
+are bcrypt hashes of a lower cost than the configured one.
+
+bcrypt only looks at the first 72 bytes of a password. Rather than truncate
+silently — which would let in any password sharing those 72 bytes — a longer
+password is refused when hashing with bcrypt (PasswordRejected) and never
+matches a bcrypt hash when verifying. Argon2 has no such limit.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Final
+
+from passlib.context import CryptContext
+from passlib.exc import MissingBackendError
+
+from omejdn_pg.errors import PasswordRejected
+from omejdn_pg.settings import PasswordSettings
+
+BCRYPT_MAX_BYTES: Final = 72
+_BCRYPT_PREFIXES: Final = ("$2a$", "$2b$", "$2y$")
+
+
+class PasswordPolicy:
+    """Hashes and verifies passwords under one configured policy."""
+
+    def __init__(self, settings: PasswordSettings | None = None) -> None:
+        self.settings = settings or PasswordSettings()
+        default = self.settings.scheme
+        self._context = CryptContext(
+            schemes=[default] + [s for s in ("bcrypt", "argon2") if s != default],
+            default=default,
+            deprecated=["auto"],
+            # Not ``bcrypt__rounds``: passlib reads it as min, max and default at
+            # once, and would "upgrade" a costlier hash (Omejdn's cost 12 under a
+            # configured 10) down to the configured cost.
+            bcrypt__default_rounds=self.settings.bcrypt_rounds,
+            bcrypt__min_rounds=self.settings.bcrypt_rounds,
+        )
+
+    def __repr__(self) -> str:
+        settings = self.settings
+        return f"PasswordPolicy(scheme={settings.scheme!r}, bcrypt_rounds={settings.bcrypt_rounds})"
+
+    def hash(self, password: str) -> str:
+        """A new hash of ``password`` under the policy's scheme."""
+        if not isinstance(password, str) or not password:
+            raise PasswordRejected("a password must be a non-empty string")
+        if self.settings.scheme == "bcrypt" and _too_long_for_bcrypt(password):
+            raise PasswordRejected(
+                f"passwords longer than {BCRYPT_MAX_BYTES} bytes cannot be hashed with bcrypt "
+                "without truncating them; use a shorter one or configure the argon2 scheme"
+            )
+        try:
+            new_hash: str = self._context.hash(password)
+        except MissingBackendError as exc:
+            raise PasswordRejected(
+                f"the {self.settings.scheme} scheme is not installed "
+                "(pip install omejdn-pg[argon2])"
+            ) from exc
+        return new_hash
+
+    def is_hash(self, value: str | None) -> bool:
+        """Whether ``value`` is a well-formed hash this policy can verify (as opposed to plaintext).
+
+        The whole string is parsed, not just its prefix: a plaintext password
+        that happens to start with ``$2b$`` must not be stored as if it were a hash.
+        """
+        if not isinstance(value, str) or not value:
+            return False
+        handler = self._context.identify(value, required=False, resolve=True)
+        if handler is None:
+            return False
+        try:
+            # Parsing checks the structure (salt, cost, checksum length and
+            # alphabet) without the cost of hashing anything.
+            handler.from_string(value)
+        except (ValueError, TypeError):
+            return False
+        return True
+
+    def needs_update(self, stored_hash: str) -> bool:
+        """Whether ``stored_hash`` is weaker than the policy (other scheme, lower cost)."""
+        return bool(self._context.needs_update(stored_hash))
+
+    def verify(self, password: str, stored_hash: str | None) -> tuple[bool, str | None]:
+        """``(matches, replacement_hash)``; the replacement is set when the
+        password matched and the stored hash is weaker than the policy."""
+        if not stored_hash or not isinstance(password, str) or not self.is_hash(stored_hash):
+            return False, None
+        if stored_hash.startswith(_BCRYPT_PREFIXES) and _too_long_for_bcrypt(password):
+            return False, None
+        try:
+            if self.settings.scheme == "bcrypt" and _too_long_for_bcrypt(password):
+                # The replacement would be a bcrypt hash, which cannot hold this
+                # password whole (and bcrypt >= 5 raises trying): verify only,
+                # keep the stored (argon2) hash.
+                return bool(self._context.verify(password, stored_hash)), None
+            matches, replacement = self._context.verify_and_update(password, stored_hash)
+        except MissingBackendError as exc:
+            raise PasswordRejected(
+                "a stored hash needs a scheme that is not installed (pip install omejdn-pg[argon2])"
+            ) from exc
+        except ValueError:
+            # A malformed hash, not a wrong password: fail closed.
+            return False, None
+        return bool(matches), replacement
+
+
+def _too_long_for_bcrypt(password: str) -> bool:
+    return len(password.encode("utf-8")) > BCRYPT_MAX_BYTES
+
+
+@cache
+def default_policy() -> PasswordPolicy:
+    return PasswordPolicy()
+
+
+def string_to_pass_hash(value: str, policy: PasswordPolicy | None = None) -> str:
+    """Omejdn's ``string_to_pass_hash``: keep an existing hash, hash plaintext."""
+    policy = policy or default_policy()
+    return value if policy.is_hash(value) else policy.hash(value)

@@ -1,0 +1,224 @@
+"""The ``postgres_backend`` plugin: handler adapters from Omejdn's events to the repositories.
+
+Each adapter is a thin translation — event context in, one repository call in
+one unit of work, entity out — so the rules (one transaction per event, one
+round trip per point read) live in the repositories and the Database, not here.
+
+Routing is what Omejdn expects of a backend among several: a create acts only
+when the event names this backend; update, delete, password change and verify
+act only on users and clients whose ``backend`` is ours; verify answers
+``None`` for everyone else so the host can ask the next backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from cryptography import x509
+from sqlalchemy import Connection
+
+from omejdn_pg import events
+from omejdn_pg.database import Database
+from omejdn_pg.entities import Client, KeyMaterial, User
+from omejdn_pg.errors import InvalidValue
+from omejdn_pg.passwords import PasswordPolicy
+from omejdn_pg.repositories.clients import ClientRepository
+from omejdn_pg.repositories.config import ConfigRepository
+from omejdn_pg.repositories.keys import KeyRepository
+from omejdn_pg.repositories.users import UserRepository
+from omejdn_pg.settings import BACKEND_NAME, BackendSettings
+
+log = logging.getLogger(__name__)
+
+
+class PostgresBackendPlugin:
+    """Omejdn's storage in PostgreSQL, for the handler groups the configuration names."""
+
+    name = BACKEND_NAME
+
+    def __init__(self) -> None:
+        self._database: Database | None = None
+        self.settings: BackendSettings | None = None
+        self.policy = PasswordPolicy()
+
+    def __repr__(self) -> str:
+        where = self.settings.connection.describe() if self.settings else "not initialised"
+        return f"PostgresBackendPlugin({where})"
+
+    @property
+    def database(self) -> Database:
+        if self._database is None:
+            raise RuntimeError("PostgresBackendPlugin.init(loader) has not run")
+        return self._database
+
+    def init(self, loader: events.PluginLoader) -> None:
+        """Connect, check the schema, and register handlers for the configured groups."""
+        self.settings = settings = loader.configuration.backend_settings()
+        self.policy = PasswordPolicy(settings.passwords)
+        database = Database.connect(settings.connection, settings.pool)
+        try:
+            database.read(_check_schema)
+        except BaseException:
+            database.dispose()
+            raise
+        self._database = database
+        self.register(loader, settings.handlers)
+        log.info(
+            "postgres_backend at %s serves %s",
+            settings.connection.describe(),
+            ", ".join(sorted(settings.handlers)),
+        )
+
+    def attach(self, database: Database, policy: PasswordPolicy | None = None) -> None:
+        """Use an existing Database instead of connecting from settings (CLI, tests)."""
+        self._database = database
+        if policy is not None:
+            self.policy = policy
+
+    def register(self, loader: events.PluginLoader, groups: frozenset[str]) -> None:
+        handlers: dict[str, dict[str, Any]] = {
+            "user": {
+                events.USER_GET: self.user_get,
+                events.USER_GET_ALL: self.user_get_all,
+                events.USER_CREATE: self.user_create,
+                events.USER_UPDATE: self.user_update,
+                events.USER_DELETE: self.user_delete,
+                events.USER_AUTHENTICATION_PASSWORD_CHANGE: self.user_password_change,
+                events.USER_AUTHENTICATION_PASSWORD_VERIFY: self.user_password_verify,
+            },
+            "client": {
+                events.CLIENT_GET: self.client_get,
+                events.CLIENT_GET_ALL: self.client_get_all,
+                events.CLIENT_CREATE: self.client_create,
+                events.CLIENT_UPDATE: self.client_update,
+                events.CLIENT_DELETE: self.client_delete,
+                events.CLIENT_AUTHENTICATION_CERTIFICATE_GET: self.client_certificate_get,
+                events.CLIENT_AUTHENTICATION_CERTIFICATE_UPDATE: self.client_certificate_update,
+            },
+            "config": {
+                events.CONFIGURATION_STORE: self.configuration_store,
+                events.CONFIGURATION_LOAD: self.configuration_load,
+            },
+            "keys": {
+                events.KEYS_STORE: self.keys_store,
+                events.KEYS_LOAD: self.keys_load,
+                events.KEYS_LOAD_ALL: self.keys_load_all,
+            },
+        }
+        for group in ("keys", "config", "client", "user"):
+            if group in groups:
+                for event, handler in handlers[group].items():
+                    loader.register(event, handler)
+
+    def close(self) -> None:
+        if self._database is not None:
+            self._database.dispose()
+
+    # --- users -------------------------------------------------------------------
+
+    def _users(self, conn: Connection) -> UserRepository:
+        return UserRepository(conn, self.policy)
+
+    def user_get(self, username: str, **_: Any) -> User | None:
+        return self.database.read(lambda conn: self._users(conn).get(username))
+
+    def user_get_all(self, **_: Any) -> list[User]:
+        return self.database.read(lambda conn: self._users(conn).all())
+
+    def user_create(self, user: User, user_backend: str | None = None, **_: Any) -> None:
+        if user_backend != BACKEND_NAME:
+            return
+        self.database.write(lambda conn: self._users(conn).create(user))
+        user.backend = BACKEND_NAME
+
+    def user_update(self, user: User, **_: Any) -> None:
+        if user.backend == BACKEND_NAME:
+            self.database.write(lambda conn: self._users(conn).update(user))
+
+    def user_delete(self, username: str, **_: Any) -> None:
+        self.database.write(lambda conn: self._users(conn).delete(username))
+
+    def user_password_change(self, user: User, password: str, **_: Any) -> None:
+        if user.backend != BACKEND_NAME:
+            return
+        self.database.write(lambda conn: self._users(conn).set_password(user.username, password))
+
+    def user_password_verify(self, user: User, password: str, **_: Any) -> bool | None:
+        if user.backend != BACKEND_NAME:
+            return None
+        # A match may also upgrade the stored hash, by a single compare-and-set
+        # UPDATE that commits on its own: no transaction is held while hashing.
+        return self.database.read(
+            lambda conn: self._users(conn).verify_password(user.username, password)
+        )
+
+    # --- clients -------------------------------------------------------------------
+
+    def client_get(self, client_id: str, **_: Any) -> Client | None:
+        return self.database.read(lambda conn: ClientRepository(conn).get(client_id))
+
+    def client_get_all(self, **_: Any) -> list[Client]:
+        return self.database.read(lambda conn: ClientRepository(conn).all())
+
+    def client_create(self, client: Client, client_backend: str | None = None, **_: Any) -> None:
+        if client_backend != BACKEND_NAME:
+            return
+        self.database.write(lambda conn: ClientRepository(conn).create(client))
+        client.backend = BACKEND_NAME
+
+    def client_update(self, client: Client, **_: Any) -> None:
+        if client.backend == BACKEND_NAME:
+            self.database.write(lambda conn: ClientRepository(conn).update(client))
+
+    def client_delete(self, client_id: str, **_: Any) -> None:
+        self.database.write(lambda conn: ClientRepository(conn).delete(client_id))
+
+    def client_certificate_get(self, client: Client, **_: Any) -> x509.Certificate | None:
+        if client.backend != BACKEND_NAME:
+            return None
+        return self.database.read(
+            lambda conn: ClientRepository(conn).get_certificate(client.client_id)
+        )
+
+    def client_certificate_update(
+        self, client: Client, new_cert: x509.Certificate | None, **_: Any
+    ) -> None:
+        if client.backend != BACKEND_NAME:
+            return
+        if new_cert is not None and not isinstance(new_cert, x509.Certificate):
+            raise InvalidValue(
+                f"client {client.client_id!r}: new_cert must be an X.509 certificate or None"
+            )
+        self.database.write(
+            lambda conn: ClientRepository(conn).set_certificate(client.client_id, new_cert)
+        )
+
+    # --- configuration -----------------------------------------------------------
+
+    def configuration_store(self, section: str, data: Any, **_: Any) -> None:
+        self.database.write(lambda conn: ConfigRepository(conn).store(section, data))
+
+    def configuration_load(self, section: str, fallback: Any = None, **_: Any) -> Any:
+        return self.database.read(lambda conn: ConfigRepository(conn).load(section))
+
+    # --- keys --------------------------------------------------------------------
+
+    def keys_store(
+        self, target_type: str, target: str, key_material: KeyMaterial, **_: Any
+    ) -> None:
+        self.database.write(
+            lambda conn: KeyRepository(conn).store(target_type, target, key_material)
+        )
+
+    def keys_load(self, target_type: str, target: str, **_: Any) -> KeyMaterial:
+        return self.database.read(lambda conn: KeyRepository(conn).load(target_type, target))
+
+    def keys_load_all(self, target_type: str, **_: Any) -> list[KeyMaterial]:
+        return self.database.read(lambda conn: KeyRepository(conn).load_all(target_type))
+
+
+def _check_schema(conn: Connection) -> None:
+    from omejdn_pg.migrate import check_schema
+
+    check_schema(conn)

@@ -1,0 +1,112 @@
+"""What every repository shares: value checks, JSON columns of either type, write locks.
+
+Columns created by Omejdn's Ruby plugin hold JSON as TEXT; ours are JSONB. A
+read casts the column (``CAST(col AS jsonb)`` accepts both), and a write binds
+a jsonb value, which PostgreSQL assigns to a TEXT column through its text form.
+So one statement serves both layouts and a shared database stays readable by
+both servers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+from sqlalchemy import ColumnElement, Connection, cast, func, select
+from sqlalchemy.dialects.postgresql import JSONB
+
+from omejdn_pg.errors import InvalidValue
+
+LOCK_NAMESPACE: Final = "omejdn_pg"
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def json_column(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """``column`` read as jsonb, whether it is stored as JSONB or as JSON text."""
+    return cast(column, JSONB)
+
+
+def check_json(value: object, field: str) -> None:
+    """Refuse what PostgreSQL's jsonb refuses, naming ``field``, before any SQL is sent.
+
+    jsonb cannot hold U+0000 (in a key or a string) nor NaN/Infinity, and only
+    JSON types serialise at all; the driver's error for these names nothing.
+    """
+    _check(value, field, depth=0)
+
+
+def _check(value: object, where: str, depth: int) -> None:
+    if depth > 1000:
+        raise InvalidValue(f"{where}: JSON nested too deeply")
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidValue(f"{where}: {value} is not a JSON number")
+        return
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidValue(
+                f"{where}: contains the character U+0000, which PostgreSQL cannot store"
+            )
+        _check_surrogates(value, f"{where}:")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidValue(f"{where}: object key {key!r} is not a string")
+            if "\x00" in key:
+                raise InvalidValue(
+                    f"{where}: an object key contains the character U+0000, "
+                    "which PostgreSQL cannot store"
+                )
+            _check_surrogates(key, f"{where}: an object key")
+            _check(item, f"{where}.{key}", depth + 1)
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check(item, f"{where}[{index}]", depth + 1)
+        return
+    raise InvalidValue(f"{where}: a {type(value).__name__} is not a JSON value")
+
+
+def check_text(value: object, field: str) -> str:
+    """A non-empty identifier or key PostgreSQL can store in a TEXT column."""
+    if not isinstance(value, str) or not value:
+        raise InvalidValue(f"{field} must be a non-empty string, got {value!r}")
+    if "\x00" in value:
+        raise InvalidValue(f"{field} contains the character U+0000, which PostgreSQL cannot store")
+    _check_surrogates(value, field)
+    return value
+
+
+def _check_surrogates(value: str, where: str) -> None:
+    # A lone surrogate (from a lax JSON or YAML decoder) is not Unicode: the
+    # driver fails to encode it with an error that names no field, and jsonb
+    # refuses its \uXXXX escape.
+    found = _SURROGATE.search(value)
+    if found is not None:
+        raise InvalidValue(
+            f"{where} contains the character U+{ord(found.group()):04X}, "
+            "a lone surrogate that is not valid Unicode"
+        )
+
+
+def lock_for_update(conn: Connection, kind: str, identifier: str) -> None:
+    """Serialize writers of one user/client/section until this transaction ends.
+
+    A transaction-scoped advisory lock rather than row locks, because the
+    object may not exist yet (creates race too) and a client or section is
+    many rows. Keys hash into 64 bits; a collision only serializes two
+    unrelated writers, it never lets two writers of the same object through.
+    """
+    key = f"{LOCK_NAMESPACE}:{kind}:{identifier}"
+    conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+
+
+def dumps(value: object) -> str:
+    """Compact JSON as Omejdn writes it: raw UTF-8, no spaces, ``/`` unescaped."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)

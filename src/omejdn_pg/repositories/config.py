@@ -1,0 +1,354 @@
+"""Configuration sections: one ``configuration_<section>`` table per section.
+
+The layout is Omejdn's (DESIGN §3): a dict section is ``(key TEXT PK, value
+JSONB)``, one row per top-level key; a list section is ``(position BIGINT
+identity PK, item JSONB)``, read in position order. Tables created by
+Omejdn's Ruby plugin — ``(key TEXT PRIMARY KEY, value TEXT)`` and ``(item
+TEXT)`` with no position — are read and written in place, since a Ruby server
+sharing the database may create them at any time and must keep reading what
+we write: their TEXT columns get compact JSON text (what ``JSON.generate``
+writes), and a list without positions is read in physical order (``ctid``),
+which is the Ruby plugin's insertion order as long as it is rewritten whole.
+
+A section's shape is read from its columns, never assumed, so a load needs
+no fallback and one statement serves every layout: the table's columns (from
+``pg_attribute``) and all its rows (``to_jsonb`` of each whole row, aggregated)
+come back in one round trip. The price of that generality is that a missing
+table is a parse-time error rather than an empty result. On an AUTOCOMMIT
+connection (``Database.read``) that error costs nothing and means "never
+written"; inside a transaction (a batch, a write) it would abort the whole
+transaction, so there the statement runs under a SAVEPOINT — three round
+trips instead of one, paid only by reads that share a transaction.
+
+A store is one transaction (the caller's) behind a transaction-scoped
+advisory lock per section, so writers — including the ones racing to create
+the table — take turns: the second sees the first's committed table and
+never fails with "already exists" or a duplicate key. Contents are replaced
+by DELETE plus one INSERT … SELECT over ``json_each`` / ``json_array_elements``
+of a single JSON parameter: constant SQL text whatever the size (so psycopg
+prepares it), no bind-parameter limit, and the JSON text of each value goes
+into a TEXT column byte for byte, key order and all. DELETE rather than
+TRUNCATE keeps readers MVCC-consistent: until the commit they see the old
+section whole. Writing a list over a dict section (or back) drops and
+recreates the table in the same transaction; readers wait for that commit.
+
+jsonb keeps numbers as exact decimals and prints integral values without a
+fraction, so in JSONB sections a float like ``1e16`` comes back as the int
+``10**16`` (equal in value, not in Python type); TEXT columns keep the text.
+Dict sections come back in physical row order, which is the order written in
+the common case; JSON objects promise no order, so nothing may rely on it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import psycopg
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Connection,
+    Select,
+    Text,
+    bindparam,
+    cast,
+    column,
+    delete,
+    func,
+    insert,
+    select,
+    table,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
+from sqlalchemy.schema import DropTable
+from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.types import TypeEngine
+
+from omejdn_pg.errors import InvalidSectionName, InvalidValue, StorageError
+from omejdn_pg.repositories._common import check_json, lock_for_update
+from omejdn_pg.schema import (
+    SECTION_PREFIX,
+    dict_section_table,
+    list_section_table,
+    section_table_name,
+    validate_section_name,
+)
+
+Shape = Literal["dict", "list"]
+
+_PG_ATTRIBUTE: Final = table(
+    "pg_attribute",
+    column("attrelid"),
+    column("attname"),
+    column("atttypid"),
+    column("atttypmod"),
+    column("attnum"),
+    column("attisdropped", Boolean),
+    schema="pg_catalog",
+)
+_PG_CLASS: Final = table(
+    "pg_class",
+    column("oid"),
+    column("relname", Text),
+    column("relkind"),
+    schema="pg_catalog",
+)
+_JSON_TYPES: Final = frozenset({"jsonb", "json"})
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a section table looks like in this database."""
+
+    shape: Shape
+    column: str
+    """``value`` (dict) or ``item`` (list): the column holding the JSON values."""
+    column_type: str
+    """``jsonb`` (ours), ``text`` (the Ruby plugin's) or another type PostgreSQL reports."""
+    positioned: bool
+    """Whether rows carry a ``position``; the Ruby plugin's lists do not."""
+
+    @property
+    def holds_json(self) -> bool:
+        return self.column_type in _JSON_TYPES
+
+    def sql_type(self) -> TypeEngine[Any]:
+        if self.column_type == "jsonb":
+            return JSONB()
+        if self.column_type == "json":
+            return JSON()
+        return Text()
+
+
+_OURS: Final[dict[Shape, _Layout]] = {
+    "dict": _Layout("dict", "value", "jsonb", positioned=False),
+    "list": _Layout("list", "item", "jsonb", positioned=True),
+}
+
+
+class ConfigRepository:
+    """Configuration sections on a connection the caller owns."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def store(self, section: str, data: dict[str, Any] | list[Any]) -> None:
+        """Replace the section's whole content with ``data``, creating or reshaping its table."""
+        name = section_table_name(section)
+        shape, payload = _payload(section, data)
+
+        lock_for_update(self.conn, "config", section)
+        columns = self.conn.execute(_columns_query(self._regclass_text(name))).scalar_one()
+        layout = _layout(section, columns) if columns is not None else None
+        if layout is None or layout.shape != shape:
+            if layout is not None:
+                self.conn.execute(DropTable(dict_section_table(section)))
+            create = dict_section_table if shape == "dict" else list_section_table
+            create(section).create(self.conn)
+            layout = _OURS[shape]
+
+        names = ("key", layout.column) if layout.shape == "dict" else (layout.column,)
+        target = table(name, *(column(n) for n in names))
+        self.conn.execute(delete(target))
+        if data:
+            self.conn.execute(_insert_statement(target, layout, payload))
+
+    def load(self, section: str) -> dict[str, Any] | list[Any] | None:
+        """The section's content, or None if it was never written; one statement."""
+        name = section_table_name(section)
+        query = _load_query(name, self._regclass_text(name))
+        try:
+            if _autocommit(self.conn):
+                row = self.conn.execute(query).one()
+            else:
+                # A failed statement would abort the caller's transaction.
+                with self.conn.begin_nested():
+                    row = self.conn.execute(query).one()
+        except sa_exc.ProgrammingError as error:
+            if isinstance(error.orig, psycopg.errors.UndefinedTable):
+                return None
+            raise
+        columns, rows = row
+        if columns is None:
+            # Dropped between parsing and execution by a concurrent delete.
+            return None
+        return _content(section, _layout(section, columns), rows or [])
+
+    def sections(self) -> list[str]:
+        """Names of the sections that exist (visible on the search path), sorted."""
+        c = _PG_CLASS
+        names = self.conn.execute(
+            select(c.c.relname).where(
+                c.c.relkind.in_(("r", "p")),
+                c.c.relname.startswith(SECTION_PREFIX, autoescape=True),
+                func.pg_table_is_visible(c.c.oid),
+            )
+        ).scalars()
+        sections = []
+        for name in names:
+            section = name[len(SECTION_PREFIX) :]
+            try:
+                sections.append(validate_section_name(section))
+            except InvalidSectionName:
+                continue  # a table someone else named; not a section we can address
+        return sorted(sections)
+
+    def delete(self, section: str) -> bool:
+        """Drop the section's table; False if it did not exist."""
+        name = section_table_name(section)
+        lock_for_update(self.conn, "config", section)
+        exists = self.conn.execute(
+            select(func.to_regclass(self._regclass_text(name)).is_not(None))
+        ).scalar_one()
+        if not exists:
+            return False
+        self.conn.execute(DropTable(dict_section_table(section), if_exists=True))
+        return True
+
+    def _regclass_text(self, name: str) -> str:
+        """``name`` as to_regclass() must see it: quoted, resolved on the search path
+        exactly like the unqualified table name in the statements."""
+        return self.conn.dialect.identifier_preparer.quote_identifier(name)
+
+
+# --- statements ----------------------------------------------------------------
+
+
+def _columns_query(regclass: str) -> Select[tuple[Any]]:
+    """``{column: type}`` of the table as jsonb, or NULL if there is no such table."""
+    a = _PG_ATTRIBUTE
+    return select(
+        func.jsonb_object_agg(
+            a.c.attname, func.format_type(a.c.atttypid, a.c.atttypmod), type_=JSONB
+        )
+    ).where(
+        a.c.attrelid == func.to_regclass(bindparam("regclass", regclass, Text)),
+        a.c.attnum > 0,
+        ~a.c.attisdropped,
+    )
+
+
+def _load_query(name: str, regclass: str) -> Select[Any]:
+    """Columns and every row of the table in one statement, whatever its layout.
+
+    Rows are aggregated in physical order; a positioned list is sorted by
+    position afterwards, which spares computing ``to_jsonb`` twice per row in
+    an ORDER BY that must work for tables with and without the column.
+    """
+    t = table(name, column("ctid")).alias("t")
+    whole_row = func.to_jsonb(t.table_valued(), type_=JSONB)
+    rows = (
+        select(func.jsonb_agg(aggregate_order_by(whole_row, t.c.ctid), type_=JSONB))
+        .select_from(t)
+        .scalar_subquery()
+    )
+    return select(_columns_query(regclass).scalar_subquery().label("columns"), rows.label("rows"))
+
+
+def _insert_statement(target: TableClause, layout: _Layout, payload: str) -> Any:
+    """INSERT … SELECT unpacking one JSON document in the server, in the given order.
+
+    ``json`` (not jsonb) keeps each value's text as sent, so a TEXT column gets
+    exactly the compact JSON Omejdn writes, and keeps the keys' order.
+    """
+    document = cast(bindparam("document", payload, Text), JSON)
+    value_type = layout.sql_type()
+    if layout.shape == "dict":
+        pairs = func.json_each(document).table_valued("key", "value").render_derived("e")
+        return insert(target).from_select(
+            ["key", layout.column], select(pairs.c.key, cast(pairs.c.value, value_type))
+        )
+    elements = (
+        func.json_array_elements(document)
+        .table_valued("value", with_ordinality="ordinality")
+        .render_derived("e")
+    )
+    # ORDER BY the ordinality so the identity (or the physical order of a
+    # position-less Ruby table) follows the list's order.
+    return insert(target).from_select(
+        [layout.column],
+        select(cast(elements.c.value, value_type)).order_by(elements.c.ordinality),
+    )
+
+
+# --- values --------------------------------------------------------------------
+
+
+def _payload(section: str, data: object) -> tuple[Shape, str]:
+    """The section's shape and its compact JSON text, after checking every value."""
+    shape: Shape
+    if isinstance(data, Mapping):
+        shape = "dict"
+        for key, value in data.items():
+            if not isinstance(key, str):
+                raise InvalidValue(f"section {section!r}: key {key!r} is not a string")
+            # A key is a TEXT row key: the same characters are refused as in values.
+            check_json(key, f"section {section!r}: key {key!r}")
+            check_json(value, f"section {section!r}: {key}")
+    elif isinstance(data, list):
+        shape = "list"
+        for index, item in enumerate(data):
+            check_json(item, f"section {section!r}: [{index}]")
+    else:
+        raise InvalidValue(
+            f"section {section!r}: data must be a dict or a list, got {type(data).__name__}"
+        )
+    text = json.dumps(
+        data, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_plain
+    )
+    return shape, text
+
+
+def _plain(value: object) -> object:
+    """Mappings other than dict, which check_json accepts and json.dumps does not."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _layout(section: str, columns: Mapping[str, str]) -> _Layout:
+    if "key" in columns and "value" in columns:
+        return _Layout("dict", "value", columns["value"], positioned=False)
+    if "item" in columns:
+        return _Layout("list", "item", columns["item"], positioned="position" in columns)
+    raise StorageError(
+        f"table {SECTION_PREFIX}{section} is not a configuration section: "
+        f"it has the columns {', '.join(sorted(columns))}, "
+        "expected (key, value) or (position, item)"
+    )
+
+
+def _content(
+    section: str, layout: _Layout, rows: list[dict[str, Any]]
+) -> dict[str, Any] | list[Any]:
+    if layout.shape == "dict":
+        return {
+            row["key"]: _decode(section, layout, row.get("value"), f"key {row['key']!r}")
+            for row in rows
+        }
+    if layout.positioned:
+        rows = sorted(rows, key=lambda row: row["position"])
+    return [
+        _decode(section, layout, row.get("item"), f"item {index}") for index, row in enumerate(rows)
+    ]
+
+
+def _decode(section: str, layout: _Layout, value: Any, where: str) -> Any:
+    """A value as stored: jsonb arrives parsed, JSON text must be parsed here."""
+    if layout.holds_json or value is None:
+        return value
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError) as error:
+        raise StorageError(
+            f"configuration section {section!r}: {where} is not valid JSON"
+        ) from error
+
+
+def _autocommit(conn: Connection) -> bool:
+    """Whether every statement on ``conn`` is its own transaction (``Database.read``)."""
+    return bool(getattr(conn.connection.driver_connection, "autocommit", False))

@@ -1,0 +1,289 @@
+"""Users: one ``users`` row plus ``attributes`` rows of type ``user``, one aggregate.
+
+Reads are built for the login path, which is hot: a point read is a single
+statement whose attributes are folded into one jsonb object by a correlated
+subquery (an index range scan on the attributes' primary key), so it costs one
+round trip and the same SQL text every time, which psycopg then prepares. A
+full listing runs the same statement without the filter: one statement
+whatever the number of users, at the price of one index probe per user —
+cheaper than any per-row round trip and simpler than a join plus GROUP BY.
+
+Writes lock the user row first and touch attributes only afterwards, each in a
+statement of its own. That order is what makes concurrent writers safe under
+READ COMMITTED: a writer that waited for the row lock starts its next
+statement with a snapshot in which the previous writer's attributes are
+visible, so it replaces them all instead of leaving a mixture. Attributes are
+sent as one jsonb document and unpacked with ``jsonb_each`` in the server, so
+a write also costs a fixed number of statements, and the value column may be
+JSONB (ours) or TEXT (Omejdn's Ruby plugin): jsonb assigns to either.
+
+Passwords are stored only as hashes. A plaintext password handed to
+:meth:`UserRepository.create` or :meth:`UserRepository.update` is refused
+rather than hashed silently, because a caller that confuses the two has a bug
+worth seeing; :meth:`UserRepository.set_password` is the way to store a new
+password. Messages never quote a password or a hash.
+
+jsonb keeps numbers as exact decimals and prints integral values without a
+fraction, so a float such as ``1e16`` comes back as the int ``10**16``: equal
+in value, not in Python type. Key order within objects is not kept either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, cast
+
+import psycopg
+from sqlalchemy import (
+    Connection,
+    Row,
+    Select,
+    Table,
+    Text,
+    bindparam,
+    column,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from omejdn_pg.entities import User, normalize_attributes
+from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
+from omejdn_pg.passwords import PasswordPolicy, default_policy
+from omejdn_pg.repositories._common import check_json, check_text, json_column
+from omejdn_pg.schema import USER_OWNER, AttributeRecord, UserRecord
+from omejdn_pg.settings import BACKEND_NAME
+
+_users: Final = cast(Table, UserRecord.__table__)
+_attributes: Final = cast(Table, AttributeRecord.__table__)
+
+
+def _select_users() -> Select[Any]:
+    """Every column of a user, its attributes folded into one jsonb object (NULL if none)."""
+    attributes = (
+        select(
+            func.jsonb_object_agg(_attributes.c.key, json_column(_attributes.c.value), type_=JSONB)
+        )
+        .where(_attributes.c.type == USER_OWNER)
+        .where(_attributes.c.identifier == _users.c.username)
+        .scalar_subquery()
+    )
+    return select(
+        _users.c.username,
+        _users.c.password,
+        _users.c.extern,
+        json_column(_users.c.consent).label("consent"),
+        attributes.label("attributes"),
+    )
+
+
+_GET: Final = _select_users().where(_users.c.username == bindparam("name"))
+_ALL: Final = _select_users().order_by(_users.c.username)
+
+_INSERT_USER: Final = (
+    pg_insert(_users)
+    .values(
+        username=bindparam("name"),
+        password=bindparam("password_hash"),
+        extern=bindparam("extern_idp"),
+        consent=bindparam("consent_doc", type_=JSONB),
+    )
+    .on_conflict_do_nothing(index_elements=[_users.c.username])
+    .returning(_users.c.username)
+)
+# An UPDATE takes the row lock a SELECT ... FOR UPDATE would, and tells in the
+# same round trip whether the user exists.
+_UPDATE_USER: Final = (
+    update(_users)
+    .where(_users.c.username == bindparam("name"))
+    .values(
+        password=bindparam("password_hash"),
+        extern=bindparam("extern_idp"),
+        consent=bindparam("consent_doc", type_=JSONB),
+    )
+    .returning(_users.c.username)
+)
+_DELETE_USER: Final = (
+    delete(_users).where(_users.c.username == bindparam("name")).returning(_users.c.username)
+)
+_SET_PASSWORD: Final = (
+    update(_users)
+    .where(_users.c.username == bindparam("name"))
+    .values(password=bindparam("new_hash"))
+    .returning(_users.c.username)
+)
+# Compare-and-set: a concurrent password change wins over an opportunistic rehash.
+_REHASH_PASSWORD: Final = (
+    update(_users)
+    .where(_users.c.username == bindparam("name"))
+    .where(_users.c.password == bindparam("old_hash"))
+    .values(password=bindparam("new_hash"))
+)
+_GET_PASSWORD: Final = select(_users.c.password).where(_users.c.username == bindparam("name"))
+_DELETE_ATTRIBUTES: Final = (
+    delete(_attributes)
+    .where(_attributes.c.type == USER_OWNER)
+    .where(_attributes.c.identifier == bindparam("name"))
+)
+_each_attribute = func.jsonb_each(bindparam("attribute_doc", type_=JSONB)).table_valued(
+    column("key", Text), column("value", JSONB)
+)
+_INSERT_ATTRIBUTES: Final = insert(_attributes).from_select(
+    ["type", "identifier", "key", "value"],
+    select(
+        literal(USER_OWNER, Text),
+        bindparam("name", type_=Text),
+        _each_attribute.c.key,
+        _each_attribute.c.value,
+    ),
+)
+
+
+class UserRepository:
+    """Users on one connection; the caller owns the transaction around every call."""
+
+    def __init__(self, conn: Connection, policy: PasswordPolicy | None = None) -> None:
+        self.conn = conn
+        self.policy = policy or default_policy()
+
+    # --- reads -------------------------------------------------------------------
+
+    def get(self, username: str) -> User | None:
+        """The user, or None; one statement."""
+        check_text(username, "username")
+        row = self.conn.execute(_GET, {"name": username}).one_or_none()
+        return None if row is None else _to_user(row)
+
+    def all(self) -> list[User]:
+        """Every user, ordered by username; one statement whatever their number."""
+        return [_to_user(row) for row in self.conn.execute(_ALL)]
+
+    # --- writes ------------------------------------------------------------------
+
+    def create(self, user: User) -> None:
+        """Store a new user; AlreadyExists if the username is taken.
+
+        The user row goes first with ON CONFLICT DO NOTHING, so a taken name is
+        detected before any attribute is touched, and a concurrent create of
+        the same name waits for the other transaction instead of failing with
+        a duplicate key. Attribute rows left behind without a user (the Ruby
+        plugin deletes in several transactions) are replaced, not inherited.
+        """
+        values = self._checked(user)
+        try:
+            created = self.conn.execute(_INSERT_USER, values).scalar_one_or_none()
+            if created is None:
+                raise AlreadyExists(f"user {user.username!r} exists already")
+            self._replace_attributes(values)
+        except sa_exc.IntegrityError as error:
+            if not isinstance(error.orig, psycopg.errors.UniqueViolation):
+                raise
+            # Only a writer that ignores our locks (e.g. the Ruby plugin) gets here.
+            raise AlreadyExists(f"user {user.username!r} exists already") from error
+
+    def update(self, user: User) -> None:
+        """Replace password, extern, consent and attributes; NotFound if there is no such user."""
+        values = self._checked(user)
+        if self.conn.execute(_UPDATE_USER, values).scalar_one_or_none() is None:
+            raise NotFound(f"user {user.username!r} does not exist")
+        self._replace_attributes(values)
+
+    def delete(self, username: str) -> bool:
+        """Delete the user and its attributes; False if there was no such user.
+
+        Attribute rows of a name with no user row are left alone: this backend
+        acts only on users it holds.
+        """
+        check_text(username, "username")
+        if self.conn.execute(_DELETE_USER, {"name": username}).first() is None:
+            return False
+        self.conn.execute(_DELETE_ATTRIBUTES, {"name": username})
+        return True
+
+    # --- passwords ---------------------------------------------------------------
+
+    def set_password(self, username: str, password: str) -> None:
+        """Hash ``password`` under the policy and store it; NotFound if there is no such user."""
+        check_text(username, "username")
+        new_hash = self.policy.hash(password)
+        found = self.conn.execute(_SET_PASSWORD, {"name": username, "new_hash": new_hash}).first()
+        if found is None:
+            raise NotFound(f"user {username!r} does not exist")
+
+    def verify_password(self, username: str, password: str) -> bool | None:
+        """Whether ``password`` is the user's; None if there is no such user.
+
+        On success, a hash weaker than the policy (another scheme, a lower
+        bcrypt cost) is replaced in the same call, but only if the stored hash
+        is still the one verified: a password changed meanwhile is not undone.
+        """
+        check_text(username, "username")
+        row = self.conn.execute(_GET_PASSWORD, {"name": username}).first()
+        if row is None:
+            return None
+        stored: str | None = row.password
+        matches, replacement = self.policy.verify(password, stored)
+        if matches and replacement is not None:
+            self.conn.execute(
+                _REHASH_PASSWORD,
+                {"name": username, "old_hash": stored, "new_hash": replacement},
+            )
+        return matches
+
+    # --- helpers -----------------------------------------------------------------
+
+    def _checked(self, user: User) -> dict[str, Any]:
+        """Bind values for ``user``, every one checked before any SQL is sent."""
+        username = check_text(user.username, "username")
+        who = f"user {username!r}"
+        password = user.password
+        if password is not None and (
+            not isinstance(password, str) or not self.policy.is_hash(password)
+        ):
+            # Never quote the value: it may well be a plaintext password.
+            raise InvalidValue(
+                f"{who}: password must be a bcrypt or argon2 hash, not plaintext; "
+                "store a new password with set_password"
+            )
+        if user.extern is not None:
+            check_text(user.extern, f"{who}: extern")
+        consent = user.consent if user.consent is not None else {}
+        if not isinstance(consent, Mapping):
+            raise InvalidValue(f"{who}: consent must be a mapping, got {type(consent).__name__}")
+        check_json(consent, f"{who}: consent")
+        attributes = normalize_attributes(user.attributes, f"{who}: attributes")
+        for key, value in attributes.items():
+            check_text(key, f"{who}: attribute name {key!r}")
+            check_json(value, f"{who}: attributes.{key}")
+        return {
+            "name": username,
+            "password_hash": password,
+            "extern_idp": user.extern,
+            "consent_doc": dict(consent),
+            "attribute_doc": attributes,
+        }
+
+    def _replace_attributes(self, values: Mapping[str, Any]) -> None:
+        self.conn.execute(_DELETE_ATTRIBUTES, {"name": values["name"]})
+        if values["attribute_doc"]:
+            self.conn.execute(
+                _INSERT_ATTRIBUTES,
+                {"name": values["name"], "attribute_doc": values["attribute_doc"]},
+            )
+
+
+def _to_user(row: Row[Any]) -> User:
+    return User(
+        username=row.username,
+        password=row.password,
+        attributes=dict(row.attributes or {}),
+        extern=row.extern,
+        consent=dict(row.consent or {}),
+        backend=BACKEND_NAME,
+    )

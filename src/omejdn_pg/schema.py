@@ -1,0 +1,189 @@
+"""Declarative models for Omejdn's database layout, and the configuration table factory.
+
+The layout is a compatibility contract with Omejdn's Ruby plugin: every table
+and column name is theirs, so a database can be shared in both directions. We
+add what the original lacks — primary keys, CHECK constraints, JSONB — with
+stable constraint names from the metadata's naming convention, so migrations
+can refer to them.
+
+``attributes`` has a polymorphic owner (``type`` + ``identifier``) instead of a
+foreign key, because one table serves users and clients. The cost, as with any
+generic association: the database cannot enforce that the owner exists, so
+deleting a user or client must delete its attributes in the same transaction
+(the ORM cascade below does it for users; the repositories do it for both).
+
+``configuration_<section>`` tables are created at run time, one per section,
+and are deliberately not part of :data:`metadata`: Alembic owns only the four
+fixed tables and must never try to drop a section it does not know.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Identity,
+    MetaData,
+    Table,
+    Text,
+    and_,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, foreign, mapped_column, relationship
+
+from omejdn_pg.errors import InvalidSectionName
+
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+USER_OWNER: Final = "user"
+CLIENT_OWNER: Final = "client"
+SECRET_KEY: Final = "sk"  # noqa: S105 - the row type, not a secret
+CERTIFICATES: Final = "certs"
+CLIENT_CERTIFICATE_TARGET_TYPE: Final = "clients"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+metadata: Final = Base.metadata
+
+
+class AttributeRecord(Base):
+    """One attribute of a user or a client; the owner is ``(type, identifier)``."""
+
+    __tablename__ = "attributes"
+    __table_args__ = (CheckConstraint(f"type IN ('{USER_OWNER}', '{CLIENT_OWNER}')", name="type"),)
+
+    type: Mapped[str] = mapped_column(Text, primary_key=True)
+    """The owner's kind: ``user`` or ``client``."""
+    identifier: Mapped[str] = mapped_column(Text, primary_key=True)
+    """The owner's username or client_id."""
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[Any] = mapped_column(JSONB(none_as_null=False), nullable=False)
+    """Any JSON document; Omejdn's Ruby plugin stores the same as JSON text."""
+
+
+class UserRecord(Base):
+    __tablename__ = "users"
+
+    username: Mapped[str] = mapped_column(Text, primary_key=True)
+    password: Mapped[str | None] = mapped_column(Text)
+    """A hash in modular crypt format, never plaintext; NULL for external users."""
+    extern: Mapped[str | None] = mapped_column(Text)
+    """The external identity provider that vouches for this user, if any."""
+    consent: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    """Scopes the user has consented to, per client. Not stored by the Ruby plugin."""
+
+    attributes: Mapped[list[AttributeRecord]] = relationship(
+        primaryjoin=lambda: and_(
+            foreign(AttributeRecord.identifier) == UserRecord.username,
+            AttributeRecord.type == USER_OWNER,
+        ),
+        cascade="all, delete-orphan",
+        lazy="selectin",
+        overlaps="attributes",
+    )
+
+
+class ClientFieldRecord(Base):
+    """One metadata field of a client: a client is all rows sharing its client_id."""
+
+    __tablename__ = "clients"
+
+    client_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[Any] = mapped_column(JSONB(none_as_null=False), nullable=False)
+
+    attributes: Mapped[list[AttributeRecord]] = relationship(
+        primaryjoin=lambda: and_(
+            foreign(AttributeRecord.identifier) == ClientFieldRecord.client_id,
+            AttributeRecord.type == CLIENT_OWNER,
+        ),
+        # Every field row of a client sees the same attributes, so none of them
+        # may own (and cascade deletes to) them; the repository deletes them.
+        viewonly=True,
+        lazy="selectin",
+    )
+
+
+class KeyRecord(Base):
+    """A private key (``sk``) or a certificate chain (``certs``) of a target."""
+
+    __tablename__ = "keys"
+    __table_args__ = (CheckConstraint(f"type IN ('{SECRET_KEY}', '{CERTIFICATES}')", name="type"),)
+
+    target_type: Mapped[str] = mapped_column(Text, primary_key=True)
+    target: Mapped[str] = mapped_column(Text, primary_key=True)
+    type: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+    """PEM: a private (or public-only) key for ``sk``; PEM certificates joined
+    by ``_`` for ``certs``, the Ruby plugin's separator."""
+
+
+# --- configuration_<section> tables -------------------------------------------
+
+SECTION_PREFIX: Final = "configuration_"
+_SECTION_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,48}")
+
+
+def validate_section_name(section: object) -> str:
+    """Return ``section`` if it is a valid section name, else raise InvalidSectionName.
+
+    This runs before any SQL is built, so a hostile name never reaches the
+    database even though identifiers are also quoted when used.
+    """
+    if not isinstance(section, str) or _SECTION_NAME.fullmatch(section) is None:
+        shown = repr(section)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        raise InvalidSectionName(
+            f"invalid configuration section name {shown}: "
+            "expected 1 to 49 characters of a-z, 0-9 and _, starting with a letter"
+        )
+    return section
+
+
+def section_table_name(section: str) -> str:
+    return SECTION_PREFIX + validate_section_name(section)
+
+
+def is_section_table(table_name: str) -> bool:
+    return table_name.startswith(SECTION_PREFIX)
+
+
+def dict_section_table(section: str, table_metadata: MetaData | None = None) -> Table:
+    """A section whose data is a mapping: one row per top-level key."""
+    return Table(
+        section_table_name(section),
+        table_metadata
+        if table_metadata is not None
+        else MetaData(naming_convention=NAMING_CONVENTION),
+        Column("key", Text, primary_key=True),
+        Column("value", JSONB(none_as_null=False), nullable=False),
+    )
+
+
+def list_section_table(section: str, table_metadata: MetaData | None = None) -> Table:
+    """A section whose data is a list: one row per element, ordered by ``position``."""
+    return Table(
+        section_table_name(section),
+        table_metadata
+        if table_metadata is not None
+        else MetaData(naming_convention=NAMING_CONVENTION),
+        Column("position", BigInteger, Identity(always=True), primary_key=True),
+        Column("item", JSONB(none_as_null=False), nullable=False),
+    )

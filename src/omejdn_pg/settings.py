@@ -1,0 +1,337 @@
+"""Omejdn's static plugin configuration, parsed into typed settings.
+
+The files are the ones Omejdn itself reads (``OMEJDN_PLUGINS``, ``:``-separated,
+merged in order, later keys win), so one file configures the Ruby server and
+this package alike. Validation is strict and early: a typo in a handler name
+silently disabling user storage is worse than refusing to start, so every
+error names the file, the key and what is allowed.
+
+The ``connection`` mapping is handed to libpq unchanged (through psycopg), so
+every libpq keyword, ``PG*`` environment variable and service file works as
+libpq documents it. Its password is masked wherever settings are shown.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import psycopg
+import yaml
+from psycopg.conninfo import make_conninfo
+
+from omejdn_pg.errors import ConfigurationError
+
+PLUGIN_NAME: Final = "postgres_backend"
+BACKEND_NAME: Final = "postgres"
+HANDLER_GROUPS: Final = ("keys", "config", "client", "user")
+DEFAULT_PLUGINS: Final = ("config", "keys", "client", "user")
+PLUGINS_ENV: Final = "OMEJDN_PLUGINS"
+MASK: Final = "********"
+
+_PLUGIN_KEYS: Final = ("connection", "handlers", "pool", "passwords")
+_TOP_LEVEL_KEYS: Final = (
+    "plugins",
+    "deactivate_defaults",
+    "user_backend_default",
+    "client_backend_default",
+)
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """libpq connection keywords, passed to psycopg unchanged.
+
+    An empty mapping is valid: libpq then takes everything from ``PG*``
+    environment variables, a service file or its compiled-in defaults.
+    """
+
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        shown = {k: (MASK if k == "password" else v) for k, v in self.params.items()}
+        return f"ConnectionSettings({shown!r})"
+
+    __str__ = __repr__
+
+    @property
+    def password(self) -> str | None:
+        return self.params.get("password") or os.environ.get("PGPASSWORD") or None
+
+    def describe(self) -> str:
+        """``user@host:port/dbname`` as libpq would resolve it, for messages."""
+        host = self.params.get("host") or self.params.get("hostaddr") or os.environ.get("PGHOST")
+        port = self.params.get("port") or os.environ.get("PGPORT") or "5432"
+        dbname = self.params.get("dbname") or os.environ.get("PGDATABASE")
+        user = self.params.get("user") or os.environ.get("PGUSER")
+        service = self.params.get("service") or os.environ.get("PGSERVICE")
+        where = f"{host or 'localhost'}:{port}/{dbname or user or '(default)'}"
+        who = f"{user}@" if user else ""
+        return f"service {service} ({who}{where})" if service else who + where
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the connection password, if it occurs, masked."""
+        secret = self.password
+        return text.replace(secret, MASK) if secret else text
+
+    def conninfo(self) -> str:
+        return make_conninfo(**self.params)
+
+    @classmethod
+    def from_url(cls, url: str) -> ConnectionSettings:
+        """Settings from a libpq URI or ``key=value`` string."""
+        try:
+            parsed = psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            # libpq's message may quote the string, password and all.
+            raise ConfigurationError("invalid PostgreSQL connection URL") from exc
+        return cls({k: str(v) for k, v in parsed.items() if v is not None})
+
+    def with_params(self, **params: str) -> ConnectionSettings:
+        return ConnectionSettings({**self.params, **params})
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Connection pool sizing; the defaults suit one Omejdn worker process."""
+
+    size: int = 5
+    max_overflow: int = 10
+    timeout: float = 10.0
+    """Seconds to wait for a free connection before failing."""
+    recycle: int = 1800
+    """Seconds after which a pooled connection is replaced (outlives load balancers' idle cuts)."""
+
+
+@dataclass(frozen=True)
+class PasswordSettings:
+    """Policy for new password hashes; existing weaker hashes are upgraded on login."""
+
+    scheme: str = "bcrypt"
+    """``bcrypt`` (Omejdn's own) or ``argon2``."""
+    bcrypt_rounds: int = 12
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """The ``plugins.postgres_backend`` section."""
+
+    connection: ConnectionSettings = field(default_factory=ConnectionSettings)
+    handlers: frozenset[str] = frozenset(HANDLER_GROUPS)
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    passwords: PasswordSettings = field(default_factory=PasswordSettings)
+    source: str = "<defaults>"
+    """Where the section came from, for messages."""
+
+
+@dataclass(frozen=True)
+class StaticConfiguration:
+    """The merged static configuration of all plugin files."""
+
+    data: Mapping[str, Any] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
+
+    @property
+    def source(self) -> str:
+        return ", ".join(str(f) for f in self.files) or "<no plugin file>"
+
+    @property
+    def plugins(self) -> Mapping[str, Any]:
+        plugins = self.data.get("plugins") or {}
+        if not isinstance(plugins, Mapping):
+            raise ConfigurationError(f"{self.source}: 'plugins' must be a mapping of plugin names")
+        return plugins
+
+    @property
+    def deactivate_defaults(self) -> frozenset[str]:
+        value = self.data.get("deactivate_defaults") or []
+        names = _string_list(value, f"{self.source}: 'deactivate_defaults'")
+        unknown = sorted(set(names) - set(DEFAULT_PLUGINS))
+        if unknown:
+            raise ConfigurationError(
+                f"{self.source}: 'deactivate_defaults' names unknown default plugin(s) "
+                f"{', '.join(map(repr, unknown))}; allowed: {', '.join(DEFAULT_PLUGINS)}"
+            )
+        return frozenset(names)
+
+    @property
+    def user_backend_default(self) -> str:
+        return self._backend_default("user_backend_default")
+
+    @property
+    def client_backend_default(self) -> str:
+        return self._backend_default("client_backend_default")
+
+    def _backend_default(self, key: str) -> str:
+        value = self.data.get(key, "yaml")
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(
+                f"{self.source}: '{key}' must be a backend name, e.g. postgres"
+            )
+        return value
+
+    def backend_settings(self) -> BackendSettings:
+        """The validated ``plugins.postgres_backend`` section."""
+        return parse_backend_section(self.plugins.get(PLUGIN_NAME), self.source)
+
+    @classmethod
+    def from_files(cls, paths: Iterable[str | os.PathLike[str]]) -> StaticConfiguration:
+        merged: dict[str, Any] = {}
+        files = tuple(Path(p) for p in paths)
+        for path in files:
+            merged = _deep_merge(merged, _load_yaml_mapping(path))
+        unknown = sorted(set(merged) - set(_TOP_LEVEL_KEYS))
+        if unknown:
+            source = ", ".join(map(str, files))
+            raise ConfigurationError(
+                f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))}; "
+                f"allowed: {', '.join(_TOP_LEVEL_KEYS)}"
+            )
+        return cls(merged, files)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StaticConfiguration:
+        value = (environ if environ is not None else os.environ).get(PLUGINS_ENV, "")
+        return cls.from_files(p for p in value.split(":") if p)
+
+
+def parse_backend_section(section: object, source: str) -> BackendSettings:
+    """Validate the plugin section; ``None`` (absent) means every default."""
+    where = f"{source}: plugins.{PLUGIN_NAME}"
+    if section is None:
+        return BackendSettings(source=source)
+    if not isinstance(section, Mapping):
+        raise ConfigurationError(f"{where} must be a mapping with keys {', '.join(_PLUGIN_KEYS)}")
+    unknown = sorted(set(map(str, section)) - set(_PLUGIN_KEYS))
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(_PLUGIN_KEYS)}"
+        )
+    return BackendSettings(
+        connection=_parse_connection(section.get("connection"), f"{where}.connection"),
+        handlers=_parse_handlers(section.get("handlers"), f"{where}.handlers"),
+        pool=_parse_pool(section.get("pool"), f"{where}.pool"),
+        passwords=_parse_passwords(section.get("passwords"), f"{where}.passwords"),
+        source=source,
+    )
+
+
+def _parse_connection(value: object, where: str) -> ConnectionSettings:
+    if value is None:
+        return ConnectionSettings()
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{where} must be a mapping of libpq keywords (host, dbname, ...)")
+    params: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or isinstance(item, bool) or not isinstance(item, str | int):
+            raise ConfigurationError(
+                f"{where}.{key} must be a string or a number, got {type(item).__name__}"
+            )
+        params[key] = str(item)
+    for key in params:
+        try:
+            make_conninfo(**{key: params[key]})
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(
+                f"{where}: {key!r} is not a libpq connection keyword "
+                "(see the PostgreSQL manual, 'Parameter Key Words')"
+            ) from exc
+    return ConnectionSettings(params)
+
+
+def _parse_handlers(value: object, where: str) -> frozenset[str]:
+    if value is None:
+        return frozenset(HANDLER_GROUPS)
+    names = _string_list(value, where)
+    unknown = [n for n in names if n not in HANDLER_GROUPS]
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown handler(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(HANDLER_GROUPS)}"
+        )
+    return frozenset(names)
+
+
+def _parse_pool(value: object, where: str) -> PoolSettings:
+    defaults = PoolSettings()
+    fields = {"size": int, "max_overflow": int, "timeout": float, "recycle": int}
+    parsed = _parse_numbers(value, where, fields)
+    return PoolSettings(**{name: parsed.get(name, getattr(defaults, name)) for name in fields})
+
+
+def _parse_passwords(value: object, where: str) -> PasswordSettings:
+    if value is None:
+        return PasswordSettings()
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{where} must be a mapping with keys scheme, bcrypt_rounds")
+    rest = {k: v for k, v in value.items() if k != "scheme"}
+    numbers = _parse_numbers(rest, where, {"bcrypt_rounds": int})
+    scheme = value.get("scheme", "bcrypt")
+    if scheme not in ("bcrypt", "argon2"):
+        raise ConfigurationError(
+            f"{where}.scheme: {scheme!r} is not allowed; allowed: bcrypt, argon2"
+        )
+    rounds = int(numbers.get("bcrypt_rounds", PasswordSettings.bcrypt_rounds))
+    if not 4 <= rounds <= 31:
+        raise ConfigurationError(f"{where}.bcrypt_rounds must be between 4 and 31, got {rounds}")
+    return PasswordSettings(scheme=str(scheme), bcrypt_rounds=rounds)
+
+
+def _parse_numbers(value: object, where: str, fields: Mapping[str, type]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{where} must be a mapping with keys {', '.join(fields)}")
+    unknown = sorted(set(map(str, value)) - set(fields))
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(fields)}"
+        )
+    parsed: dict[str, Any] = {}
+    for name, kind in fields.items():
+        if name not in value:
+            continue
+        item = value[name]
+        if isinstance(item, bool) or not isinstance(item, int | float) or item < 0:
+            raise ConfigurationError(f"{where}.{name} must be a non-negative number, got {item!r}")
+        parsed[name] = kind(item)
+    return parsed
+
+
+def _string_list(value: object, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigurationError(f"{where} must be a list of names, got {value!r}")
+    return list(value)
+
+
+def _load_yaml_mapping(path: Path) -> Mapping[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read plugin file: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigurationError(f"{path}:{line}: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigurationError(f"{path}: a plugin file must hold a mapping at its top level")
+    return data
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,160 @@
+"""A real PostgreSQL for every test: never a mock, never SQLite.
+
+The server is ``OMEJDN_PG_TEST_DSN`` when set, otherwise an embedded
+PostgreSQL (the ``pgserver`` wheel) started once for the whole session in a
+temporary folder and deleted afterwards. Each test gets a database of its own,
+created and dropped around it: ``empty_database`` for a bare one (migration
+tests), ``database`` for one at the current schema (cloned from a template
+migrated once per session, so migrating costs nothing per test).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from omejdn_pg.database import Database
+from omejdn_pg.settings import ConnectionSettings
+
+TEST_DSN_ENV = "OMEJDN_PG_TEST_DSN"
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ConnectionSettings]:
+    """Admin connection settings of the PostgreSQL server the suite runs against."""
+    dsn = os.environ.get(TEST_DSN_ENV)
+    if dsn:
+        yield ConnectionSettings.from_url(dsn)
+        return
+    import pgserver
+
+    data_dir = Path(tempfile.mkdtemp(prefix="omejdn-pg-test-"))
+    embedded = pgserver.get_server(data_dir, cleanup_mode="delete")
+    try:
+        yield ConnectionSettings.from_url(embedded.get_uri())
+    finally:
+        embedded.cleanup()
+
+
+def admin_execute(server: ConnectionSettings, statement: sql.Composable) -> None:
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def create_database(server: ConnectionSettings, template: str | None = None) -> str:
+    name = f"omejdn_pg_test_{uuid.uuid4().hex[:16]}"
+    statement = sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE {}").format(
+        sql.Identifier(name), sql.Identifier(template or "template0")
+    )
+    admin_execute(server, statement)
+    return name
+
+
+def drop_database(server: ConnectionSettings, name: str) -> None:
+    admin_execute(
+        server, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    )
+
+
+@pytest.fixture(scope="session")
+def template_database(server: ConnectionSettings) -> Iterator[str]:
+    """A database at the head revision, cloned for each test that wants a schema."""
+    from omejdn_pg import migrate
+
+    name = create_database(server)
+    try:
+        migrate.upgrade(server.with_params(dbname=name))
+        yield name
+    finally:
+        drop_database(server, name)
+
+
+@pytest.fixture
+def empty_database(server: ConnectionSettings) -> Iterator[ConnectionSettings]:
+    """Connection settings of a new, empty database of this test's own."""
+    name = create_database(server)
+    try:
+        yield server.with_params(dbname=name)
+    finally:
+        drop_database(server, name)
+
+
+@pytest.fixture
+def database(server: ConnectionSettings, template_database: str) -> Iterator[ConnectionSettings]:
+    """Connection settings of a new database at the head schema, this test's own."""
+    name = create_database(server, template=template_database)
+    try:
+        yield server.with_params(dbname=name)
+    finally:
+        drop_database(server, name)
+
+
+@pytest.fixture
+def db(database: ConnectionSettings) -> Iterator[Database]:
+    """The package's Database over this test's own migrated database."""
+    handle = Database.connect(database)
+    try:
+        yield handle
+    finally:
+        handle.dispose()
+
+
+class PlainSQL:
+    """Checks results with plain SQL through psycopg, independent of the code under test."""
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self.settings = settings
+
+    def rows(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.settings.conninfo(), autocommit=True) as conn:
+            cursor = conn.execute(query.encode(), params)
+            return cursor.fetchall() if cursor.description else []
+
+    def value(self, query: str, params: Any = None) -> Any:
+        rows = self.rows(query, params)
+        assert len(rows) == 1, rows
+        return rows[0][0]
+
+    def execute(self, query: str, params: Any = None) -> None:
+        self.rows(query, params)
+
+
+@pytest.fixture
+def plain_sql(database: ConnectionSettings) -> PlainSQL:
+    return PlainSQL(database)
+
+
+@pytest.fixture(scope="session")
+def password_server() -> Iterator[ConnectionSettings]:
+    """A second embedded server that checks passwords (scram-sha-256) for role ``alice``.
+
+    The suite's main server trusts every connection, so a wrong password could
+    never fail there; this one refuses it as a production server would.
+    """
+    import pgserver
+
+    data_dir = Path(tempfile.mkdtemp(prefix="omejdn-pg-test-scram-"))
+    embedded = pgserver.get_server(data_dir, cleanup_mode="delete")
+    try:
+        admin = ConnectionSettings.from_url(embedded.get_uri())
+        with psycopg.connect(admin.conninfo(), autocommit=True) as conn:
+            conn.execute("SET password_encryption = 'scram-sha-256'")
+            conn.execute("CREATE ROLE alice LOGIN PASSWORD 'right-password'")
+            hba_file = Path(conn.execute("SHOW hba_file").fetchone()[0])  # type: ignore[index]
+            hba_file.write_text(
+                "local all postgres trust\n"
+                "local all all scram-sha-256\n"
+                "host all all all scram-sha-256\n"
+            )
+            conn.execute("SELECT pg_reload_conf()")
+        yield admin.with_params(user="alice", dbname="postgres", password="right-password")
+    finally:
+        embedded.cleanup()

@@ -1,0 +1,531 @@
+"""ClientRepository against a real PostgreSQL: results checked with plain SQL."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import uuid
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import Connection
+
+from omejdn_pg.database import Database, count_statements
+from omejdn_pg.entities import Client
+from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
+from omejdn_pg.repositories.clients import ClientRepository
+from omejdn_pg.settings import BACKEND_NAME
+from tests.test_users import (
+    PROPERTY_SETTINGS,
+    WRITERS,
+    json_values,
+    names,
+    run_together,
+    same_json,
+    traced_read,
+)
+
+
+def repo(conn: Connection) -> ClientRepository:
+    return ClientRepository(conn)
+
+
+def create(db: Database, client: Client) -> None:
+    db.write(lambda c: repo(c).create(client))
+
+
+def get(db: Database, client_id: str) -> Client | None:
+    return db.read(lambda c: repo(c).get(client_id))
+
+
+def metadata_rows(plain_sql: Any, client_id: str) -> dict[str, Any]:
+    return dict(
+        plain_sql.rows("SELECT key, value::jsonb FROM clients WHERE client_id = %s", (client_id,))
+    )
+
+
+def attribute_rows(plain_sql: Any, client_id: str) -> dict[str, Any]:
+    return dict(
+        plain_sql.rows(
+            "SELECT key, value::jsonb FROM attributes WHERE type = 'client' AND identifier = %s",
+            (client_id,),
+        )
+    )
+
+
+def certificate(common_name: str) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+CLIENT = Client(
+    metadata={
+        "client_id": "abc",
+        "client_name": "Ünïcode client",
+        "redirect_uris": ["https://app.example/cb"],
+        "grant_types": ["authorization_code"],
+        "token_endpoint_auth_method": "private_key_jwt",
+    },
+    attributes={"tenant": "t1", "limits": {"rate": 10}},
+)
+
+
+# --- reads ----------------------------------------------------------------------
+
+
+def test_create_then_get_round_trips_one_row_per_field(db: Database, plain_sql: Any) -> None:
+    create(db, CLIENT)
+    assert get(db, "abc") == Client(
+        metadata=CLIENT.metadata, attributes=CLIENT.attributes, backend=BACKEND_NAME
+    )
+    assert metadata_rows(plain_sql, "abc") == CLIENT.metadata  # client_id is a row too
+    assert plain_sql.value("SELECT value FROM clients WHERE key = 'client_id'") == "abc"
+    assert attribute_rows(plain_sql, "abc") == CLIENT.attributes
+
+
+def test_get_unknown_client_is_none(db: Database) -> None:
+    assert get(db, "nope") is None
+
+
+def test_backend_is_never_persisted_and_dropped_when_found(db: Database, plain_sql: Any) -> None:
+    create(db, Client(metadata={"client_id": "abc", "backend": "yaml", "x": 1}, backend="yaml"))
+    assert plain_sql.rows("SELECT key FROM clients ORDER BY key") == [("client_id",), ("x",)]
+    # The Ruby plugin persisted it: a read ignores it.
+    plain_sql.execute(
+        """INSERT INTO clients (client_id, key, value) VALUES ('abc', 'backend', '"yaml"')"""
+    )
+    found = get(db, "abc")
+    assert found == Client(metadata={"client_id": "abc", "x": 1}, backend=BACKEND_NAME)
+
+
+def test_point_read_is_one_statement_and_one_round_trip_without_transaction(
+    db: Database,
+) -> None:
+    create(db, CLIENT)
+    db.read(lambda c: None)
+    statements = count_statements(db.engine)
+    client, cold = traced_read(db, lambda c: repo(c).get("abc"))
+    assert client is not None
+    assert client.attributes == CLIENT.attributes
+    assert len(statements) == 1
+    assert cold.round_trips == 1, cold.lines
+    assert cold.transaction_control == []
+    assert cold.final_status == "I"
+
+    for _ in range(10):
+        get(db, "abc")
+    statements.clear()
+    client, warm = traced_read(db, lambda c: repo(c).get("abc"))
+    assert client is not None
+    assert len(statements) == 1
+    assert warm.round_trips == 1, warm.lines
+    assert warm.transaction_control == []
+    assert "Parse" not in warm.sent
+
+    missing, wire = traced_read(db, lambda c: repo(c).get("nope"))
+    assert missing is None
+    assert wire.round_trips == 1
+    assert wire.transaction_control == []
+
+
+def test_all_is_a_constant_number_of_statements(db: Database) -> None:
+    create(db, Client(metadata={"client_id": "c-000", "n": 0}, attributes={"a": 0}))
+    db.read(lambda c: None)
+    statements = count_statements(db.engine)
+    assert len(db.read(lambda c: repo(c).all())) == 1
+    for_one = len(statements)
+
+    def create_many(conn: Connection) -> None:
+        for n in range(1, 200):
+            repo(conn).create(
+                Client(
+                    metadata={"client_id": f"c-{n:03}", "n": n, "uris": [f"https://{n}.example"]},
+                    attributes={"a": n} if n % 2 else {},
+                )
+            )
+
+    db.write(create_many)
+    statements.clear()
+    clients = db.read(lambda c: repo(c).all())
+    assert len(statements) == for_one == 1
+    assert [c.client_id for c in clients] == [f"c-{n:03}" for n in range(200)]
+    assert clients[7] == Client(
+        metadata={"client_id": "c-007", "n": 7, "uris": ["https://7.example"]},
+        attributes={"a": 7},
+        backend=BACKEND_NAME,
+    )
+    assert clients[8].attributes == {}
+
+
+# --- writes ---------------------------------------------------------------------
+
+
+def test_duplicate_create_fails_before_touching_anything(db: Database, plain_sql: Any) -> None:
+    create(db, CLIENT)
+    with (
+        db.transaction() as conn,
+        pytest.raises(AlreadyExists, match="client 'abc' exists already"),
+    ):
+        repo(conn).create(Client(metadata={"client_id": "abc", "evil": True}, attributes={"x": 1}))
+    assert metadata_rows(plain_sql, "abc") == CLIENT.metadata
+    assert attribute_rows(plain_sql, "abc") == CLIENT.attributes
+
+
+def test_create_replaces_orphaned_attributes(db: Database, plain_sql: Any) -> None:
+    plain_sql.execute(
+        "INSERT INTO attributes (type, identifier, key, value) "
+        """VALUES ('client', 'abc', 'old', '"stale"'), ('client', 'abc', 'tenant', '"t0"')"""
+    )
+    create(db, CLIENT)
+    assert attribute_rows(plain_sql, "abc") == CLIENT.attributes
+
+
+def test_update_replaces_metadata_and_attributes(db: Database, plain_sql: Any) -> None:
+    create(db, CLIENT)
+    new = Client(metadata={"client_id": "abc", "client_name": "renamed"}, attributes={"b": [1]})
+    db.write(lambda c: repo(c).update(new))
+    assert get(db, "abc") == Client(
+        metadata=new.metadata, attributes=new.attributes, backend=BACKEND_NAME
+    )
+    assert metadata_rows(plain_sql, "abc") == new.metadata
+    assert attribute_rows(plain_sql, "abc") == {"b": [1]}
+
+
+def test_update_of_what_get_returned_keeps_everything(db: Database) -> None:
+    create(db, CLIENT)
+    found = get(db, "abc")
+    assert found is not None
+    db.write(lambda c: repo(c).update(found))
+    assert get(db, "abc") == found
+
+
+def test_update_of_unknown_client_is_not_found_and_writes_nothing(
+    db: Database, plain_sql: Any
+) -> None:
+    with pytest.raises(NotFound, match="client 'ghost' does not exist"):
+        db.write(
+            lambda c: repo(c).update(Client(metadata={"client_id": "ghost"}, attributes={"a": 1}))
+        )
+    assert plain_sql.value("SELECT count(*) FROM clients") == 0
+    assert plain_sql.value("SELECT count(*) FROM attributes") == 0
+
+
+def test_delete_takes_attributes_and_certificate_along(db: Database, plain_sql: Any) -> None:
+    create(db, CLIENT)
+    create(db, Client(metadata={"client_id": "other"}, attributes={"k": 1}))
+    db.write(lambda c: repo(c).set_certificate("abc", certificate("abc")))
+    db.write(lambda c: repo(c).set_certificate("other", certificate("other")))
+    plain_sql.execute(
+        "INSERT INTO keys (target_type, target, type, value) VALUES ('signing', 'abc', 'certs', '')"
+    )
+
+    assert db.write(lambda c: repo(c).delete("abc")) is True
+    assert get(db, "abc") is None
+    assert plain_sql.rows("SELECT DISTINCT client_id FROM clients") == [("other",)]
+    assert plain_sql.rows("SELECT identifier FROM attributes") == [("other",)]
+    assert sorted(plain_sql.rows("SELECT target_type, target FROM keys")) == [
+        ("clients", "other"),
+        ("signing", "abc"),
+    ]
+    assert db.write(lambda c: repo(c).delete("abc")) is False
+
+
+def test_delete_of_unknown_client_leaves_its_certificate_alone(
+    db: Database, plain_sql: Any
+) -> None:
+    # The certificate may belong to a client of another backend.
+    db.write(lambda c: repo(c).set_certificate("yaml-client", certificate("y")))
+    assert db.write(lambda c: repo(c).delete("yaml-client")) is False
+    assert plain_sql.value("SELECT count(*) FROM keys") == 1
+
+
+def test_a_failing_write_leaves_nothing_half_written(db: Database, plain_sql: Any) -> None:
+    create(db, CLIENT)
+    plain_sql.execute(
+        "ALTER TABLE attributes ADD CONSTRAINT no_forbidden CHECK (key <> 'forbidden')"
+    )
+    with pytest.raises(Exception, match="no_forbidden"):
+        db.write(
+            lambda c: repo(c).update(
+                Client(metadata={"client_id": "abc", "new": 1}, attributes={"forbidden": 1})
+            )
+        )
+    assert metadata_rows(plain_sql, "abc") == CLIENT.metadata
+    assert attribute_rows(plain_sql, "abc") == CLIENT.attributes
+
+
+# --- certificate ----------------------------------------------------------------
+
+
+def test_certificate_set_get_replace_delete(db: Database, plain_sql: Any) -> None:
+    assert db.read(lambda c: repo(c).get_certificate("abc")) is None
+    first, second = certificate("first"), certificate("second")
+    db.write(lambda c: repo(c).set_certificate("abc", first))
+    assert db.read(lambda c: repo(c).get_certificate("abc")) == first
+    assert plain_sql.rows("SELECT target_type, target, type, value FROM keys") == [
+        ("clients", "abc", "certs", pem(first))
+    ]
+    db.write(lambda c: repo(c).set_certificate("abc", second))
+    assert db.read(lambda c: repo(c).get_certificate("abc")) == second
+    assert plain_sql.value("SELECT count(*) FROM keys") == 1
+    db.write(lambda c: repo(c).set_certificate("abc", None))
+    assert db.read(lambda c: repo(c).get_certificate("abc")) is None
+    assert plain_sql.value("SELECT count(*) FROM keys") == 0
+    db.write(lambda c: repo(c).set_certificate("abc", None))  # deleting nothing is fine
+
+
+def test_certificate_chain_written_by_the_ruby_plugin_gives_its_first(
+    db: Database, plain_sql: Any
+) -> None:
+    leaf, ca = certificate("leaf"), certificate("ca")
+    plain_sql.execute(
+        "INSERT INTO keys (target_type, target, type, value) "
+        "VALUES ('clients', 'abc', 'certs', %s)",
+        (pem(leaf) + "_" + pem(ca),),
+    )
+    assert db.read(lambda c: repo(c).get_certificate("abc")) == leaf
+    plain_sql.execute("UPDATE keys SET value = ''")
+    assert db.read(lambda c: repo(c).get_certificate("abc")) is None
+
+
+def test_unreadable_certificate_is_invalid_key_material(db: Database, plain_sql: Any) -> None:
+    plain_sql.execute(
+        "INSERT INTO keys (target_type, target, type, value) "
+        "VALUES ('clients', 'abc', 'certs', 'not a pem')"
+    )
+    with pytest.raises(InvalidKeyMaterial, match="certificate of client 'abc'"):
+        db.read(lambda c: repo(c).get_certificate("abc"))
+
+
+def test_set_certificate_refuses_what_is_not_a_certificate(db: Database) -> None:
+    with pytest.raises(InvalidKeyMaterial, match=r"expected an X\.509 certificate"):
+        db.write(lambda c: repo(c).set_certificate("abc", "-----BEGIN CERTIFICATE-----"))  # type: ignore[arg-type]
+
+
+# --- validation -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("client", "message"),
+    [
+        (
+            Client(metadata={"client_id": "abc", "redirect_uris": ["https://x\x00"]}),
+            "client 'abc': metadata.redirect_uris[0]: contains the character U+0000",
+        ),
+        (
+            Client(metadata={"client_id": "a\x00c"}),
+            "client_id contains the character U+0000",
+        ),
+        (
+            Client(metadata={"client_id": "abc", "k\x00": 1}),
+            "client 'abc': metadata field name 'k\\x00' contains the character U+0000",
+        ),
+        (
+            Client(metadata={"client_id": "abc", "n": float("nan")}),
+            "client 'abc': metadata.n: nan is not a JSON number",
+        ),
+        (
+            Client(metadata={"client_id": "abc"}, attributes={"a": {"b": "\x00"}}),
+            "client 'abc': attributes.a.b: contains the character U+0000",
+        ),
+        (
+            Client(metadata={"client_id": "abc"}, attributes={"a\ud800": 1}),
+            "client 'abc': attribute name 'a\\ud800' contains the character U+D800",
+        ),
+        (
+            Client(metadata={"client_id": "abc"}, attributes={"a": float("-inf")}),
+            "client 'abc': attributes.a: -inf is not a JSON number",
+        ),
+    ],
+)
+def test_invalid_values_are_refused_before_any_sql(
+    db: Database, plain_sql: Any, client: Client, message: str
+) -> None:
+    db.read(lambda c: None)
+    statements = count_statements(db.engine)
+    for operation in (ClientRepository.create, ClientRepository.update):
+        with pytest.raises(InvalidValue, match=re.escape(message)):
+            db.write(lambda c, op=operation: op(repo(c), client))  # type: ignore[misc]
+    assert statements == []
+    assert plain_sql.value("SELECT count(*) FROM clients") == 0
+
+
+def test_invalid_client_ids_are_refused_by_every_call(db: Database) -> None:
+    for call in (
+        lambda r: r.get("a\x00"),
+        lambda r: r.delete("a\x00"),
+        lambda r: r.get_certificate("a\x00"),
+        lambda r: r.set_certificate("a\x00", None),
+        lambda r: r.get(""),
+    ):
+        with pytest.raises(InvalidValue, match="client_id"):
+            db.write(lambda c, call=call: call(repo(c)))  # type: ignore[misc]
+
+
+# --- Omejdn's Ruby plugin layout: JSON as TEXT ----------------------------------
+
+
+def test_crud_on_text_columns_of_the_ruby_plugin(db: Database, plain_sql: Any) -> None:
+    plain_sql.execute("ALTER TABLE clients ALTER COLUMN value TYPE text USING value::text")
+    plain_sql.execute("ALTER TABLE attributes ALTER COLUMN value TYPE text USING value::text")
+    # What the Ruby plugin writes: compact JSON, raw UTF-8, '/' unescaped.
+    plain_sql.execute(
+        "INSERT INTO clients (client_id, key, value) VALUES "
+        """('ruby', 'client_id', '"ruby"'), ('ruby', 'redirect_uris', '["https://r/cb"]'), """
+        """('ruby', 'backend', '"postgres"')"""
+    )
+    plain_sql.execute(
+        "INSERT INTO attributes (type, identifier, key, value) "
+        """VALUES ('client', 'ruby', 'x', '{"a":1.5}')"""
+    )
+    assert get(db, "ruby") == Client(
+        metadata={"client_id": "ruby", "redirect_uris": ["https://r/cb"]},
+        attributes={"x": {"a": 1.5}},
+        backend=BACKEND_NAME,
+    )
+
+    create(db, CLIENT)
+    assert get(db, "abc") == Client(
+        metadata=CLIENT.metadata, attributes=CLIENT.attributes, backend=BACKEND_NAME
+    )
+    stored = dict(plain_sql.rows("SELECT key, value FROM clients WHERE client_id = 'abc'"))
+    assert all(isinstance(v, str) for v in stored.values())
+    assert {k: json.loads(v) for k, v in stored.items()} == CLIENT.metadata
+
+    new = Client(metadata={"client_id": "abc", "n": 2}, attributes={"b": "ü"})
+    db.write(lambda c: repo(c).update(new))
+    assert get(db, "abc") == Client(
+        metadata=new.metadata, attributes=new.attributes, backend="postgres"
+    )
+    assert plain_sql.rows("SELECT value FROM attributes WHERE identifier = 'abc'") == [('"ü"',)]
+
+    assert [c.client_id for c in db.read(lambda c: repo(c).all())] == ["abc", "ruby"]
+    assert db.write(lambda c: repo(c).delete("abc"))
+    assert db.write(lambda c: repo(c).delete("ruby"))
+    assert plain_sql.value("SELECT count(*) FROM clients") == 0
+    assert plain_sql.value("SELECT count(*) FROM attributes") == 0
+
+
+# --- concurrency ----------------------------------------------------------------
+
+
+def writer_version(n: int) -> Client:
+    return Client(
+        metadata={"client_id": "abc", "who": n} | {f"m{n}-{k}": k for k in range(5)},
+        attributes={f"a{n}-{k}": [n, k] for k in range(5)},
+    )
+
+
+@pytest.mark.slow
+def test_concurrent_updates_serialize_and_never_mix(db: Database, plain_sql: Any) -> None:
+    create(db, Client(metadata={"client_id": "abc"}, attributes={"initial": True}))
+    versions = [writer_version(n) for n in range(WRITERS)]
+    for _ in range(5):
+        results = run_together(WRITERS, lambda n: db.write(lambda c: repo(c).update(versions[n])))
+        assert results == [None] * WRITERS
+        found = get(db, "abc")
+        assert found is not None
+        winner = versions[found.metadata["who"]]
+        assert found == Client(winner.metadata, winner.attributes, backend=BACKEND_NAME)
+        assert metadata_rows(plain_sql, "abc") == winner.metadata
+        assert attribute_rows(plain_sql, "abc") == winner.attributes
+
+
+@pytest.mark.slow
+def test_concurrent_creates_one_wins_the_others_get_already_exists(
+    db: Database, plain_sql: Any
+) -> None:
+    versions = [writer_version(n) for n in range(WRITERS)]
+    for _ in range(3):
+        results = run_together(WRITERS, lambda n: db.write(lambda c: repo(c).create(versions[n])))
+        winners = [n for n, r in enumerate(results) if r is None]
+        assert len(winners) == 1, results
+        assert all(isinstance(r, AlreadyExists) for r in results if r is not None), results
+        assert metadata_rows(plain_sql, "abc") == versions[winners[0]].metadata
+        assert attribute_rows(plain_sql, "abc") == versions[winners[0]].attributes
+        assert db.write(lambda c: repo(c).delete("abc"))
+
+
+@pytest.mark.slow
+def test_concurrent_updates_deletes_and_certificates_leave_no_orphans(
+    db: Database, plain_sql: Any
+) -> None:
+    versions = [writer_version(n) for n in range(WRITERS)]
+    cert = certificate("abc")
+    for _ in range(5):
+        create(db, Client(metadata={"client_id": "abc"}, attributes={"initial": True}))
+
+        def work(n: int) -> object:
+            if n == 0:
+                return db.write(lambda c: repo(c).delete("abc"))
+            if n == 1:
+                return db.write(lambda c: repo(c).set_certificate("abc", cert))
+            return db.write(lambda c: repo(c).update(versions[n]))
+
+        results = run_together(WRITERS, work)
+        assert all(r is None or isinstance(r, bool | NotFound) for r in results), results
+        assert get(db, "abc") is None
+        assert attribute_rows(plain_sql, "abc") == {}
+        # The certificate survives only if it was set after the delete.
+        plain_sql.execute("DELETE FROM keys")
+
+
+# --- properties -----------------------------------------------------------------
+
+
+@PROPERTY_SETTINGS
+@given(
+    metadata=st.dictionaries(
+        names.filter(lambda n: n not in ("client_id", "backend")), json_values, max_size=6
+    ),
+    attributes=st.dictionaries(names, json_values, max_size=4),
+)
+def test_any_json_round_trips_through_metadata_and_attributes(
+    db: Database, metadata: dict[str, Any], attributes: dict[str, Any]
+) -> None:
+    client_id = f"prop-{uuid.uuid4().hex}"
+    create(db, Client(metadata={"client_id": client_id, **metadata}, attributes=attributes))
+    found = get(db, client_id)
+    assert found is not None
+    assert same_json(found.metadata) == same_json({"client_id": client_id, **metadata})
+    assert same_json(found.attributes) == same_json(attributes)
+
+
+@PROPERTY_SETTINGS
+@given(client_id=names, keys=st.lists(names, min_size=1, max_size=5, unique=True))
+def test_unicode_client_ids_and_keys_round_trip(
+    db: Database, plain_sql: Any, client_id: str, keys: list[str]
+) -> None:
+    metadata = {"client_id": client_id} | {
+        key: index for index, key in enumerate(keys) if key not in ("client_id", "backend")
+    }
+    attributes = {key: [index] for index, key in enumerate(keys)}
+    create(db, Client(metadata=metadata, attributes=attributes))
+    try:
+        assert get(db, client_id) == Client(metadata, attributes, backend=BACKEND_NAME)
+        assert metadata_rows(plain_sql, client_id) == metadata
+        assert attribute_rows(plain_sql, client_id) == attributes
+    finally:
+        assert db.write(lambda c: repo(c).delete(client_id))

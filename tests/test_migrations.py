@@ -1,0 +1,418 @@
+"""Migrations on an empty database: one head, up and down, models match migrations.
+
+Also the ways in (``alembic`` command, ``python -m omejdn_pg.migrate``, code)
+and the ORM relationships of the models, checked once with plain SQL.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, inspect, select
+from sqlalchemy.orm import Session
+
+from omejdn_pg import migrate
+from omejdn_pg.database import build_engine
+from omejdn_pg.errors import MigrationError, SchemaOutOfDate
+from omejdn_pg.schema import (
+    AttributeRecord,
+    ClientFieldRecord,
+    UserRecord,
+    dict_section_table,
+    list_section_table,
+    metadata,
+)
+from omejdn_pg.settings import ConnectionSettings
+
+REPO = Path(__file__).resolve().parents[1]
+TABLES = ["attributes", "clients", "keys", "users"]
+
+
+class PlainSQL:
+    """Plain psycopg on an autocommit connection: the witness, independent of the package."""
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self.settings = settings
+
+    def rows(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.settings.conninfo(), autocommit=True) as conn:
+            cursor = conn.execute(query.encode(), params)
+            return cursor.fetchall() if cursor.description else []
+
+    def value(self, query: str, params: Any = None) -> Any:
+        rows = self.rows(query, params)
+        assert len(rows) == 1, rows
+        return rows[0][0]
+
+    def execute(self, query: str, params: Any = None) -> None:
+        self.rows(query, params)
+
+
+def table_names(sql: PlainSQL) -> list[str]:
+    rows = sql.rows(
+        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1"
+    )
+    return [name for (name,) in rows]
+
+
+def schema_differences(settings: ConnectionSettings) -> list[Any]:
+    engine = build_engine(settings)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts=migrate.autogenerate_options())
+            return list(compare_metadata(context, metadata))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def sql(empty_database: ConnectionSettings) -> PlainSQL:
+    return PlainSQL(empty_database)
+
+
+@pytest.fixture
+def sql_at_head(database: ConnectionSettings) -> PlainSQL:
+    return PlainSQL(database)
+
+
+def test_one_head_and_a_linear_history() -> None:
+    scripts = ScriptDirectory.from_config(migrate.alembic_config())
+    assert scripts.get_heads() == [migrate.head()]
+    revisions = [revision for revision, _ in migrate.history()]
+    assert revisions[-1] == migrate.head()
+    assert revisions[0] == "0001"
+    assert all(message for _, message in migrate.history())
+
+
+def test_the_root_alembic_ini_uses_the_packaged_scripts() -> None:
+    ini = (REPO / "alembic.ini").read_text()
+    assert "script_location = omejdn_pg:migrations" in ini
+    assert "sqlalchemy.url" not in ini.replace("# ", "").split("[alembic]")[1].split("[")[0]
+    assert not (REPO / "alembic").exists()
+
+
+def test_upgrade_downgrade_upgrade(empty_database: ConnectionSettings, sql: PlainSQL) -> None:
+    assert migrate.current(empty_database) is None
+    assert migrate.pending(empty_database) == [r for r, _ in migrate.history()]
+
+    migrate.upgrade(empty_database)
+    assert table_names(sql) == ["alembic_version", *TABLES]
+    assert migrate.current(empty_database) == migrate.head()
+    assert migrate.pending(empty_database) == []
+    assert schema_differences(empty_database) == []
+
+    migrate.downgrade(empty_database)
+    assert table_names(sql) == ["alembic_version"]
+    assert migrate.current(empty_database) is None
+
+    migrate.upgrade(empty_database)
+    assert table_names(sql) == ["alembic_version", *TABLES]
+    assert schema_differences(empty_database) == []
+
+
+def test_the_schema_is_the_models_schema(empty_database: ConnectionSettings, sql: PlainSQL) -> None:
+    migrate.upgrade(empty_database)
+    constraints = sql.rows(
+        "SELECT conrelid::regclass::text, conname, contype FROM pg_constraint "
+        "WHERE connamespace = current_schema()::regnamespace AND conrelid <> 0 ORDER BY 1, 2"
+    )
+    assert constraints == [
+        ("alembic_version", "alembic_version_pkc", "p"),
+        ("attributes", "ck_attributes_type", "c"),
+        ("attributes", "pk_attributes", "p"),
+        ("clients", "pk_clients", "p"),
+        ("keys", "ck_keys_type", "c"),
+        ("keys", "pk_keys", "p"),
+        ("users", "pk_users", "p"),
+    ]
+    columns = sql.rows(
+        "SELECT table_name, column_name, data_type, is_nullable, column_default "
+        "FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name <> 'alembic_version' ORDER BY table_name, ordinal_position"
+    )
+    assert columns == [
+        ("attributes", "type", "text", "NO", None),
+        ("attributes", "identifier", "text", "NO", None),
+        ("attributes", "key", "text", "NO", None),
+        ("attributes", "value", "jsonb", "NO", None),
+        ("clients", "client_id", "text", "NO", None),
+        ("clients", "key", "text", "NO", None),
+        ("clients", "value", "jsonb", "NO", None),
+        ("keys", "target_type", "text", "NO", None),
+        ("keys", "target", "text", "NO", None),
+        ("keys", "type", "text", "NO", None),
+        ("keys", "value", "text", "NO", None),
+        ("users", "username", "text", "NO", None),
+        ("users", "password", "text", "YES", None),
+        ("users", "extern", "text", "YES", None),
+        ("users", "consent", "jsonb", "NO", "'{}'::jsonb"),
+    ]
+    with pytest.raises(psycopg.errors.CheckViolation):
+        sql.execute("INSERT INTO keys VALUES ('jwt', 'omejdn', 'pk', 'x')")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        sql.execute("INSERT INTO attributes VALUES ('group', 'g', 'k', '1')")
+
+
+def test_models_match_migrations_even_with_configuration_tables(
+    empty_database: ConnectionSettings, sql: PlainSQL
+) -> None:
+    migrate.upgrade(empty_database)
+    engine = build_engine(empty_database)
+    try:
+        with engine.begin() as conn:
+            dict_section_table("foo").create(conn)
+            list_section_table("bar").create(conn)
+    finally:
+        engine.dispose()
+    sql.execute("""INSERT INTO configuration_foo VALUES ('a', '1')""")
+    assert schema_differences(empty_database) == []
+
+    # The filter is what keeps them out: without it, autogenerate would drop them.
+    engine = build_engine(empty_database)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            unfiltered = compare_metadata(context, metadata)
+    finally:
+        engine.dispose()
+    assert {diff[1].name for diff in unfiltered if diff[0] == "remove_table"} == {
+        "configuration_foo",
+        "configuration_bar",
+    }
+
+
+def test_downgrade_leaves_configuration_tables_alone(
+    empty_database: ConnectionSettings, sql: PlainSQL
+) -> None:
+    migrate.upgrade(empty_database)
+    sql.execute("CREATE TABLE configuration_omejdn (key TEXT PRIMARY KEY, value JSONB NOT NULL)")
+    sql.execute("""INSERT INTO configuration_omejdn VALUES ('issuer', '"https://a.example"')""")
+    migrate.downgrade(empty_database)
+    assert table_names(sql) == ["alembic_version", "configuration_omejdn"]
+    assert sql.value("SELECT value FROM configuration_omejdn") == "https://a.example"
+
+
+def test_upgrade_on_a_shared_connection_belongs_to_the_callers_transaction(
+    empty_database: ConnectionSettings, sql: PlainSQL
+) -> None:
+    engine = build_engine(empty_database)
+    try:
+        with engine.connect() as conn:
+            transaction = conn.begin()
+            migrate.upgrade(conn)
+            assert migrate.current(conn) == migrate.head()
+            transaction.rollback()
+        assert table_names(sql) == []
+
+        with engine.begin() as conn:
+            migrate.upgrade(conn)
+        assert table_names(sql) == ["alembic_version", *TABLES]
+    finally:
+        engine.dispose()
+
+
+def test_check_schema(empty_database: ConnectionSettings, sql: PlainSQL) -> None:
+    engine = build_engine(empty_database)
+    try:
+        with (
+            engine.connect() as conn,
+            pytest.raises(SchemaOutOfDate, match=r"no omejdn_pg schema.*omejdn-pg migrate"),
+        ):
+            migrate.check_schema(conn)
+        migrate.upgrade(empty_database)
+        with engine.connect() as conn:
+            migrate.check_schema(conn)
+        sql.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+        with (
+            engine.connect() as conn,
+            pytest.raises(SchemaOutOfDate, match=r"ffffffffffff.*upgrade omejdn_pg"),
+        ):
+            migrate.check_schema(conn)
+        with pytest.raises(MigrationError, match="upgrade omejdn_pg"):
+            migrate.pending(empty_database)
+    finally:
+        engine.dispose()
+
+
+def test_unknown_revision_is_a_migration_error(empty_database: ConnectionSettings) -> None:
+    with pytest.raises(MigrationError, match="nosuchrevision"):
+        migrate.upgrade(empty_database, "nosuchrevision")
+
+
+def test_connection_settings_resolution(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins.yml"
+    plugins.write_text(
+        "plugins:\n  postgres_backend:\n    connection:\n"
+        "      host: db.example\n      dbname: fromyaml\n      password: 'p%ss'\n"
+    )
+    environ = {"OMEJDN_PLUGINS": str(plugins), "OMEJDN_PG_URL": "postgresql://u@envhost/fromenv"}
+    assert migrate.connection_settings("dbname=fromarg", environ).params == {"dbname": "fromarg"}
+    assert migrate.connection_settings(None, environ).params["dbname"] == "fromenv"
+    del environ["OMEJDN_PG_URL"]
+    from_yaml = migrate.connection_settings(None, environ)
+    assert from_yaml.params == {"host": "db.example", "dbname": "fromyaml", "password": "p%ss"}
+    assert migrate.connection_settings(None, {}).params == {}
+
+
+def _alembic(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_alembic_command(empty_database: ConnectionSettings, sql: PlainSQL) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMEJDN_PG_URL", "OMEJDN_PLUGINS")}
+    url = empty_database.conninfo()
+
+    done = _alembic(["-x", f"url={url}", "upgrade", "head"], env)
+    assert done.returncode == 0, done.stderr
+    assert table_names(sql) == ["alembic_version", *TABLES]
+
+    done = _alembic(["check"], {**env, "OMEJDN_PG_URL": url})
+    assert done.returncode == 0, done.stderr
+    assert "No new upgrade operations detected" in done.stdout + done.stderr
+
+    done = _alembic(["downgrade", "base"], {**env, "OMEJDN_PG_URL": url})
+    assert done.returncode == 0, done.stderr
+    assert table_names(sql) == ["alembic_version"]
+
+    done = _alembic(["upgrade", "head", "--sql"], env)
+    assert done.returncode == 0, done.stderr
+    assert "CREATE TABLE users" in done.stdout
+    assert "CONSTRAINT ck_attributes_type CHECK" in done.stdout
+
+
+def test_python_m_omejdn_pg_migrate(empty_database: ConnectionSettings, sql: PlainSQL) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "omejdn_pg.migrate", "--url", empty_database.conninfo()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == migrate.head()
+    assert table_names(sql) == ["alembic_version", *TABLES]
+
+
+def test_python_m_omejdn_pg_migrate_reports_errors_without_a_traceback() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "omejdn_pg.migrate",
+            "--url",
+            "host=127.0.0.1 port=1 password=sekrit connect_timeout=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ")
+    assert "Traceback" not in done.stderr
+    assert "sekrit" not in done.stderr
+
+
+# --- the models' relationships, once, with plain SQL as the witness ------------
+
+
+def test_user_attributes_load_eagerly_and_go_with_the_user(
+    database: ConnectionSettings, sql_at_head: PlainSQL
+) -> None:
+    sql_at_head.execute(
+        "INSERT INTO users (username, password) VALUES ('alice', 'h1'), ('bob', 'h2');"
+        "INSERT INTO attributes VALUES "
+        """('user', 'alice', 'email', '"alice@example.org"'), """
+        """('user', 'alice', 'age', '42'), ('user', 'bob', 'email', '"bob@example.org"'), """
+        """('client', 'alice', 'note', '"a client named alice"')"""
+    )
+    engine = build_engine(database)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    try:
+        with Session(engine) as session:
+            users = session.scalars(select(UserRecord).order_by(UserRecord.username)).all()
+            assert len(statements) == 2  # the users, then all their attributes at once
+            session.expunge_all()
+        alice, bob = users
+        assert {a.key: a.value for a in alice.attributes} == {
+            "email": "alice@example.org",
+            "age": 42,
+        }
+        assert [a.key for a in bob.attributes] == ["email"]
+        assert len(statements) == 2
+
+        with Session(engine) as session:
+            user = session.get(UserRecord, "alice")
+            assert user is not None
+            user.attributes.append(
+                AttributeRecord(type="user", identifier="alice", key="nick", value="al")
+            )
+            session.commit()
+        assert (
+            sql_at_head.value(
+                "SELECT value FROM attributes WHERE type = 'user' AND identifier = 'alice' "
+                "AND key = 'nick'"
+            )
+            == "al"
+        )
+
+        with Session(engine) as session:
+            user = session.get(UserRecord, "alice")
+            session.delete(user)
+            session.commit()
+    finally:
+        engine.dispose()
+    assert sql_at_head.rows("SELECT username FROM users") == [("bob",)]
+    assert sql_at_head.rows("SELECT type, identifier, key FROM attributes ORDER BY 1, 2, 3") == [
+        ("client", "alice", "note"),
+        ("user", "bob", "email"),
+    ]
+
+
+def test_client_attributes_are_view_only(
+    database: ConnectionSettings, sql_at_head: PlainSQL
+) -> None:
+    assert inspect(ClientFieldRecord).relationships["attributes"].viewonly
+    sql_at_head.execute(
+        "INSERT INTO clients VALUES ('app', 'client_id', '\"app\"'), ('app', 'name', '\"App\"');"
+        "INSERT INTO attributes VALUES ('client', 'app', 'tier', '\"gold\"'), "
+        "('user', 'app', 'email', '\"someone@example.org\"')"
+    )
+    engine = build_engine(database)
+    try:
+        with Session(engine) as session:
+            fields = session.scalars(
+                select(ClientFieldRecord).order_by(ClientFieldRecord.key)
+            ).all()
+            assert [[(a.type, a.key) for a in f.attributes] for f in fields] == [
+                [("client", "tier")],
+                [("client", "tier")],
+            ]
+            for field in fields:
+                session.delete(field)
+            session.commit()
+    finally:
+        engine.dispose()
+    assert sql_at_head.rows("SELECT * FROM clients") == []
+    assert sql_at_head.rows("SELECT type, key FROM attributes ORDER BY 1") == [
+        ("client", "tier"),
+        ("user", "email"),
+    ]

@@ -1,0 +1,272 @@
+"""Password hashes: Omejdn's bcrypt verified, new ones at the configured cost, upgrades on login.
+
+The policy is tested directly and through UserRepository, whose stored hashes
+are checked with plain SQL: plaintext must never reach the database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bcrypt
+import pytest
+from sqlalchemy import Connection, event
+
+from omejdn_pg.database import Database, count_statements
+from omejdn_pg.entities import User
+from omejdn_pg.errors import InvalidValue, PasswordRejected
+from omejdn_pg.passwords import BCRYPT_MAX_BYTES, PasswordPolicy
+from omejdn_pg.repositories.users import UserRepository
+from omejdn_pg.settings import PasswordSettings
+
+OMEJDN_HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
+"""What Omejdn (Ruby, bcrypt gem) stores for ``mypassword``."""
+
+FAST = PasswordPolicy(PasswordSettings(bcrypt_rounds=4))
+ARGON2 = PasswordPolicy(PasswordSettings(scheme="argon2", bcrypt_rounds=4))
+
+
+def bcrypt_hash(password: str, rounds: int = 4, prefix: str = "2b") -> str:
+    """A hash made by the bcrypt library itself, not by the code under test."""
+    ident = b"2a" if prefix == "2a" else b"2b"
+    made = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds, prefix=ident)).decode()
+    # $2y$ (PHP's name) is the same algorithm as $2b$; bcrypt cannot emit it.
+    return f"${prefix}${made[4:]}" if prefix == "2y" else made
+
+
+def stored_password(plain_sql: Any, username: str = "alice") -> str | None:
+    value: str | None = plain_sql.value(
+        "SELECT password FROM users WHERE username = %s", (username,)
+    )
+    return value
+
+
+def store(db: Database, password_hash: str | None, username: str = "alice") -> None:
+    db.write(
+        lambda c: UserRepository(c, FAST).create(User(username=username, password=password_hash))
+    )
+
+
+def verify(
+    db: Database, policy: PasswordPolicy, password: str, username: str = "alice"
+) -> bool | None:
+    return db.read(lambda c: UserRepository(c, policy).verify_password(username, password))
+
+
+# --- the policy on its own ------------------------------------------------------
+
+
+def test_omejdns_own_hash_verifies() -> None:
+    policy = PasswordPolicy()  # the production cost, as Omejdn's hash has
+    assert policy.is_hash(OMEJDN_HASH)
+    assert policy.verify("mypassword", OMEJDN_HASH) == (True, None)
+    assert policy.verify("mypassword ", OMEJDN_HASH) == (False, None)
+    assert policy.verify("", OMEJDN_HASH) == (False, None)
+
+
+@pytest.mark.parametrize("prefix", ["2a", "2b", "2y"])
+def test_every_bcrypt_variant_verifies(prefix: str) -> None:
+    stored = bcrypt_hash("s3cret", prefix=prefix)
+    assert stored.startswith(f"${prefix}$04$")
+    assert FAST.is_hash(stored)
+    assert FAST.verify("s3cret", stored) == (True, None)
+    assert FAST.verify("S3cret", stored) == (False, None)
+
+
+@pytest.mark.parametrize("rounds", [4, 5])
+def test_new_hashes_are_bcrypt_at_the_configured_cost(rounds: int) -> None:
+    policy = PasswordPolicy(PasswordSettings(bcrypt_rounds=rounds))
+    new_hash = policy.hash("s3cret")
+    assert new_hash.startswith(f"$2b${rounds:02}$")
+    assert bcrypt.checkpw(b"s3cret", new_hash.encode())  # readable by any bcrypt, Ruby's too
+    assert "s3cret" not in new_hash
+
+
+def test_default_policy_is_bcrypt_at_omejdns_cost() -> None:
+    assert PasswordSettings().scheme == "bcrypt"
+    assert PasswordSettings().bcrypt_rounds == 12
+    assert not PasswordPolicy().needs_update(OMEJDN_HASH)
+
+
+def test_argon2_as_configured_scheme() -> None:
+    new_hash = ARGON2.hash("s3cret")
+    assert new_hash.startswith("$argon2")
+    assert ARGON2.verify("s3cret", new_hash) == (True, None)
+    assert ARGON2.verify("wrong", new_hash) == (False, None)
+    assert ARGON2.needs_update(OMEJDN_HASH)
+
+
+def test_a_costlier_bcrypt_hash_is_not_downgraded() -> None:
+    # Omejdn's cost 12 under a configured cost 4: keep it, never "upgrade" down.
+    assert FAST.verify("mypassword", OMEJDN_HASH) == (True, None)
+    assert not FAST.needs_update(bcrypt_hash("pw", rounds=6))
+
+
+def test_a_cheaper_bcrypt_hash_needs_update() -> None:
+    policy = PasswordPolicy(PasswordSettings(bcrypt_rounds=5))
+    matches, replacement = policy.verify("pw", bcrypt_hash("pw", rounds=4))
+    assert matches
+    assert replacement is not None
+    assert replacement.startswith("$2b$05$")
+
+
+@pytest.mark.parametrize(
+    "not_a_hash",
+    ["", "mypassword", "$2b$hunter2", "$2a$12$tooshort", "$argon2id$plain", OMEJDN_HASH + "x"],
+)
+def test_plaintext_and_malformed_hashes_are_not_hashes(not_a_hash: str) -> None:
+    assert not FAST.is_hash(not_a_hash)
+    assert FAST.verify(not_a_hash, not_a_hash) == (False, None)
+
+
+def test_no_hash_never_verifies() -> None:
+    assert FAST.verify("", None) == (False, None)
+    assert FAST.verify("pw", None) == (False, None)
+
+
+@pytest.mark.parametrize("password", ["", None, 42])
+def test_hashing_refuses_empty_and_non_strings(password: Any) -> None:
+    with pytest.raises(PasswordRejected, match="non-empty string"):
+        FAST.hash(password)
+
+
+# --- bcrypt's 72 bytes ----------------------------------------------------------
+
+LONG = "ä" * 36 + "tail"  # 72 bytes of UTF-8, then more
+
+
+def test_bcrypt_refuses_to_hash_more_than_72_bytes_without_quoting_it() -> None:
+    assert len(LONG.encode()) > BCRYPT_MAX_BYTES
+    with pytest.raises(PasswordRejected, match="longer than 72 bytes") as error:
+        FAST.hash(LONG)
+    assert LONG not in str(error.value)
+    # exactly 72 bytes is fine
+    exact = "ä" * 36
+    assert FAST.verify(exact, FAST.hash(exact)) == (True, None)
+
+
+def test_a_long_password_never_matches_the_hash_of_its_first_72_bytes() -> None:
+    prefix = LONG.encode()[:BCRYPT_MAX_BYTES]
+    stored = bcrypt.hashpw(prefix, bcrypt.gensalt(4)).decode()
+    assert bcrypt.checkpw(prefix, stored.encode())
+    assert FAST.verify(prefix.decode(), stored) == (True, None)
+    assert FAST.verify(LONG, stored) == (False, None)
+    assert ARGON2.verify(LONG, stored) == (False, None)
+
+
+def test_argon2_hashes_long_passwords_whole() -> None:
+    stored = ARGON2.hash(LONG)
+    assert ARGON2.verify(LONG, stored) == (True, None)
+    assert ARGON2.verify(LONG[:-1], stored) == (False, None)
+    # Switching back to bcrypt must not re-hash it into a truncated bcrypt hash.
+    assert FAST.verify(LONG, stored) == (True, None)
+
+
+# --- through the repository ------------------------------------------------------
+
+
+def test_omejdn_hash_verifies_through_the_repository_and_is_kept(
+    db: Database, plain_sql: Any
+) -> None:
+    store(db, OMEJDN_HASH)
+    assert verify(db, PasswordPolicy(), "mypassword") is True
+    assert verify(db, FAST, "mypassword") is True
+    assert verify(db, FAST, "wrong") is False
+    assert stored_password(plain_sql) == OMEJDN_HASH
+
+
+def test_bcrypt_user_is_upgraded_to_argon2_on_the_next_login(db: Database, plain_sql: Any) -> None:
+    store(db, OMEJDN_HASH)
+    assert verify(db, ARGON2, "mypassword") is True
+    upgraded = stored_password(plain_sql)
+    assert upgraded is not None
+    assert upgraded.startswith("$argon2")
+    assert verify(db, ARGON2, "mypassword") is True
+    assert stored_password(plain_sql) == upgraded  # no second upgrade
+    # Still a valid login under a bcrypt policy (argon2 stays verifiable).
+    assert ARGON2.verify("mypassword", upgraded) == (True, None)
+
+
+def test_cheaper_bcrypt_is_upgraded_to_the_configured_cost(db: Database, plain_sql: Any) -> None:
+    store(db, bcrypt_hash("s3cret", rounds=4, prefix="2a"))
+    policy = PasswordPolicy(PasswordSettings(bcrypt_rounds=5))
+    assert verify(db, policy, "s3cret") is True
+    upgraded = stored_password(plain_sql)
+    assert upgraded is not None
+    assert upgraded.startswith("$2b$05$")
+    assert bcrypt.checkpw(b"s3cret", upgraded.encode())
+
+
+def test_a_wrong_password_never_upgrades(db: Database, plain_sql: Any) -> None:
+    original = bcrypt_hash("s3cret", rounds=4)
+    store(db, original)
+    assert verify(db, ARGON2, "wrong") is False
+    assert verify(db, PasswordPolicy(PasswordSettings(bcrypt_rounds=5)), "wrong") is False
+    assert stored_password(plain_sql) == original
+
+
+def test_a_long_password_through_the_repository(db: Database, plain_sql: Any) -> None:
+    prefix = LONG.encode()[:BCRYPT_MAX_BYTES]
+    original = bcrypt.hashpw(prefix, bcrypt.gensalt(4)).decode()
+    store(db, original)
+    assert verify(db, ARGON2, LONG) is False
+    assert stored_password(plain_sql) == original
+    with pytest.raises(PasswordRejected) as error:
+        db.write(lambda c: UserRepository(c, FAST).set_password("alice", LONG))
+    assert LONG not in str(error.value)
+    assert stored_password(plain_sql) == original
+
+
+def test_an_upgrade_never_overwrites_a_concurrent_password_change(
+    db: Database, plain_sql: Any
+) -> None:
+    store(db, bcrypt_hash("old", rounds=4))
+    changed = bcrypt_hash("new", rounds=4)
+
+    # Just before the re-hash is written, another writer changes the password.
+    def change_first(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("UPDATE users SET password") and "users.password =" in statement:
+            plain_sql.execute("UPDATE users SET password = %s", (changed,))
+
+    event.listen(db.engine, "before_cursor_execute", change_first)
+    try:
+        assert verify(db, ARGON2, "old") is True
+    finally:
+        event.remove(db.engine, "before_cursor_execute", change_first)
+    assert stored_password(plain_sql) == changed
+
+
+def test_upgrade_happens_in_the_same_call(db: Database) -> None:
+    store(db, bcrypt_hash("s3cret", rounds=4))
+    db.read(lambda c: None)
+    statements = count_statements(db.engine)
+    assert verify(db, ARGON2, "s3cret") is True
+    assert [s.split()[0] for s in statements] == ["SELECT", "UPDATE"]
+
+
+def test_plaintext_never_reaches_the_database(db: Database, plain_sql: Any) -> None:
+    db.read(lambda c: None)
+    statements = count_statements(db.engine)
+    with pytest.raises(InvalidValue, match="password must be a") as error:
+        store(db, "mypassword")
+    assert "mypassword" not in str(error.value)
+    assert statements == []
+    assert plain_sql.value("SELECT count(*) FROM users") == 0
+
+    # the way to store a new password: hashed by the policy
+    store(db, None)
+    db.write(lambda c: UserRepository(c, FAST).set_password("alice", "mypassword"))
+    stored = stored_password(plain_sql)
+    assert stored is not None
+    assert stored.startswith("$2b$04$")
+    assert "mypassword" not in stored
+
+
+def test_from_dict_hashes_plaintext_before_it_is_stored(db: Database, plain_sql: Any) -> None:
+    # Omejdn's YAML form may carry plaintext; the entity hashes it on the way in.
+    user = User.from_dict({"username": "yaml", "password": "mypassword"})
+    assert user.password is not None
+    assert user.password != "mypassword"
+    store(db, user.password, username="yaml")
+    assert stored_password(plain_sql, "yaml") == user.password
+    assert verify(db, FAST, "mypassword", username="yaml") is True

@@ -1,0 +1,663 @@
+"""UserRepository against a real PostgreSQL: results checked with plain SQL.
+
+Round trips are counted on the wire (libpq's protocol trace of the pooled
+connection), not through SQLAlchemy's begin/rollback events: under AUTOCOMMIT
+SQLAlchemy still fires those for its own bookkeeping although the driver sends
+nothing, so only the trace tells what the server actually saw.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import pq
+from sqlalchemy import Connection
+
+from omejdn_pg.database import Database, count_statements
+from omejdn_pg.entities import User
+from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
+from omejdn_pg.passwords import PasswordPolicy
+from omejdn_pg.repositories.users import UserRepository
+from omejdn_pg.settings import BACKEND_NAME, PasswordSettings
+
+T = TypeVar("T")
+
+POLICY = PasswordPolicy(PasswordSettings(bcrypt_rounds=4))
+HASH = POLICY.hash("correct horse")
+OTHER_HASH = POLICY.hash("battery staple")
+
+
+def repo(conn: Connection) -> UserRepository:
+    return UserRepository(conn, POLICY)
+
+
+def create(db: Database, user: User) -> None:
+    db.write(lambda c: repo(c).create(user))
+
+
+def get(db: Database, username: str) -> User | None:
+    return db.read(lambda c: repo(c).get(username))
+
+
+def attribute_rows(plain_sql: Any, username: str) -> dict[str, Any]:
+    rows = plain_sql.rows(
+        "SELECT key, value::jsonb FROM attributes WHERE type = 'user' AND identifier = %s",
+        (username,),
+    )
+    return dict(rows)
+
+
+# --- the wire -------------------------------------------------------------------
+
+
+@dataclass
+class Wire:
+    """What libpq sent and received while an operation ran."""
+
+    lines: list[str]
+
+    @property
+    def sent(self) -> list[str]:
+        return [line.split("\t")[2].strip() for line in self.lines if line.startswith("F\t")]
+
+    @property
+    def round_trips(self) -> int:
+        # Extended protocol ends each request with Sync; the simple protocol
+        # (which psycopg uses for BEGIN/COMMIT/ROLLBACK) sends one Query.
+        return self.sent.count("Sync") + self.sent.count("Query")
+
+    @property
+    def transaction_control(self) -> list[str]:
+        words = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "START TRANSACTION")
+        return [
+            line
+            for line in self.lines
+            if line.startswith("F\t") and any(w in line.upper() for w in words)
+        ]
+
+    @property
+    def final_status(self) -> str:
+        ready = [line for line in self.lines if "\tReadyForQuery" in line]
+        return ready[-1].split()[-1]
+
+
+def traced_read(db: Database, operation: Callable[[Connection], T]) -> tuple[T, Wire]:
+    """Run ``operation`` through ``db.read`` with the connection's protocol traced,
+    including what the pool does when the connection goes back."""
+    with tempfile.TemporaryFile() as trace:
+        traced: list[Any] = []
+
+        def run(conn: Connection) -> T:
+            pgconn = conn.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
+            pgconn.trace(trace.fileno())
+            pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+            traced.append(pgconn)
+            return operation(conn)
+
+        try:
+            result = db.read(run)
+        finally:
+            for pgconn in traced:
+                pgconn.untrace()
+        trace.seek(0)
+        return result, Wire(trace.read().decode("utf-8", "replace").splitlines())
+
+
+# --- reads ----------------------------------------------------------------------
+
+
+def test_create_then_get_round_trips_and_rows_are_as_stored(db: Database, plain_sql: Any) -> None:
+    user = User(
+        username="alice",
+        password=HASH,
+        attributes={"email": "alice@example.org", "roles": ["admin", {"scope": "a/b"}]},
+        extern="https://idp.example",
+        consent={"client-1": ["openid", "profile"]},
+    )
+    create(db, user)
+
+    found = get(db, "alice")
+    assert found == User(
+        username="alice",
+        password=HASH,
+        attributes=user.attributes,
+        extern="https://idp.example",
+        consent=user.consent,
+        backend=BACKEND_NAME,
+    )
+    assert plain_sql.rows("SELECT username, password, extern, consent FROM users") == [
+        ("alice", HASH, "https://idp.example", {"client-1": ["openid", "profile"]})
+    ]
+    assert attribute_rows(plain_sql, "alice") == user.attributes
+
+
+def test_get_unknown_user_is_none(db: Database) -> None:
+    assert get(db, "nobody") is None
+
+
+def test_user_without_attributes_gets_empty_mapping(db: Database) -> None:
+    create(db, User(username="bare"))
+    assert get(db, "bare") == User(username="bare", backend=BACKEND_NAME)
+
+
+def test_attributes_of_a_client_with_the_same_name_stay_apart(db: Database, plain_sql: Any) -> None:
+    plain_sql.execute(
+        "INSERT INTO attributes (type, identifier, key, value) VALUES ('client', 'same', 'k', '1')"
+    )
+    create(db, User(username="same", attributes={"mine": True}))
+    assert get(db, "same") == User(username="same", attributes={"mine": True}, backend="postgres")
+    assert db.write(lambda c: repo(c).delete("same"))
+    assert plain_sql.rows("SELECT type, identifier, key FROM attributes") == [
+        ("client", "same", "k")
+    ]
+
+
+def test_point_read_is_one_prepared_statement_and_one_round_trip_without_transaction(
+    db: Database,
+) -> None:
+    create(db, User(username="alice", password=HASH, attributes={"a": 1, "b": [2]}))
+    db.read(lambda c: None)  # the dialect's first-connect queries, not ours
+
+    statements = count_statements(db.engine)
+    user, cold = traced_read(db, lambda c: repo(c).get("alice"))
+    assert user is not None
+    assert user.attributes == {"a": 1, "b": [2]}
+    assert len(statements) == 1
+    assert cold.round_trips == 1, cold.lines
+    assert cold.transaction_control == []
+    assert cold.final_status == "I"
+
+    for _ in range(10):  # past psycopg's prepare threshold
+        get(db, "alice")
+    statements.clear()
+    user, warm = traced_read(db, lambda c: repo(c).get("alice"))
+    assert user is not None
+    assert len(statements) == 1
+    assert warm.round_trips == 1, warm.lines
+    assert warm.transaction_control == []
+    assert warm.final_status == "I"
+    assert "Parse" not in warm.sent, "the statement should be prepared by now"
+
+    # a miss costs the same
+    missing, wire = traced_read(db, lambda c: repo(c).get("nobody"))
+    assert missing is None
+    assert wire.round_trips == 1
+    assert wire.transaction_control == []
+
+
+def test_all_is_a_constant_number_of_statements(db: Database, plain_sql: Any) -> None:
+    create(db, User(username="user-000", attributes={"n": 0}))
+    db.read(lambda c: None)
+    statements = count_statements(db.engine)
+    assert len(db.read(lambda c: repo(c).all())) == 1
+    for_one = len(statements)
+
+    def create_many(conn: Connection) -> None:
+        for n in range(1, 200):
+            repo(conn).create(
+                User(username=f"user-{n:03}", attributes={"n": n, "even": n % 2 == 0})
+            )
+
+    db.write(create_many)
+    statements.clear()
+    users = db.read(lambda c: repo(c).all())
+    assert len(statements) == for_one == 1
+    assert [u.username for u in users] == [f"user-{n:03}" for n in range(200)]
+    assert all(u.backend == BACKEND_NAME for u in users)
+    assert users[7].attributes == {"n": 7, "even": False}
+    assert plain_sql.value("SELECT count(*) FROM attributes WHERE type = 'user'") == 399
+
+
+def test_all_of_an_empty_table_is_empty(db: Database) -> None:
+    assert db.read(lambda c: repo(c).all()) == []
+
+
+# --- create ---------------------------------------------------------------------
+
+
+def test_duplicate_create_fails_before_touching_attributes(db: Database, plain_sql: Any) -> None:
+    create(db, User(username="alice", password=HASH, attributes={"keep": 1}))
+    # Catch the error inside the transaction and commit it: whatever the failed
+    # create wrote before noticing the duplicate would be committed too.
+    with db.transaction() as conn:
+        statements = count_statements(db.engine)
+        with pytest.raises(AlreadyExists, match="user 'alice' exists already") as error:
+            repo(conn).create(User(username="alice", password=OTHER_HASH, attributes={"x": 2}))
+        assert len(statements) == 1
+    assert HASH not in str(error.value)
+    assert OTHER_HASH not in str(error.value)
+    assert attribute_rows(plain_sql, "alice") == {"keep": 1}
+    assert plain_sql.value("SELECT password FROM users") == HASH
+
+
+def test_create_replaces_orphaned_attributes(db: Database, plain_sql: Any) -> None:
+    # Left behind by a non-transactional delete (the Ruby plugin's).
+    plain_sql.execute(
+        "INSERT INTO attributes (type, identifier, key, value) "
+        "VALUES ('user', 'alice', 'old', '\"stale\"'), ('user', 'alice', 'k', '1')"
+    )
+    create(db, User(username="alice", attributes={"k": 2}))
+    assert attribute_rows(plain_sql, "alice") == {"k": 2}
+
+
+def test_attributes_in_the_old_list_form_are_stored_as_a_mapping(db: Database) -> None:
+    user = User(username="old", attributes=[{"key": "a", "value": 1}])  # type: ignore[arg-type]
+    create(db, user)
+    found = get(db, "old")
+    assert found is not None
+    assert found.attributes == {"a": 1}
+
+
+# --- update ---------------------------------------------------------------------
+
+
+def test_update_replaces_everything(db: Database, plain_sql: Any) -> None:
+    create(
+        db,
+        User(
+            username="alice",
+            password=HASH,
+            attributes={"a": 1, "b": 2},
+            extern="idp",
+            consent={"c": ["openid"]},
+        ),
+    )
+    db.write(
+        lambda c: repo(c).update(
+            User(username="alice", password=OTHER_HASH, attributes={"b": 3, "c": None})
+        )
+    )
+    assert get(db, "alice") == User(
+        username="alice", password=OTHER_HASH, attributes={"b": 3, "c": None}, backend="postgres"
+    )
+    assert plain_sql.rows("SELECT password, extern, consent FROM users") == [(OTHER_HASH, None, {})]
+    assert attribute_rows(plain_sql, "alice") == {"b": 3, "c": None}
+
+
+def test_update_of_what_get_returned_keeps_everything(db: Database) -> None:
+    original = User(username="alice", password=HASH, attributes={"a": {"deep": [1]}})
+    create(db, original)
+    found = get(db, "alice")
+    assert found is not None
+    db.write(lambda c: repo(c).update(found))
+    assert get(db, "alice") == found
+
+
+def test_update_of_unknown_user_is_not_found_and_creates_nothing(
+    db: Database, plain_sql: Any
+) -> None:
+    with pytest.raises(NotFound, match="user 'ghost' does not exist"):
+        db.write(lambda c: repo(c).update(User(username="ghost", attributes={"a": 1})))
+    assert plain_sql.value("SELECT count(*) FROM attributes") == 0
+    assert plain_sql.value("SELECT count(*) FROM users") == 0
+
+
+def test_update_is_one_transaction(db: Database, plain_sql: Any) -> None:
+    create(db, User(username="alice", attributes={"a": 1}))
+    # The second value is refused by PostgreSQL only after the user row was
+    # updated: nothing of the update may remain.
+    plain_sql.execute(
+        "ALTER TABLE attributes ADD CONSTRAINT no_forbidden CHECK (key <> 'forbidden')"
+    )
+    with pytest.raises(Exception, match="no_forbidden"):
+        db.write(
+            lambda c: repo(c).update(
+                User(username="alice", password=HASH, attributes={"forbidden": 1})
+            )
+        )
+    assert plain_sql.value("SELECT password FROM users") is None
+    assert attribute_rows(plain_sql, "alice") == {"a": 1}
+
+
+# --- delete ---------------------------------------------------------------------
+
+
+def test_delete_takes_the_attributes_along(db: Database, plain_sql: Any) -> None:
+    create(db, User(username="alice", attributes={"a": 1, "b": 2}))
+    create(db, User(username="bob", attributes={"a": 1}))
+    assert db.write(lambda c: repo(c).delete("alice")) is True
+    assert get(db, "alice") is None
+    assert plain_sql.rows("SELECT username FROM users") == [("bob",)]
+    assert plain_sql.rows("SELECT identifier FROM attributes") == [("bob",)]
+    assert db.write(lambda c: repo(c).delete("alice")) is False
+
+
+def test_delete_of_unknown_user_leaves_others_alone(db: Database, plain_sql: Any) -> None:
+    plain_sql.execute(
+        "INSERT INTO attributes (type, identifier, key, value) VALUES ('user', 'ghost', 'k', '1')"
+    )
+    assert db.write(lambda c: repo(c).delete("ghost")) is False
+    assert plain_sql.value("SELECT count(*) FROM attributes") == 1
+
+
+# --- passwords (the repository side; schemes are in test_passwords.py) ----------
+
+
+def test_set_password_stores_a_hash_of_it(db: Database, plain_sql: Any) -> None:
+    create(db, User(username="alice"))
+    db.write(lambda c: repo(c).set_password("alice", "s3cret"))
+    stored = plain_sql.value("SELECT password FROM users")
+    assert stored != "s3cret"
+    assert stored.startswith("$2b$04$")
+    assert db.read(lambda c: repo(c).verify_password("alice", "s3cret")) is True
+    assert db.read(lambda c: repo(c).verify_password("alice", "wrong")) is False
+
+
+def test_set_password_of_unknown_user_is_not_found(db: Database) -> None:
+    with pytest.raises(NotFound, match="user 'ghost'") as error:
+        db.write(lambda c: repo(c).set_password("ghost", "s3cret"))
+    assert "s3cret" not in str(error.value)
+
+
+def test_verify_password_of_unknown_user_is_none(db: Database) -> None:
+    assert db.read(lambda c: repo(c).verify_password("ghost", "pw")) is None
+
+
+def test_verify_password_of_user_without_password_is_false(db: Database) -> None:
+    create(db, User(username="external", extern="idp"))
+    assert db.read(lambda c: repo(c).verify_password("external", "")) is False
+    assert db.read(lambda c: repo(c).verify_password("external", "pw")) is False
+
+
+def test_verify_password_without_upgrade_is_one_round_trip(db: Database) -> None:
+    create(db, User(username="alice", password=HASH))
+    db.read(lambda c: None)
+    ok, wire = traced_read(db, lambda c: repo(c).verify_password("alice", "correct horse"))
+    assert ok is True
+    assert wire.round_trips == 1
+    assert wire.transaction_control == []
+
+
+# --- validation -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("user", "message"),
+    [
+        (User(username="a\x00b"), "username contains the character U+0000"),
+        (User(username=""), "username must be a non-empty string"),
+        (User(username="a\ud800"), "username contains the character U+D800"),
+        (
+            User(username="alice", attributes={"k\x00": 1}),
+            "user 'alice': attribute name 'k\\x00' contains the character U+0000",
+        ),
+        (
+            User(username="alice", attributes={"k": {"deep": ["ok", "b\x00d"]}}),
+            "user 'alice': attributes.k.deep[1]: contains the character U+0000",
+        ),
+        (
+            User(username="alice", attributes={"k": float("nan")}),
+            "user 'alice': attributes.k: nan is not a JSON number",
+        ),
+        (
+            User(username="alice", attributes={"k": float("inf")}),
+            "user 'alice': attributes.k: inf is not a JSON number",
+        ),
+        (
+            User(username="alice", attributes={"k": {1, 2}}),
+            "user 'alice': attributes.k: a set is not a JSON value",
+        ),
+        (
+            User(username="alice", consent={"c": "x\x00"}),
+            "user 'alice': consent.c: contains the character U+0000",
+        ),
+        (
+            User(username="alice", consent=["openid"]),  # type: ignore[arg-type]
+            "user 'alice': consent must be a mapping",
+        ),
+        (
+            User(username="alice", extern="i\x00dp"),
+            "user 'alice': extern contains the character U+0000",
+        ),
+    ],
+)
+def test_invalid_values_are_refused_before_any_sql(
+    db: Database, plain_sql: Any, user: User, message: str
+) -> None:
+    db.read(lambda c: None)
+    statements = count_statements(db.engine)
+    with pytest.raises(InvalidValue, match=re.escape(message)):
+        db.write(lambda c: repo(c).create(user))
+    with pytest.raises(InvalidValue, match=re.escape(message)):
+        db.write(lambda c: repo(c).update(user))
+    assert statements == []
+    assert plain_sql.value("SELECT count(*) FROM users") == 0
+
+
+@pytest.mark.parametrize("username", ["a\x00b", ""])
+def test_invalid_usernames_are_refused_by_every_call(db: Database, username: str) -> None:
+    calls: list[Callable[[UserRepository], object]] = [
+        lambda r: r.get(username),
+        lambda r: r.delete(username),
+        lambda r: r.set_password(username, "pw"),
+        lambda r: r.verify_password(username, "pw"),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidValue, match="username"):
+            db.write(lambda c, call=call: call(repo(c)))  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "not_a_hash",
+    ["hunter2", "$2b$hunter2", "$2a$12$" + "x" * 20, "$argon2id$plain", "correct horse"],
+)
+def test_plaintext_password_is_refused_without_quoting_it(
+    db: Database, plain_sql: Any, not_a_hash: str
+) -> None:
+    for operation in (UserRepository.create, UserRepository.update):
+        with pytest.raises(InvalidValue, match="user 'alice': password must be a") as error:
+            db.write(
+                lambda c, op=operation: op(repo(c), User(username="alice", password=not_a_hash))  # type: ignore[misc]
+            )
+        assert not_a_hash not in str(error.value)
+    assert plain_sql.value("SELECT count(*) FROM users") == 0
+
+
+# --- Omejdn's Ruby plugin layout: JSON as TEXT ----------------------------------
+
+
+def test_crud_on_text_columns_of_the_ruby_plugin(db: Database, plain_sql: Any) -> None:
+    plain_sql.execute("ALTER TABLE attributes ALTER COLUMN value TYPE text USING value::text")
+    assert (
+        plain_sql.value(
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE table_name = 'attributes' AND column_name = 'value'"
+        )
+        == "text"
+    )
+    # What the Ruby plugin writes: compact JSON, raw UTF-8.
+    plain_sql.execute("INSERT INTO users (username, password) VALUES ('ruby', %s)", (HASH,))
+    plain_sql.execute(
+        "INSERT INTO attributes (type, identifier, key, value) VALUES "
+        """('user', 'ruby', 'name', '"Jürgen/x"'), ('user', 'ruby', 'obj', '{"a":[1,2.5,null]}')"""
+    )
+    assert get(db, "ruby") == User(
+        username="ruby",
+        password=HASH,
+        attributes={"name": "Jürgen/x", "obj": {"a": [1, 2.5, None]}},
+        backend="postgres",
+    )
+
+    attributes = {"email": "a@b.c", "n": 3, "nested": {"l": [True, None, "ü"]}, "s": "plain"}
+    create(db, User(username="alice", password=HASH, attributes=attributes))
+    assert get(db, "alice") == User(
+        username="alice", password=HASH, attributes=attributes, backend="postgres"
+    )
+    stored = dict(plain_sql.rows("SELECT key, value FROM attributes WHERE identifier = 'alice'"))
+    assert all(isinstance(v, str) for v in stored.values())
+    assert {k: json.loads(v) for k, v in stored.items()} == attributes
+
+    db.write(lambda c: repo(c).update(User(username="alice", attributes={"s": "new"})))
+    assert get(db, "alice") == User(username="alice", attributes={"s": "new"}, backend="postgres")
+    assert plain_sql.rows("SELECT value FROM attributes WHERE identifier = 'alice'") == [('"new"',)]
+
+    users = db.read(lambda c: repo(c).all())
+    assert [u.username for u in users] == ["alice", "ruby"]
+
+    assert db.write(lambda c: repo(c).delete("alice"))
+    assert db.write(lambda c: repo(c).delete("ruby"))
+    assert plain_sql.value("SELECT count(*) FROM attributes") == 0
+
+
+# --- concurrency ----------------------------------------------------------------
+
+WRITERS = 8
+
+
+def writer_version(n: int) -> User:
+    """A complete user state that no other writer shares a single key of."""
+    return User(
+        username="alice",
+        password=HASH if n % 2 else OTHER_HASH,
+        attributes={f"w{n}-{k}": n * 10 + k for k in range(6)} | {"who": n},
+        extern=f"idp-{n}",
+        consent={f"client-{n}": ["openid"]},
+    )
+
+
+def run_together(count: int, work: Callable[[int], T]) -> list[T | BaseException]:
+    """Run ``work(0..count-1)`` in threads released at once; errors are returned."""
+    barrier = threading.Barrier(count)
+
+    def start(n: int) -> T | BaseException:
+        barrier.wait()
+        try:
+            return work(n)
+        except Exception as error:
+            return error
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(start, range(count)))
+
+
+@pytest.mark.slow
+def test_concurrent_updates_serialize_and_never_mix(db: Database, plain_sql: Any) -> None:
+    create(db, User(username="alice", attributes={"initial": True}))
+    versions = [writer_version(n) for n in range(WRITERS)]
+    for _ in range(5):
+        results = run_together(WRITERS, lambda n: db.write(lambda c: repo(c).update(versions[n])))
+        assert results == [None] * WRITERS
+        found = get(db, "alice")
+        assert found is not None
+        winner = found.attributes["who"]
+        assert found == User(**{**versions[winner].__dict__, "backend": "postgres"})
+        assert attribute_rows(plain_sql, "alice") == versions[winner].attributes
+
+
+@pytest.mark.slow
+def test_concurrent_creates_one_wins_the_others_get_already_exists(
+    db: Database, plain_sql: Any
+) -> None:
+    versions = [writer_version(n) for n in range(WRITERS)]
+    for round_ in range(3):
+        results = run_together(WRITERS, lambda n: db.write(lambda c: repo(c).create(versions[n])))
+        winners = [n for n, r in enumerate(results) if r is None]
+        assert len(winners) == 1, results
+        losers = [r for r in results if r is not None]
+        assert all(isinstance(r, AlreadyExists) for r in losers), losers
+        assert attribute_rows(plain_sql, "alice") == versions[winners[0]].attributes
+        assert db.write(lambda c: repo(c).delete("alice")), round_
+
+
+@pytest.mark.slow
+def test_concurrent_updates_and_deletes_leave_no_orphans(db: Database, plain_sql: Any) -> None:
+    versions = [writer_version(n) for n in range(WRITERS)]
+    for _ in range(5):
+        create(db, User(username="alice", attributes={"initial": True}))
+
+        def work(n: int) -> object:
+            if n % 4 == 0:
+                return db.write(lambda c: repo(c).delete("alice"))
+            return db.write(lambda c: repo(c).update(versions[n]))
+
+        results = run_together(WRITERS, work)
+        assert all(r is None or isinstance(r, bool | NotFound) for r in results), results
+        assert get(db, "alice") is None
+        assert attribute_rows(plain_sql, "alice") == {}
+
+
+# --- properties -----------------------------------------------------------------
+
+NO_NUL = st.characters(codec="utf-8", exclude_characters="\x00")  # no lone surrogates
+texts = st.text(NO_NUL, max_size=30)
+large_texts = st.builds(
+    lambda s, n: s * n, st.text(NO_NUL, min_size=1, max_size=8), st.integers(500, 5000)
+)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | texts
+    | large_texts
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(texts, inner, max_size=5),
+    max_leaves=30,
+)
+names = st.text(NO_NUL, min_size=1, max_size=40)
+
+
+def same_json(value: Any) -> Any:
+    """``value`` with numbers compared by value: jsonb keeps numbers as decimals
+    and prints integral ones without a fraction (1e16 comes back as 10**16)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    if isinstance(value, list):
+        return [same_json(v) for v in value]
+    return {k: same_json(v) for k, v in value.items()}
+
+
+PROPERTY_SETTINGS = settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    attributes=st.dictionaries(names, json_values, max_size=6),
+    consent=st.dictionaries(texts, json_values, max_size=3),
+)
+def test_any_json_round_trips_through_attributes_and_consent(
+    db: Database, attributes: dict[str, Any], consent: dict[str, Any]
+) -> None:
+    username = f"prop-{uuid.uuid4().hex}"
+    create(db, User(username=username, attributes=attributes, consent=consent))
+    found = get(db, username)
+    assert found is not None
+    assert same_json(found.attributes) == same_json(attributes)
+    assert same_json(found.consent) == same_json(consent)
+
+
+@PROPERTY_SETTINGS
+@given(username=names, keys=st.lists(names, min_size=1, max_size=5, unique=True))
+def test_unicode_usernames_and_attribute_keys_round_trip(
+    db: Database, plain_sql: Any, username: str, keys: list[str]
+) -> None:
+    attributes = {key: index for index, key in enumerate(keys)}
+    create(db, User(username=username, attributes=attributes))
+    try:
+        assert get(db, username) == User(
+            username=username, attributes=attributes, backend="postgres"
+        )
+        assert plain_sql.value("SELECT username FROM users") == username
+        assert attribute_rows(plain_sql, username) == attributes
+    finally:
+        assert db.write(lambda c: repo(c).delete(username))
