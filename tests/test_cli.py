@@ -150,9 +150,7 @@ def test_listings_offer_json(url: str) -> None:
 # --- import / export ---------------------------------------------------------------
 
 
-def test_import_export_round_trip(
-    url: str, examples: Path, tmp_path: Path, plain_sql: Any
-) -> None:
+def test_import_export_round_trip(url: str, examples: Path, tmp_path: Path, plain_sql: Any) -> None:
     first = ok(omejdn_pg("--url", url, "import", str(examples)))
     assert "17 change(s) written" in first.stdout
     assert plain_sql.value("SELECT count(*) FROM users") == 4
@@ -227,7 +225,12 @@ def test_import_missing_directory(url: str, tmp_path: Path, plain_sql: Any) -> N
 def test_unreachable_host_never_shows_the_password(tmp_path: Path, examples: Path) -> None:
     secret = "S3cret-Pw-42"
     url = f"postgresql://omejdn:{secret}@127.0.0.1:1/omejdn?connect_timeout=5"
-    for command in (["users", "list"], ["import", str(examples)], ["check"], ["migrate", "upgrade"]):
+    for command in (
+        ["users", "list"],
+        ["import", str(examples)],
+        ["check"],
+        ["migrate", "upgrade"],
+    ):
         result = omejdn_pg("--url", url, *command)
         line = one_error_line(result)
         assert "127.0.0.1" in line, line
@@ -244,9 +247,7 @@ def test_missing_database(database: ConnectionSettings, tmp_path: Path) -> None:
     # the same through a plugin file
     plugin = tmp_path / "plugins.yml"
     plugin.write_text(
-        yaml.safe_dump(
-            {"plugins": {"postgres_backend": {"connection": dict(settings.params)}}}
-        )
+        yaml.safe_dump({"plugins": {"postgres_backend": {"connection": dict(settings.params)}}})
     )
     result = omejdn_pg("--config", str(plugin), "clients", "list")
     one_error_line(result)
@@ -267,15 +268,17 @@ def test_plugin_files_configure_the_connection(
     base.write_text(yaml.safe_dump({"plugins": {"postgres_backend": {"connection": {}}}}))
     override = tmp_path / "override.yml"
     override.write_text(
-        yaml.safe_dump(
-            {"plugins": {"postgres_backend": {"connection": dict(database.params)}}}
-        )
+        yaml.safe_dump({"plugins": {"postgres_backend": {"connection": dict(database.params)}}})
     )
     stdin = "pw-from-stdin\n"
     ok(
         omejdn_pg(
-            "users", "add", "frank", "--password-stdin",
-            input=stdin, env={"OMEJDN_PLUGINS": f"{base}:{override}"},
+            "users",
+            "add",
+            "frank",
+            "--password-stdin",
+            input=stdin,
+            env={"OMEJDN_PLUGINS": f"{base}:{override}"},
         )
     )
     ok(omejdn_pg("--config", f"{base}:{override}", "users", "show", "frank"))
@@ -299,7 +302,9 @@ def test_migrate_up_and_down(empty_database: ConnectionSettings) -> None:
     assert ok(omejdn_pg("--url", url, "migrate", "current")).stdout.strip() == head
     assert "nothing to do" in ok(omejdn_pg("--url", url, "migrate", "upgrade")).stdout
     report = json.loads(ok(omejdn_pg("--url", url, "check", "--json")).stdout)
-    assert report["ok"] and report["revision"] == head and report["pending"] == []
+    assert report["ok"]
+    assert report["revision"] == head
+    assert report["pending"] == []
     assert report["rows"]["users"] == 0
 
     refused = omejdn_pg("--url", url, "migrate", "downgrade", "base")
@@ -326,8 +331,16 @@ def test_check_reports_rows(url: str, examples: Path) -> None:
 def test_users(url: str, database: ConnectionSettings, plain_sql: Any) -> None:
     ok(
         omejdn_pg(
-            "--url", url, "users", "add", "grace", "--password-stdin",
-            "-a", "email=grace@example.org", "--attribute-json", "email_verified=true",
+            "--url",
+            url,
+            "users",
+            "add",
+            "grace",
+            "--password-stdin",
+            "-a",
+            "email=grace@example.org",
+            "--attribute-json",
+            "email_verified=true",
             input="first password\n",
         )
     )
@@ -338,7 +351,8 @@ def test_users(url: str, database: ConnectionSettings, plain_sql: Any) -> None:
         "attributes": {"email": "grace@example.org", "email_verified": True},
     }
     hashed = plain_sql.value("SELECT password FROM users WHERE username = 'grace'")
-    assert hashed.startswith("$2b$") and "first password" not in hashed
+    assert hashed.startswith("$2b$")
+    assert "first password" not in hashed
 
     ok(omejdn_pg("--url", url, "users", "passwd", "grace", "--password-stdin", input="second\n"))
     with Host.from_settings(BackendSettings(connection=database)) as host:
@@ -385,8 +399,17 @@ def test_clients(url: str, examples: Path, tmp_path: Path, plain_sql: Any) -> No
     ok(omejdn_pg("--url", url, "clients", "add", "--file", str(metadata)))
     added = ok(
         omejdn_pg(
-            "--url", url, "clients", "add", "legacy", "--auth-method", "client_secret_basic",
-            "--redirect-uri", "https://legacy.example.org/cb", "--scope", "openid",
+            "--url",
+            url,
+            "clients",
+            "add",
+            "legacy",
+            "--auth-method",
+            "client_secret_basic",
+            "--redirect-uri",
+            "https://legacy.example.org/cb",
+            "--scope",
+            "openid",
         )
     )
     secret = added.stdout.split("client_secret: ")[1].strip()
@@ -398,9 +421,12 @@ def test_clients(url: str, examples: Path, tmp_path: Path, plain_sql: Any) -> No
     ok(omejdn_pg("--url", url, "clients", "set-cert", "tool", str(cert)))
     shown = json.loads(ok(omejdn_pg("--url", url, "clients", "show", "tool", "--json")).stdout)
     assert shown["certificate"]["subject"] == "CN=reporting-service"
-    assert plain_sql.value(
-        "SELECT count(*) FROM keys WHERE target_type = 'clients' AND target = 'tool'"
-    ) == 1
+    assert (
+        plain_sql.value(
+            "SELECT count(*) FROM keys WHERE target_type = 'clients' AND target = 'tool'"
+        )
+        == 1
+    )
 
     bad = tmp_path / "bad.pem"
     bad.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
@@ -416,7 +442,9 @@ def test_clients(url: str, examples: Path, tmp_path: Path, plain_sql: Any) -> No
 def test_config(url: str, plain_sql: Any) -> None:
     ok(omejdn_pg("--url", url, "config", "set", "omejdn", input="issuer: https://a.example\n"))
     ok(omejdn_pg("--url", url, "config", "set", "webfinger", "--format", "json", input='["a"]'))
-    got = json.loads(ok(omejdn_pg("--url", url, "config", "get", "omejdn", "--format", "json")).stdout)
+    got = json.loads(
+        ok(omejdn_pg("--url", url, "config", "get", "omejdn", "--format", "json")).stdout
+    )
     assert got == {"issuer": "https://a.example"}
     assert yaml.safe_load(ok(omejdn_pg("--url", url, "config", "get", "webfinger")).stdout) == ["a"]
     listed = json.loads(ok(omejdn_pg("--url", url, "config", "list", "--json")).stdout)
@@ -429,12 +457,13 @@ def test_config(url: str, plain_sql: Any) -> None:
         omejdn_pg("--url", url, "config", "set", "Bad-Name", input="a: 1\n")
     )
     assert "<stdin>: line 2" in one_error_line(
-        omejdn_pg("--url", url, "config", "set", "other", input="a: 1\nb: [\n")
+        omejdn_pg("--url", url, "config", "set", "other", input="a: 1\nb: {x: [1, 2}\nc: 3\n")
     )
     assert "never been written" in one_error_line(omejdn_pg("--url", url, "config", "get", "other"))
-    assert plain_sql.value(
-        "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'configuration\\_%'"
-    ) == 2
+    assert (
+        plain_sql.value("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'configuration\\_%'")
+        == 2
+    )
 
 
 def test_keys(url: str, examples: Path, tmp_path: Path) -> None:
@@ -455,8 +484,17 @@ def test_keys(url: str, examples: Path, tmp_path: Path) -> None:
     source = examples / "keys" / "omejdn"
     ok(
         omejdn_pg(
-            "--url", url, "keys", "import", "omejdn", "omejdn", "--force",
-            "--key", str(source / "omejdn.key"), "--cert", str(source / "omejdn.cert"),
+            "--url",
+            url,
+            "keys",
+            "import",
+            "omejdn",
+            "omejdn",
+            "--force",
+            "--key",
+            str(source / "omejdn.key"),
+            "--cert",
+            str(source / "omejdn.cert"),
         )
     )
     with_cert = json.loads(ok(omejdn_pg("--url", url, "keys", "list", "omejdn", "--json")).stdout)
@@ -470,7 +508,15 @@ def test_keys(url: str, examples: Path, tmp_path: Path) -> None:
     line = one_error_line(omejdn_pg("--url", url, "keys", "import", "x", "y", "--key", str(bad)))
     assert "bad.key" in line
     mismatched = omejdn_pg(
-        "--url", url, "keys", "import", "x", "y",
-        "--key", str(source / "es256.key"), "--cert", str(source / "omejdn.cert"),
+        "--url",
+        url,
+        "keys",
+        "import",
+        "x",
+        "y",
+        "--key",
+        str(source / "es256.key"),
+        "--cert",
+        str(source / "omejdn.cert"),
     )
     assert "does not match" in one_error_line(mismatched)

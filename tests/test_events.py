@@ -326,3 +326,25 @@ def test_host_facade_jwks(loader: PluginLoader) -> None:
     assert by_type["EC"]["crv"] == "P-256"
     assert all("d" not in jwk for jwk in jwks["keys"])
     assert host.config.read("missing", fallback={"a": 1}) == {"a": 1}
+
+
+def test_a_login_upgrades_a_weaker_hash_to_the_configured_scheme(
+    database: ConnectionSettings, tmp_path: Path, plain_sql: PlainSQL
+) -> None:
+    path = tmp_path / "plugins.yml"
+    path.write_text(
+        plugin_yaml(database).replace(
+            "passwords: {bcrypt_rounds: 4}", "passwords: {scheme: argon2}"
+        )
+    )
+    with Host.from_files([path], base_dir=tmp_path) as host:
+        host.users.add(User(username="alice", password=OMEJDN_HASH))
+        alice = host.users.find("alice")
+        assert alice is not None
+        assert not host.users.verify_password(alice, "wrong")
+        assert plain_sql.value("SELECT password FROM users") == OMEJDN_HASH
+        assert host.users.verify_password(alice, "mypassword")
+        upgraded = plain_sql.value("SELECT password FROM users")
+        assert upgraded.startswith("$argon2id$")
+        assert host.users.verify_password(alice, "mypassword")
+        assert plain_sql.value("SELECT password FROM users") == upgraded

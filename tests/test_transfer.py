@@ -63,9 +63,7 @@ def counts(plain_sql: Any) -> tuple[int, int, int, int]:
         plain_sql.value("SELECT count(*) FROM users"),
         plain_sql.value("SELECT count(DISTINCT client_id) FROM clients"),
         plain_sql.value("SELECT count(*) FROM keys"),
-        plain_sql.value(
-            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'configuration\\_%'"
-        ),
+        plain_sql.value("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'configuration\\_%'"),
     )
 
 
@@ -103,13 +101,16 @@ def test_import_writes_everything_through_the_events(
     assert counts(plain_sql) == (4, 5, 5, 4)  # omejdn.key + .cert are two rows
     hashed = plain_sql.value("SELECT password FROM users WHERE username = 'alice'")
     assert hashed.startswith("$2a$12$")
-    assert host.users.verify_password(host.users.find("alice"), "alice-demo-password")
+    alice = host.users.find("alice")
+    assert alice is not None
+    assert host.users.verify_password(alice, "alice-demo-password")
     assert plain_sql.value(
         "SELECT value FROM keys WHERE target_type = 'clients' AND target = 'reporting-service'"
     ).startswith("-----BEGIN CERTIFICATE-----")
-    assert plain_sql.value(
-        "SELECT value->>0 FROM configuration_scope_mapping WHERE key = 'email'"
-    ) == "email"
+    assert (
+        plain_sql.value("SELECT value->>0 FROM configuration_scope_mapping WHERE key = 'email'")
+        == "email"
+    )
     client = host.clients.find("partner-connector")
     assert client is not None
     assert client.metadata["token_endpoint_auth_method"] == "tls_client_auth"
@@ -187,9 +188,7 @@ def test_import_is_all_or_nothing(
     assert counts(plain_sql) == (0, 0, 0, 0)
 
 
-def test_plaintext_passwords_are_hashed_once(
-    tmp_path: Path, host: Host, plain_sql: Any
-) -> None:
+def test_plaintext_passwords_are_hashed_once(tmp_path: Path, host: Host, plain_sql: Any) -> None:
     config = tmp_path / "config"
     config.mkdir()
     (config / "users.yml").write_text(
@@ -204,7 +203,9 @@ def test_plaintext_passwords_are_hashed_once(
     assert "plain-secret" not in stored
     assert again.changed == []
     assert plain_sql.value("SELECT password FROM users WHERE username = 'erin'") == stored
-    assert host.users.verify_password(host.users.find("erin"), "plain-secret")
+    erin = host.users.find("erin")
+    assert erin is not None
+    assert host.users.verify_password(erin, "plain-secret")
 
 
 def test_list_form_attributes_are_accepted(tmp_path: Path, host: Host) -> None:
@@ -225,7 +226,8 @@ def test_list_form_attributes_are_accepted(tmp_path: Path, host: Host) -> None:
     transfer.import_deployment(tmp_path, host)
 
     client = host.clients.find("old-style")
-    assert client is not None and client.attributes == {"omejdn": "admin"}
+    assert client is not None
+    assert client.attributes == {"omejdn": "admin"}
     assert transfer.import_deployment(tmp_path, host).changed == []
 
 
@@ -269,7 +271,12 @@ def test_export_reads_one_snapshot(examples: Path, host: Host) -> None:
         ("config/clients.yml", "- client_name: no id\n", InvalidValue, "entry 1"),
         ("config/users.yml", "- username: a\n- username: a\n", InvalidValue, "twice"),
         ("config/omejdn.yml", "born: 2001-02-03\n", InvalidValue, "omejdn.yml"),
-        ("keys/omejdn/omejdn.key", "-----BEGIN PRIVATE KEY-----\nnope\n", InvalidKeyMaterial, "omejdn.key"),
+        (
+            "keys/omejdn/omejdn.key",
+            "-----BEGIN PRIVATE KEY-----\nnope\n",
+            InvalidKeyMaterial,
+            "omejdn.key",
+        ),
     ],
 )
 def test_bad_input_names_the_file_and_writes_nothing(

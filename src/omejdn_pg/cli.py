@@ -59,8 +59,6 @@ from omejdn_pg.settings import (
 URL_ENV: Final = "OMEJDN_PG_URL"
 DEBUG_ENV: Final = "OMEJDN_PG_DEBUG"
 PROG: Final = "omejdn-pg"
-PROGRESS_THRESHOLD: Final = 200
-"""Imports with fewer changes than this finish too fast for a progress bar to help."""
 AUTH_METHODS: Final = (
     "none",
     "client_secret_basic",
@@ -591,7 +589,7 @@ def import_(directory: Path, dry_run: bool, verbose: bool, as_json: bool) -> Non
     policy = PasswordPolicy(ses.target().settings.passwords)
     err = Console(stderr=True, highlight=False)
     progress = Progress(
-        TextColumn("importing"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -599,12 +597,11 @@ def import_(directory: Path, dry_run: bool, verbose: bool, as_json: bool) -> Non
         transient=True,
         disable=as_json or ses.quiet or not err.is_terminal,
     )
-    task = progress.add_task("import", total=None)
+    task = progress.add_task(f"reading {directory}", total=None)
 
     def on_plan(changes: list[transfer.Change]) -> None:
-        if len(changes) >= PROGRESS_THRESHOLD and not dry_run:
-            progress.update(task, total=len(changes))
-            progress.start()
+        if not dry_run:
+            progress.update(task, description="importing", total=len(changes), completed=0)
 
     with progress:
         report = transfer.import_deployment(

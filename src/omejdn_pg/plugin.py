@@ -142,16 +142,31 @@ class PostgresBackendPlugin:
     def user_password_change(self, user: User, password: str, **_: Any) -> None:
         if user.backend != BACKEND_NAME:
             return
-        self.database.write(lambda conn: self._users(conn).set_password(user.username, password))
+        # Hash before the transaction: no connection is held for the bcrypt round.
+        new_hash = self.policy.hash(password)
+        self.database.write(
+            lambda conn: self._users(conn).set_password_hash(user.username, new_hash)
+        )
+        user.password = new_hash
 
     def user_password_verify(self, user: User, password: str, **_: Any) -> bool | None:
         if user.backend != BACKEND_NAME:
             return None
-        # A match may also upgrade the stored hash, by a single compare-and-set
-        # UPDATE that commits on its own: no transaction is held while hashing.
-        return self.database.read(
-            lambda conn: self._users(conn).verify_password(user.username, password)
+        # Fetch, verify with no connection held, then upgrade a weak hash by a
+        # compare-and-set that commits on its own.
+        exists, stored = self.database.read(
+            lambda conn: self._users(conn).stored_password(user.username)
         )
+        if not exists or stored is None:
+            return False
+        matches, replacement = self.policy.verify(password, stored)
+        if matches and replacement is not None:
+            self.database.write(
+                lambda conn: self._users(conn).replace_password_hash(
+                    user.username, stored, replacement
+                )
+            )
+        return matches
 
     # --- clients -------------------------------------------------------------------
 

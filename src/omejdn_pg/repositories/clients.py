@@ -24,6 +24,7 @@ the client when it is deleted, in the same transaction.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final, cast
 
 import psycopg
@@ -248,7 +249,7 @@ class ClientRepository:
 
 def _checked(client: Client) -> dict[str, Any]:
     """Bind values for ``client``, every one checked before any SQL is sent."""
-    if not isinstance(client.metadata, dict):
+    if not isinstance(client.metadata, Mapping):
         raise InvalidValue(
             f"client metadata must be a mapping, got {type(client.metadata).__name__}"
         )

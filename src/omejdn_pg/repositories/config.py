@@ -12,13 +12,14 @@ which is the Ruby plugin's insertion order as long as it is rewritten whole.
 
 A section's shape is read from its columns, never assumed, so a load needs
 no fallback and one statement serves every layout: the table's columns (from
-``pg_attribute``) and all its rows (``to_jsonb`` of each whole row, aggregated)
-come back in one round trip. The price of that generality is that a missing
-table is a parse-time error rather than an empty result. On an AUTOCOMMIT
-connection (``Database.read``) that error costs nothing and means "never
-written"; inside a transaction (a batch, a write) it would abort the whole
-transaction, so there the statement runs under a SAVEPOINT — three round
-trips instead of one, paid only by reads that share a transaction.
+``pg_attribute``) and all its rows (each whole row as JSON, aggregated) come
+back in one round trip, costing the server about what a plain ``SELECT key,
+value`` costs. The price of that generality is that a missing table is a
+parse-time error rather than an empty result. On an AUTOCOMMIT connection
+(``Database.read``) that error costs nothing and means "never written";
+inside a transaction (a batch, a write) it would abort the whole transaction,
+so there the statement runs under a SAVEPOINT — three round trips instead of
+one, paid only by reads that share a transaction.
 
 A store is one transaction (the caller's) behind a transaction-scoped
 advisory lock per section, so writers — including the ones racing to create
@@ -44,6 +45,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final, Literal
 
 import psycopg
@@ -51,6 +53,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Connection,
+    Insert,
     Select,
     Text,
     bindparam,
@@ -65,7 +68,6 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.schema import DropTable
-from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.types import TypeEngine
 
 from omejdn_pg.errors import InvalidSectionName, InvalidValue, StorageError
@@ -142,7 +144,7 @@ class ConfigRepository:
         shape, payload = _payload(section, data)
 
         lock_for_update(self.conn, "config", section)
-        columns = self.conn.execute(_columns_query(self._regclass_text(name))).scalar_one()
+        columns = self.conn.execute(_COLUMNS, {"regclass": self._regclass_text(name)}).scalar_one()
         layout = _layout(section, columns) if columns is not None else None
         if layout is None or layout.shape != shape:
             if layout is not None:
@@ -151,23 +153,21 @@ class ConfigRepository:
             create(section).create(self.conn)
             layout = _OURS[shape]
 
-        names = ("key", layout.column) if layout.shape == "dict" else (layout.column,)
-        target = table(name, *(column(n) for n in names))
-        self.conn.execute(delete(target))
+        self.conn.execute(delete(table(name)))
         if data:
-            self.conn.execute(_insert_statement(target, layout, payload))
+            self.conn.execute(_insert_statement(name, layout), {"document": payload})
 
     def load(self, section: str) -> dict[str, Any] | list[Any] | None:
         """The section's content, or None if it was never written; one statement."""
         name = section_table_name(section)
-        query = _load_query(name, self._regclass_text(name))
+        query, parameters = _load_query(name), {"regclass": self._regclass_text(name)}
         try:
             if _autocommit(self.conn):
-                row = self.conn.execute(query).one()
+                row = self.conn.execute(query, parameters).one()
             else:
                 # A failed statement would abort the caller's transaction.
                 with self.conn.begin_nested():
-                    row = self.conn.execute(query).one()
+                    row = self.conn.execute(query, parameters).one()
         except sa_exc.ProgrammingError as error:
             if isinstance(error.orig, psycopg.errors.UndefinedTable):
                 return None
@@ -216,52 +216,57 @@ class ConfigRepository:
 
 
 # --- statements ----------------------------------------------------------------
+# Built once per table name and reused: constructing a statement costs more
+# Python time than the server spends running it, and a reused object keeps its
+# SQLAlchemy cache key, so it is compiled once too. Values are bound at execution.
 
-
-def _columns_query(regclass: str) -> Select[tuple[Any]]:
-    """``{column: type}`` of the table as jsonb, or NULL if there is no such table."""
-    a = _PG_ATTRIBUTE
-    return select(
-        func.jsonb_object_agg(
-            a.c.attname, func.format_type(a.c.atttypid, a.c.atttypmod), type_=JSONB
-        )
-    ).where(
-        a.c.attrelid == func.to_regclass(bindparam("regclass", regclass, Text)),
-        a.c.attnum > 0,
-        ~a.c.attisdropped,
+_COLUMNS: Final = select(
+    func.jsonb_object_agg(
+        _PG_ATTRIBUTE.c.attname,
+        func.format_type(_PG_ATTRIBUTE.c.atttypid, _PG_ATTRIBUTE.c.atttypmod),
+        type_=JSONB,
     )
+).where(
+    _PG_ATTRIBUTE.c.attrelid == func.to_regclass(bindparam("regclass", type_=Text)),
+    _PG_ATTRIBUTE.c.attnum > 0,
+    ~_PG_ATTRIBUTE.c.attisdropped,
+)
+"""``{column: type}`` of the table named by ``:regclass``, or NULL if there is none."""
 
 
-def _load_query(name: str, regclass: str) -> Select[Any]:
+@lru_cache(maxsize=1024)
+def _load_query(name: str) -> Select[Any]:
     """Columns and every row of the table in one statement, whatever its layout.
 
-    Rows are aggregated in physical order; a positioned list is sorted by
-    position afterwards, which spares computing ``to_jsonb`` twice per row in
-    an ORDER BY that must work for tables with and without the column.
+    Rows are aggregated whole (``json_agg`` of the row) in physical order; a
+    positioned list is sorted by position afterwards, which spares an ORDER BY
+    expression that must work for tables with and without the column.
     """
     t = table(name, column("ctid")).alias("t")
-    whole_row = func.to_jsonb(t.table_valued(), type_=JSONB)
     rows = (
-        select(func.jsonb_agg(aggregate_order_by(whole_row, t.c.ctid), type_=JSONB))
+        select(func.json_agg(aggregate_order_by(t.table_valued(), t.c.ctid)))
         .select_from(t)
         .scalar_subquery()
     )
-    return select(_columns_query(regclass).scalar_subquery().label("columns"), rows.label("rows"))
+    return select(_COLUMNS.scalar_subquery().label("columns"), rows.label("rows"))
 
 
-def _insert_statement(target: TableClause, layout: _Layout, payload: str) -> Any:
-    """INSERT … SELECT unpacking one JSON document in the server, in the given order.
+@lru_cache(maxsize=1024)
+def _insert_statement(name: str, layout: _Layout) -> Insert:
+    """INSERT … SELECT unpacking one JSON document (``:document``) in the server, in order.
 
     ``json`` (not jsonb) keeps each value's text as sent, so a TEXT column gets
     exactly the compact JSON Omejdn writes, and keeps the keys' order.
     """
-    document = cast(bindparam("document", payload, Text), JSON)
+    document = cast(bindparam("document", type_=Text), JSON)
     value_type = layout.sql_type()
     if layout.shape == "dict":
+        target = table(name, column("key"), column(layout.column))
         pairs = func.json_each(document).table_valued("key", "value").render_derived("e")
         return insert(target).from_select(
             ["key", layout.column], select(pairs.c.key, cast(pairs.c.value, value_type))
         )
+    target = table(name, column(layout.column))
     elements = (
         func.json_array_elements(document)
         .table_valued("value", with_ordinality="ordinality")

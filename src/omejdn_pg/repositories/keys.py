@@ -10,9 +10,10 @@ file layout keeps it in the ``.key`` file) rather than being dropped.
 A store replaces both rows in the caller's transaction — an upsert of what is
 present and a delete of what is absent — behind a transaction-scoped advisory
 lock, so two writers of one target serialize and a reader (one statement, one
-snapshot) never sees the key of one write with the chain of another. Upsert
-rather than delete-and-insert keeps the unchanged rows' tuples live for
-readers and costs the same.
+snapshot) never sees the key of one write with the chain of another. The
+upsert needs no knowledge of what was stored before, so a store is always the
+same two or three statements; the lock is what keeps a concurrent delete or
+store from interleaving with it.
 
 Reads are single statements: a point read fetches both rows at once, and
 :meth:`KeyRepository.load_all` fetches every target of a type in one
@@ -28,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from sqlalchemy import Connection, Table, delete, select
+from sqlalchemy import Connection, Table, bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from omejdn_pg.entities import KeyMaterial
@@ -37,6 +38,17 @@ from omejdn_pg.repositories._common import check_text, lock_for_update
 from omejdn_pg.schema import CERTIFICATES, SECRET_KEY, KeyRecord
 
 _KEYS: Final[Table] = KeyRecord.__table__  # type: ignore[assignment]
+
+# The reads are built once and bound at execution: building a statement costs
+# more Python time than the server spends on a primary-key lookup.
+_LOAD: Final = select(_KEYS.c.type, _KEYS.c.value).where(
+    _KEYS.c.target_type == bindparam("target_type"), _KEYS.c.target == bindparam("target")
+)
+_LOAD_ALL: Final = (
+    select(_KEYS.c.target, _KEYS.c.type, _KEYS.c.value)
+    .where(_KEYS.c.target_type == bindparam("target_type"))
+    .order_by(_KEYS.c.target.collate("C"), _KEYS.c.type)
+)
 
 
 class KeyRepository:
@@ -87,21 +99,13 @@ class KeyRepository:
     def load(self, target_type: str, target: str) -> KeyMaterial:
         """The target's material in one statement; empty KeyMaterial() if none is stored."""
         target_type, target = _check_target(target_type, target)
-        rows = self.conn.execute(
-            select(_KEYS.c.type, _KEYS.c.value).where(
-                _KEYS.c.target_type == target_type, _KEYS.c.target == target
-            )
-        )
+        rows = self.conn.execute(_LOAD, {"target_type": target_type, "target": target})
         return _material(target_type, target, ((row.type, row.value) for row in rows))
 
     def load_all(self, target_type: str) -> list[KeyMaterial]:
         """Every target's material of ``target_type``, ordered by target, in one statement."""
         target_type = check_text(target_type, "target_type")
-        rows = self.conn.execute(
-            select(_KEYS.c.target, _KEYS.c.type, _KEYS.c.value)
-            .where(_KEYS.c.target_type == target_type)
-            .order_by(_KEYS.c.target.collate("C"), _KEYS.c.type)
-        ).all()
+        rows = self.conn.execute(_LOAD_ALL, {"target_type": target_type})
         grouped: dict[str, list[tuple[str, str]]] = {}
         for row in rows:
             grouped.setdefault(row.target, []).append((row.type, row.value))

@@ -211,10 +211,34 @@ class UserRepository:
     def set_password(self, username: str, password: str) -> None:
         """Hash ``password`` under the policy and store it; NotFound if there is no such user."""
         check_text(username, "username")
-        new_hash = self.policy.hash(password)
+        self.set_password_hash(username, self.policy.hash(password))
+
+    def set_password_hash(self, username: str, new_hash: str) -> None:
+        """Store an already computed hash; NotFound if there is no such user.
+
+        Hashing costs a bcrypt round (a quarter of a second at cost 12); callers
+        that do it before opening the transaction hold no connection meanwhile.
+        """
+        check_text(username, "username")
+        if not self.policy.is_hash(new_hash):
+            raise InvalidValue(f"user {username!r}: the new password is not a hash")
         found = self.conn.execute(_SET_PASSWORD, {"name": username, "new_hash": new_hash}).first()
         if found is None:
             raise NotFound(f"user {username!r} does not exist")
+
+    def stored_password(self, username: str) -> tuple[bool, str | None]:
+        """``(exists, hash)`` of the user: one statement, for verifying outside any transaction."""
+        check_text(username, "username")
+        row = self.conn.execute(_GET_PASSWORD, {"name": username}).first()
+        return (False, None) if row is None else (True, row.password)
+
+    def replace_password_hash(self, username: str, old_hash: str, new_hash: str) -> bool:
+        """Compare-and-set: replace ``old_hash`` only if it is still the stored one,
+        so an upgrade after a login never undoes a password changed meanwhile."""
+        result = self.conn.execute(
+            _REHASH_PASSWORD, {"name": username, "old_hash": old_hash, "new_hash": new_hash}
+        )
+        return bool(result.rowcount)
 
     def verify_password(self, username: str, password: str) -> bool | None:
         """Whether ``password`` is the user's; None if there is no such user.
@@ -223,17 +247,12 @@ class UserRepository:
         bcrypt cost) is replaced in the same call, but only if the stored hash
         is still the one verified: a password changed meanwhile is not undone.
         """
-        check_text(username, "username")
-        row = self.conn.execute(_GET_PASSWORD, {"name": username}).first()
-        if row is None:
+        exists, stored = self.stored_password(username)
+        if not exists:
             return None
-        stored: str | None = row.password
         matches, replacement = self.policy.verify(password, stored)
-        if matches and replacement is not None:
-            self.conn.execute(
-                _REHASH_PASSWORD,
-                {"name": username, "old_hash": stored, "new_hash": replacement},
-            )
+        if matches and replacement is not None and stored is not None:
+            self.replace_password_hash(username, stored, replacement)
         return matches
 
     # --- helpers -----------------------------------------------------------------

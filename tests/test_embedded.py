@@ -1,0 +1,116 @@
+"""The embedded default: no connection configured, so ``omejdn-pg`` runs its own PostgreSQL.
+
+Each test uses a data folder of its own (``OMEJDN_PG_DATA``) and stops its
+server afterwards, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from omejdn_pg import embedded
+from omejdn_pg.errors import OmejdnPgError
+
+CLEAN_ENV = ("OMEJDN_PG_URL", "OMEJDN_PLUGINS", "OMEJDN_PG_DATA", "OMEJDN_PG_DEBUG")
+
+
+def omejdn_pg(
+    *args: str, data: Path, cwd: Path, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    environment["OMEJDN_PG_DATA"] = str(data)
+    return subprocess.run(
+        [sys.executable, "-m", "omejdn_pg", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=cwd,
+        timeout=180,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "pgdata"
+    try:
+        yield path
+    finally:
+        embedded.stop(path)
+
+
+def test_db_lifecycle_and_default_connection(data_dir: Path, tmp_path: Path) -> None:
+    status = json.loads(ok(omejdn_pg("db", "status", "--json", data=data_dir, cwd=tmp_path)).stdout)
+    assert status == {"data_dir": str(data_dir), "running": False}
+
+    started = ok(omejdn_pg("db", "start", data=data_dir, cwd=tmp_path))
+    url = started.stdout.strip()
+    assert url.startswith("postgresql://postgres@/omejdn?host=")
+    assert f"started the embedded PostgreSQL in {data_dir}" in started.stderr
+
+    status = json.loads(ok(omejdn_pg("db", "status", "--json", data=data_dir, cwd=tmp_path)).stdout)
+    assert status["running"]
+    assert status["url"] == url
+    assert ok(omejdn_pg("db", "url", data=data_dir, cwd=tmp_path)).stdout.strip() == url
+    again = ok(omejdn_pg("db", "start", data=data_dir, cwd=tmp_path))
+    assert "already running" in again.stderr
+
+    # No --url, no OMEJDN_PG_URL, no plugin file: the commands use the embedded server.
+    migrated = ok(omejdn_pg("migrate", "upgrade", data=data_dir, cwd=tmp_path))
+    assert "nothing to do" in migrated.stdout  # `db start` migrated it already
+    assert f"using the embedded PostgreSQL in {data_dir}" in migrated.stderr
+    ok(
+        omejdn_pg(
+            "users", "add", "ivan", "--password-stdin", input="pw\n", data=data_dir, cwd=tmp_path
+        )
+    )
+    users = json.loads(ok(omejdn_pg("users", "list", "--json", data=data_dir, cwd=tmp_path)).stdout)
+    assert [u["username"] for u in users] == ["ivan"]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT username FROM users").fetchall() == [("ivan",)]
+
+    stopped = ok(omejdn_pg("db", "stop", data=data_dir, cwd=tmp_path))
+    assert "stopped" in stopped.stderr
+    status = json.loads(ok(omejdn_pg("db", "status", "--json", data=data_dir, cwd=tmp_path)).stdout)
+    assert status["running"] is False
+    assert "was not running" in ok(omejdn_pg("db", "stop", data=data_dir, cwd=tmp_path)).stderr
+
+
+def test_commands_start_and_migrate_it_on_demand(data_dir: Path, tmp_path: Path) -> None:
+    result = ok(omejdn_pg("check", "--json", data=data_dir, cwd=tmp_path))
+    report = json.loads(result.stdout)
+    assert report["ok"]
+    assert report["source"] == f"embedded PostgreSQL in {data_dir}"
+    assert "started the embedded PostgreSQL" in result.stderr
+    assert "migrated the embedded database" in result.stderr
+    quiet = ok(omejdn_pg("-q", "users", "list", "--json", data=data_dir, cwd=tmp_path))
+    assert quiet.stderr == ""
+    assert json.loads(quiet.stdout) == []
+
+
+def test_default_data_folder_is_local(tmp_path: Path) -> None:
+    assert embedded.data_dir({}) == Path.cwd() / ".omejdn-pg" / "pgdata"
+    assert embedded.data_dir({"OMEJDN_PG_DATA": str(tmp_path)}) == tmp_path
+
+
+def test_missing_pgserver_is_one_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pgserver", None)  # makes `import pgserver` fail
+    with pytest.raises(OmejdnPgError, match=r"pip install 'omejdn-pg\[embedded\]'"):
+        embedded.start(tmp_path / "pgdata")
+    assert embedded.status(tmp_path / "pgdata").running is False
