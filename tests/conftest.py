@@ -39,7 +39,13 @@ def server() -> Iterator[ConnectionSettings]:
     data_dir = Path(tempfile.mkdtemp(prefix="omejdn-pg-test-"))
     embedded = pgserver.get_server(data_dir, cleanup_mode="delete")
     try:
-        yield ConnectionSettings.from_url(embedded.get_uri())
+        settings = ConnectionSettings.from_url(embedded.get_uri())
+        # A throwaway server: durability buys nothing here, and every test commits.
+        with psycopg.connect(settings.conninfo(), autocommit=True) as conn:
+            for name in ("fsync", "synchronous_commit", "full_page_writes"):
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = off").format(sql.Identifier(name)))
+            conn.execute("SELECT pg_reload_conf()")
+        yield settings
     finally:
         embedded.cleanup()
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +24,8 @@ from omejdn_pg.errors import OmejdnPgError
 CLEAN_ENV = ("OMEJDN_PG_URL", "OMEJDN_PLUGINS", "OMEJDN_PG_DATA", "OMEJDN_PG_DEBUG")
 
 
-def omejdn_pg(
-    *args: str, data: Path, cwd: Path, input: str | None = None
-) -> subprocess.CompletedProcess[str]:
+def omejdn_pg(*args: str, data: Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with ``data`` as OMEJDN_PG_DATA, in the folder that holds it."""
     environment = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
     environment["OMEJDN_PG_DATA"] = str(data)
     return subprocess.run(
@@ -33,7 +34,7 @@ def omejdn_pg(
         capture_output=True,
         text=True,
         env=environment,
-        cwd=cwd,
+        cwd=data.parent,
         timeout=180,
         check=False,
     )
@@ -45,59 +46,63 @@ def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "pgdata"
+def data_dir() -> Iterator[Path]:
+    """A data folder outside pytest's temporary root.
+
+    pytest resets its root (``/tmp/pytest-of-<user>``) to mode 0700 at every
+    session start; under root, pgserver runs PostgreSQL as another user, which
+    then loses access to its own data if another pytest session starts meanwhile.
+    """
+    base = Path(tempfile.mkdtemp(prefix="omejdn-pg-embedded-test-"))
+    path = base / "pgdata"
     try:
         yield path
     finally:
         embedded.stop(path)
+        shutil.rmtree(base, ignore_errors=True)
 
 
-def test_db_lifecycle_and_default_connection(data_dir: Path, tmp_path: Path) -> None:
-    status = json.loads(ok(omejdn_pg("db", "status", "--json", data=data_dir, cwd=tmp_path)).stdout)
+def test_db_lifecycle_and_default_connection(data_dir: Path) -> None:
+    status = json.loads(ok(omejdn_pg("db", "status", "--json", data=data_dir)).stdout)
     assert status == {"data_dir": str(data_dir), "running": False}
 
-    started = ok(omejdn_pg("db", "start", data=data_dir, cwd=tmp_path))
+    started = ok(omejdn_pg("db", "start", data=data_dir))
     url = started.stdout.strip()
     assert url.startswith("postgresql://postgres@/omejdn?host=")
     assert f"started the embedded PostgreSQL in {data_dir}" in started.stderr
 
-    status = json.loads(ok(omejdn_pg("db", "status", "--json", data=data_dir, cwd=tmp_path)).stdout)
+    status = json.loads(ok(omejdn_pg("db", "status", "--json", data=data_dir)).stdout)
     assert status["running"]
     assert status["url"] == url
-    assert ok(omejdn_pg("db", "url", data=data_dir, cwd=tmp_path)).stdout.strip() == url
-    again = ok(omejdn_pg("db", "start", data=data_dir, cwd=tmp_path))
+    assert ok(omejdn_pg("db", "url", data=data_dir)).stdout.strip() == url
+    again = ok(omejdn_pg("db", "start", data=data_dir))
     assert "already running" in again.stderr
 
     # No --url, no OMEJDN_PG_URL, no plugin file: the commands use the embedded server.
-    migrated = ok(omejdn_pg("migrate", "upgrade", data=data_dir, cwd=tmp_path))
+    migrated = ok(omejdn_pg("migrate", "upgrade", data=data_dir))
     assert "nothing to do" in migrated.stdout  # `db start` migrated it already
     assert f"using the embedded PostgreSQL in {data_dir}" in migrated.stderr
-    ok(
-        omejdn_pg(
-            "users", "add", "ivan", "--password-stdin", input="pw\n", data=data_dir, cwd=tmp_path
-        )
-    )
-    users = json.loads(ok(omejdn_pg("users", "list", "--json", data=data_dir, cwd=tmp_path)).stdout)
+    ok(omejdn_pg("users", "add", "ivan", "--password-stdin", input="pw\n", data=data_dir))
+    users = json.loads(ok(omejdn_pg("users", "list", "--json", data=data_dir)).stdout)
     assert [u["username"] for u in users] == ["ivan"]
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT username FROM users").fetchall() == [("ivan",)]
 
-    stopped = ok(omejdn_pg("db", "stop", data=data_dir, cwd=tmp_path))
+    stopped = ok(omejdn_pg("db", "stop", data=data_dir))
     assert "stopped" in stopped.stderr
-    status = json.loads(ok(omejdn_pg("db", "status", "--json", data=data_dir, cwd=tmp_path)).stdout)
+    status = json.loads(ok(omejdn_pg("db", "status", "--json", data=data_dir)).stdout)
     assert status["running"] is False
-    assert "was not running" in ok(omejdn_pg("db", "stop", data=data_dir, cwd=tmp_path)).stderr
+    assert "was not running" in ok(omejdn_pg("db", "stop", data=data_dir)).stderr
 
 
-def test_commands_start_and_migrate_it_on_demand(data_dir: Path, tmp_path: Path) -> None:
-    result = ok(omejdn_pg("check", "--json", data=data_dir, cwd=tmp_path))
+def test_commands_start_and_migrate_it_on_demand(data_dir: Path) -> None:
+    result = ok(omejdn_pg("check", "--json", data=data_dir))
     report = json.loads(result.stdout)
     assert report["ok"]
     assert report["source"] == f"embedded PostgreSQL in {data_dir}"
     assert "started the embedded PostgreSQL" in result.stderr
     assert "migrated the embedded database" in result.stderr
-    quiet = ok(omejdn_pg("-q", "users", "list", "--json", data=data_dir, cwd=tmp_path))
+    quiet = ok(omejdn_pg("-q", "users", "list", "--json", data=data_dir))
     assert quiet.stderr == ""
     assert json.loads(quiet.stdout) == []
 
