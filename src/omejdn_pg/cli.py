@@ -411,9 +411,15 @@ def db_url() -> None:
 # --- migrate and check ---------------------------------------------------------------
 
 
-@cli.group()
-def migrate() -> None:
-    """Schema migrations (Alembic, shipped in the package)."""
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Schema migrations (Alembic, shipped in the package).
+
+    Without a subcommand: upgrade to the newest revision, as `migrate upgrade`.
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(migrate_upgrade, revision="head")
 
 
 def _revision_text(revision: str | None) -> str:

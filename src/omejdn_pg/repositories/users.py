@@ -47,11 +47,11 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    text,
     update,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from omejdn_pg.entities import User, normalize_attributes
 from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
@@ -86,17 +86,6 @@ def _select_users() -> Select[Any]:
 _GET: Final = _select_users().where(_users.c.username == bindparam("name"))
 _ALL: Final = _select_users().order_by(_users.c.username)
 
-_INSERT_USER: Final = (
-    pg_insert(_users)
-    .values(
-        username=bindparam("name"),
-        password=bindparam("password_hash"),
-        extern=bindparam("extern_idp"),
-        consent=bindparam("consent_doc", type_=JSONB),
-    )
-    .on_conflict_do_nothing(index_elements=[_users.c.username])
-    .returning(_users.c.username)
-)
 # An UPDATE takes the row lock a SELECT ... FOR UPDATE would, and tells in the
 # same round trip whether the user exists.
 _UPDATE_USER: Final = (
@@ -108,6 +97,31 @@ _UPDATE_USER: Final = (
         consent=bindparam("consent_doc", type_=JSONB),
     )
     .returning(_users.c.username)
+)
+# The sub-statements all depend on what the INSERT returned: nothing happens
+# to attributes unless the user row was really created by this statement.
+_CREATE_USER: Final = text(
+    """
+    WITH created AS (
+        INSERT INTO users (username, password, extern, consent)
+        VALUES (:name, :password_hash, :extern_idp, :consent_doc)
+        ON CONFLICT (username) DO NOTHING
+        RETURNING username
+    ), orphaned AS (
+        DELETE FROM attributes AS a USING created
+        WHERE a.type = 'user' AND a.identifier = created.username
+          AND NOT (CAST(:attribute_doc AS jsonb) ? a.key)
+    ), added AS (
+        INSERT INTO attributes (type, identifier, key, value)
+        SELECT 'user', created.username, e.key, e.value
+        FROM created, jsonb_each(CAST(:attribute_doc AS jsonb)) AS e
+        ON CONFLICT (type, identifier, key) DO UPDATE SET value = EXCLUDED.value
+    )
+    SELECT username FROM created
+    """
+).bindparams(
+    bindparam("consent_doc", type_=JSONB),
+    bindparam("attribute_doc", type_=JSONB),
 )
 _DELETE_USER: Final = (
     delete(_users).where(_users.c.username == bindparam("name")).returning(_users.c.username)
@@ -169,23 +183,24 @@ class UserRepository:
     def create(self, user: User) -> None:
         """Store a new user; AlreadyExists if the username is taken.
 
-        The user row goes first with ON CONFLICT DO NOTHING, so a taken name is
-        detected before any attribute is touched, and a concurrent create of
-        the same name waits for the other transaction instead of failing with
-        a duplicate key. Attribute rows left behind without a user (the Ruby
-        plugin deletes in several transactions) are replaced, not inherited.
+        One statement (an import creates thousands): the user row goes first
+        with ON CONFLICT DO NOTHING, and the attribute rows are written only
+        from what that INSERT returned, so a taken name is detected before any
+        attribute is touched, and a concurrent create of the same name waits
+        for the other transaction instead of failing with a duplicate key.
+        Attribute rows left behind without a user (the Ruby plugin deletes in
+        several transactions) are replaced, not inherited.
         """
         values = self._checked(user)
         try:
-            created = self.conn.execute(_INSERT_USER, values).scalar_one_or_none()
-            if created is None:
-                raise AlreadyExists(f"user {user.username!r} exists already")
-            self._replace_attributes(values)
+            created = self.conn.execute(_CREATE_USER, values).scalar_one_or_none()
         except sa_exc.IntegrityError as error:
             if not isinstance(error.orig, psycopg.errors.UniqueViolation):
                 raise
             # Only a writer that ignores our locks (e.g. the Ruby plugin) gets here.
             raise AlreadyExists(f"user {user.username!r} exists already") from error
+        if created is None:
+            raise AlreadyExists(f"user {user.username!r} exists already")
 
     def update(self, user: User) -> None:
         """Replace password, extern, consent and attributes; NotFound if there is no such user."""
