@@ -20,26 +20,29 @@ Existing files are kept, so a second run changes nothing and the committed
 YAML stays as it is; ``--force`` regenerates everything. Every key is created
 here, at run time: none is committed to the repository. The user passwords
 are demo passwords, printed below; the YAML holds only their bcrypt hashes.
+
+Needs omejdn_pg installed: its certificates are built by the same code as
+those of ``omejdn-pg keys generate --self-signed``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import bcrypt
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+from omejdn_pg.certificates import self_signed_certificate
+from omejdn_pg.entities import PrivateKey
 
 ISSUER = "https://auth.example.org"
 
@@ -260,34 +263,23 @@ def self_signed(
     client: bool,
     days: int = 825,
 ) -> bytes:
-    name = x509.Name(subject)
-    now = datetime.datetime.now(datetime.UTC)
     usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .sign(key, hashes.SHA256())
+    signing_only = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    cert = self_signed_certificate(
+        key,
+        x509.Name(subject),
+        days,
+        extensions=[(signing_only, True), (x509.ExtendedKeyUsage([usage]), False)],
     )
     return cert.public_bytes(serialization.Encoding.PEM)
 

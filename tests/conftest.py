@@ -6,23 +6,29 @@ temporary folder and deleted afterwards. Each test gets a database of its own,
 created and dropped around it: ``empty_database`` for a bare one (migration
 tests), ``database`` for one at the current schema (cloned from a template
 migrated once per session, so migrating costs nothing per test).
+
+Only fixtures live here; the helpers test modules share (``PlainSQL``, wire
+traces, thread runners, strategies, subprocess runners) are in ``helpers.py``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg import sql
 
 from omejdn_pg.database import Database
 from omejdn_pg.settings import ConnectionSettings
+from tests.helpers import PlainSQL as PlainSQL  # also re-exported: modules import it from here
+from tests.helpers import make_examples
 
 TEST_DSN_ENV = "OMEJDN_PG_TEST_DSN"
 
@@ -113,29 +119,26 @@ def db(database: ConnectionSettings) -> Iterator[Database]:
         handle.dispose()
 
 
-class PlainSQL:
-    """Checks results with plain SQL through psycopg, independent of the code under test."""
-
-    def __init__(self, settings: ConnectionSettings) -> None:
-        self.settings = settings
-
-    def rows(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.settings.conninfo(), autocommit=True) as conn:
-            cursor = conn.execute(query.encode(), params)
-            return cursor.fetchall() if cursor.description else []
-
-    def value(self, query: str, params: Any = None) -> Any:
-        rows = self.rows(query, params)
-        assert len(rows) == 1, rows
-        return rows[0][0]
-
-    def execute(self, query: str, params: Any = None) -> None:
-        self.rows(query, params)
-
-
 @pytest.fixture
 def plain_sql(database: ConnectionSettings) -> PlainSQL:
     return PlainSQL(database)
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def examples_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed example configuration plus keys from the repository's script."""
+    return make_examples(tmp_path_factory.mktemp("examples") / "deployment")
+
+
+@pytest.fixture
+def examples(examples_source: Path, tmp_path: Path) -> Path:
+    """A private copy of the example deployment, free to be modified by the test."""
+    return Path(shutil.copytree(examples_source, tmp_path / "deployment"))
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,11 @@ which ``pg_dump`` before and after shows.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,19 +22,17 @@ from typing import Any
 import bcrypt
 import psycopg
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from sqlalchemy.dialects import postgresql
 
 from omejdn_pg import migrate
+from omejdn_pg.certificates import self_signed_certificate
 from omejdn_pg.database import build_engine
 from omejdn_pg.errors import MigrationError
 from omejdn_pg.schema import dict_section_table, list_section_table, metadata
 from omejdn_pg.settings import ConnectionSettings
+from tests.helpers import PlainSQL, python_m, schema_differences
 
 # --- the Ruby plugin's layout and data -----------------------------------------
 
@@ -57,41 +53,11 @@ def compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-class PlainSQL:
-    """Plain psycopg on an autocommit connection: the witness, independent of the package."""
-
-    def __init__(self, settings: ConnectionSettings) -> None:
-        self.settings = settings
-
-    def rows(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.settings.conninfo(), autocommit=True) as conn:
-            cursor = conn.execute(query.encode(), params)
-            return cursor.fetchall() if cursor.description else []
-
-    def execute(self, query: str, params: Any = None) -> None:
-        self.rows(query, params)
-
-    def many(self, query: str, rows: list[tuple[Any, ...]]) -> None:
-        with psycopg.connect(self.settings.conninfo(), autocommit=True) as conn:
-            conn.cursor().executemany(query.encode(), rows)
-
-
 @pytest.fixture(scope="module")
 def key_material() -> tuple[str, str]:
     """An RSA private key as the Ruby plugin stores it (PKCS#1 PEM) and its certificate."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "omejdn")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed_certificate(key, "omejdn", days=1)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.TraditionalOpenSSL,
@@ -233,16 +199,6 @@ def distinct(data: dict[str, Any]) -> dict[str, Any]:
         name: sorted(set(rows)) if name in ("users", "clients", "attributes", "keys") else rows
         for name, rows in data.items()
     }
-
-
-def schema_differences(settings: ConnectionSettings) -> list[Any]:
-    engine = build_engine(settings)
-    try:
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts=migrate.autogenerate_options())
-            return list(compare_metadata(context, metadata))
-    finally:
-        engine.dispose()
 
 
 def constraints(sql: PlainSQL) -> list[tuple[str, str, str]]:
@@ -461,7 +417,7 @@ def _pg_dump(sql: PlainSQL) -> Path:
         found = re.search(r"\)\s*(\d+)", version)
         if found and int(found.group(1)) >= server:
             return candidate
-    pytest.skip(f"no pg_dump for PostgreSQL {server} found")
+    pytest.fail(f"no pg_dump at least as new as PostgreSQL {server} found")
 
 
 @pytest.fixture
@@ -623,13 +579,7 @@ def test_every_problem_is_reported_at_once(legacy: ConnectionSettings, sql: Plai
 
 def test_python_m_migrate_reports_a_refusal(legacy: ConnectionSettings, sql: PlainSQL) -> None:
     sql.execute("INSERT INTO clients VALUES ('app', 'x', 'not json')")
-    done = subprocess.run(
-        [sys.executable, "-m", "omejdn_pg.migrate", "--url", legacy.conninfo()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = python_m("omejdn_pg.migrate", "--url", legacy.conninfo())
     assert done.returncode == 1
     assert "clients: client_id='app' key='x': value is not JSON" in done.stderr
     assert "Traceback" not in done.stderr

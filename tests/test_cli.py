@@ -8,7 +8,6 @@ with plain SQL).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import subprocess
@@ -25,35 +24,7 @@ from omejdn_pg.defaults.files import FileStore
 from omejdn_pg.entities import KeyMaterial
 from omejdn_pg.host import Host
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "examples"
-CLEAN_ENV = ("OMEJDN_PG_URL", "OMEJDN_PLUGINS", "OMEJDN_PG_DATA", "OMEJDN_PG_DEBUG")
-
-
-def omejdn_pg(
-    *args: str,
-    input: str | None = None,
-    env: dict[str, str] | None = None,
-    cwd: Path | None = None,
-) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "omejdn_pg", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=cwd,
-        timeout=180,
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, result.stderr
-    return result
+from tests.helpers import ok, omejdn_pg
 
 
 def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
@@ -64,22 +35,6 @@ def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> s
     assert lines[0].startswith("error: "), lines[0]
     assert "Traceback" not in result.stderr
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def examples_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The committed example configuration plus keys from the repository's script."""
-    target = tmp_path_factory.mktemp("examples") / "deployment"
-    shutil.copytree(EXAMPLES / "config", target / "config")
-    subprocess.run(
-        [sys.executable, str(EXAMPLES / "generate.py"), str(target), "--quiet"], check=True
-    )
-    return target
-
-
-@pytest.fixture
-def examples(examples_source: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(examples_source, tmp_path / "deployment"))
 
 
 @pytest.fixture

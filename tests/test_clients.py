@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
 import uuid
@@ -10,19 +9,19 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Connection
 
+from omejdn_pg.certificates import self_signed_certificate
 from omejdn_pg.database import Database, count_statements
 from omejdn_pg.entities import Client
 from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
 from omejdn_pg.repositories.clients import ClientRepository
 from omejdn_pg.settings import BACKEND_NAME
-from tests.test_users import (
+from tests.helpers import (
     PROPERTY_SETTINGS,
     WRITERS,
     json_values,
@@ -61,19 +60,7 @@ def attribute_rows(plain_sql: Any, client_id: str) -> dict[str, Any]:
 
 
 def certificate(common_name: str) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    return self_signed_certificate(ec.generate_private_key(ec.SECP256R1()), common_name, days=1)
 
 
 def pem(cert: x509.Certificate) -> str:

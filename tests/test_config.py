@@ -9,19 +9,23 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Connection, select
 
 from omejdn_pg.database import Database, count_statements
 from omejdn_pg.errors import InvalidSectionName, InvalidValue, StorageError
 from omejdn_pg.repositories.config import ConfigRepository
-from tests.conftest import PlainSQL
-from tests.test_keys import assert_point_read
+from tests.helpers import (
+    PROPERTY_SETTINGS,
+    PlainSQL,
+    assert_point_read,
+    read_while_writing,
+    same_json,
+)
 
 OMEJDN = {
     "host": "https://auth.example.org",
@@ -53,20 +57,6 @@ def columns(plain_sql: PlainSQL, table: str) -> dict[str, str]:
         (table,),
     )
     return dict(rows)
-
-
-def numbers_as_decimals(value: Any) -> Any:
-    """``value`` with every number as a Decimal: jsonb keeps a number's decimal value,
-    not whether Python had it as an int or a float (``1e16`` returns as ``10**16``)."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, dict):
-        return {k: numbers_as_decimals(v) for k, v in value.items()}
-    return [numbers_as_decimals(v) for v in value]
 
 
 # --- round trips ---------------------------------------------------------------------
@@ -420,35 +410,14 @@ def test_concurrent_writers_and_readers_see_whole_sections(
         else {f"key{i}": {"writer": "second", "i": i} for i in range(40)}
     )
     payloads = [first, second]
-    failures: list[BaseException] = []
-    seen: list[Any] = []
-    done = threading.Event()
     start = threading.Barrier(8)
 
-    def writer(index: int) -> None:
-        try:
-            start.wait()  # all writers race for the table's creation together
-            for round_ in range(12):
-                store(db, "race", payloads[(index + round_) % 2])
-        except BaseException as error:
-            failures.append(error)
+    def write(index: int) -> None:
+        start.wait()  # all writers race for the table's creation together
+        for round_ in range(12):
+            store(db, "race", payloads[(index + round_) % 2])
 
-    def reader() -> None:
-        try:
-            while not done.is_set():
-                seen.append(load(db, "race"))
-        except BaseException as error:
-            failures.append(error)
-
-    readers = [threading.Thread(target=reader) for _ in range(2)]
-    writers = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
-    for thread in readers + writers:
-        thread.start()
-    for thread in writers:
-        thread.join()
-    done.set()
-    for thread in readers:
-        thread.join()
+    seen, failures = read_while_writing(write, lambda: load(db, "race"))
 
     assert failures == []
     assert seen
@@ -483,11 +452,7 @@ json_values = st.recursive(
 _sections = (f"h{n}" for n in itertools.count())
 
 
-@settings(
-    max_examples=50,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@PROPERTY_SETTINGS
 @given(
     data=st.dictionaries(_text, json_values, max_size=6) | st.lists(json_values, max_size=6),
     ruby=st.booleans(),
@@ -508,5 +473,5 @@ def test_arbitrary_json_round_trips(
         assert loaded == data
         assert columns(plain_sql, f"configuration_{section}").get("item", "text") == "text"
     else:
-        assert numbers_as_decimals(loaded) == numbers_as_decimals(data)
+        assert same_json(loaded) == same_json(data)
     assert type(loaded) is type(data)

@@ -7,7 +7,6 @@ server afterwards, whatever happened.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,29 +19,13 @@ import pytest
 
 from omejdn_pg import embedded
 from omejdn_pg.errors import OmejdnPgError
-
-CLEAN_ENV = ("OMEJDN_PG_URL", "OMEJDN_PLUGINS", "OMEJDN_PG_DATA", "OMEJDN_PG_DEBUG")
+from tests import helpers
+from tests.helpers import ok
 
 
 def omejdn_pg(*args: str, data: Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the CLI with ``data`` as OMEJDN_PG_DATA, in the folder that holds it."""
-    environment = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    environment["OMEJDN_PG_DATA"] = str(data)
-    return subprocess.run(
-        [sys.executable, "-m", "omejdn_pg", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=data.parent,
-        timeout=180,
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, result.stderr
-    return result
+    return helpers.omejdn_pg(*args, input=input, env={"OMEJDN_PG_DATA": str(data)}, cwd=data.parent)
 
 
 @pytest.fixture

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import NameOID
 
 from omejdn_pg.entities import (
     KeyMaterial,
+    PrivateKey,
     jwk_thumbprint,
     load_certificate_chain,
     load_key_pem,
 )
 from omejdn_pg.errors import InvalidKeyMaterial
-
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+from tests.helpers import make_chain, pem, public_pem
 
 # RFC 7638 §3.1: the example RSA key and its thumbprint.
 RFC7638_N = (
@@ -39,49 +36,6 @@ def b64url_int(text: str) -> int:
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def make_cert(
-    subject_key: PrivateKey, subject: str, issuer_key: PrivateKey, issuer: str, *, ca: bool
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-        .public_key(subject_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .sign(issuer_key, hashes.SHA256())
-    )
-
-
-def make_chain(leaf_key: PrivateKey, length: int) -> list[x509.Certificate]:
-    """``[leaf, intermediate..., root]`` of ``length`` certificates, leaf first."""
-    issuers = [ec.generate_private_key(ec.SECP256R1()) for _ in range(length - 1)]
-    chain = []
-    subject_key, subject = leaf_key, "leaf"
-    for index, issuer_key in enumerate(issuers):
-        issuer = f"ca{index}"
-        chain.append(make_cert(subject_key, subject, issuer_key, issuer, ca=index > 0))
-        subject_key, subject = issuer_key, issuer
-    chain.append(make_cert(subject_key, subject, subject_key, subject, ca=length > 1))
-    return chain
-
-
-def pem(key: PrivateKey, fmt: serialization.PrivateFormat) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()).decode()
-
-
-def public_pem(key: PrivateKey, fmt: serialization.PublicFormat) -> str:
-    return key.public_key().public_bytes(serialization.Encoding.PEM, fmt).decode()
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 @pytest.fixture(scope="module")

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from psycopg import pq
-from sqlalchemy import Connection, event, select
+from sqlalchemy import Connection, select
 
 from omejdn_pg.database import Database, count_statements
 from omejdn_pg.entities import KeyMaterial
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.repositories.keys import KeyRepository
-from tests.conftest import PlainSQL
-from tests.test_key_material import make_chain, pem, public_pem
+from tests.helpers import (
+    PlainSQL,
+    assert_point_read,
+    make_chain,
+    pem,
+    public_pem,
+    read_while_writing,
+)
 
 T = TypeVar("T")
 
@@ -28,11 +30,6 @@ PKCS8, TRADITIONAL = (
     serialization.PrivateFormat.TraditionalOpenSSL,
 )
 SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 @pytest.fixture(scope="module")
@@ -59,78 +56,6 @@ def stored(plain_sql: PlainSQL, target_type: str, target: str) -> dict[str, str]
         (target_type, target),
     )
     return dict(rows)
-
-
-# --- one round trip, checked on the wire ---------------------------------------------
-
-
-@contextmanager
-def _wire_trace(db: Database) -> Iterator[list[str]]:
-    """The frontend messages libpq sends while the block runs, on the pool's one connection."""
-    messages: list[str] = []
-    with tempfile.TemporaryFile() as trace:
-        db.read(lambda conn: _start_trace(conn, trace.fileno()))
-        try:
-            yield messages
-        finally:
-            db.read(lambda conn: conn.connection.driver_connection.pgconn.untrace())
-            trace.seek(0)
-            for line in trace.read().decode("utf-8", "replace").splitlines():
-                fields = line.split("\t")
-                if fields[0] == "F":
-                    messages.append(" ".join(fields[2:]))
-
-
-def _start_trace(conn: Connection, fileno: int) -> None:
-    pgconn = conn.connection.driver_connection.pgconn
-    pgconn.trace(fileno)
-    pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-
-
-def assert_point_read(db: Database, operation: Callable[[Connection], T]) -> T:
-    """Run ``operation`` through ``db.read`` and assert it is one statement, one round
-    trip, and no BEGIN/COMMIT/ROLLBACK/SAVEPOINT reaches the server.
-
-    SQLAlchemy fires its ``begin``/``rollback`` events for every connection use,
-    AUTOCOMMIT included, where the driver sends nothing; so the events are
-    checked to have happened only in autocommit mode, and the libpq trace
-    confirms what actually went over the wire.
-    """
-    # Warm the pool: the dialect's first-connect queries must not be counted,
-    # and the traced connection must be the one the read gets.
-    db.read(lambda conn: conn.execute(select(1)).scalar())
-    assert db.engine.pool.checkedin() == 1  # type: ignore[attr-defined]
-
-    seen: list[tuple[str, Any]] = []
-
-    def recorder(name: str) -> Callable[..., None]:
-        def record(conn: Connection, *args: Any, **kwargs: Any) -> None:
-            autocommit = conn.connection.driver_connection.autocommit  # type: ignore[union-attr]
-            seen.append((name, autocommit if name != "before_cursor_execute" else args[1]))
-
-        return record
-
-    listeners = [
-        (name, recorder(name)) for name in ("before_cursor_execute", "begin", "commit", "rollback")
-    ]
-    for name, listener in listeners:
-        event.listen(db.engine, name, listener)
-    try:
-        with _wire_trace(db) as wire:
-            result = db.read(operation)
-    finally:
-        for name, listener in listeners:
-            event.remove(db.engine, name, listener)
-
-    statements = [detail for name, detail in seen if name == "before_cursor_execute"]
-    assert len(statements) == 1, statements
-    assert not [name for name, _ in seen if name == "commit"], seen
-    assert all(autocommit for name, autocommit in seen if name in ("begin", "rollback")), seen
-    round_trips = [m for m in wire if m.startswith(("Query", "Sync"))]
-    assert len(round_trips) == 1, wire
-    control = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
-    assert not [m for m in wire if any(word in m.upper() for word in control)], wire
-    return result
 
 
 # --- round trips ---------------------------------------------------------------------
@@ -436,35 +361,17 @@ def test_only_key_material_is_stored(db: Database) -> None:
 def test_readers_never_see_one_writes_key_with_anothers_chain(db: Database) -> None:
     keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(2)]
     materials = [KeyMaterial(sk=key, certs=make_chain(key, 2)) for key in keys]
-    failures: list[BaseException] = []
-    seen: list[KeyMaterial] = []
-    done = threading.Event()
 
-    def writer(index: int) -> None:
-        try:
-            for round_ in range(15):
-                store(db, "token", "signer", materials[(index + round_) % 2])
-        except BaseException as error:
-            failures.append(error)
+    def write(index: int) -> None:
+        for round_ in range(15):
+            store(db, "token", "signer", materials[(index + round_) % 2])
 
-    def reader() -> None:
-        try:
-            while not done.is_set():
-                # A key from one write with the chain of another would not load:
-                # from_pem refuses a key that does not match its certificate.
-                seen.append(load(db, "token", "signer"))
-        except BaseException as error:
-            failures.append(error)
+    def read() -> KeyMaterial:
+        # A key from one write with the chain of another would not load:
+        # from_pem refuses a key that does not match its certificate.
+        return load(db, "token", "signer")
 
-    readers = [threading.Thread(target=reader) for _ in range(2)]
-    writers = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
-    for thread in readers + writers:
-        thread.start()
-    for thread in writers:
-        thread.join()
-    done.set()
-    for thread in readers:
-        thread.join()
+    seen, failures = read_while_writing(write, read)
 
     assert failures == []
     assert seen

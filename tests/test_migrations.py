@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -32,29 +30,9 @@ from omejdn_pg.schema import (
     metadata,
 )
 from omejdn_pg.settings import ConnectionSettings
+from tests.helpers import REPO, PlainSQL, python_m, schema_differences
 
-REPO = Path(__file__).resolve().parents[1]
 TABLES = ["attributes", "clients", "keys", "users"]
-
-
-class PlainSQL:
-    """Plain psycopg on an autocommit connection: the witness, independent of the package."""
-
-    def __init__(self, settings: ConnectionSettings) -> None:
-        self.settings = settings
-
-    def rows(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.settings.conninfo(), autocommit=True) as conn:
-            cursor = conn.execute(query.encode(), params)
-            return cursor.fetchall() if cursor.description else []
-
-    def value(self, query: str, params: Any = None) -> Any:
-        rows = self.rows(query, params)
-        assert len(rows) == 1, rows
-        return rows[0][0]
-
-    def execute(self, query: str, params: Any = None) -> None:
-        self.rows(query, params)
 
 
 def table_names(sql: PlainSQL) -> list[str]:
@@ -62,16 +40,6 @@ def table_names(sql: PlainSQL) -> list[str]:
         "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1"
     )
     return [name for (name,) in rows]
-
-
-def schema_differences(settings: ConnectionSettings) -> list[Any]:
-    engine = build_engine(settings)
-    try:
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts=migrate.autogenerate_options())
-            return list(compare_metadata(context, metadata))
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture
@@ -264,15 +232,7 @@ def test_connection_settings_resolution(tmp_path: Path) -> None:
 
 
 def _alembic(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return python_m("alembic", *args, env=env, cwd=REPO)
 
 
 def test_the_alembic_command(empty_database: ConnectionSettings, sql: PlainSQL) -> None:
@@ -298,31 +258,15 @@ def test_the_alembic_command(empty_database: ConnectionSettings, sql: PlainSQL) 
 
 
 def test_python_m_omejdn_pg_migrate(empty_database: ConnectionSettings, sql: PlainSQL) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "omejdn_pg.migrate", "--url", empty_database.conninfo()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = python_m("omejdn_pg.migrate", "--url", empty_database.conninfo())
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == migrate.head()
     assert table_names(sql) == ["alembic_version", *TABLES]
 
 
 def test_python_m_omejdn_pg_migrate_reports_errors_without_a_traceback() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "omejdn_pg.migrate",
-            "--url",
-            "host=127.0.0.1 port=1 password=sekrit connect_timeout=2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = python_m(
+        "omejdn_pg.migrate", "--url", "host=127.0.0.1 port=1 password=sekrit connect_timeout=2"
     )
     assert done.returncode == 1
     assert done.stderr.startswith("error: ")

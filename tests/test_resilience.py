@@ -9,8 +9,7 @@ from omejdn_pg.database import Database, count_statements
 from omejdn_pg.entities import User
 from omejdn_pg.errors import StorageUnavailable
 from omejdn_pg.repositories.users import UserRepository
-
-from .conftest import PlainSQL
+from tests.helpers import PlainSQL
 
 HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
 

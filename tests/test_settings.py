@@ -6,7 +6,9 @@ import logging
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
+from omejdn_pg.database import Database
 from omejdn_pg.errors import ConfigurationError, StorageUnavailable
 from omejdn_pg.events import PluginLoader
 from omejdn_pg.settings import (
@@ -215,3 +217,34 @@ def test_wrong_password_is_named_without_the_password(
     assert f'user "{password_server.params["user"]}"' in message
     assert "supersecret" not in message
     assert "\n" not in message
+
+
+def current_database(settings: ConnectionSettings) -> str:
+    database = Database.connect(settings)
+    try:
+        name: str = database.read(
+            lambda conn: conn.execute(text("SELECT current_database()")).scalar_one()
+        )
+    finally:
+        database.dispose()
+    return name
+
+
+def test_multi_host_connection_fails_over_to_the_next_host(database: ConnectionSettings) -> None:
+    host = database.params.get("host", "localhost")
+    port = database.params.get("port", "5432")
+    multi = database.with_params(
+        host=f"127.0.0.1,{host}",
+        port=f"1,{port}",
+        target_session_attrs="read-write",
+        connect_timeout="2",
+    )
+    assert current_database(multi) == database.params["dbname"]
+
+
+def test_libpq_environment_variables_fill_what_the_file_leaves_out(
+    database: ConnectionSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGDATABASE", database.params["dbname"])
+    without_dbname = ConnectionSettings({k: v for k, v in database.params.items() if k != "dbname"})
+    assert current_database(without_dbname) == database.params["dbname"]

@@ -1,28 +1,23 @@
 """UserRepository against a real PostgreSQL: results checked with plain SQL.
 
 Round trips are counted on the wire (libpq's protocol trace of the pooled
-connection), not through SQLAlchemy's begin/rollback events: under AUTOCOMMIT
-SQLAlchemy still fires those for its own bookkeeping although the driver sends
-nothing, so only the trace tells what the server actually saw.
+connection, taken by ``tests.helpers.traced_read``), not through SQLAlchemy's
+begin/rollback events: under AUTOCOMMIT SQLAlchemy still fires those for its
+own bookkeeping although the driver sends nothing, so only the trace tells
+what the server actually saw.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import tempfile
-import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from psycopg import pq
 from sqlalchemy import Connection
 
 from omejdn_pg.database import Database, count_statements
@@ -31,8 +26,16 @@ from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.repositories.users import UserRepository
 from omejdn_pg.settings import BACKEND_NAME, PasswordSettings
-
-T = TypeVar("T")
+from tests.helpers import (
+    PROPERTY_SETTINGS,
+    WRITERS,
+    json_values,
+    names,
+    run_together,
+    same_json,
+    texts,
+    traced_read,
+)
 
 POLICY = PasswordPolicy(PasswordSettings(bcrypt_rounds=4))
 HASH = POLICY.hash("correct horse")
@@ -57,62 +60,6 @@ def attribute_rows(plain_sql: Any, username: str) -> dict[str, Any]:
         (username,),
     )
     return dict(rows)
-
-
-# --- the wire -------------------------------------------------------------------
-
-
-@dataclass
-class Wire:
-    """What libpq sent and received while an operation ran."""
-
-    lines: list[str]
-
-    @property
-    def sent(self) -> list[str]:
-        return [line.split("\t")[2].strip() for line in self.lines if line.startswith("F\t")]
-
-    @property
-    def round_trips(self) -> int:
-        # Extended protocol ends each request with Sync; the simple protocol
-        # (which psycopg uses for BEGIN/COMMIT/ROLLBACK) sends one Query.
-        return self.sent.count("Sync") + self.sent.count("Query")
-
-    @property
-    def transaction_control(self) -> list[str]:
-        words = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "START TRANSACTION")
-        return [
-            line
-            for line in self.lines
-            if line.startswith("F\t") and any(w in line.upper() for w in words)
-        ]
-
-    @property
-    def final_status(self) -> str:
-        ready = [line for line in self.lines if "\tReadyForQuery" in line]
-        return ready[-1].split()[-1]
-
-
-def traced_read(db: Database, operation: Callable[[Connection], T]) -> tuple[T, Wire]:
-    """Run ``operation`` through ``db.read`` with the connection's protocol traced,
-    including what the pool does when the connection goes back."""
-    with tempfile.TemporaryFile() as trace:
-        traced: list[Any] = []
-
-        def run(conn: Connection) -> T:
-            pgconn = conn.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
-            pgconn.trace(trace.fileno())
-            pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-            traced.append(pgconn)
-            return operation(conn)
-
-        try:
-            result = db.read(run)
-        finally:
-            for pgconn in traced:
-                pgconn.untrace()
-        trace.seek(0)
-        return result, Wire(trace.read().decode("utf-8", "replace").splitlines())
 
 
 # --- reads ----------------------------------------------------------------------
@@ -513,8 +460,6 @@ def test_crud_on_text_columns_of_the_ruby_plugin(db: Database, plain_sql: Any) -
 
 # --- concurrency ----------------------------------------------------------------
 
-WRITERS = 8
-
 
 def writer_version(n: int) -> User:
     """A complete user state that no other writer shares a single key of."""
@@ -525,21 +470,6 @@ def writer_version(n: int) -> User:
         extern=f"idp-{n}",
         consent={f"client-{n}": ["openid"]},
     )
-
-
-def run_together(count: int, work: Callable[[int], T]) -> list[T | BaseException]:
-    """Run ``work(0..count-1)`` in threads released at once; errors are returned."""
-    barrier = threading.Barrier(count)
-
-    def start(n: int) -> T | BaseException:
-        barrier.wait()
-        try:
-            return work(n)
-        except Exception as error:
-            return error
-
-    with ThreadPoolExecutor(count) as pool:
-        return list(pool.map(start, range(count)))
 
 
 @pytest.mark.slow
@@ -589,45 +519,6 @@ def test_concurrent_updates_and_deletes_leave_no_orphans(db: Database, plain_sql
 
 
 # --- properties -----------------------------------------------------------------
-
-NO_NUL = st.characters(codec="utf-8", exclude_characters="\x00")  # no lone surrogates
-texts = st.text(NO_NUL, max_size=30)
-large_texts = st.builds(
-    lambda s, n: s * n, st.text(NO_NUL, min_size=1, max_size=8), st.integers(500, 5000)
-)
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | texts
-    | large_texts
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(texts, inner, max_size=5),
-    max_leaves=30,
-)
-names = st.text(NO_NUL, min_size=1, max_size=40)
-
-
-def same_json(value: Any) -> Any:
-    """``value`` with numbers compared by value: jsonb keeps numbers as decimals
-    and prints integral ones without a fraction (1e16 comes back as 10**16)."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int | float):
-        return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    if isinstance(value, list):
-        return [same_json(v) for v in value]
-    return {k: same_json(v) for k, v in value.items()}
-
-
-PROPERTY_SETTINGS = settings(
-    max_examples=50,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
 
 
 @PROPERTY_SETTINGS

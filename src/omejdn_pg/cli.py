@@ -17,7 +17,6 @@ the traceback of an unexpected error.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import secrets
@@ -32,12 +31,12 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from omejdn_pg import embedded
+from omejdn_pg.certificates import self_signed_certificate
 from omejdn_pg.entities import Client, KeyMaterial, User
 from omejdn_pg.errors import (
     AlreadyExists,
@@ -169,13 +168,16 @@ class Session:
         target = self.target()
         if target.embedded is None or self._migrated:
             return
+        self.migrate_embedded(target.settings.connection)
+        self._migrated = True
+
+    def migrate_embedded(self, connection: ConnectionSettings) -> None:
+        """Upgrade the embedded database at ``connection`` to head, and say so if it was behind."""
         from omejdn_pg import migrate
 
-        pending = migrate.pending(target.settings.connection)
-        if pending:
-            migrate.upgrade(target.settings.connection)
+        if migrate.pending(connection):
+            migrate.upgrade(connection)
             self.note(f"migrated the embedded database to schema revision {migrate.head()}")
-        self._migrated = True
 
     def host(self) -> Any:
         """The host facade over this session's database, schema checked."""
@@ -239,6 +241,7 @@ def compact(value: Any) -> str:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+yes_option = click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 
 
 def read_text_source(source: str) -> tuple[str, str]:
@@ -309,6 +312,22 @@ def confirm(question: str, yes: bool) -> None:
     click.confirm(question, abort=True, err=True)
 
 
+def find(objects: Any, kind: str, name: str) -> Any:
+    """The user or client ``name`` of ``objects`` (``host.users``, ``host.clients``)."""
+    found = objects.find(name)
+    if found is None:
+        raise NotFound(f"no {kind} {name!r}")
+    return found
+
+
+def delete_confirmed(objects: Any, kind: str, name: str, yes: bool) -> None:
+    """Delete the user or client ``name`` of ``objects`` once the operator confirms."""
+    find(objects, kind, name)
+    confirm(f"Delete {kind} {name}?", yes)
+    objects.delete(name)
+    click.echo(f"deleted {kind} {name}")
+
+
 # --- the command tree ----------------------------------------------------------------
 
 
@@ -364,12 +383,8 @@ def db_start() -> None:
     status, started = embedded.start(path)
     ses = session()
     ses.note(("started" if started else "already running:") + f" the embedded PostgreSQL in {path}")
-    from omejdn_pg import migrate
-
     connection = status.connection()
-    if migrate.pending(connection):
-        migrate.upgrade(connection)
-        ses.note(f"migrated the embedded database to schema revision {migrate.head()}")
+    ses.migrate_embedded(connection)
     click.echo(embedded.url(connection))
 
 
@@ -446,7 +461,7 @@ def migrate_upgrade(revision: str) -> None:
 
 @migrate.command("downgrade")
 @click.argument("revision")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@yes_option
 def migrate_downgrade(revision: str, yes: bool) -> None:
     """Downgrade the schema to REVISION ('base' drops every table and its data)."""
     from omejdn_pg import migrate as migrations
@@ -686,20 +701,11 @@ def users() -> None:
 
 
 def user_view(user: User) -> dict[str, Any]:
-    view: dict[str, Any] = {"username": user.username, "has_password": user.password is not None}
-    view["attributes"] = dict(user.attributes)
-    if user.extern is not None:
-        view["extern"] = user.extern
-    if user.consent:
-        view["consent"] = dict(user.consent)
-    return view
-
-
-def find_user(host: Any, username: str) -> User:
-    user: User | None = host.users.find(username)
-    if user is None:
-        raise NotFound(f"no user {username!r}")
-    return user
+    """The user's YAML form, with whether it has a password in place of the hash."""
+    fields = user.to_dict()
+    del fields["username"]
+    fields.pop("password", None)
+    return {"username": user.username, "has_password": user.password is not None, **fields}
 
 
 @users.command("list")
@@ -730,7 +736,7 @@ def users_list(as_json: bool) -> None:
 @json_option
 def users_show(username: str, as_json: bool) -> None:
     """Show one user (never the password hash)."""
-    view = user_view(find_user(session().host(), username))
+    view = user_view(find(session().host().users, "user", username))
     print_json(view) if as_json else print_yaml(view)
 
 
@@ -781,7 +787,7 @@ def users_add(
 def users_passwd(username: str, password_stdin: bool) -> None:
     """Set a user's password; prompted for (hidden, twice) or read from stdin."""
     host = session().host()
-    user = find_user(host, username)
+    user: User = find(host.users, "user", username)
     password = read_password(password_stdin, "New password")
     host.users.update_password(user, password)
     click.echo(f"password of {username} changed")
@@ -789,14 +795,10 @@ def users_passwd(username: str, password_stdin: bool) -> None:
 
 @users.command("delete")
 @click.argument("username")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@yes_option
 def users_delete(username: str, yes: bool) -> None:
     """Delete a user and its attributes."""
-    host = session().host()
-    find_user(host, username)
-    confirm(f"Delete user {username}?", yes)
-    host.users.delete(username)
-    click.echo(f"deleted user {username}")
+    delete_confirmed(session().host().users, "user", username, yes)
 
 
 @users.command("set-attr")
@@ -813,7 +815,7 @@ def users_set_attr(
         raise click.UsageError("give either VALUE or --unset")
     host = session().host()
     with host.batch():
-        user = find_user(host, username)
+        user: User = find(host.users, "user", username)
         if unset:
             if key not in user.attributes:
                 raise NotFound(f"user {username!r} has no attribute {key!r}")
@@ -838,13 +840,6 @@ def client_view(client: Client, show_secret: bool = False) -> dict[str, Any]:
     if "client_secret" in view and not show_secret:
         view["client_secret"] = MASK
     return view
-
-
-def find_client(host: Any, client_id: str) -> Client:
-    client: Client | None = host.clients.find(client_id)
-    if client is None:
-        raise NotFound(f"no client {client_id!r}")
-    return client
 
 
 def as_list(value: Any) -> list[Any]:
@@ -884,7 +879,7 @@ def clients_list(as_json: bool) -> None:
 def clients_show(client_id: str, show_secret: bool, as_json: bool) -> None:
     """Show one client's metadata, attributes and certificate."""
     host = session().host()
-    client = find_client(host, client_id)
+    client: Client = find(host.clients, "client", client_id)
     view = client_view(client, show_secret)
     cert = host.clients.certificate(client)
     if cert is not None:
@@ -979,14 +974,10 @@ def clients_add(
 
 @clients.command("delete")
 @click.argument("client_id")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@yes_option
 def clients_delete(client_id: str, yes: bool) -> None:
     """Delete a client, its attributes and its certificate."""
-    host = session().host()
-    find_client(host, client_id)
-    confirm(f"Delete client {client_id}?", yes)
-    host.clients.delete(client_id)
-    click.echo(f"deleted client {client_id}")
+    delete_confirmed(session().host().clients, "client", client_id, yes)
 
 
 @clients.command("set-cert")
@@ -998,7 +989,7 @@ def clients_set_cert(client_id: str, certificate: str | None, remove: bool) -> N
     if remove == (certificate is not None):
         raise click.UsageError("give either CERT_FILE or --remove")
     host = session().host()
-    client = find_client(host, client_id)
+    client: Client = find(host.clients, "client", client_id)
     if remove:
         host.clients.set_certificate(client, None)
         click.echo(f"removed the certificate of {client_id}")
@@ -1178,24 +1169,6 @@ def ensure_replaceable(host: Any, target_type: str, target: str, force: bool) ->
         raise AlreadyExists(
             f"{target_type}/{target} has key material already (use --force to replace it)"
         )
-
-
-def self_signed_certificate(
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, common_name: str, days: int
-) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
 
 
 @keys.command("import")

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar
 
 from omejdn_pg.defaults.files import CLIENTS_SECTION, USERS_SECTION, FileStore
 from omejdn_pg.entities import Client, KeyMaterial, User
@@ -256,60 +256,52 @@ def _plan_users(
             data["password"] = existing.password if known and existing else policy.hash(password)
         user = User.from_dict(data)
         user.backend = None
-        if existing is None:
-            changes.append(Change("users", user.username, Action.CREATE, _add_user(user)))
-        elif user.to_dict() != existing.to_dict():
-            user.backend = existing.backend
-            changes.append(Change("users", user.username, Action.UPDATE, _save_user(user)))
-        else:
-            changes.append(Change("users", user.username, Action.UNCHANGED))
+        changes.append(_record_change("users", user.username, user, existing, lambda h: h.users))
     return changes
-
-
-def _add_user(user: User) -> Callable[[Host], None]:
-    return lambda host: host.users.add(user)
-
-
-def _save_user(user: User) -> Callable[[Host], None]:
-    return lambda host: host.users.save(user)
 
 
 def _plan_clients(clients: Iterable[Client], host: Host) -> list[Change]:
     stored = {c.client_id: c for c in host.clients.all()}
-    changes = []
-    for client in clients:
-        existing = stored.get(client.client_id)
-        if existing is None:
-            changes.append(Change("clients", client.client_id, Action.CREATE, _add_client(client)))
-        elif client.to_dict() != existing.to_dict():
-            client.backend = existing.backend
-            changes.append(Change("clients", client.client_id, Action.UPDATE, _save_client(client)))
-        else:
-            changes.append(Change("clients", client.client_id, Action.UNCHANGED))
-    return changes
+    return [
+        _record_change("clients", c.client_id, c, stored.get(c.client_id), lambda h: h.clients)
+        for c in clients
+    ]
 
 
-def _add_client(client: Client) -> Callable[[Host], None]:
-    return lambda host: host.clients.add(client)
+_Record = TypeVar("_Record", User, Client)
+_Record_contra = TypeVar("_Record_contra", contravariant=True)
 
 
-def _save_client(client: Client) -> Callable[[Host], None]:
-    return lambda host: host.clients.save(client)
+class _Records(Protocol[_Record_contra]):
+    """The host's users or clients, as far as an import writes them."""
+
+    def add(self, record: _Record_contra, /) -> None: ...
+
+    def save(self, record: _Record_contra, /) -> None: ...
+
+
+def _record_change(
+    kind: str,
+    name: str,
+    record: _Record,
+    existing: _Record | None,
+    records: Callable[[Host], _Records[_Record]],
+) -> Change:
+    """Add ``record`` if nothing is stored, save it (in the stored one's backend) if it
+    differs from what is, else leave it."""
+    if existing is None:
+        return Change(kind, name, Action.CREATE, lambda host: records(host).add(record))
+    if record.to_dict() != existing.to_dict():
+        record.backend = existing.backend
+        return Change(kind, name, Action.UPDATE, lambda host: records(host).save(record))
+    return Change(kind, name, Action.UNCHANGED)
 
 
 def _plan_sections(sections: Mapping[str, Any], host: Host) -> list[Change]:
-    changes = []
-    for name, data in sections.items():
-        stored = host.config.read(name)
-        if stored is None:
-            action = Action.CREATE
-        elif stored != data:
-            action = Action.UPDATE
-        else:
-            changes.append(Change("config", name, Action.UNCHANGED))
-            continue
-        changes.append(Change("config", name, action, _write_section(name, data)))
-    return changes
+    return [
+        _change("config", name, host.config.read(name), data, _write_section(name, data))
+        for name, data in sections.items()
+    ]
 
 
 def _write_section(name: str, data: Any) -> Callable[[Host], None]:
@@ -319,21 +311,33 @@ def _write_section(name: str, data: Any) -> Callable[[Host], None]:
 def _plan_keys(keys: Mapping[tuple[str, str], KeyMaterial], host: Host) -> list[Change]:
     changes = []
     for (target_type, target), material in keys.items():
-        name = f"{target_type}/{target}"
         stored = host.keys.load(target_type, target)
-        if stored.is_empty:
-            action = Action.CREATE
-        elif stored != material:
-            action = Action.UPDATE
-        else:
-            changes.append(Change("keys", name, Action.UNCHANGED))
-            continue
-        changes.append(Change("keys", name, action, _store_key(target_type, target, material)))
+        changes.append(
+            _change(
+                "keys",
+                f"{target_type}/{target}",
+                None if stored.is_empty else stored,
+                material,
+                _store_key(target_type, target, material),
+            )
+        )
     return changes
 
 
 def _store_key(target_type: str, target: str, material: KeyMaterial) -> Callable[[Host], None]:
     return lambda host: host.keys.store(target_type, target, material)
+
+
+def _change(
+    kind: str, name: str, stored: object, wanted: object, write: Callable[[Host], None]
+) -> Change:
+    """Create if nothing is stored (None), update if ``stored`` differs from ``wanted``,
+    else leave it; ``write`` does either."""
+    if stored is None:
+        return Change(kind, name, Action.CREATE, write)
+    if stored != wanted:
+        return Change(kind, name, Action.UPDATE, write)
+    return Change(kind, name, Action.UNCHANGED)
 
 
 def import_deployment(

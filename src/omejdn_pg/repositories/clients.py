@@ -42,28 +42,27 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    literal,
     select,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from omejdn_pg.entities import Client, load_certificate_chain, normalize_attributes
+from omejdn_pg.entities import Client, load_certificate_chain
 from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
+from omejdn_pg.repositories._attributes import OwnedAttributes, checked_attributes
 from omejdn_pg.repositories._common import check_json, check_text, json_column, lock_for_update
 from omejdn_pg.schema import (
     CERTIFICATES,
     CLIENT_CERTIFICATE_TARGET_TYPE,
     CLIENT_OWNER,
-    AttributeRecord,
     ClientFieldRecord,
     KeyRecord,
 )
 from omejdn_pg.settings import BACKEND_NAME
 
 _clients: Final = cast(Table, ClientFieldRecord.__table__)
-_attributes: Final = cast(Table, AttributeRecord.__table__)
+_ATTRIBUTES: Final = OwnedAttributes(CLIENT_OWNER, identifier_bind="id")
 _keys: Final = cast(Table, KeyRecord.__table__)
 
 LOCK_KIND: Final = "client"
@@ -72,20 +71,12 @@ _NOT_METADATA: Final = "backend"
 
 def _select_clients() -> Select[Any]:
     """One row per client: its metadata and its attributes (NULL if none) as jsonb objects."""
-    attributes = (
-        select(
-            func.jsonb_object_agg(_attributes.c.key, json_column(_attributes.c.value), type_=JSONB)
-        )
-        .where(_attributes.c.type == CLIENT_OWNER)
-        .where(_attributes.c.identifier == _clients.c.client_id)
-        .scalar_subquery()
-    )
     return select(
         _clients.c.client_id,
         func.jsonb_object_agg(_clients.c.key, json_column(_clients.c.value), type_=JSONB).label(
             "metadata"
         ),
-        attributes.label("attributes"),
+        _ATTRIBUTES.folded(_clients.c.client_id).label("attributes"),
     ).group_by(_clients.c.client_id)
 
 
@@ -102,23 +93,6 @@ _each_field = func.jsonb_each(bindparam("metadata_doc", type_=JSONB)).table_valu
 _INSERT_METADATA: Final = insert(_clients).from_select(
     ["client_id", "key", "value"],
     select(bindparam("id", type_=Text), _each_field.c.key, _each_field.c.value),
-)
-_DELETE_ATTRIBUTES: Final = (
-    delete(_attributes)
-    .where(_attributes.c.type == CLIENT_OWNER)
-    .where(_attributes.c.identifier == bindparam("id"))
-)
-_each_attribute = func.jsonb_each(bindparam("attribute_doc", type_=JSONB)).table_valued(
-    column("key", Text), column("value", JSONB)
-)
-_INSERT_ATTRIBUTES: Final = insert(_attributes).from_select(
-    ["type", "identifier", "key", "value"],
-    select(
-        literal(CLIENT_OWNER, Text),
-        bindparam("id", type_=Text),
-        _each_attribute.c.key,
-        _each_attribute.c.value,
-    ),
 )
 
 _certificate_row = (
@@ -174,7 +148,7 @@ class ClientRepository:
             self.conn.execute(
                 _INSERT_METADATA, {"id": values["id"], "metadata_doc": values["metadata_doc"]}
             )
-            self._replace_attributes(values)
+            _ATTRIBUTES.replace(self.conn, values["id"], values["attribute_doc"])
         except sa_exc.IntegrityError as error:
             if not isinstance(error.orig, psycopg.errors.UniqueViolation):
                 raise
@@ -190,7 +164,7 @@ class ClientRepository:
         self.conn.execute(
             _INSERT_METADATA, {"id": values["id"], "metadata_doc": values["metadata_doc"]}
         )
-        self._replace_attributes(values)
+        _ATTRIBUTES.replace(self.conn, values["id"], values["attribute_doc"])
 
     def delete(self, client_id: str) -> bool:
         """Delete the client, its attributes and its certificate; False if there was no such client.
@@ -203,7 +177,7 @@ class ClientRepository:
         lock_for_update(self.conn, LOCK_KIND, client_id)
         if self.conn.execute(_DELETE_METADATA, {"id": client_id}).first() is None:
             return False
-        self.conn.execute(_DELETE_ATTRIBUTES, {"id": client_id})
+        _ATTRIBUTES.remove(self.conn, client_id)
         self.conn.execute(_DELETE_CERTIFICATE, {"id": client_id})
         return True
 
@@ -237,15 +211,6 @@ class ClientRepository:
         pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
         self.conn.execute(_SET_CERTIFICATE, {"id": client_id, "pem": pem})
 
-    # --- helpers -----------------------------------------------------------------
-
-    def _replace_attributes(self, values: dict[str, Any]) -> None:
-        self.conn.execute(_DELETE_ATTRIBUTES, {"id": values["id"]})
-        if values["attribute_doc"]:
-            self.conn.execute(
-                _INSERT_ATTRIBUTES, {"id": values["id"], "attribute_doc": values["attribute_doc"]}
-            )
-
 
 def _checked(client: Client) -> dict[str, Any]:
     """Bind values for ``client``, every one checked before any SQL is sent."""
@@ -259,10 +224,7 @@ def _checked(client: Client) -> dict[str, Any]:
     for key, value in metadata.items():
         check_text(key, f"{who}: metadata field name {key!r}")
         check_json(value, f"{who}: metadata.{key}")
-    attributes = normalize_attributes(client.attributes, f"{who}: attributes")
-    for key, value in attributes.items():
-        check_text(key, f"{who}: attribute name {key!r}")
-        check_json(value, f"{who}: attributes.{key}")
+    attributes = checked_attributes(client.attributes, who)
     return {"id": client_id, "metadata_doc": metadata, "attribute_doc": attributes}
 
 

@@ -39,13 +39,8 @@ from sqlalchemy import (
     Row,
     Select,
     Table,
-    Text,
     bindparam,
-    column,
     delete,
-    func,
-    insert,
-    literal,
     select,
     text,
     update,
@@ -53,33 +48,26 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
 
-from omejdn_pg.entities import User, normalize_attributes
+from omejdn_pg.entities import User
 from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
 from omejdn_pg.passwords import PasswordPolicy, default_policy
+from omejdn_pg.repositories._attributes import OwnedAttributes, checked_attributes
 from omejdn_pg.repositories._common import check_json, check_text, json_column
-from omejdn_pg.schema import USER_OWNER, AttributeRecord, UserRecord
+from omejdn_pg.schema import USER_OWNER, UserRecord
 from omejdn_pg.settings import BACKEND_NAME
 
 _users: Final = cast(Table, UserRecord.__table__)
-_attributes: Final = cast(Table, AttributeRecord.__table__)
+_ATTRIBUTES: Final = OwnedAttributes(USER_OWNER, identifier_bind="name")
 
 
 def _select_users() -> Select[Any]:
     """Every column of a user, its attributes folded into one jsonb object (NULL if none)."""
-    attributes = (
-        select(
-            func.jsonb_object_agg(_attributes.c.key, json_column(_attributes.c.value), type_=JSONB)
-        )
-        .where(_attributes.c.type == USER_OWNER)
-        .where(_attributes.c.identifier == _users.c.username)
-        .scalar_subquery()
-    )
     return select(
         _users.c.username,
         _users.c.password,
         _users.c.extern,
         json_column(_users.c.consent).label("consent"),
-        attributes.label("attributes"),
+        _ATTRIBUTES.folded(_users.c.username).label("attributes"),
     )
 
 
@@ -140,23 +128,6 @@ _REHASH_PASSWORD: Final = (
     .values(password=bindparam("new_hash"))
 )
 _GET_PASSWORD: Final = select(_users.c.password).where(_users.c.username == bindparam("name"))
-_DELETE_ATTRIBUTES: Final = (
-    delete(_attributes)
-    .where(_attributes.c.type == USER_OWNER)
-    .where(_attributes.c.identifier == bindparam("name"))
-)
-_each_attribute = func.jsonb_each(bindparam("attribute_doc", type_=JSONB)).table_valued(
-    column("key", Text), column("value", JSONB)
-)
-_INSERT_ATTRIBUTES: Final = insert(_attributes).from_select(
-    ["type", "identifier", "key", "value"],
-    select(
-        literal(USER_OWNER, Text),
-        bindparam("name", type_=Text),
-        _each_attribute.c.key,
-        _each_attribute.c.value,
-    ),
-)
 
 
 class UserRepository:
@@ -207,7 +178,7 @@ class UserRepository:
         values = self._checked(user)
         if self.conn.execute(_UPDATE_USER, values).scalar_one_or_none() is None:
             raise NotFound(f"user {user.username!r} does not exist")
-        self._replace_attributes(values)
+        _ATTRIBUTES.replace(self.conn, values["name"], values["attribute_doc"])
 
     def delete(self, username: str) -> bool:
         """Delete the user and its attributes; False if there was no such user.
@@ -218,7 +189,7 @@ class UserRepository:
         check_text(username, "username")
         if self.conn.execute(_DELETE_USER, {"name": username}).first() is None:
             return False
-        self.conn.execute(_DELETE_ATTRIBUTES, {"name": username})
+        _ATTRIBUTES.remove(self.conn, username)
         return True
 
     # --- passwords ---------------------------------------------------------------
@@ -291,10 +262,7 @@ class UserRepository:
         if not isinstance(consent, Mapping):
             raise InvalidValue(f"{who}: consent must be a mapping, got {type(consent).__name__}")
         check_json(consent, f"{who}: consent")
-        attributes = normalize_attributes(user.attributes, f"{who}: attributes")
-        for key, value in attributes.items():
-            check_text(key, f"{who}: attribute name {key!r}")
-            check_json(value, f"{who}: attributes.{key}")
+        attributes = checked_attributes(user.attributes, who)
         return {
             "name": username,
             "password_hash": password,
@@ -302,14 +270,6 @@ class UserRepository:
             "consent_doc": dict(consent),
             "attribute_doc": attributes,
         }
-
-    def _replace_attributes(self, values: Mapping[str, Any]) -> None:
-        self.conn.execute(_DELETE_ATTRIBUTES, {"name": values["name"]})
-        if values["attribute_doc"]:
-            self.conn.execute(
-                _INSERT_ATTRIBUTES,
-                {"name": values["name"], "attribute_doc": values["attribute_doc"]},
-            )
 
 
 def _to_user(row: Row[Any]) -> User:

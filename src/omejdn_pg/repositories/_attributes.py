@@ -1,0 +1,102 @@
+"""The ``attributes`` rows of one kind of owner: what users and clients share.
+
+``attributes`` has a polymorphic owner (``type`` + ``identifier``) and no
+foreign key (see :mod:`omejdn_pg.schema`), so nothing in the database takes an
+owner's attributes along when the owner goes: the user and client repositories
+do it, in the owner's transaction, with the statements built here. One builder
+for both owners keeps the two from drifting apart; it varies only the owner
+type and the name the owner's identifier is bound as (``name`` for users,
+``id`` for clients), so each repository keeps one bind name in all its
+statements.
+
+Attributes are written as one jsonb document unpacked with ``jsonb_each`` in
+the server: a fixed number of statements whatever their number, into a value
+column that may be JSONB (ours) or TEXT (Omejdn's Ruby plugin).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    ScalarSelect,
+    Table,
+    Text,
+    bindparam,
+    column,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from omejdn_pg.entities import normalize_attributes
+from omejdn_pg.repositories._common import check_json, check_text, json_column
+from omejdn_pg.schema import AttributeRecord
+
+_attributes: Final = cast(Table, AttributeRecord.__table__)
+
+
+class OwnedAttributes:
+    """Statements on the attribute rows of the owners of one ``type``."""
+
+    def __init__(self, owner_type: str, identifier_bind: str) -> None:
+        self.owner_type: Final = owner_type
+        self.identifier_bind: Final = identifier_bind
+        self.delete: Final = (
+            delete(_attributes)
+            .where(_attributes.c.type == owner_type)
+            .where(_attributes.c.identifier == bindparam(identifier_bind))
+        )
+        each = func.jsonb_each(bindparam("attribute_doc", type_=JSONB)).table_valued(
+            column("key", Text), column("value", JSONB)
+        )
+        self.insert: Final = insert(_attributes).from_select(
+            ["type", "identifier", "key", "value"],
+            select(
+                literal(owner_type, Text),
+                bindparam(identifier_bind, type_=Text),
+                each.c.key,
+                each.c.value,
+            ),
+        )
+
+    def folded(self, identifier: ColumnElement[Any]) -> ScalarSelect[Any]:
+        """The attributes of the owner ``identifier`` names as one jsonb object (NULL if none),
+        a correlated subquery: an index range scan on the attributes' primary key."""
+        return (
+            select(
+                func.jsonb_object_agg(
+                    _attributes.c.key, json_column(_attributes.c.value), type_=JSONB
+                )
+            )
+            .where(_attributes.c.type == self.owner_type)
+            .where(_attributes.c.identifier == identifier)
+            .scalar_subquery()
+        )
+
+    def remove(self, conn: Connection, identifier: str) -> None:
+        """Delete every attribute row of the owner."""
+        conn.execute(self.delete, {self.identifier_bind: identifier})
+
+    def replace(self, conn: Connection, identifier: str, attributes: Mapping[str, Any]) -> None:
+        """Make ``attributes`` the owner's only attribute rows."""
+        self.remove(conn, identifier)
+        if attributes:
+            conn.execute(
+                self.insert, {self.identifier_bind: identifier, "attribute_doc": attributes}
+            )
+
+
+def checked_attributes(attributes: object, who: str) -> dict[str, Any]:
+    """``attributes`` as a mapping, every name and value checked before any SQL is sent."""
+    result = normalize_attributes(attributes, f"{who}: attributes")
+    for key, value in result.items():
+        check_text(key, f"{who}: attribute name {key!r}")
+        check_json(value, f"{who}: attributes.{key}")
+    return result
