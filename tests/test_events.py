@@ -206,6 +206,13 @@ def test_key_events(loader: PluginLoader, plain_sql: PlainSQL) -> None:
     assert loaded.kid == material.kid
     assert single(loader.fire(events.KEYS_LOAD, target_type="omejdn", target="none")).is_empty
 
+    # A rotated key is seen at once, although parsed keys are remembered.
+    rotated = KeyMaterial(sk=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", key_material=rotated)
+    assert single(loader.fire(events.KEYS_LOAD, target_type="omejdn", target="omejdn")) == rotated
+    loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", key_material=material)
+    assert single(loader.fire(events.KEYS_LOAD, target_type="omejdn", target="omejdn")) == material
+
     second = KeyMaterial(sk=ec.generate_private_key(ec.SECP384R1()))
     loader.fire(events.KEYS_STORE, target_type="omejdn", target="rotated", key_material=second)
     every = single(loader.fire(events.KEYS_LOAD_ALL, target_type="omejdn"))

@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, TypeAlias
 
 from cryptography import x509
@@ -260,7 +261,7 @@ def load_key_pem(pem: str | bytes, what: str = "key") -> tuple[PrivateKey | None
     data = pem.encode("ascii", "replace") if isinstance(pem, str) else pem
     if b"PRIVATE KEY-----" in data:
         try:
-            key = serialization.load_pem_private_key(data, password=None)
+            key = _parse_private_key(data)
         except (ValueError, TypeError) as exc:
             raise InvalidKeyMaterial(f"{what}: not a readable unencrypted private key PEM") from exc
         private = _supported_private_key(key, what)
@@ -270,6 +271,20 @@ def load_key_pem(pem: str | bytes, what: str = "key") -> tuple[PrivateKey | None
     except (ValueError, TypeError) as exc:
         raise InvalidKeyMaterial(f"{what}: not a private or public key in PEM form") from exc
     return None, _supported_public_key(public, what)
+
+
+@lru_cache(maxsize=64)
+def _parse_private_key(data: bytes) -> object:
+    """Parse (and validate) an unencrypted private key PEM, remembering recent ones.
+
+    OpenSSL checks an RSA key's primes on every load, which costs tens of
+    milliseconds — and KEYS_LOAD runs whenever a token is signed. The stored
+    PEM still comes from the database on every load, so a rotated key is seen
+    at once; only the parsing of an unchanged PEM is saved. Key objects are
+    immutable, so sharing them between loads and threads is safe. Failures are
+    not cached.
+    """
+    return serialization.load_pem_private_key(data, password=None)
 
 
 def load_certificate_chain(
