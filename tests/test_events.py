@@ -15,10 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from omejdn_pg import events
-from omejdn_pg.entities import Client, KeyMaterial, User
+from omejdn_pg import Client, KeyMaterial, PluginLoader, User, events
 from omejdn_pg.errors import AlreadyExists, SchemaOutOfDate
-from omejdn_pg.events import PluginLoader
 from omejdn_pg.host import Host
 from omejdn_pg.settings import ConnectionSettings
 

@@ -571,10 +571,10 @@ def check(as_json: bool) -> None:
         click.echo(f"schema revision: {_revision_text(current)} (head: {head})")
         click.echo(f"pending:         {', '.join(pending) if pending else 'none'}")
         rows = [
-            (name, "clients (distinct client_id)" if name == "clients" else "", count)
+            (name, count, "distinct client_id" if name == "clients" else "rows")
             for name, count in facts["counts"].items()
         ]
-        print_table(None, ["table", "", "rows"], rows)
+        print_table(None, ["table", "count", "of"], rows)
     if not report["ok"]:
         if current is None:
             raise Failure(
