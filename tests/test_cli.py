@@ -209,6 +209,20 @@ def test_missing_database(database: ConnectionSettings, tmp_path: Path) -> None:
     assert secret not in result.stdout + result.stderr
 
 
+def test_wrong_password_is_one_line_without_it(
+    password_server: ConnectionSettings, examples: Path
+) -> None:
+    secret = "Wr0ng-Password"
+    url = password_server.with_params(password=secret).conninfo()
+    for command in (["users", "list"], ["import", str(examples)], ["check"]):
+        result = omejdn_pg("--url", url, *command)
+        line = one_error_line(result)
+        assert "password authentication failed" in line, line
+        assert secret not in result.stdout + result.stderr
+    right = omejdn_pg("--url", password_server.conninfo(), "migrate", "current")
+    assert right.returncode == 0, right.stderr
+
+
 def test_schema_behind_is_reported(empty_database: ConnectionSettings) -> None:
     url = empty_database.conninfo()
     check = omejdn_pg("--url", url, "check")
