@@ -19,7 +19,8 @@ import click
 import pytest
 import yaml
 
-from omejdn_pg import cli
+from omejdn_pg import cli, migrate
+from omejdn_pg import database as database_module
 from omejdn_pg.defaults.files import FileStore
 from omejdn_pg.entities import KeyMaterial
 from omejdn_pg.host import Host
@@ -281,6 +282,50 @@ def test_migrate_up_and_down(empty_database: ConnectionSettings) -> None:
     ok(omejdn_pg("--url", url, "migrate", "downgrade", "base", "--yes"))
     assert ok(omejdn_pg("--url", url, "migrate", "current")).stdout.strip() == ""
     assert "nope" in one_error_line(omejdn_pg("--url", url, "migrate", "upgrade", "nope"))
+
+
+def test_migrate_and_check_open_one_engine_per_command(
+    empty_database: ConnectionSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Current revision, upgrade and current again share one engine and connection."""
+    engines: list[Any] = []
+    original = database_module.build_engine
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        engines.append(original(*args, **kwargs))
+        return engines[-1]
+
+    monkeypatch.setattr(database_module, "build_engine", counting)
+    for name in ("OMEJDN_PG_URL", "OMEJDN_PLUGINS"):
+        monkeypatch.delenv(name, raising=False)
+    url = empty_database.conninfo()
+    where = ConnectionSettings.from_url(url).describe()
+    head = migrate.head()
+
+    assert cli.run(["--url", url, "migrate", "upgrade"]) == 0
+    assert capsys.readouterr().out == f"{where}: upgraded from none (empty database) to {head}\n"
+    assert len(engines) == 1
+    assert cli.run(["--url", url, "migrate", "upgrade"]) == 0
+    assert capsys.readouterr().out == f"{where}: already at {head}, nothing to do\n"
+    assert len(engines) == 2
+    assert cli.run(["--url", url, "check", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["revision"], report["head"], report["pending"]) == (head, head, [])
+    assert report["ok"]
+    assert len(engines) == 3
+    assert cli.run(["--url", url, "migrate", "downgrade", "base", "--yes"]) == 0
+    assert capsys.readouterr().out == f"{where}: downgraded from {head} to none (empty database)\n"
+    assert len(engines) == 4
+    assert cli.run(["--url", url, "check"]) == 1
+    output = capsys.readouterr()
+    assert f"schema revision: none (empty database) (head: {head})" in output.out
+    assert "pending:         0001" in output.out
+    assert output.err == (
+        f"error: the database {where} has no omejdn_pg schema; run `omejdn-pg migrate upgrade`\n"
+    )
+    assert len(engines) == 5
 
 
 def test_check_reports_rows(url: str, examples: Path) -> None:

@@ -6,6 +6,7 @@ server afterwards, whatever happened.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 
 from omejdn_pg import embedded
-from omejdn_pg.errors import OmejdnPgError
+from omejdn_pg.errors import OmejdnPgError, StorageUnavailable
 from tests import helpers
 from tests.helpers import ok
 
@@ -102,3 +103,58 @@ def test_missing_pgserver_is_one_clear_message(
     with pytest.raises(OmejdnPgError, match=r"pip install 'omejdn-pg\[embedded\]'"):
         embedded.start(tmp_path / "pgdata")
     assert embedded.status(tmp_path / "pgdata").running is False
+
+
+def test_reusing_a_running_server_opens_no_connection(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, started = embedded.start(data_dir)
+    assert started
+    with psycopg.connect(embedded.url(first.connection())) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (embedded.DATABASE,)
+
+    def no_connection(*args: object, **kwargs: object) -> None:
+        raise AssertionError("reusing a running server must not connect")
+
+    monkeypatch.setattr(psycopg, "connect", no_connection)
+    again, started = embedded.start(data_dir)
+
+    assert not started
+    assert again == first
+
+
+def test_a_missing_database_on_a_reused_server_is_created_on_first_use(data_dir: Path) -> None:
+    status, _ = embedded.start(data_dir)
+    admin = status.connection(dbname=embedded.SUPERUSER).conninfo()
+
+    def drop_database() -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {embedded.DATABASE}")
+
+    drop_database()
+    current = ok(omejdn_pg("migrate", "current", data=data_dir))
+    assert current.stdout == "\n"  # created, never migrated
+    assert "no omejdn_pg schema yet" in current.stderr
+    drop_database()
+    listed = ok(omejdn_pg("users", "list", "--json", data=data_dir))
+    assert json.loads(listed.stdout) == []
+    assert "migrated the embedded database" in listed.stderr
+
+
+def test_with_database_retries_only_when_it_created_the_database(data_dir: Path) -> None:
+    status, _ = embedded.start(data_dir)
+    calls: list[int] = []
+
+    def unavailable() -> None:
+        calls.append(1)
+        raise StorageUnavailable("the first error")
+
+    # The database exists: the failure is something else, raised as it was, not retried.
+    with pytest.raises(StorageUnavailable, match="the first error"):
+        embedded.with_database(status, unavailable)
+    assert calls == [1]
+    # The server does not answer either: still the first error.
+    gone = dataclasses.replace(status, socket_dir=data_dir / "nowhere")
+    with pytest.raises(StorageUnavailable, match="the first error"):
+        embedded.with_database(gone, unavailable)
+    assert calls == [1, 1]

@@ -269,3 +269,9 @@ def test_client_to_dict_is_metadata_plus_attributes_and_round_trips() -> None:
 def test_clients_from_dicts() -> None:
     clients = clients_from_dicts([OMEJDN_CLIENT, {"client_id": "b"}], backend="yaml")
     assert [(c.client_id, c.backend) for c in clients] == [("testClient", "yaml"), ("b", "yaml")]
+
+
+def test_a_client_secret_never_shows_in_a_repr() -> None:
+    client = Client(metadata={"client_id": "portal", "client_secret": "t0p-secret"})
+    assert "t0p-secret" not in repr(client)
+    assert "portal" in repr(client)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from omejdn_pg import Client, KeyMaterial, PluginLoader, User, events
-from omejdn_pg.errors import AlreadyExists, SchemaOutOfDate
+from omejdn_pg.database import Database
+from omejdn_pg.errors import AlreadyExists, ConfigurationError, SchemaOutOfDate
 from omejdn_pg.host import Host
+from omejdn_pg.repositories._common import lock_for_update
 from omejdn_pg.settings import ConnectionSettings
 
 from .conftest import PlainSQL
@@ -353,3 +356,45 @@ def test_a_login_upgrades_a_weaker_hash_to_the_configured_scheme(
         assert upgraded.startswith("$argon2id$")
         assert host.users.verify_password(alice, "mypassword")
         assert plain_sql.value("SELECT password FROM users") == upgraded
+
+
+def test_a_backend_default_that_names_no_active_backend_is_refused(
+    database: ConnectionSettings, tmp_path: Path
+) -> None:
+    path = tmp_path / "plugins.yml"
+    # Every default deactivated and no user_backend_default: Omejdn's default
+    # 'yaml' would silently swallow every new user.
+    path.write_text(plugin_yaml(database).replace("user_backend_default: postgres\n", ""))
+    with pytest.raises(
+        ConfigurationError, match=r"'user_backend_default' is 'yaml'.*active: postgres"
+    ):
+        PluginLoader.from_files([path], base_dir=tmp_path)
+    path.write_text(
+        plugin_yaml(database).replace(
+            "client_backend_default: postgres", "client_backend_default: pg"
+        )
+    )
+    with pytest.raises(ConfigurationError, match="'client_backend_default' is 'pg'"):
+        PluginLoader.from_files([path], base_dir=tmp_path)
+
+
+def test_a_client_certificate_written_as_keys_waits_for_the_client_lock(
+    loader: PluginLoader, db: Database
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    material = KeyMaterial(certs=[certificate(key, "portal")])
+    done = threading.Event()
+
+    def store() -> None:
+        loader.fire(
+            events.KEYS_STORE, target_type="clients", target="portal", key_material=material
+        )
+        done.set()
+
+    with db.transaction() as conn:
+        lock_for_update(conn, "client", "portal")  # what CLIENT_DELETE holds
+        writer = threading.Thread(target=store)
+        writer.start()
+        assert not done.wait(0.5), "KEYS_STORE of a client certificate ignored the client lock"
+    writer.join(10)
+    assert done.is_set()

@@ -188,6 +188,51 @@ def test_upgrade_on_a_shared_connection_belongs_to_the_callers_transaction(
         engine.dispose()
 
 
+def test_a_database_serves_several_commands_on_one_connection(
+    empty_database: ConnectionSettings, sql: PlainSQL
+) -> None:
+    database = migrate.connect(empty_database)
+    connects: list[object] = []
+    event.listen(database.engine, "connect", lambda *_: connects.append(1))
+    try:
+        assert migrate.current(database) is None
+        assert migrate.pending(database) == [revision for revision, _ in migrate.history()]
+        migrate.upgrade(database)
+        assert migrate.current(database) == migrate.head()
+        assert migrate.pending(database) == []
+        with pytest.raises(MigrationError, match="nosuchrevision"):
+            migrate.upgrade(database, "nosuchrevision")
+        migrate.downgrade(database)
+        assert migrate.current(database) is None
+    finally:
+        database.dispose()
+    assert len(connects) == 1
+    assert table_names(sql) == ["alembic_version"]
+
+
+def test_the_packaged_scripts_are_parsed_once_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parsed: list[object] = []
+    original = ScriptDirectory.from_config
+
+    def counting(*args: object, **kwargs: object) -> ScriptDirectory:
+        parsed.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ScriptDirectory, "from_config", counting)
+    migrate._scripts.cache_clear()
+    try:
+        head = migrate.head()
+        history = migrate.history()
+        assert migrate.pending_after(None) == [revision for revision, _ in history]
+        assert migrate.pending_after(head) == []
+        assert migrate.head() == head
+    finally:
+        migrate._scripts.cache_clear()
+    assert len(parsed) == 1
+
+
 def test_check_schema(empty_database: ConnectionSettings, sql: PlainSQL) -> None:
     engine = build_engine(empty_database)
     try:

@@ -7,8 +7,9 @@ from sqlalchemy import Connection, text
 
 from omejdn_pg.database import Database, count_statements
 from omejdn_pg.entities import User
-from omejdn_pg.errors import StorageUnavailable
+from omejdn_pg.errors import StorageError, StorageUnavailable
 from omejdn_pg.repositories.users import UserRepository
+from omejdn_pg.settings import ConnectionSettings
 from tests.helpers import PlainSQL
 
 HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
@@ -112,3 +113,16 @@ def test_an_unreachable_server_is_storage_unavailable_without_password(
     assert "127.0.0.1:1" in message
     assert "supersecret" not in message
     assert "supersecret" not in repr(unreachable)
+
+
+def test_a_statement_timeout_is_a_storage_error_not_unavailability(
+    database: ConnectionSettings,
+) -> None:
+    impatient = Database.connect(database.with_params(options="-c statement_timeout=50"))
+    try:
+        with pytest.raises(StorageError) as caught:
+            impatient.read(lambda conn: conn.execute(text("SELECT pg_sleep(2)")))
+    finally:
+        impatient.dispose()
+    assert not isinstance(caught.value, StorageUnavailable)
+    assert "statement timeout" in str(caught.value)

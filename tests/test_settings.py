@@ -58,8 +58,15 @@ def test_the_documented_example_parses(tmp_path: Path) -> None:
 
 
 def test_the_password_never_shows(tmp_path: Path) -> None:
-    backend = StaticConfiguration.from_files([write(tmp_path, SEED)]).backend_settings()
-    for shown in (repr(backend), str(backend), repr(backend.connection), str(backend.connection)):
+    configuration = StaticConfiguration.from_files([write(tmp_path, SEED)])
+    backend = configuration.backend_settings()
+    for shown in (
+        repr(configuration),
+        repr(backend),
+        str(backend),
+        repr(backend.connection),
+        str(backend.connection),
+    ):
         assert "mypassword" not in shown
     assert backend.connection.describe() == "myuser@localhost:5432/omejdn"
 
@@ -103,7 +110,12 @@ def validate_everything(path: Path) -> None:
         ),
         (
             "plugins:\n  postgres_backend:\n    handlers: keys\n",
-            "plugins.postgres_backend.handlers must be a list of names",
+            "plugins.postgres_backend.handlers must be a non-empty list of handler names; "
+            "allowed: keys, config, client, user",
+        ),
+        (
+            "plugins:\n  postgres_backend:\n    handlers: []\n",
+            "plugins.postgres_backend.handlers must be a non-empty list of handler names",
         ),
         (
             "plugins:\n  postgres_backend:\n    connecton: {host: x}\n",
@@ -248,3 +260,15 @@ def test_libpq_environment_variables_fill_what_the_file_leaves_out(
     monkeypatch.setenv("PGDATABASE", database.params["dbname"])
     without_dbname = ConnectionSettings({k: v for k, v in database.params.items() if k != "dbname"})
     assert current_database(without_dbname) == database.params["dbname"]
+
+
+def test_a_connection_string_given_as_dbname_is_expanded_and_its_password_masked() -> None:
+    settings = ConnectionSettings(
+        {"dbname": "postgresql://omejdn:hunter2@db.example.org:5433/omejdn", "user": "x"}
+    )
+    assert settings.params["dbname"] == "omejdn"
+    assert settings.params["host"] == "db.example.org"
+    assert settings.password == "hunter2"
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in settings.describe()
+    assert settings.scrub("failed: hunter2") == "failed: ********"

@@ -16,8 +16,15 @@ import yaml
 
 from omejdn_pg import transfer
 from omejdn_pg.defaults.files import FileStore
-from omejdn_pg.entities import KeyMaterial
-from omejdn_pg.errors import InvalidKeyMaterial, InvalidSectionName, InvalidValue, StorageError
+from omejdn_pg.entities import KeyMaterial, User
+from omejdn_pg.errors import (
+    AlreadyExists,
+    InvalidKeyMaterial,
+    InvalidSectionName,
+    InvalidValue,
+    StorageError,
+    TransferError,
+)
 from omejdn_pg.host import Host
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.settings import BackendSettings, ConnectionSettings, PasswordSettings
@@ -182,6 +189,60 @@ def test_plaintext_passwords_are_hashed_once(tmp_path: Path, host: Host, plain_s
     assert host.users.verify_password(erin, "plain-secret")
 
 
+def test_passwords_are_hashed_and_verified_before_the_transaction(
+    tmp_path: Path, host: Host, plain_sql: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bcrypt costs a quarter second per password: it must hold no pooled connection."""
+    assert host.postgres is not None
+    pool = host.postgres.database.engine.pool
+    policy = PasswordPolicy(PasswordSettings(bcrypt_rounds=4))
+    held: list[tuple[str, int]] = []
+    original_hash, original_verify = policy.hash, policy.verify
+
+    def hash_(password: str) -> str:
+        held.append(("hash", pool.checkedout()))  # type: ignore[attr-defined]
+        return original_hash(password)
+
+    def verify(password: str, stored_hash: str | None) -> tuple[bool, str | None]:
+        held.append(("verify", pool.checkedout()))  # type: ignore[attr-defined]
+        return original_verify(password, stored_hash)
+
+    monkeypatch.setattr(policy, "hash", hash_)
+    monkeypatch.setattr(policy, "verify", verify)
+    config = tmp_path / "config"
+    config.mkdir()
+    users = config / "users.yml"
+    users.write_text(yaml.safe_dump([{"username": "erin", "password": "erin-secret"}]))
+    transfer.import_deployment(tmp_path, host, policy=policy)
+    users.write_text(
+        yaml.safe_dump(
+            [
+                {"username": "erin", "password": "erin-secret"},
+                {"username": "fred", "password": "fred-secret"},
+            ]
+        )
+    )
+
+    report = transfer.import_deployment(tmp_path, host, policy=policy)
+
+    assert [c.name for c in report.changed] == ["fred"]
+    assert held == [("hash", 0), ("verify", 0), ("hash", 0)]
+    assert plain_sql.value("SELECT count(*) FROM users") == 2
+
+
+def test_a_change_between_plan_and_writes_fails_the_import_whole(
+    examples: Path, host: Host, plain_sql: Any
+) -> None:
+    def meanwhile(_changes: list[transfer.Change]) -> None:
+        host.users.add(User(username="alice"))
+
+    with pytest.raises(AlreadyExists, match="alice"):
+        transfer.import_deployment(examples, host, on_plan=meanwhile)
+
+    assert counts(plain_sql) == (1, 0, 0, 0)
+    assert plain_sql.value("SELECT password FROM users WHERE username = 'alice'") is None
+
+
 def test_list_form_attributes_are_accepted(tmp_path: Path, host: Host) -> None:
     config = tmp_path / "config"
     config.mkdir()
@@ -220,7 +281,7 @@ def test_round_trip_holds_the_same_data(examples: Path, host: Host, tmp_path: Pa
 def test_export_refuses_a_non_empty_directory(host: Host, tmp_path: Path) -> None:
     (tmp_path / "something").write_text("x")
 
-    with pytest.raises(transfer.TransferError, match="not empty"):
+    with pytest.raises(TransferError, match="not empty"):
         transfer.export_deployment(host, tmp_path)
 
     transfer.export_deployment(host, tmp_path, force=True)
@@ -272,7 +333,7 @@ def test_bad_input_names_the_file_and_writes_nothing(
 
 
 def test_a_missing_or_foreign_directory_is_refused(host: Host, tmp_path: Path) -> None:
-    with pytest.raises(transfer.TransferError, match="no such directory"):
+    with pytest.raises(TransferError, match="no such directory"):
         transfer.import_deployment(tmp_path / "absent", host)
-    with pytest.raises(transfer.TransferError, match="not an Omejdn deployment"):
+    with pytest.raises(TransferError, match="not an Omejdn deployment"):
         transfer.import_deployment(tmp_path, host)

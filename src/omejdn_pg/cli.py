@@ -22,9 +22,9 @@ import os
 import secrets
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, TypeVar
 
 import click
 import yaml
@@ -54,6 +54,8 @@ from omejdn_pg.settings import (
     ConnectionSettings,
     StaticConfiguration,
 )
+
+T = TypeVar("T")
 
 URL_ENV: Final = "OMEJDN_PG_URL"
 DEBUG_ENV: Final = "OMEJDN_PG_DEBUG"
@@ -163,21 +165,37 @@ class Session:
     def connection(self) -> ConnectionSettings:
         return self.target().settings.connection
 
+    def first_contact(self, operation: Callable[[], T]) -> T:
+        """Run the command's first database operation.
+
+        On a reused embedded server the ``omejdn`` database was not checked (a
+        reuse opens no connection); if it is missing, it is created here and
+        ``operation`` runs again.
+        """
+        status = self.target().embedded
+        if status is None:
+            return operation()
+        return embedded.with_database(status, operation)
+
     def ensure_schema(self) -> None:
         """Migrate the embedded database to head; other databases are the operator's."""
         target = self.target()
         if target.embedded is None or self._migrated:
             return
-        self.migrate_embedded(target.settings.connection)
+        self.migrate_embedded(target.embedded)
         self._migrated = True
 
-    def migrate_embedded(self, connection: ConnectionSettings) -> None:
-        """Upgrade the embedded database at ``connection`` to head, and say so if it was behind."""
+    def migrate_embedded(self, status: embedded.EmbeddedStatus) -> None:
+        """Upgrade the embedded database on ``status`` to head, and say so if it was behind."""
         from omejdn_pg import migrate
 
-        if migrate.pending(connection):
-            migrate.upgrade(connection)
-            self.note(f"migrated the embedded database to schema revision {migrate.head()}")
+        database = migrate.connect(status.connection())
+        try:
+            if embedded.with_database(status, lambda: migrate.pending(database)):
+                migrate.upgrade(database)
+                self.note(f"migrated the embedded database to schema revision {migrate.head()}")
+        finally:
+            database.dispose()
 
     def host(self) -> Any:
         """The host facade over this session's database, schema checked."""
@@ -383,9 +401,8 @@ def db_start() -> None:
     status, started = embedded.start(path)
     ses = session()
     ses.note(("started" if started else "already running:") + f" the embedded PostgreSQL in {path}")
-    connection = status.connection()
-    ses.migrate_embedded(connection)
-    click.echo(embedded.url(connection))
+    ses.migrate_embedded(status)
+    click.echo(embedded.url(status.connection()))
 
 
 @db.command("stop")
@@ -449,9 +466,13 @@ def migrate_upgrade(revision: str) -> None:
 
     ses = session()
     connection = ses.connection()
-    before = migrations.current(connection)
-    migrations.upgrade(connection, revision)
-    after = migrations.current(connection)
+    database = migrations.connect(connection)
+    try:
+        before = ses.first_contact(lambda: migrations.current(database))
+        migrations.upgrade(database, revision)
+        after = migrations.current(database)
+    finally:
+        database.dispose()
     where = connection.describe()
     if before == after:
         click.echo(f"{where}: already at {_revision_text(after)}, nothing to do")
@@ -466,12 +487,17 @@ def migrate_downgrade(revision: str, yes: bool) -> None:
     """Downgrade the schema to REVISION ('base' drops every table and its data)."""
     from omejdn_pg import migrate as migrations
 
-    connection = session().connection()
+    ses = session()
+    connection = ses.connection()
     if revision == "base":
         confirm(f"Drop every omejdn_pg table of {connection.describe()} with its data?", yes)
-    before = migrations.current(connection)
-    migrations.downgrade(connection, revision)
-    after = migrations.current(connection)
+    database = migrations.connect(connection)
+    try:
+        before = ses.first_contact(lambda: migrations.current(database))
+        migrations.downgrade(database, revision)
+        after = migrations.current(database)
+    finally:
+        database.dispose()
     click.echo(
         f"{connection.describe()}: downgraded from {_revision_text(before)} "
         f"to {_revision_text(after)}"
@@ -483,7 +509,9 @@ def migrate_current() -> None:
     """Print the database's schema revision (nothing if it was never migrated)."""
     from omejdn_pg import migrate as migrations
 
-    revision = migrations.current(session().connection())
+    ses = session()
+    connection = ses.connection()
+    revision = ses.first_contact(lambda: migrations.current(connection))
     click.echo(revision or "")
     if revision is None:
         session().note("the database has no omejdn_pg schema yet; run `omejdn-pg migrate upgrade`")
@@ -517,13 +545,11 @@ def check(as_json: bool) -> None:
     from sqlalchemy import text
 
     from omejdn_pg import migrate as migrations
-    from omejdn_pg.database import Database
-    from omejdn_pg.settings import PoolSettings
 
     ses = session()
     ses.ensure_schema()
     connection = ses.connection()
-    database = Database.connect(connection, PoolSettings(size=1, max_overflow=0))
+    database = migrations.connect(connection)
     try:
 
         def inspect(conn: Any) -> dict[str, Any]:
@@ -548,11 +574,11 @@ def check(as_json: bool) -> None:
             return {"server_version": version, "counts": counts}
 
         facts = database.read(inspect)
+        current = migrations.current(database)
     finally:
         database.dispose()
-    current = migrations.current(connection)
     head = migrations.head()
-    pending = migrations.pending(connection)
+    pending = migrations.pending_after(current)
     report = {
         "database": connection.describe(),
         "source": ses.target().source,

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event, exc
@@ -181,8 +181,7 @@ class Database:
                     "run `omejdn-pg migrate`"
                 )
         if isinstance(error, exc.DBAPIError) and (
-            error.connection_invalidated
-            or isinstance(original, psycopg.OperationalError | psycopg.InterfaceError)
+            error.connection_invalidated or _is_unavailable(original)
         ):
             reason = _first_line(str(original)) if original is not None else "connection lost"
             return StorageUnavailable(
@@ -206,6 +205,23 @@ def count_statements(engine: Engine) -> list[str]:
         statements.append(str(args[2]))
 
     return statements
+
+
+# SQLSTATEs meaning "the database cannot be used as configured", as opposed to
+# a statement that failed (a timeout, a deadlock, a full disk are psycopg
+# OperationalErrors too, but the server is there and the next call may work).
+_UNAVAILABLE_CLASSES: Final = ("08", "28")
+_UNAVAILABLE_STATES: Final = frozenset({"57P01", "57P02", "57P03", "53300", "3D000"})
+
+
+def _is_unavailable(original: object) -> bool:
+    if isinstance(original, psycopg.InterfaceError):
+        return True
+    if not isinstance(original, psycopg.OperationalError):
+        return False
+    state = original.sqlstate
+    # Failures to connect carry no SQLSTATE: libpq never reached a server that said one.
+    return state is None or state.startswith(_UNAVAILABLE_CLASSES) or state in _UNAVAILABLE_STATES
 
 
 def _first_line(text: str) -> str:

@@ -12,7 +12,9 @@ start each time — which means someone must stop it (``omejdn-pg db stop``).
 It listens on a Unix socket only, never on a TCP port, and trusts local
 connections: a development and evaluation database, not a production one.
 Reusing a running server reads its ``postmaster.pid`` and does not touch
-pgserver's start-up path at all, so a reuse costs a file read.
+pgserver's start-up path at all, so a reuse costs a file read: the ``omejdn``
+database is created when the server is started, and otherwise only when a
+first connection to it fails (:func:`with_database`), not checked every time.
 
 pgserver is an optional extra (``omejdn-pg[embedded]``); without it, the
 embedded default fails with one line saying how to install it or how to
@@ -27,16 +29,19 @@ import signal
 import subprocess
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg import sql
 
-from omejdn_pg.errors import ConfigurationError, StorageUnavailable
+from omejdn_pg.database import _first_line
+from omejdn_pg.errors import EmbeddedError, StorageUnavailable
 from omejdn_pg.settings import ConnectionSettings
+
+T = TypeVar("T")
 
 DATA_ENV: Final = "OMEJDN_PG_DATA"
 DEFAULT_DATA_DIR: Final = Path(".omejdn-pg") / "pgdata"
@@ -47,10 +52,6 @@ INSTALL_HINT: Final = (
     "the embedded PostgreSQL needs the pgserver package: pip install 'omejdn-pg[embedded]' "
     "(or configure a connection with --url, OMEJDN_PG_URL or a plugin file)"
 )
-
-
-class EmbeddedError(ConfigurationError):
-    """The embedded server cannot be used (pgserver missing, start failed, ...)."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ def status(path: Path) -> EmbeddedStatus:
 def start(path: Path) -> tuple[EmbeddedStatus, bool]:
     """Start the server on ``path`` unless it runs already; ``(status, started_now)``.
 
-    The ``omejdn`` database is created on first start.
+    The ``omejdn`` database is created when the server is started here; reusing
+    a running server opens no connection (see :func:`with_database`).
     """
     current = status(path)
     started = False
@@ -149,8 +151,30 @@ def start(path: Path) -> tuple[EmbeddedStatus, bool]:
             raise EmbeddedError(
                 f"the embedded PostgreSQL in {path} did not start; see {path / 'log'}"
             )
-    _ensure_database(current)
+        ensure_database(current)
     return current, started
+
+
+def with_database(current: EmbeddedStatus, operation: Callable[[], T]) -> T:
+    """Run ``operation``, a command's first use of the ``omejdn`` database on ``current``.
+
+    If it cannot connect and the database turns out to be missing (a server
+    reused from elsewhere, a dropped database, a concurrent first start that
+    has not created it yet), the database is created and ``operation`` runs
+    once more. libpq reports a missing database at connect time without a
+    SQLSTATE (no InvalidCatalogName to catch), so the admin database is asked
+    instead of parsing a possibly translated message.
+    """
+    try:
+        return operation()
+    except StorageUnavailable:
+        try:
+            created = ensure_database(current)
+        except StorageUnavailable:
+            created = False  # the server is gone: the first error says it best
+        if not created:
+            raise
+    return operation()
 
 
 def stop(path: Path, timeout: float = 60.0) -> bool:
@@ -183,21 +207,24 @@ def stop(path: Path, timeout: float = 60.0) -> bool:
     return True
 
 
-def _ensure_database(current: EmbeddedStatus) -> None:
+def ensure_database(current: EmbeddedStatus) -> bool:
+    """Create the ``omejdn`` database unless it exists; whether it was missing just now."""
     admin = current.connection(dbname=SUPERUSER)
     try:
         with psycopg.connect(admin.conninfo(), autocommit=True, connect_timeout=10) as conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
             ).fetchone()
-            if exists is None:
-                conn.execute(
-                    sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(
-                        sql.Identifier(DATABASE)
-                    )
+            if exists is not None:
+                return False
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(
+                    sql.Identifier(DATABASE)
                 )
+            )
+            return True
     except psycopg.errors.DuplicateDatabase:
-        return  # a concurrent first start created it
+        return True  # a concurrent first start created it meanwhile
     except psycopg.Error as exc:
         raise StorageUnavailable(
             f"the embedded PostgreSQL in {current.data_dir} does not answer: "
@@ -233,8 +260,3 @@ def _process_exists(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state not in ("Z", "X")
-
-
-def _first_line(text: str) -> str:
-    stripped = text.strip()
-    return stripped.splitlines()[0] if stripped else text

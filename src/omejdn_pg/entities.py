@@ -125,6 +125,15 @@ class Client:
         if not isinstance(client_id, str) or not client_id:
             raise InvalidValue(f"a client needs a non-empty string 'client_id', got {client_id!r}")
 
+    def __repr__(self) -> str:
+        shown = {
+            k: ("<secret>" if k == "client_secret" and v is not None else v)
+            for k, v in self.metadata.items()
+        }
+        return (
+            f"Client(metadata={shown!r}, attributes={self.attributes!r}, backend={self.backend!r})"
+        )
+
     @property
     def client_id(self) -> str:
         client_id: str = self.metadata["client_id"]

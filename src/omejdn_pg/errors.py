@@ -17,6 +17,10 @@ class ConfigurationError(OmejdnPgError):
     """The static plugin configuration is missing, malformed or inconsistent."""
 
 
+class EmbeddedError(ConfigurationError):
+    """The embedded server cannot be used (pgserver missing, start failed, ...)."""
+
+
 class StorageError(OmejdnPgError):
     """A storage operation failed; nothing of it was written."""
 
@@ -59,3 +63,7 @@ class PasswordRejected(InvalidInput):
 
 class MigrationError(OmejdnPgError):
     """A schema migration stopped; the database was left as it was."""
+
+
+class TransferError(OmejdnPgError):
+    """The directory cannot be imported or exported as it is; nothing was written."""

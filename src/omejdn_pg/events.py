@@ -92,10 +92,37 @@ class PluginLoader:
         self.base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
         """Where the default plugins keep ``config/`` and ``keys/`` (Omejdn's working directory)."""
         self.plugins: dict[str, object] = {}
+        self.backends: dict[str, set[str]] = {"user": set(), "client": set()}
+        """Backend names serving users and clients, as their plugins declared them."""
         self._handlers: defaultdict[str, list[Handler]] = defaultdict(list)
 
     def register(self, event: str, handler: Handler) -> None:
         self._handlers[event].append(handler)
+
+    def declare_backend(self, group: str, name: str) -> None:
+        """Say that backend ``name`` now serves ``group`` (``user`` or ``client``)."""
+        self.backends[group].add(name)
+
+    def check_backend_defaults(self) -> None:
+        """Refuse a ``*_backend_default`` that names no active backend.
+
+        Otherwise every new user or client would be handed to nobody, and
+        USER_CREATE would succeed without storing anything. A plugin that
+        handles creates without declaring its backend name disables the check.
+        """
+        configuration = self.configuration
+        for group, event, name in (
+            ("user", USER_CREATE, configuration.user_backend_default),
+            ("client", CLIENT_CREATE, configuration.client_backend_default),
+        ):
+            declared = self.backends[group]
+            creators = len(self.handlers(event))
+            if creators and creators == len(declared) and name not in declared:
+                raise ConfigurationError(
+                    f"{configuration.source}: '{group}_backend_default' is {name!r}, "
+                    f"but no active {group} backend has that name; "
+                    f"active: {', '.join(sorted(declared))}"
+                )
 
     def handlers(self, event: str) -> tuple[Handler, ...]:
         return tuple(self._handlers.get(event, ()))
@@ -136,16 +163,21 @@ class PluginLoader:
         loader.load_plugins()
         return loader
 
-    def load_plugins(self) -> None:
+    def load_plugins(self, *, check: bool = True) -> None:
         """Register the active default plugins, then init every configured plugin."""
-        from omejdn_pg.defaults import register_defaults
+        from omejdn_pg.defaults import FILE_BACKEND, register_defaults
 
         configuration = self.configuration
         inactive = configuration.deactivate_defaults
         register_defaults(self, inactive)
+        for group in ("user", "client"):
+            if group not in inactive:
+                self.declare_backend(group, FILE_BACKEND)
         try:
             for name in configuration.plugins:
-                self.plugins[name] = self._load_plugin(name)
+                self._load_plugin(name)
+            if check:
+                self.check_backend_defaults()
         except BaseException:
             self.close()
             raise
@@ -160,6 +192,7 @@ class PluginLoader:
             )
         factory = next(iter(found)).load()
         plugin = factory()
+        # Registered before init, so close() reaches it if init fails halfway.
         self.plugins[name] = plugin
         plugin.init(self)
         log.info("loaded plugin %s", name)

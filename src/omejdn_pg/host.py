@@ -213,7 +213,7 @@ class Host:
             }
         )
         loader = PluginLoader(configuration, base_dir=base_dir)
-        loader.load_plugins()
+        loader.load_plugins(check=False)
         plugin = PostgresBackendPlugin()
         plugin.settings = settings
         plugin.attach(
@@ -222,6 +222,11 @@ class Host:
         )
         plugin.register(loader, settings.handlers)
         loader.plugins[PLUGIN_NAME] = plugin
+        try:
+            loader.check_backend_defaults()
+        except BaseException:
+            loader.close()
+            raise
         return cls(loader)
 
     def close(self) -> None:

@@ -6,13 +6,16 @@ from an installed wheel in any directory, with no ``alembic.ini``. The root
 ``alembic.ini`` points at the same scripts for developers who prefer the
 ``alembic`` command.
 
-Every function takes either connection settings or an open SQLAlchemy
-connection. With settings, one transaction is opened, used for the whole
-command and committed only if all of it succeeded — PostgreSQL has
-transactional DDL, so a failed migration leaves the database as it was. With a
-connection, the caller owns the transaction (Alembic's "Sharing a Connection"
-recipe): the connection goes to ``env.py`` through ``Config.attributes`` and
-its password never passes through configparser or a URL string.
+Every function takes connection settings, a :class:`Database` or an open
+SQLAlchemy connection. With settings or a Database, one transaction is opened,
+used for the whole command and committed only if all of it succeeded —
+PostgreSQL has transactional DDL, so a failed migration leaves the database as
+it was; a Database from :func:`connect` lets several calls (current, upgrade,
+current again) share one engine and its one connection instead of each opening
+its own. With a connection, the caller owns the transaction (Alembic's
+"Sharing a Connection" recipe): the connection goes to ``env.py`` through
+``Config.attributes`` and its password never passes through configparser or a
+URL string.
 
 The trade-off: the connection string is resolved here, not in ``alembic.ini``
 (``sqlalchemy.url`` is deliberately unused), so the same resolution order
@@ -22,6 +25,7 @@ serves the ``alembic`` command, the CLI and the plugin.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -56,7 +60,7 @@ SETTINGS_ATTRIBUTE: Final = "connection_settings"
 VERSION_TABLE: Final = "alembic_version"
 MIGRATE_HINT: Final = "run `omejdn-pg migrate upgrade`"
 
-Target = ConnectionSettings | Connection
+Target = ConnectionSettings | Database | Connection
 
 
 def include_name(
@@ -105,6 +109,11 @@ def alembic_config(connection_settings: ConnectionSettings | None = None) -> Con
     return cfg
 
 
+def connect(settings: ConnectionSettings) -> Database:
+    """A one-connection Database for a migration command; the caller disposes of it."""
+    return Database.connect(settings, PoolSettings(size=1, max_overflow=0))
+
+
 def upgrade(target: Target, revision: str = "head") -> None:
     """Migrate the database up to ``revision``, in one transaction.
 
@@ -124,7 +133,9 @@ def current(target: Target) -> str | None:
     """The database's revision, or None if it has never been migrated."""
     if isinstance(target, Connection):
         return _current(target)
-    database = _connect(target)
+    if isinstance(target, Database):
+        return target.read(_current)
+    database = connect(target)
     try:
         return database.read(_current)
     finally:
@@ -144,7 +155,11 @@ def head() -> str:
 
 def pending(target: Target) -> list[str]:
     """Revisions an upgrade to head would apply, in the order it would apply them."""
-    found = current(target)
+    return pending_after(current(target))
+
+
+def pending_after(found: str | None) -> list[str]:
+    """Revisions an upgrade to head would apply to a database at revision ``found``."""
     scripts = _scripts()
     if found is not None and found not in {script.revision for script in scripts.walk_revisions()}:
         raise MigrationError(_unknown_revision(found, "the database"))
@@ -218,10 +233,20 @@ def _run(target: Target, operation: Callable[[Config], None]) -> None:
         cfg.attributes[CONNECTION_ATTRIBUTE] = target
         _command(operation, cfg)
         return
-    database = _connect(target)
+    if isinstance(target, Database):
+        _run_in_transaction(target, operation)
+        return
+    database = connect(target)
+    try:
+        _run_in_transaction(database, operation)
+    finally:
+        database.dispose()
+
+
+def _run_in_transaction(database: Database, operation: Callable[[Config], None]) -> None:
     try:
         with database.transaction() as conn:
-            cfg = alembic_config(target)
+            cfg = alembic_config(database.connection)
             cfg.attributes[CONNECTION_ATTRIBUTE] = conn
             _command(operation, cfg)
     except StorageUnavailable:
@@ -229,8 +254,6 @@ def _run(target: Target, operation: Callable[[Config], None]) -> None:
     except StorageError as error:
         # The transaction rolled back: say so, since that is what the operator needs to know.
         raise MigrationError(f"migration failed, nothing was changed: {error}") from error
-    finally:
-        database.dispose()
 
 
 def _command(operation: Callable[[Config], None], cfg: Config) -> None:
@@ -240,15 +263,13 @@ def _command(operation: Callable[[Config], None], cfg: Config) -> None:
         raise MigrationError(str(error)) from error
 
 
-def _connect(settings: ConnectionSettings) -> Database:
-    return Database.connect(settings, PoolSettings(size=1, max_overflow=0))
-
-
 def _current(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
+@functools.cache
 def _scripts() -> ScriptDirectory:
+    """The packaged scripts, parsed once per process: they cannot change under it."""
     return ScriptDirectory.from_config(alembic_config())
 
 

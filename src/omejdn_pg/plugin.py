@@ -110,6 +110,8 @@ class PostgresBackendPlugin:
             if group in groups:
                 for event, handler in handlers[group].items():
                     loader.register(event, handler)
+                if group in ("user", "client"):
+                    loader.declare_backend(group, BACKEND_NAME)
 
     def close(self) -> None:
         if self._database is not None:

@@ -51,6 +51,19 @@ class ConnectionSettings:
 
     params: Mapping[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # libpq expands a dbname that is itself a URI or key=value string; do it
+        # here, so that a password inside it is known, masked and scrubbed too.
+        dbname = self.params.get("dbname", "")
+        if "=" in dbname or dbname.startswith(("postgres://", "postgresql://")):
+            try:
+                expanded = psycopg.conninfo.conninfo_to_dict(dbname)
+            except psycopg.ProgrammingError as exc:
+                raise ConfigurationError("invalid connection string given as dbname") from exc
+            params = {k: v for k, v in self.params.items() if k != "dbname"}
+            params.update({k: str(v) for k, v in expanded.items() if v is not None})
+            object.__setattr__(self, "params", params)
+
     def __repr__(self) -> str:
         shown = {k: (MASK if k == "password" else v) for k, v in self.params.items()}
         return f"ConnectionSettings({shown!r})"
@@ -131,7 +144,8 @@ class BackendSettings:
 class StaticConfiguration:
     """The merged static configuration of all plugin files."""
 
-    data: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """The merged YAML; kept out of the repr because it holds the connection password."""
     files: tuple[Path, ...] = ()
 
     @property
@@ -246,12 +260,14 @@ def _parse_connection(value: object, where: str) -> ConnectionSettings:
 def _parse_handlers(value: object, where: str) -> frozenset[str]:
     if value is None:
         return frozenset(HANDLER_GROUPS)
-    names = _string_list(value, where)
+    allowed = f"allowed: {', '.join(HANDLER_GROUPS)}"
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigurationError(f"{where} must be a non-empty list of handler names; {allowed}")
+    names = list(value)
     unknown = [n for n in names if n not in HANDLER_GROUPS]
     if unknown:
         raise ConfigurationError(
-            f"{where}: unknown handler(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(HANDLER_GROUPS)}"
+            f"{where}: unknown handler(s) {', '.join(map(repr, unknown))}; {allowed}"
         )
     return frozenset(names)
 

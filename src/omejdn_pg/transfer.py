@@ -12,9 +12,11 @@ and key target) and keeps only the differences; executing it fires one
 storage event per difference through the host facade — exactly the writes
 the server would make — all inside one ``host.batch()`` transaction. So an
 import is all or nothing, a second run has nothing to do, and ``dry_run``
-stops after the plan. The trade-off: the plan holds the whole directory in
-memory, which is fine for the tens of thousands of users Omejdn's YAML files
-can hold at all.
+stops after the plan. The plan is made before that transaction opens, so
+hashing plaintext passwords holds no connection; what another writer stores
+in between makes the import fail whole (e.g. a user that now exists). The
+trade-off: the plan holds the whole directory in memory, which is fine for the
+tens of thousands of users Omejdn's YAML files can hold at all.
 
 Import merges: what is stored but absent from the directory is left alone.
 Plaintext passwords in ``users.yml`` (Omejdn hashes them on load) are hashed
@@ -39,7 +41,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from omejdn_pg.defaults.files import CLIENTS_SECTION, USERS_SECTION, FileStore
 from omejdn_pg.entities import Client, KeyMaterial, User
-from omejdn_pg.errors import InvalidInput, InvalidSectionName, InvalidValue, OmejdnPgError
+from omejdn_pg.errors import InvalidInput, InvalidSectionName, InvalidValue, TransferError
 from omejdn_pg.host import Host
 from omejdn_pg.passwords import PasswordPolicy, default_policy
 from omejdn_pg.repositories._common import check_json
@@ -52,10 +54,6 @@ class Action(StrEnum):
     CREATE = "create"
     UPDATE = "update"
     UNCHANGED = "unchanged"
-
-
-class TransferError(OmejdnPgError):
-    """The directory cannot be imported or exported as it is; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -357,11 +355,15 @@ def import_deployment(
     started = time.perf_counter()
     deployment = read_deployment(path)
     report = Report(dry_run=dry_run, notes=list(deployment.notes))
-    with host.batch():
-        report.changes = plan_import(deployment, host, policy)
-        if on_plan is not None:
-            on_plan(report.changed)
-        if not dry_run:
+    # Plan outside the transaction: hashing and verifying plaintext passwords (bcrypt,
+    # a quarter second each) must not hold a transaction and a pooled connection.
+    report.changes = plan_import(deployment, host, policy)
+    if on_plan is not None:
+        on_plan(report.changed)
+    if not dry_run and report.changed:
+        # A change stored between plan and batch makes a write fail (e.g. AlreadyExists),
+        # and the batch rolls the whole import back.
+        with host.batch():
             for change in report.changed:
                 assert change.apply is not None
                 change.apply(host)

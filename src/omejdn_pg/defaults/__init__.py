@@ -35,7 +35,7 @@ class _FileUsers:
         self.lock = threading.Lock()
 
     def get(self, username: str, **_: Any) -> User | None:
-        return next((u for u in self.store.users() if u.username == username), None)
+        return self.store.user(username)
 
     def get_all(self, **_: Any) -> list[User]:
         return self.store.users()
@@ -108,7 +108,7 @@ class _FileClients:
         self.lock = threading.Lock()
 
     def get(self, client_id: str, **_: Any) -> Client | None:
-        return next((c for c in self.store.clients() if c.client_id == client_id), None)
+        return self.store.client(client_id)
 
     def get_all(self, **_: Any) -> list[Client]:
         return self.store.clients()

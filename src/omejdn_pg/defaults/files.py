@@ -5,14 +5,25 @@ files) and the import/export commands (a deployment directory), so what the
 one writes the other reads. Files are replaced atomically (write a temporary
 file, then rename), so a reader never sees half a file; private keys are
 created with mode 0600 from the start, never chmod-ed after the fact.
+
+Parsed users and clients are cached per store, keyed by the file's stat
+signature (mtime, size, inode; an atomic write changes the inode), because
+parsing hashes every plaintext password with bcrypt and USER_GET asks the
+file plugin on every login. The trade-off: each read costs a ``stat`` and a
+deep copy of what it returns (so no caller can change the cache), and an
+edit that keeps mtime, size and inode alike goes unseen until the next one.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import yaml
 
@@ -29,6 +40,19 @@ CLIENT_CERTIFICATES: Final = "clients"
 _Loader: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper: Final = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
+_Signature = tuple[int, int, int]
+_Entity = TypeVar("_Entity", User, Client)
+
+
+@dataclass(frozen=True)
+class _Parsed(Generic[_Entity]):
+    """A section's users or clients as parsed from the file with ``signature``; never mutated."""
+
+    signature: _Signature | None
+    entities: tuple[_Entity, ...]
+    by_name: dict[str, _Entity]
+    """The first entity of each name, as a linear search would find it."""
+
 
 class FileStore:
     """An Omejdn deployment directory."""
@@ -37,6 +61,8 @@ class FileStore:
         self.base_dir = Path(base_dir)
         self.config_dir = self.base_dir / "config"
         self.keys_dir = self.base_dir / "keys"
+        self._parsed: dict[str, _Parsed[Any]] = {}
+        self._parsed_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.base_dir)!r})"
@@ -73,25 +99,74 @@ class FileStore:
             data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False
         )
         _atomic_write(self.section_path(section), text.encode("utf-8"), mode=0o644)
+        # The new inode already changes the signature; dropping the entry also covers
+        # a freed inode reused by a write of the same size within one clock tick.
+        with self._parsed_lock:
+            self._parsed.pop(section, None)
 
     # --- users and clients -----------------------------------------------------
 
     def users(self) -> list[User]:
-        return [
-            User.from_dict(item, backend=FILE_BACKEND) for item in self._list_section(USERS_SECTION)
-        ]
+        """Every user of ``users.yml``, each a copy the caller may change."""
+        return copy.deepcopy(list(self._users().entities))
+
+    def user(self, username: str) -> User | None:
+        """The first user named ``username`` (a copy), or None."""
+        return copy.deepcopy(self._users().by_name.get(username))
 
     def write_users(self, users: list[User]) -> None:
         self.write_section(USERS_SECTION, [u.to_dict() for u in users])
 
     def clients(self) -> list[Client]:
-        return [
-            Client.from_dict(item, backend=FILE_BACKEND)
-            for item in self._list_section(CLIENTS_SECTION)
-        ]
+        """Every client of ``clients.yml``, each a copy the caller may change."""
+        return copy.deepcopy(list(self._clients().entities))
+
+    def client(self, client_id: str) -> Client | None:
+        """The first client with ``client_id`` (a copy), or None."""
+        return copy.deepcopy(self._clients().by_name.get(client_id))
 
     def write_clients(self, clients: list[Client]) -> None:
         self.write_section(CLIENTS_SECTION, [c.to_dict() for c in clients])
+
+    def _users(self) -> _Parsed[User]:
+        return self._parse(
+            USERS_SECTION,
+            lambda item: User.from_dict(item, backend=FILE_BACKEND),
+            lambda user: user.username,
+        )
+
+    def _clients(self) -> _Parsed[Client]:
+        return self._parse(
+            CLIENTS_SECTION,
+            lambda item: Client.from_dict(item, backend=FILE_BACKEND),
+            lambda client: client.client_id,
+        )
+
+    def _parse(
+        self,
+        section: str,
+        parse: Callable[[dict[str, Any]], _Entity],
+        name: Callable[[_Entity], str],
+    ) -> _Parsed[_Entity]:
+        """The section's entities, parsed again only if its file changed since the last time.
+
+        The lock is held while parsing, so concurrent readers of a changed file wait
+        for one parse (one bcrypt per plaintext password) instead of each paying it.
+        """
+        path = self.section_path(section)
+        with self._parsed_lock:
+            # Stat before reading: a change in between is then seen by the next read.
+            signature = _signature(path)
+            cached = self._parsed.get(section)
+            if cached is not None and cached.signature == signature:
+                return cached
+            entities = tuple(parse(item) for item in self._list_section(section))
+            by_name: dict[str, _Entity] = {}
+            for entity in entities:
+                by_name.setdefault(name(entity), entity)
+            parsed = _Parsed(signature, entities, by_name)
+            self._parsed[section] = parsed
+            return parsed
 
     def _list_section(self, section: str) -> list[dict[str, Any]]:
         data = self.read_section(section)
@@ -153,6 +228,17 @@ def _path_part(value: str, field: str) -> str:
     ):
         raise InvalidValue(f"{field} {value!r} cannot be used as a file name")
     return value
+
+
+def _signature(path: Path) -> _Signature | None:
+    """What changes when the file is replaced or edited; None if it does not exist."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InvalidValue(f"{path}: cannot read: {exc.strerror}") from exc
+    return (info.st_mtime_ns, info.st_size, info.st_ino)
 
 
 def _read_optional(path: Path) -> bytes | None:

@@ -73,6 +73,16 @@ def _check(value: object, where: str, depth: int) -> None:
     raise InvalidValue(f"{where}: a {type(value).__name__} is not a JSON value")
 
 
+def storable_text(value: object) -> bool:
+    """Whether ``value`` could name a stored row at all; a lookup of anything else finds nothing."""
+    return (
+        isinstance(value, str)
+        and bool(value)
+        and "\x00" not in value
+        and _SURROGATE.search(value) is None
+    )
+
+
 def check_text(value: object, field: str) -> str:
     """A non-empty identifier or key PostgreSQL can store in a TEXT column."""
     if not isinstance(value, str) or not value:
@@ -109,4 +119,13 @@ def lock_for_update(conn: Connection, kind: str, identifier: str) -> None:
 
 def dumps(value: object) -> str:
     """Compact JSON as Omejdn writes it: raw UTF-8, no spaces, ``/`` unescaped."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return json.dumps(
+        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_plain
+    )
+
+
+def _plain(value: object) -> object:
+    """Mappings other than dict, which check_json accepts and json.dumps does not."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

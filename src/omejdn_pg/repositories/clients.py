@@ -51,7 +51,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from omejdn_pg.entities import Client, load_certificate_chain
 from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
 from omejdn_pg.repositories._attributes import OwnedAttributes, checked_attributes
-from omejdn_pg.repositories._common import check_json, check_text, json_column, lock_for_update
+from omejdn_pg.repositories._common import (
+    check_json,
+    check_text,
+    json_column,
+    lock_for_update,
+    storable_text,
+)
 from omejdn_pg.schema import (
     CERTIFICATES,
     CLIENT_CERTIFICATE_TARGET_TYPE,
@@ -123,8 +129,9 @@ class ClientRepository:
     # --- reads -------------------------------------------------------------------
 
     def get(self, client_id: str) -> Client | None:
-        """The client, or None; one statement."""
-        check_text(client_id, "client_id")
+        """The client, or None; one statement (none for an id nothing can be stored under)."""
+        if not storable_text(client_id):
+            return None
         row = self.conn.execute(_GET, {"id": client_id}).one_or_none()
         return None if row is None else _to_client(row)
 
@@ -185,7 +192,8 @@ class ClientRepository:
 
     def get_certificate(self, client_id: str) -> x509.Certificate | None:
         """The client's certificate (the first of a stored chain), or None."""
-        check_text(client_id, "client_id")
+        if not storable_text(client_id):
+            return None
         pem = self.conn.execute(_GET_CERTIFICATE, {"id": client_id}).scalar_one_or_none()
         if not pem:
             return None

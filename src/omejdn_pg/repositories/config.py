@@ -71,7 +71,7 @@ from sqlalchemy.schema import DropTable
 from sqlalchemy.types import TypeEngine
 
 from omejdn_pg.errors import InvalidSectionName, InvalidValue, StorageError
-from omejdn_pg.repositories._common import check_json, lock_for_update
+from omejdn_pg.repositories._common import check_json, dumps, lock_for_update
 from omejdn_pg.schema import (
     SECTION_PREFIX,
     dict_section_table,
@@ -302,17 +302,7 @@ def _payload(section: str, data: object) -> tuple[Shape, str]:
         raise InvalidValue(
             f"section {section!r}: data must be a dict or a list, got {type(data).__name__}"
         )
-    text = json.dumps(
-        data, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_plain
-    )
-    return shape, text
-
-
-def _plain(value: object) -> object:
-    """Mappings other than dict, which check_json accepts and json.dumps does not."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return shape, dumps(data)
 
 
 def _layout(section: str, columns: Mapping[str, str]) -> _Layout:

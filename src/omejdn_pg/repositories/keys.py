@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from omejdn_pg.entities import KeyMaterial
 from omejdn_pg.errors import InvalidKeyMaterial
 from omejdn_pg.repositories._common import check_text, lock_for_update
-from omejdn_pg.schema import CERTIFICATES, SECRET_KEY, KeyRecord
+from omejdn_pg.schema import CERTIFICATES, CLIENT_CERTIFICATE_TARGET_TYPE, SECRET_KEY, KeyRecord
 
 _KEYS: Final[Table] = KeyRecord.__table__  # type: ignore[assignment]
 
@@ -73,7 +73,7 @@ class KeyRepository:
             rows[CERTIFICATES] = material.certs_pem()
         absent = [kind for kind in (SECRET_KEY, CERTIFICATES) if kind not in rows]
 
-        lock_for_update(self.conn, "keys", f"{target_type}/{target}")
+        _lock(self.conn, target_type, target)
         if rows:
             upsert = pg_insert(_KEYS).values(
                 [
@@ -124,7 +124,7 @@ class KeyRepository:
     def delete(self, target_type: str, target: str) -> bool:
         """Delete the target's key and chain; False if nothing was stored."""
         target_type, target = _check_target(target_type, target)
-        lock_for_update(self.conn, "keys", f"{target_type}/{target}")
+        _lock(self.conn, target_type, target)
         result = self.conn.execute(
             delete(_KEYS).where(_KEYS.c.target_type == target_type, _KEYS.c.target == target)
         )
@@ -143,3 +143,13 @@ def _material(target_type: str, target: str, rows: Iterable[tuple[str, str]]) ->
         values.get(CERTIFICATES) or None,
         what=f"key material of {target_type}/{target}",
     )
+
+
+def _lock(conn: Connection, target_type: str, target: str) -> None:
+    # A client's certificate is also written by the client events, which lock
+    # the client: take the same lock, so a KEYS_STORE cannot put back the
+    # certificate of a client deleted at the same moment.
+    if target_type == CLIENT_CERTIFICATE_TARGET_TYPE:
+        lock_for_update(conn, "client", target)
+    else:
+        lock_for_update(conn, "keys", f"{target_type}/{target}")

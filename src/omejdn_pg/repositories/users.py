@@ -52,7 +52,7 @@ from omejdn_pg.entities import User
 from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
 from omejdn_pg.passwords import PasswordPolicy, default_policy
 from omejdn_pg.repositories._attributes import OwnedAttributes, checked_attributes
-from omejdn_pg.repositories._common import check_json, check_text, json_column
+from omejdn_pg.repositories._common import check_json, check_text, json_column, storable_text
 from omejdn_pg.schema import USER_OWNER, UserRecord
 from omejdn_pg.settings import BACKEND_NAME
 
@@ -140,8 +140,9 @@ class UserRepository:
     # --- reads -------------------------------------------------------------------
 
     def get(self, username: str) -> User | None:
-        """The user, or None; one statement."""
-        check_text(username, "username")
+        """The user, or None; one statement (none for a name nothing can be stored under)."""
+        if not storable_text(username):
+            return None
         row = self.conn.execute(_GET, {"name": username}).one_or_none()
         return None if row is None else _to_user(row)
 
@@ -214,7 +215,8 @@ class UserRepository:
 
     def stored_password(self, username: str) -> tuple[bool, str | None]:
         """``(exists, hash)`` of the user: one statement, for verifying outside any transaction."""
-        check_text(username, "username")
+        if not storable_text(username):
+            return False, None
         row = self.conn.execute(_GET_PASSWORD, {"name": username}).first()
         return (False, None) if row is None else (True, row.password)
 
