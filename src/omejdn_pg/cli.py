@@ -37,6 +37,7 @@ from rich.table import Table
 
 from omejdn_pg import embedded
 from omejdn_pg.certificates import self_signed_certificate
+from omejdn_pg.database import Database
 from omejdn_pg.entities import Client, KeyMaterial, User
 from omejdn_pg.errors import (
     AlreadyExists,
@@ -458,21 +459,29 @@ def _revision_text(revision: str | None) -> str:
     return revision or "none (empty database)"
 
 
+def _migrate(
+    connection: ConnectionSettings, step: Callable[[Database], None]
+) -> tuple[str | None, str | None]:
+    """Run one migration ``step`` on one connection; the revisions before and after it."""
+    from omejdn_pg import migrate as migrations
+
+    database = migrations.connect(connection)
+    try:
+        before = session().first_contact(lambda: migrations.current(database))
+        step(database)
+        return before, migrations.current(database)
+    finally:
+        database.dispose()
+
+
 @migrate.command("upgrade")
 @click.argument("revision", default="head")
 def migrate_upgrade(revision: str) -> None:
     """Upgrade the schema to REVISION (default: head)."""
     from omejdn_pg import migrate as migrations
 
-    ses = session()
-    connection = ses.connection()
-    database = migrations.connect(connection)
-    try:
-        before = ses.first_contact(lambda: migrations.current(database))
-        migrations.upgrade(database, revision)
-        after = migrations.current(database)
-    finally:
-        database.dispose()
+    connection = session().connection()
+    before, after = _migrate(connection, lambda db: migrations.upgrade(db, revision))
     where = connection.describe()
     if before == after:
         click.echo(f"{where}: already at {_revision_text(after)}, nothing to do")
@@ -487,17 +496,10 @@ def migrate_downgrade(revision: str, yes: bool) -> None:
     """Downgrade the schema to REVISION ('base' drops every table and its data)."""
     from omejdn_pg import migrate as migrations
 
-    ses = session()
-    connection = ses.connection()
+    connection = session().connection()
     if revision == "base":
         confirm(f"Drop every omejdn_pg table of {connection.describe()} with its data?", yes)
-    database = migrations.connect(connection)
-    try:
-        before = ses.first_contact(lambda: migrations.current(database))
-        migrations.downgrade(database, revision)
-        after = migrations.current(database)
-    finally:
-        database.dispose()
+    before, after = _migrate(connection, lambda db: migrations.downgrade(db, revision))
     click.echo(
         f"{connection.describe()}: downgraded from {_revision_text(before)} "
         f"to {_revision_text(after)}"

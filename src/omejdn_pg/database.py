@@ -31,12 +31,13 @@ import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 
 from omejdn_pg.errors import OmejdnPgError, SchemaOutOfDate, StorageError, StorageUnavailable
+from omejdn_pg.schema import metadata
 from omejdn_pg.settings import ConnectionSettings, PoolSettings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-_SCHEMA_TABLES = frozenset({"users", "clients", "attributes", "keys"})
+_SCHEMA_TABLES = frozenset(metadata.tables)
 
 
 def build_engine(connection: ConnectionSettings, pool: PoolSettings | None = None) -> Engine:
