@@ -27,9 +27,10 @@ from pathlib import Path
 import psycopg
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from omejdn_pg import events, migrate
 from omejdn_pg.entities import Client, KeyMaterial, User
-from omejdn_pg.host import Host
+from omejdn_pg.host import events
+from omejdn_pg.host.facade import Host
+from omejdn_pg.postgres import migrate
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
 
 HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"

@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from omejdn_pg.certificates import self_signed_certificate
+from omejdn_pg.cli.certificates import self_signed_certificate
 from omejdn_pg.entities import PrivateKey
 
 ISSUER = "https://auth.example.org"

@@ -25,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg import sql
 
-from omejdn_pg.database import Database
+from omejdn_pg.postgres.database import Database
 from omejdn_pg.settings import ConnectionSettings
 from tests.helpers import PlainSQL as PlainSQL  # also re-exported: modules import it from here
 from tests.helpers import make_examples
@@ -79,7 +79,7 @@ def drop_database(server: ConnectionSettings, name: str) -> None:
 @pytest.fixture(scope="session")
 def template_database(server: ConnectionSettings) -> Iterator[str]:
     """A database at the head revision, cloned for each test that wants a schema."""
-    from omejdn_pg import migrate
+    from omejdn_pg.postgres import migrate
 
     name = create_database(server)
     try:

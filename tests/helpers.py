@@ -35,10 +35,10 @@ from hypothesis import strategies as st
 from psycopg import pq
 from sqlalchemy import Connection, event, select
 
-from omejdn_pg import migrate
-from omejdn_pg.database import Database, build_engine
 from omejdn_pg.entities import PrivateKey
-from omejdn_pg.schema import metadata
+from omejdn_pg.postgres import migrate
+from omejdn_pg.postgres.database import Database, build_engine
+from omejdn_pg.postgres.schema import metadata
 from omejdn_pg.settings import ConnectionSettings
 
 T = TypeVar("T")

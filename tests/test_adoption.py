@@ -26,11 +26,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.dialects import postgresql
 
-from omejdn_pg import migrate
-from omejdn_pg.certificates import self_signed_certificate
-from omejdn_pg.database import build_engine
+from omejdn_pg.cli.certificates import self_signed_certificate
 from omejdn_pg.errors import MigrationError
-from omejdn_pg.schema import dict_section_table, list_section_table, metadata
+from omejdn_pg.postgres import migrate
+from omejdn_pg.postgres.database import build_engine
+from omejdn_pg.postgres.schema import dict_section_table, list_section_table, metadata
 from omejdn_pg.settings import ConnectionSettings
 from tests.helpers import PlainSQL, python_m, schema_differences
 
@@ -579,7 +579,7 @@ def test_every_problem_is_reported_at_once(legacy: ConnectionSettings, sql: Plai
 
 def test_python_m_migrate_reports_a_refusal(legacy: ConnectionSettings, sql: PlainSQL) -> None:
     sql.execute("INSERT INTO clients VALUES ('app', 'x', 'not json')")
-    done = python_m("omejdn_pg.migrate", "--url", legacy.conninfo())
+    done = python_m("omejdn_pg.postgres.migrate", "--url", legacy.conninfo())
     assert done.returncode == 1
     assert "clients: client_id='app' key='x': value is not JSON" in done.stderr
     assert "Traceback" not in done.stderr

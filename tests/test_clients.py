@@ -15,11 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Connection
 
-from omejdn_pg.certificates import self_signed_certificate
-from omejdn_pg.database import Database, count_statements
+from omejdn_pg.cli.certificates import self_signed_certificate
 from omejdn_pg.entities import Client
 from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
-from omejdn_pg.repositories.clients import ClientRepository
+from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.repositories.clients import ClientRepository
 from omejdn_pg.settings import BACKEND_NAME
 from tests.helpers import (
     PROPERTY_SETTINGS,

@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Connection, select
 
-from omejdn_pg.database import Database, count_statements
 from omejdn_pg.errors import InvalidSectionName, InvalidValue, StorageError
-from omejdn_pg.repositories.config import ConfigRepository
+from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.repositories.config import ConfigRepository
 from tests.helpers import (
     PROPERTY_SETTINGS,
     PlainSQL,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from omejdn_pg import events
-from omejdn_pg.defaults import FILE_BACKEND, register_defaults
 from omejdn_pg.entities import Client, User
-from omejdn_pg.events import PluginLoader
+from omejdn_pg.host import events
+from omejdn_pg.host.events import PluginLoader
+from omejdn_pg.host.files.plugins import FILE_BACKEND, register_defaults
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.settings import PasswordSettings
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from omejdn_pg import embedded
+from omejdn_pg.cli import embedded
 from omejdn_pg.errors import OmejdnPgError, StorageUnavailable
 from tests import helpers
 from tests.helpers import ok

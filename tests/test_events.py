@@ -16,11 +16,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from omejdn_pg import Client, KeyMaterial, PluginLoader, User, events
-from omejdn_pg.database import Database
+from omejdn_pg import Client, KeyMaterial, PluginLoader, User
 from omejdn_pg.errors import AlreadyExists, ConfigurationError, SchemaOutOfDate
-from omejdn_pg.host import Host
-from omejdn_pg.repositories._common import lock_for_update
+from omejdn_pg.host import events
+from omejdn_pg.host.facade import Host
+from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.repositories.common import lock_for_update
 from omejdn_pg.settings import ConnectionSettings
 
 from .conftest import PlainSQL

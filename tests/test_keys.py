@@ -10,10 +10,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import Connection, select
 
-from omejdn_pg.database import Database, count_statements
 from omejdn_pg.entities import KeyMaterial
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
-from omejdn_pg.repositories.keys import KeyRepository
+from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.repositories.keys import KeyRepository
 from tests.helpers import (
     PlainSQL,
     assert_point_read,

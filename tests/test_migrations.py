@@ -1,6 +1,6 @@
 """Migrations on an empty database: one head, up and down, models match migrations.
 
-Also the ways in (``alembic`` command, ``python -m omejdn_pg.migrate``, code)
+Also the ways in (``alembic`` command, ``python -m omejdn_pg.postgres.migrate``, code)
 and the ORM relationships of the models, checked once with plain SQL.
 """
 
@@ -18,10 +18,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event, inspect, select
 from sqlalchemy.orm import Session
 
-from omejdn_pg import migrate
-from omejdn_pg.database import build_engine
 from omejdn_pg.errors import MigrationError, SchemaOutOfDate
-from omejdn_pg.schema import (
+from omejdn_pg.postgres import migrate
+from omejdn_pg.postgres.database import build_engine
+from omejdn_pg.postgres.schema import (
     AttributeRecord,
     ClientFieldRecord,
     UserRecord,
@@ -61,11 +61,13 @@ def test_one_head_and_a_linear_history() -> None:
     assert all(message for _, message in migrate.history())
 
 
-def test_the_root_alembic_ini_uses_the_packaged_scripts() -> None:
+def test_the_root_alembic_ini_uses_the_root_scripts() -> None:
     ini = (REPO / "alembic.ini").read_text()
-    assert "script_location = omejdn_pg:migrations" in ini
+    assert "script_location = %(here)s/alembic" in ini
     assert "sqlalchemy.url" not in ini.replace("# ", "").split("[alembic]")[1].split("[")[0]
-    assert not (REPO / "alembic").exists()
+    # A checkout (and an editable install) finds the scripts beside the package.
+    assert Path(migrate.script_location()) == REPO / "alembic"
+    assert (REPO / "alembic" / "env.py").is_file()
 
 
 def test_upgrade_downgrade_upgrade(empty_database: ConnectionSettings, sql: PlainSQL) -> None:
@@ -303,7 +305,7 @@ def test_the_alembic_command(empty_database: ConnectionSettings, sql: PlainSQL) 
 
 
 def test_python_m_omejdn_pg_migrate(empty_database: ConnectionSettings, sql: PlainSQL) -> None:
-    done = python_m("omejdn_pg.migrate", "--url", empty_database.conninfo())
+    done = python_m("omejdn_pg.postgres.migrate", "--url", empty_database.conninfo())
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == migrate.head()
     assert table_names(sql) == ["alembic_version", *TABLES]
@@ -311,7 +313,9 @@ def test_python_m_omejdn_pg_migrate(empty_database: ConnectionSettings, sql: Pla
 
 def test_python_m_omejdn_pg_migrate_reports_errors_without_a_traceback() -> None:
     done = python_m(
-        "omejdn_pg.migrate", "--url", "host=127.0.0.1 port=1 password=sekrit connect_timeout=2"
+        "omejdn_pg.postgres.migrate",
+        "--url",
+        "host=127.0.0.1 port=1 password=sekrit connect_timeout=2",
     )
     assert done.returncode == 1
     assert done.stderr.startswith("error: ")

@@ -12,11 +12,11 @@ import bcrypt
 import pytest
 from sqlalchemy import Connection, event
 
-from omejdn_pg.database import Database, count_statements
 from omejdn_pg.entities import User
 from omejdn_pg.errors import InvalidValue, PasswordRejected
 from omejdn_pg.passwords import BCRYPT_MAX_BYTES, PasswordPolicy
-from omejdn_pg.repositories.users import UserRepository
+from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings import PasswordSettings
 
 OMEJDN_HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Connection, text
 
-from omejdn_pg.database import Database, count_statements
 from omejdn_pg.entities import User
 from omejdn_pg.errors import StorageError, StorageUnavailable
-from omejdn_pg.repositories.users import UserRepository
+from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings import ConnectionSettings
 from tests.helpers import PlainSQL
 

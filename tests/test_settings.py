@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from omejdn_pg.database import Database
 from omejdn_pg.errors import ConfigurationError, StorageUnavailable
-from omejdn_pg.events import PluginLoader
+from omejdn_pg.host.events import PluginLoader
+from omejdn_pg.postgres.database import Database
 from omejdn_pg.settings import (
     HANDLER_GROUPS,
     ConnectionSettings,

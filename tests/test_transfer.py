@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from omejdn_pg import transfer
-from omejdn_pg.defaults.files import FileStore
+from omejdn_pg.cli import transfer
 from omejdn_pg.entities import KeyMaterial, User
 from omejdn_pg.errors import (
     AlreadyExists,
@@ -25,7 +24,8 @@ from omejdn_pg.errors import (
     StorageError,
     TransferError,
 )
-from omejdn_pg.host import Host
+from omejdn_pg.host.facade import Host
+from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.settings import BackendSettings, ConnectionSettings, PasswordSettings
 

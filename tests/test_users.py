@@ -20,11 +20,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Connection
 
-from omejdn_pg.database import Database, count_statements
 from omejdn_pg.entities import User
 from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
 from omejdn_pg.passwords import PasswordPolicy
-from omejdn_pg.repositories.users import UserRepository
+from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings import BACKEND_NAME, PasswordSettings
 from tests.helpers import (
     PROPERTY_SETTINGS,

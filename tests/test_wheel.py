@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from omejdn_pg import migrate
+from omejdn_pg.postgres import migrate
 from omejdn_pg.settings import ConnectionSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,10 +51,10 @@ def test_installed_wheel_migrates_from_anywhere(
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     assert {
-        "omejdn_pg/migrate.py",
-        "omejdn_pg/migrations/env.py",
-        "omejdn_pg/migrations/script.py.mako",
-        "omejdn_pg/migrations/versions/0001_baseline.py",
+        "omejdn_pg/postgres/migrate.py",
+        "omejdn_pg/alembic/env.py",
+        "omejdn_pg/alembic/script.py.mako",
+        "omejdn_pg/alembic/versions/0001_baseline.py",
     } <= names
 
     venv = tmp_path / "venv"
@@ -70,9 +70,17 @@ def test_installed_wheel_migrates_from_anywhere(
         if k not in ("PYTHONPATH", "OMEJDN_PG_URL", "OMEJDN_PLUGINS", "VIRTUAL_ENV")
     }
     where = run(
-        [python, "-c", "import omejdn_pg.migrate as m; print(m.__file__)"], cwd=elsewhere, env=env
+        [
+            python,
+            "-c",
+            "import omejdn_pg.postgres.migrate as m; print(m.__file__); print(m.script_location())",
+        ],
+        cwd=elsewhere,
+        env=env,
     )
-    assert Path(where.stdout.strip()).is_relative_to(venv)
+    module_file, scripts = where.stdout.split()
+    assert Path(module_file).is_relative_to(venv)
+    assert Path(scripts).is_relative_to(venv)
 
     done = run(
         [venv / "bin" / "omejdn-pg", "--url", empty_database.conninfo(), "migrate"],

@@ -18,15 +18,15 @@ from typing import Any
 from cryptography import x509
 from sqlalchemy import Connection
 
-from omejdn_pg import events
-from omejdn_pg.database import Database
 from omejdn_pg.entities import Client, KeyMaterial, User
 from omejdn_pg.errors import InvalidValue
+from omejdn_pg.host import events
 from omejdn_pg.passwords import PasswordPolicy
-from omejdn_pg.repositories.clients import ClientRepository
-from omejdn_pg.repositories.config import ConfigRepository
-from omejdn_pg.repositories.keys import KeyRepository
-from omejdn_pg.repositories.users import UserRepository
+from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.repositories.clients import ClientRepository
+from omejdn_pg.postgres.repositories.config import ConfigRepository
+from omejdn_pg.postgres.repositories.keys import KeyRepository
+from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings import BACKEND_NAME, BackendSettings
 
 log = logging.getLogger(__name__)
@@ -236,6 +236,6 @@ class PostgresBackendPlugin:
 
 
 def _check_schema(conn: Connection) -> None:
-    from omejdn_pg.migrate import check_schema
+    from omejdn_pg.postgres.migrate import check_schema
 
     check_schema(conn)

@@ -1,7 +1,7 @@
 """PostgreSQL storage backend for the Omejdn OAuth 2.0 / OpenID Connect server.
 
 The public surface: the host contract (:class:`PluginLoader` and the event
-names in :mod:`omejdn_pg.events`), the domain objects the events carry, the
+names in :mod:`omejdn_pg.host.events`), the domain objects the events carry, the
 facade Omejdn's core calls (:class:`Host`), and the package's exceptions.
 """
 
@@ -19,8 +19,8 @@ from omejdn_pg.errors import (
     StorageError,
     StorageUnavailable,
 )
-from omejdn_pg.events import PluginLoader
-from omejdn_pg.host import Host
+from omejdn_pg.host.events import PluginLoader
+from omejdn_pg.host.facade import Host
 
 __all__ = [
     "AlreadyExists",

@@ -3,7 +3,7 @@
 A deployment directory is Omejdn's file layout (``config/<section>.yml``, the
 ``users`` and ``clients`` sections holding the user and client lists, and
 ``keys/<target_type>/<target>.key|.cert``), read and written by the same
-:class:`~omejdn_pg.defaults.files.FileStore` as the default file plugins.
+:class:`~omejdn_pg.host.files.store.FileStore` as the default file plugins.
 
 Import is a plan, then its execution. The plan compares every user, client,
 section and key target of the directory with what is stored (read in a
@@ -39,13 +39,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
-from omejdn_pg.defaults.files import CLIENTS_SECTION, USERS_SECTION, FileStore
 from omejdn_pg.entities import Client, KeyMaterial, User
 from omejdn_pg.errors import InvalidInput, InvalidSectionName, InvalidValue, TransferError
-from omejdn_pg.host import Host
+from omejdn_pg.host.facade import Host
+from omejdn_pg.host.files.store import CLIENTS_SECTION, USERS_SECTION, FileStore
 from omejdn_pg.passwords import PasswordPolicy, default_policy
-from omejdn_pg.repositories._common import check_json
-from omejdn_pg.schema import validate_section_name
+from omejdn_pg.postgres.repositories.common import check_json
+from omejdn_pg.postgres.schema import validate_section_name
 
 KINDS: Final = ("users", "clients", "config", "keys")
 

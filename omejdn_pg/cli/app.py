@@ -35,9 +35,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from omejdn_pg import embedded
-from omejdn_pg.certificates import self_signed_certificate
-from omejdn_pg.database import Database
+from omejdn_pg.cli import embedded
+from omejdn_pg.cli.certificates import self_signed_certificate
 from omejdn_pg.entities import Client, KeyMaterial, User
 from omejdn_pg.errors import (
     AlreadyExists,
@@ -46,6 +45,7 @@ from omejdn_pg.errors import (
     OmejdnPgError,
     SchemaOutOfDate,
 )
+from omejdn_pg.postgres.database import Database
 from omejdn_pg.settings import (
     HANDLER_GROUPS,
     MASK,
@@ -188,7 +188,7 @@ class Session:
 
     def migrate_embedded(self, status: embedded.EmbeddedStatus) -> None:
         """Upgrade the embedded database on ``status`` to head, and say so if it was behind."""
-        from omejdn_pg import migrate
+        from omejdn_pg.postgres import migrate
 
         database = migrate.connect(status.connection())
         try:
@@ -201,8 +201,8 @@ class Session:
     def host(self) -> Any:
         """The host facade over this session's database, schema checked."""
         if self._host is None:
-            from omejdn_pg import migrate
-            from omejdn_pg.host import Host
+            from omejdn_pg.host.facade import Host
+            from omejdn_pg.postgres import migrate
 
             self.ensure_schema()
             host = Host.from_settings(self.target().settings)
@@ -463,7 +463,7 @@ def _migrate(
     connection: ConnectionSettings, step: Callable[[Database], None]
 ) -> tuple[str | None, str | None]:
     """Run one migration ``step`` on one connection; the revisions before and after it."""
-    from omejdn_pg import migrate as migrations
+    from omejdn_pg.postgres import migrate as migrations
 
     database = migrations.connect(connection)
     try:
@@ -478,7 +478,7 @@ def _migrate(
 @click.argument("revision", default="head")
 def migrate_upgrade(revision: str) -> None:
     """Upgrade the schema to REVISION (default: head)."""
-    from omejdn_pg import migrate as migrations
+    from omejdn_pg.postgres import migrate as migrations
 
     connection = session().connection()
     before, after = _migrate(connection, lambda db: migrations.upgrade(db, revision))
@@ -494,7 +494,7 @@ def migrate_upgrade(revision: str) -> None:
 @yes_option
 def migrate_downgrade(revision: str, yes: bool) -> None:
     """Downgrade the schema to REVISION ('base' drops every table and its data)."""
-    from omejdn_pg import migrate as migrations
+    from omejdn_pg.postgres import migrate as migrations
 
     connection = session().connection()
     if revision == "base":
@@ -509,7 +509,7 @@ def migrate_downgrade(revision: str, yes: bool) -> None:
 @migrate.command("current")
 def migrate_current() -> None:
     """Print the database's schema revision (nothing if it was never migrated)."""
-    from omejdn_pg import migrate as migrations
+    from omejdn_pg.postgres import migrate as migrations
 
     ses = session()
     connection = ses.connection()
@@ -523,7 +523,7 @@ def migrate_current() -> None:
 @json_option
 def migrate_history(as_json: bool) -> None:
     """List the packaged schema revisions, oldest first."""
-    from omejdn_pg import migrate as migrations
+    from omejdn_pg.postgres import migrate as migrations
 
     history = migrations.history()
     head = migrations.head()
@@ -546,7 +546,7 @@ def check(as_json: bool) -> None:
     """
     from sqlalchemy import text
 
-    from omejdn_pg import migrate as migrations
+    from omejdn_pg.postgres import migrate as migrations
 
     ses = session()
     ses.ensure_schema()
@@ -630,7 +630,7 @@ def import_(directory: Path, dry_run: bool, verbose: bool, as_json: bool) -> Non
     import happens whole or not at all. Only differences are written; what the
     database holds but the directory does not is left alone.
     """
-    from omejdn_pg import transfer
+    from omejdn_pg.cli import transfer
     from omejdn_pg.passwords import PasswordPolicy
 
     ses = session()
@@ -702,7 +702,7 @@ def export(directory: Path, force: bool, as_json: bool) -> None:
     Safe while the server runs: everything is read in a single REPEATABLE READ
     transaction. Private keys are written with mode 0600.
     """
-    from omejdn_pg import transfer
+    from omejdn_pg.cli import transfer
 
     ses = session()
     report = transfer.export_deployment(ses.host(), directory, force=force)
@@ -1086,7 +1086,7 @@ def config_get(section: str, fmt: str) -> None:
 )
 def config_set(section: str, source: str, fmt: str) -> None:
     """Replace a configuration section with the mapping or list in FILE (default: stdin)."""
-    from omejdn_pg.schema import validate_section_name
+    from omejdn_pg.postgres.schema import validate_section_name
 
     validate_section_name(section)
     text, name = read_text_source(source)

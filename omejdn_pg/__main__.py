@@ -1,6 +1,6 @@
 """``python -m omejdn_pg``: the same command line as ``omejdn-pg``."""
 
-from omejdn_pg.cli import main
+from omejdn_pg.cli.app import main
 
 if __name__ == "__main__":
     main()

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from omejdn_pg import events
-from omejdn_pg.defaults.files import CLIENT_CERTIFICATES, FILE_BACKEND, FileStore
 from omejdn_pg.entities import Client, KeyMaterial, User
 from omejdn_pg.errors import AlreadyExists, NotFound
+from omejdn_pg.host import events
+from omejdn_pg.host.files.store import CLIENT_CERTIFICATES, FILE_BACKEND, FileStore
 from omejdn_pg.passwords import PasswordPolicy, default_policy
 
 if TYPE_CHECKING:
-    from omejdn_pg.events import PluginLoader
+    from omejdn_pg.host.events import PluginLoader
 
 __all__ = ["FILE_BACKEND", "FileStore", "register_defaults"]
 

@@ -29,7 +29,7 @@ import yaml
 
 from omejdn_pg.entities import Client, KeyMaterial, User
 from omejdn_pg.errors import InvalidValue
-from omejdn_pg.schema import validate_section_name
+from omejdn_pg.postgres.schema import validate_section_name
 
 USERS_SECTION: Final = "users"
 CLIENTS_SECTION: Final = "clients"

@@ -51,9 +51,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from omejdn_pg.entities import User
 from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
 from omejdn_pg.passwords import PasswordPolicy, default_policy
-from omejdn_pg.repositories._attributes import OwnedAttributes, checked_attributes
-from omejdn_pg.repositories._common import check_json, check_text, json_column, storable_text
-from omejdn_pg.schema import USER_OWNER, UserRecord
+from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
+from omejdn_pg.postgres.repositories.common import (
+    check_json,
+    check_text,
+    json_column,
+    storable_text,
+)
+from omejdn_pg.postgres.schema import USER_OWNER, UserRecord
 from omejdn_pg.settings import BACKEND_NAME
 
 _users: Final = cast(Table, UserRecord.__table__)

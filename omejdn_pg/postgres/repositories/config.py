@@ -71,8 +71,8 @@ from sqlalchemy.schema import DropTable
 from sqlalchemy.types import TypeEngine
 
 from omejdn_pg.errors import InvalidSectionName, InvalidValue, StorageError
-from omejdn_pg.repositories._common import check_json, dumps, lock_for_update
-from omejdn_pg.schema import (
+from omejdn_pg.postgres.repositories.common import check_json, dumps, lock_for_update
+from omejdn_pg.postgres.schema import (
     SECTION_PREFIX,
     dict_section_table,
     list_section_table,

@@ -3,7 +3,7 @@
 Where to connect, first match wins:
 
 1. an open connection in ``config.attributes["connection"]`` (how
-   :mod:`omejdn_pg.migrate` and the tests run migrations; the caller owns the
+   :mod:`omejdn_pg.postgres.migrate` and the tests run migrations; the caller owns the
    transaction);
 2. ConnectionSettings in ``config.attributes["connection_settings"]``;
 3. ``alembic -x url=postgresql://...``;
@@ -11,7 +11,7 @@ Where to connect, first match wins:
 5. the ``connection`` of the static plugin files named by ``$OMEJDN_PLUGINS``
    (with none, libpq's ``PG*`` variables and defaults).
 
-The engine is always built by :func:`omejdn_pg.database.build_engine` from libpq
+The engine is always built by :func:`omejdn_pg.postgres.database.build_engine` from libpq
 keywords, so a password never passes through configparser (where ``%`` breaks
 it) or a SQLAlchemy URL string (where it could be logged).
 
@@ -25,17 +25,17 @@ from __future__ import annotations
 
 from logging.config import fileConfig
 
-from alembic import context
 from sqlalchemy import Connection, text
 
-from omejdn_pg.database import build_engine
-from omejdn_pg.migrate import (
+from alembic import context
+from omejdn_pg.postgres.database import build_engine
+from omejdn_pg.postgres.migrate import (
     CONNECTION_ATTRIBUTE,
     SETTINGS_ATTRIBUTE,
     connection_settings,
     include_name,
 )
-from omejdn_pg.schema import metadata
+from omejdn_pg.postgres.schema import metadata
 from omejdn_pg.settings import ConnectionSettings, PoolSettings
 
 MIGRATION_LOCK = 0x6F6D656A646E

@@ -15,15 +15,15 @@ from typing import Any
 
 from cryptography import x509
 
-from omejdn_pg import events
-from omejdn_pg.database import Database
-from omejdn_pg.defaults.files import FileStore
 from omejdn_pg.entities import Client, KeyMaterial, User
-from omejdn_pg.events import PluginLoader
+from omejdn_pg.host import events
+from omejdn_pg.host.events import PluginLoader
+from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.passwords import PasswordPolicy
-from omejdn_pg.plugin import PostgresBackendPlugin
-from omejdn_pg.repositories.config import ConfigRepository
-from omejdn_pg.repositories.keys import KeyRepository
+from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.plugin import PostgresBackendPlugin
+from omejdn_pg.postgres.repositories.config import ConfigRepository
+from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.settings import (
     BACKEND_NAME,
     DEFAULT_PLUGINS,

@@ -34,8 +34,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from omejdn_pg.entities import KeyMaterial
 from omejdn_pg.errors import InvalidKeyMaterial
-from omejdn_pg.repositories._common import check_text, lock_for_update
-from omejdn_pg.schema import CERTIFICATES, CLIENT_CERTIFICATE_TARGET_TYPE, SECRET_KEY, KeyRecord
+from omejdn_pg.postgres.repositories.common import check_text, lock_for_update
+from omejdn_pg.postgres.schema import (
+    CERTIFICATES,
+    CLIENT_CERTIFICATE_TARGET_TYPE,
+    SECRET_KEY,
+    KeyRecord,
+)
 
 _KEYS: Final[Table] = KeyRecord.__table__  # type: ignore[assignment]
 

@@ -1,10 +1,11 @@
 """Schema migrations run from code: the Alembic scripts shipped inside the package.
 
-The scripts live in ``omejdn_pg/migrations`` and are found as a package
-resource, so ``omejdn-pg migrate`` (and ``python -m omejdn_pg.migrate``) work
-from an installed wheel in any directory, with no ``alembic.ini``. The root
-``alembic.ini`` points at the same scripts for developers who prefer the
-``alembic`` command.
+The scripts live in the repository's ``alembic/`` folder, beside
+``alembic.ini``; the wheel carries the same folder inside the package
+(``omejdn_pg/alembic``). :func:`script_location` finds whichever of the two
+exists, so ``omejdn-pg migrate`` (and ``python -m omejdn_pg.postgres.migrate``)
+work from an installed wheel in any directory with no ``alembic.ini``, from a
+checkout and from an editable install alike.
 
 Every function takes connection settings, a :class:`Database` or an open
 SQLAlchemy connection. With settings or a Database, one transaction is opened,
@@ -30,9 +31,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final
 
-from alembic import command
 from alembic.config import Config
 from alembic.runtime.environment import NameFilterParentNames, NameFilterType
 from alembic.runtime.migration import MigrationContext
@@ -40,7 +41,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection
 
-from omejdn_pg.database import Database
+from alembic import command
 from omejdn_pg.errors import (
     MigrationError,
     OmejdnPgError,
@@ -48,10 +49,10 @@ from omejdn_pg.errors import (
     StorageError,
     StorageUnavailable,
 )
-from omejdn_pg.schema import is_section_table
+from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.schema import is_section_table
 from omejdn_pg.settings import ConnectionSettings, PoolSettings, StaticConfiguration
 
-SCRIPT_LOCATION: Final = "omejdn_pg:migrations"
 URL_ENV: Final = "OMEJDN_PG_URL"
 CONNECTION_ATTRIBUTE: Final = "connection"
 """``Config.attributes`` key of an open connection for ``env.py`` to use."""
@@ -61,6 +62,16 @@ VERSION_TABLE: Final = "alembic_version"
 MIGRATE_HINT: Final = "run `omejdn-pg migrate upgrade`"
 
 Target = ConnectionSettings | Database | Connection
+
+
+def script_location() -> str:
+    """The folder holding ``env.py`` and ``versions/``: inside the installed
+    package (a wheel), else beside it (a checkout or an editable install)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "alembic", package.parent / "alembic"):
+        if (candidate / "env.py").is_file():
+            return str(candidate)
+    raise MigrationError(f"the migration scripts are missing (looked in {package}/alembic)")
 
 
 def include_name(
@@ -103,7 +114,7 @@ def alembic_config(connection_settings: ConnectionSettings | None = None) -> Con
     connection is passed in ``cfg.attributes["connection"]``.
     """
     cfg = Config()
-    cfg.set_main_option("script_location", SCRIPT_LOCATION)
+    cfg.set_main_option("script_location", script_location())
     if connection_settings is not None:
         cfg.attributes[SETTINGS_ATTRIBUTE] = connection_settings
     return cfg
@@ -199,9 +210,9 @@ def check_schema(conn: Connection) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m omejdn_pg.migrate [--url URL] [REVISION]``: upgrade and print the revision."""
+    """``python -m omejdn_pg.postgres.migrate [--url URL] [REV]``: upgrade, print the revision."""
     parser = argparse.ArgumentParser(
-        prog="python -m omejdn_pg.migrate",
+        prog="python -m omejdn_pg.postgres.migrate",
         description="Upgrade an Omejdn PostgreSQL database to the packaged schema.",
     )
     parser.add_argument(

@@ -50,15 +50,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from omejdn_pg.entities import Client, load_certificate_chain
 from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
-from omejdn_pg.repositories._attributes import OwnedAttributes, checked_attributes
-from omejdn_pg.repositories._common import (
+from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
+from omejdn_pg.postgres.repositories.common import (
     check_json,
     check_text,
     json_column,
     lock_for_update,
     storable_text,
 )
-from omejdn_pg.schema import (
+from omejdn_pg.postgres.schema import (
     CERTIFICATES,
     CLIENT_CERTIFICATE_TARGET_TYPE,
     CLIENT_OWNER,

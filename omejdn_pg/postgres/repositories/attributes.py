@@ -1,7 +1,7 @@
 """The ``attributes`` rows of one kind of owner: what users and clients share.
 
 ``attributes`` has a polymorphic owner (``type`` + ``identifier``) and no
-foreign key (see :mod:`omejdn_pg.schema`), so nothing in the database takes an
+foreign key (see :mod:`omejdn_pg.postgres.schema`), so nothing in the database takes an
 owner's attributes along when the owner goes: the user and client repositories
 do it, in the owner's transaction, with the statements built here. One builder
 for both owners keeps the two from drifting apart; it varies only the owner
@@ -36,8 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from omejdn_pg.entities import normalize_attributes
-from omejdn_pg.repositories._common import check_json, check_text, json_column
-from omejdn_pg.schema import AttributeRecord
+from omejdn_pg.postgres.repositories.common import check_json, check_text, json_column
+from omejdn_pg.postgres.schema import AttributeRecord
 
 _attributes: Final = cast(Table, AttributeRecord.__table__)
 

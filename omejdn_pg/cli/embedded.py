@@ -37,8 +37,8 @@ from typing import Any, Final, TypeVar
 import psycopg
 from psycopg import sql
 
-from omejdn_pg.database import _first_line
 from omejdn_pg.errors import EmbeddedError, StorageUnavailable
+from omejdn_pg.postgres.database import _first_line
 from omejdn_pg.settings import ConnectionSettings
 
 T = TypeVar("T")

@@ -31,7 +31,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event, exc
 
 from omejdn_pg.errors import OmejdnPgError, SchemaOutOfDate, StorageError, StorageUnavailable
-from omejdn_pg.schema import metadata
+from omejdn_pg.postgres.schema import metadata
 from omejdn_pg.settings import ConnectionSettings, PoolSettings
 
 T = TypeVar("T")

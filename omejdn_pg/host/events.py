@@ -165,7 +165,7 @@ class PluginLoader:
 
     def load_plugins(self, *, check: bool = True) -> None:
         """Register the active default plugins, then init every configured plugin."""
-        from omejdn_pg.defaults import FILE_BACKEND, register_defaults
+        from omejdn_pg.host.files.plugins import FILE_BACKEND, register_defaults
 
         configuration = self.configuration
         inactive = configuration.deactivate_defaults

@@ -5,7 +5,7 @@ Revises:
 Create Date: 2025-01-01
 
 An empty database gets ``users``, ``clients``, ``attributes`` and ``keys``
-exactly as :mod:`omejdn_pg.schema` declares them. The definitions are copied
+exactly as :mod:`omejdn_pg.postgres.schema` declares them. The definitions are copied
 here rather than imported: a migration must not change when the models do.
 
 A database written by Omejdn's Ruby ``postgres_backend`` plugin is adopted in
@@ -55,9 +55,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import sqlalchemy as sa
-from alembic import context, op
 from sqlalchemy.dialects import postgresql
 
+from alembic import context, op
 from omejdn_pg.errors import MigrationError
 
 # revision identifiers, used by Alembic.
