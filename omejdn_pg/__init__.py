@@ -19,7 +19,7 @@ from omejdn_pg.errors import (
     StorageError,
     StorageUnavailable,
 )
-from omejdn_pg.host.events import PluginLoader
+from omejdn_pg.host.bootstrap import PluginLoader
 from omejdn_pg.host.facade import Host
 
 __all__ = [

@@ -172,15 +172,18 @@ class StaticConfiguration:
         return frozenset(names)
 
     @property
-    def user_backend_default(self) -> str:
+    def user_backend_default(self) -> str | None:
+        """The static file's ``user_backend_default``, or None when it names none."""
         return self._backend_default("user_backend_default")
 
     @property
-    def client_backend_default(self) -> str:
+    def client_backend_default(self) -> str | None:
         return self._backend_default("client_backend_default")
 
-    def _backend_default(self, key: str) -> str:
-        value = self.data.get(key, "yaml")
+    def _backend_default(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
         if not isinstance(value, str) or not value:
             raise ConfigurationError(
                 f"{self.source}: '{key}' must be a backend name, e.g. postgres"

@@ -359,23 +359,26 @@ def test_a_login_upgrades_a_weaker_hash_to_the_configured_scheme(
         assert plain_sql.value("SELECT password FROM users") == upgraded
 
 
-def test_a_backend_default_that_names_no_active_backend_is_refused(
+def test_a_static_backend_default_that_names_no_active_backend_is_refused(
     database: ConnectionSettings, tmp_path: Path
 ) -> None:
     path = tmp_path / "plugins.yml"
-    # Every default deactivated and no user_backend_default: Omejdn's default
-    # 'yaml' would silently swallow every new user.
-    path.write_text(plugin_yaml(database).replace("user_backend_default: postgres\n", ""))
-    with pytest.raises(
-        ConfigurationError, match=r"'user_backend_default' is 'yaml'.*active: postgres"
-    ):
-        PluginLoader.from_files([path], base_dir=tmp_path)
     path.write_text(
         plugin_yaml(database).replace(
             "client_backend_default: postgres", "client_backend_default: pg"
         )
     )
-    with pytest.raises(ConfigurationError, match="'client_backend_default' is 'pg'"):
+    with pytest.raises(
+        ConfigurationError, match=r"'client_backend_default' is 'pg'.*active: postgres"
+    ):
+        PluginLoader.from_files([path], base_dir=tmp_path)
+    # Omejdn's own default, named explicitly, with the default user plugin deactivated.
+    path.write_text(
+        plugin_yaml(database).replace(
+            "user_backend_default: postgres", "user_backend_default: yaml"
+        )
+    )
+    with pytest.raises(ConfigurationError, match=r"'user_backend_default' is 'yaml'"):
         PluginLoader.from_files([path], base_dir=tmp_path)
 
 

@@ -1,14 +1,14 @@
-"""The host contract: Omejdn's PluginLoader and its storage events.
+"""The host contract: the storage events and the registry they are fired through.
 
 Omejdn's core never talks to a storage backend directly; it fires an event and
 every registered handler answers (``fire`` returns all answers, in
 registration order). That is how several backends serve users or clients at
 once, and why a handler must act only on what is its own.
 
-Plugins are found through the ``omejdn.plugins`` entry-point group; loading
-one calls its ``init(loader)``, which reads its section of the static
-configuration from ``loader.configuration`` and registers handlers. The
-default file-based plugins are registered first, unless deactivated.
+This module is only the contract — event names, ``register``/``fire`` and the
+backend names of the user and client groups. Which plugins load is decided in
+:mod:`omejdn_pg.host.bootstrap`, so plugins (the default file plugins
+included) import this module without ever importing what loads them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from importlib.metadata import entry_points
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -25,8 +24,6 @@ from omejdn_pg.errors import ConfigurationError
 from omejdn_pg.settings import StaticConfiguration
 
 log = logging.getLogger(__name__)
-
-ENTRY_POINT_GROUP: Final = "omejdn.plugins"
 
 USER_GET: Final = "USER_GET"
 USER_GET_ALL: Final = "USER_GET_ALL"
@@ -76,11 +73,17 @@ Handler = Callable[..., Any]
 class Plugin(Protocol):
     """What an ``omejdn.plugins`` entry point must provide."""
 
-    def init(self, loader: PluginLoader) -> None: ...
+    def init(self, loader: EventBus) -> None: ...
 
 
-class PluginLoader:
-    """Registers handlers per event and fires events to all of them."""
+_CREATE_EVENTS: Final = {
+    USER_CREATE: ("user", "user_backend"),
+    CLIENT_CREATE: ("client", "client_backend"),
+}
+
+
+class EventBus:
+    """Registers handlers per event and fires events to all of them (Omejdn's PluginLoader)."""
 
     def __init__(
         self,
@@ -95,6 +98,7 @@ class PluginLoader:
         self.backends: dict[str, set[str]] = {"user": set(), "client": set()}
         """Backend names serving users and clients, as their plugins declared them."""
         self._handlers: defaultdict[str, list[Handler]] = defaultdict(list)
+        self._redirected: set[tuple[str, str | None]] = set()
 
     def register(self, event: str, handler: Handler) -> None:
         self._handlers[event].append(handler)
@@ -103,12 +107,19 @@ class PluginLoader:
         """Say that backend ``name`` now serves ``group`` (``user`` or ``client``)."""
         self.backends[group].add(name)
 
-    def check_backend_defaults(self) -> None:
-        """Refuse a ``*_backend_default`` that names no active backend.
+    def _knows_every_creator(self, group: str, event: str) -> bool:
+        # A third-party plugin that handles creates without declaring its
+        # backend name could be the one a create is meant for: then no name
+        # can be judged unknown.
+        creators = len(self.handlers(event))
+        return creators > 0 and creators == len(self.backends[group])
 
-        Otherwise every new user or client would be handed to nobody, and
-        USER_CREATE would succeed without storing anything. A plugin that
-        handles creates without declaring its backend name disables the check.
+    def check_backend_defaults(self) -> None:
+        """Refuse a static ``*_backend_default`` that names no active backend.
+
+        Otherwise every new user or client would be handed to nobody. A default
+        the static file does not give is resolved at each create instead
+        (:meth:`creating_backend`).
         """
         configuration = self.configuration
         for group, event, name in (
@@ -116,19 +127,53 @@ class PluginLoader:
             ("client", CLIENT_CREATE, configuration.client_backend_default),
         ):
             declared = self.backends[group]
-            creators = len(self.handlers(event))
-            if creators and creators == len(declared) and name not in declared:
+            known = self._knows_every_creator(group, event)
+            if name is not None and known and name not in declared:
                 raise ConfigurationError(
                     f"{configuration.source}: '{group}_backend_default' is {name!r}, "
                     f"but no active {group} backend has that name; "
                     f"active: {', '.join(sorted(declared))}"
                 )
 
+    def creating_backend(self, group: str, name: str | None) -> str | None:
+        """The backend a create addressed to ``name`` is stored by.
+
+        A name no active backend has (Omejdn's admin API v2 hard-codes ``yaml``,
+        v1 passes ``default``, a deployment may name none) goes to the sole
+        active backend of the group — said once in the log — and is an error
+        when several are active: a create is never silently dropped.
+        """
+        event = USER_CREATE if group == "user" else CLIENT_CREATE
+        declared = self.backends[group]
+        if name in declared or not self._knows_every_creator(group, event):
+            return name
+        if len(declared) == 1:
+            (only,) = declared
+            if (group, name) not in self._redirected:
+                self._redirected.add((group, name))
+                log.info(
+                    "%s creates addressed to %r are stored by %r, the only active %s backend",
+                    group,
+                    name,
+                    only,
+                    group,
+                )
+            return only
+        raise ConfigurationError(
+            f"a new {group} was addressed to backend {name!r}, which is not active; "
+            f"active {group} backends: {', '.join(sorted(declared))} "
+            f"(set '{group}_backend_default' in the omejdn section or the plugin file)"
+        )
+
     def handlers(self, event: str) -> tuple[Handler, ...]:
         return tuple(self._handlers.get(event, ()))
 
     def fire(self, event: str, **context: Any) -> list[Any]:
         """Every handler's answer to ``event``, in registration order."""
+        create = _CREATE_EVENTS.get(event)
+        if create is not None:
+            group, key = create
+            context[key] = self.creating_backend(group, context.get(key))
         return [handler(**context) for handler in self._handlers.get(event, ())]
 
     def close(self) -> None:
@@ -138,62 +183,8 @@ class PluginLoader:
             if callable(close):
                 close()
 
-    def __enter__(self) -> PluginLoader:
+    def __enter__(self) -> EventBus:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    @classmethod
-    def from_files(
-        cls,
-        paths: Iterable[str | os.PathLike[str]],
-        *,
-        base_dir: str | os.PathLike[str] | None = None,
-    ) -> PluginLoader:
-        """A loader with the plugins and defaults that the static configuration asks for."""
-        loader = cls(StaticConfiguration.from_files(paths), base_dir=base_dir)
-        loader.load_plugins()
-        return loader
-
-    @classmethod
-    def from_env(cls, *, base_dir: str | os.PathLike[str] | None = None) -> PluginLoader:
-        """As :meth:`from_files`, with the files named by ``OMEJDN_PLUGINS``."""
-        loader = cls(StaticConfiguration.from_env(), base_dir=base_dir)
-        loader.load_plugins()
-        return loader
-
-    def load_plugins(self, *, check: bool = True) -> None:
-        """Register the active default plugins, then init every configured plugin."""
-        from omejdn_pg.host.files.plugins import FILE_BACKEND, register_defaults
-
-        configuration = self.configuration
-        inactive = configuration.deactivate_defaults
-        register_defaults(self, inactive)
-        for group in ("user", "client"):
-            if group not in inactive:
-                self.declare_backend(group, FILE_BACKEND)
-        try:
-            for name in configuration.plugins:
-                self._load_plugin(name)
-            if check:
-                self.check_backend_defaults()
-        except BaseException:
-            self.close()
-            raise
-
-    def _load_plugin(self, name: str) -> object:
-        found = entry_points(group=ENTRY_POINT_GROUP, name=name)
-        if not found:
-            available = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
-            raise ConfigurationError(
-                f"{self.configuration.source}: plugins.{name}: no such plugin is installed "
-                f"(entry points in {ENTRY_POINT_GROUP}: {', '.join(available) or 'none'})"
-            )
-        factory = next(iter(found)).load()
-        plugin = factory()
-        # Registered before init, so close() reaches it if init fails halfway.
-        self.plugins[name] = plugin
-        plugin.init(self)
-        log.info("loaded plugin %s", name)
-        return plugin

@@ -1,9 +1,12 @@
-"""The facade Omejdn's core calls, built only on ``PluginLoader.fire``.
+"""The facade Omejdn's core calls: users, clients, configuration and keys.
 
-Every path the CLI and the tests take goes through the events exactly as the
-server's would: finding a user is "the first non-None answer to USER_GET",
-verifying a password is "the first non-None answer, else False", a new user
-goes to ``user_backend_default``. Nothing here knows which backends answer.
+Every storage path the CLI and the tests take goes through the events exactly
+as the server's would: finding a user is "the first non-None answer to
+USER_GET", verifying a password is "the first non-None answer, else False", a
+new user goes to ``user_backend_default`` as Omejdn reads it (the ``omejdn``
+configuration section, then the static file). Only what Omejdn's core has no
+event for — listing stored sections and key targets, the operator's key
+lifecycle — asks the PostgreSQL backend directly.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from cryptography import x509
 
 from omejdn_pg.entities import Client, KeyMaterial, User
 from omejdn_pg.host import events
-from omejdn_pg.host.events import PluginLoader
+from omejdn_pg.host.bootstrap import PluginLoader
+from omejdn_pg.host.events import EventBus
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.postgres.database import Database
@@ -37,10 +41,29 @@ def _first(answers: Iterable[Any]) -> Any:
     return next((answer for answer in answers if answer is not None), None)
 
 
+OMEJDN_SECTION = "omejdn"
+
+
+def backend_default(loader: EventBus, group: str) -> str | None:
+    """``<group>_backend_default`` where Omejdn's core reads it: the ``omejdn``
+    configuration section (CONFIGURATION_LOAD), then the static file; None if
+    neither names one (the loader then picks the sole active backend)."""
+    key = f"{group}_backend_default"
+    section = _first(loader.fire(events.CONFIGURATION_LOAD, section=OMEJDN_SECTION, fallback={}))
+    if isinstance(section, dict) and isinstance(section.get(key), str) and section[key]:
+        name: str = section[key]
+        return name
+    static: str | None = getattr(loader.configuration, key)
+    return static
+
+
 class Users:
-    def __init__(self, loader: PluginLoader, backend_default: str) -> None:
+    def __init__(self, loader: EventBus) -> None:
         self._loader = loader
-        self.backend_default = backend_default
+
+    @property
+    def backend_default(self) -> str | None:
+        return backend_default(self._loader, "user")
 
     def find(self, username: str) -> User | None:
         found: User | None = _first(self._loader.fire(events.USER_GET, username=username))
@@ -49,8 +72,11 @@ class Users:
     def all(self) -> list[User]:
         return [u for answer in self._loader.fire(events.USER_GET_ALL) for u in answer or ()]
 
-    def add(self, user: User) -> None:
-        self._loader.fire(events.USER_CREATE, user=user, user_backend=self.backend_default)
+    def add(self, user: User, backend: str | None = None) -> None:
+        """Create ``user`` in ``backend``, by default the one Omejdn would choose."""
+        self._loader.fire(
+            events.USER_CREATE, user=user, user_backend=backend or self.backend_default
+        )
 
     def save(self, user: User) -> None:
         self._loader.fire(events.USER_UPDATE, user=user)
@@ -71,9 +97,12 @@ class Users:
 
 
 class Clients:
-    def __init__(self, loader: PluginLoader, backend_default: str) -> None:
+    def __init__(self, loader: EventBus) -> None:
         self._loader = loader
-        self.backend_default = backend_default
+
+    @property
+    def backend_default(self) -> str | None:
+        return backend_default(self._loader, "client")
 
     def find(self, client_id: str) -> Client | None:
         found: Client | None = _first(self._loader.fire(events.CLIENT_GET, client_id=client_id))
@@ -82,8 +111,10 @@ class Clients:
     def all(self) -> list[Client]:
         return [c for answer in self._loader.fire(events.CLIENT_GET_ALL) for c in answer or ()]
 
-    def add(self, client: Client) -> None:
-        self._loader.fire(events.CLIENT_CREATE, client=client, client_backend=self.backend_default)
+    def add(self, client: Client, backend: str | None = None) -> None:
+        self._loader.fire(
+            events.CLIENT_CREATE, client=client, client_backend=backend or self.backend_default
+        )
 
     def save(self, client: Client) -> None:
         self._loader.fire(events.CLIENT_UPDATE, client=client)
@@ -104,7 +135,7 @@ class Clients:
 
 
 class Config:
-    def __init__(self, loader: PluginLoader, postgres: PostgresBackendPlugin | None) -> None:
+    def __init__(self, loader: EventBus, postgres: PostgresBackendPlugin | None) -> None:
         self._loader = loader
         self._postgres = postgres
 
@@ -125,7 +156,7 @@ class Config:
 
 
 class Keys:
-    def __init__(self, loader: PluginLoader, postgres: PostgresBackendPlugin | None) -> None:
+    def __init__(self, loader: EventBus, postgres: PostgresBackendPlugin | None) -> None:
         self._loader = loader
         self._postgres = postgres
 
@@ -164,13 +195,12 @@ class Keys:
 class Host:
     """What Omejdn's core sees of storage: users, clients, config and keys."""
 
-    def __init__(self, loader: PluginLoader) -> None:
+    def __init__(self, loader: EventBus) -> None:
         self.loader = loader
-        configuration = loader.configuration
         plugin = loader.plugins.get(PLUGIN_NAME)
         self.postgres = plugin if isinstance(plugin, PostgresBackendPlugin) else None
-        self.users = Users(loader, configuration.user_backend_default)
-        self.clients = Clients(loader, configuration.client_backend_default)
+        self.users = Users(loader)
+        self.clients = Clients(loader)
         self.config = Config(loader, self.postgres)
         self.keys = Keys(loader, self.postgres)
 

@@ -52,7 +52,7 @@ class PostgresBackendPlugin:
             raise RuntimeError("PostgresBackendPlugin.init(loader) has not run")
         return self._database
 
-    def init(self, loader: events.PluginLoader) -> None:
+    def init(self, loader: events.EventBus) -> None:
         """Connect, check the schema, and register handlers for the configured groups."""
         self.settings = settings = loader.configuration.backend_settings()
         self.policy = PasswordPolicy(settings.passwords)
@@ -76,7 +76,7 @@ class PostgresBackendPlugin:
         if policy is not None:
             self.policy = policy
 
-    def register(self, loader: events.PluginLoader, groups: frozenset[str]) -> None:
+    def register(self, loader: events.EventBus, groups: frozenset[str]) -> None:
         handlers: dict[str, dict[str, Any]] = {
             "user": {
                 events.USER_GET: self.user_get,

@@ -23,7 +23,7 @@ from omejdn_pg.host.files.store import CLIENT_CERTIFICATES, FILE_BACKEND, FileSt
 from omejdn_pg.passwords import PasswordPolicy, default_policy
 
 if TYPE_CHECKING:
-    from omejdn_pg.host.events import PluginLoader
+    from omejdn_pg.host.events import EventBus
 
 __all__ = ["FILE_BACKEND", "FileStore", "register_defaults"]
 
@@ -92,7 +92,7 @@ class _FileUsers:
                     return
             raise NotFound(f"user {username!r} does not exist in {self.store.base_dir}")
 
-    def register(self, loader: PluginLoader) -> None:
+    def register(self, loader: EventBus) -> None:
         loader.register(events.USER_GET, self.get)
         loader.register(events.USER_GET_ALL, self.get_all)
         loader.register(events.USER_CREATE, self.create)
@@ -157,7 +157,7 @@ class _FileClients:
         material = KeyMaterial(certs=[new_cert]) if new_cert is not None else KeyMaterial()
         self.store.store_key(CLIENT_CERTIFICATES, client.client_id, material)
 
-    def register(self, loader: PluginLoader) -> None:
+    def register(self, loader: EventBus) -> None:
         loader.register(events.CLIENT_GET, self.get)
         loader.register(events.CLIENT_GET_ALL, self.get_all)
         loader.register(events.CLIENT_CREATE, self.create)
@@ -167,7 +167,7 @@ class _FileClients:
         loader.register(events.CLIENT_AUTHENTICATION_CERTIFICATE_UPDATE, self.update_certificate)
 
 
-def register_defaults(loader: PluginLoader, inactive: frozenset[str]) -> None:
+def register_defaults(loader: EventBus, inactive: frozenset[str]) -> None:
     """Register Omejdn's file-based defaults that ``inactive`` does not name."""
     store = FileStore(loader.base_dir)
     if "config" not in inactive:
