@@ -12,6 +12,7 @@ from sqlalchemy import Connection, select
 
 from omejdn_pg.entities import KeyMaterial
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
+from omejdn_pg.keys import Key, KeySet
 from omejdn_pg.postgres.database import Database, count_statements
 from omejdn_pg.postgres.repositories.keys import KeyRepository
 from tests.helpers import (
@@ -42,12 +43,24 @@ def ec384() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP384R1())
 
 
+def one_key(material: KeyMaterial) -> list[Key]:
+    key = material.to_key()
+    return [key] if key is not None else []
+
+
+def as_material(keys: KeySet) -> KeyMaterial:
+    return KeyMaterial.from_key(keys[0]) if keys else KeyMaterial()
+
+
 def store(db: Database, target_type: str, target: str, material: KeyMaterial) -> None:
-    db.write(lambda conn: KeyRepository(conn).store(target_type, target, material))
+    """A one-key set from the older key material form (what these tests were written in)."""
+    key = material.to_key()
+    db.write(lambda conn: KeyRepository(conn).store(target_type, target, [key] if key else []))
 
 
 def load(db: Database, target_type: str, target: str) -> KeyMaterial:
-    return db.read(lambda conn: KeyRepository(conn).load(target_type, target))
+    keys = db.read(lambda conn: KeyRepository(conn).load(target_type, target))
+    return KeyMaterial.from_key(keys[0]) if keys else KeyMaterial()
 
 
 def stored(plain_sql: PlainSQL, target_type: str, target: str) -> dict[str, str]:
@@ -162,7 +175,7 @@ def test_a_store_is_part_of_the_callers_transaction(
     db: Database, plain_sql: PlainSQL, ec256: ec.EllipticCurvePrivateKey
 ) -> None:
     def store_then_fail(conn: Connection) -> None:
-        KeyRepository(conn).store("token", "signer", KeyMaterial(sk=ec256))
+        KeyRepository(conn).store("token", "signer", one_key(KeyMaterial(sk=ec256)))
         raise RuntimeError("the event failed later")
 
     with pytest.raises(RuntimeError):
@@ -248,9 +261,10 @@ def test_load_is_one_statement_and_no_transaction(db: Database, rsa_key: rsa.RSA
     store(db, "token", "signer", material)
 
     assert (
-        assert_point_read(db, lambda conn: KeyRepository(conn).load("token", "signer")) == material
+        as_material(assert_point_read(db, lambda conn: KeyRepository(conn).load("token", "signer")))
+        == material
     )
-    assert assert_point_read(db, lambda conn: KeyRepository(conn).load("token", "none")).is_empty
+    assert not assert_point_read(db, lambda conn: KeyRepository(conn).load("token", "none"))
 
 
 @pytest.mark.parametrize("count", [1, 50])
@@ -265,8 +279,8 @@ def test_load_all_is_one_statement_whatever_the_number(
     def store_all(conn: Connection) -> None:
         repository = KeyRepository(conn)
         for target, material in reversed(materials.items()):
-            repository.store("jwks", target, material)
-        repository.store("other", "t000", KeyMaterial(sk=ec256))
+            repository.store("jwks", target, one_key(material))
+        repository.store("other", "t000", one_key(KeyMaterial(sk=ec256)))
 
     db.write(store_all)
     db.read(lambda conn: conn.execute(select(1)))  # warm the pool
@@ -275,7 +289,9 @@ def test_load_all_is_one_statement_whatever_the_number(
     loaded = db.read(lambda conn: KeyRepository(conn).load_all("jwks"))
 
     assert len(statements) == 1
-    assert loaded == [materials[target] for target in sorted(materials)]
+    assert [(target, as_material(keys)) for target, keys in loaded] == [
+        (target, materials[target]) for target in sorted(materials)
+    ]
 
 
 def test_load_all_of_nothing(db: Database) -> None:
@@ -340,7 +356,9 @@ def test_bad_targets_are_refused_before_any_sql(
     material = KeyMaterial(sk=ec256)
     for target_type, target in BAD_TARGETS:
         operations: list[Callable[[Connection], object]] = [
-            lambda conn, tt=target_type, t=target: KeyRepository(conn).store(tt, t, material),
+            lambda conn, tt=target_type, t=target: KeyRepository(conn).store(
+                tt, t, one_key(material)
+            ),
             lambda conn, tt=target_type, t=target: KeyRepository(conn).load(tt, t),
             lambda conn, tt=target_type, t=target: KeyRepository(conn).delete(tt, t),
         ]

@@ -100,6 +100,7 @@ def test_the_schema_is_the_models_schema(empty_database: ConnectionSettings, sql
         ("attributes", "ck_attributes_type", "c"),
         ("attributes", "pk_attributes", "p"),
         ("clients", "pk_clients", "p"),
+        ("keys", "ck_keys_state", "c"),
         ("keys", "ck_keys_type", "c"),
         ("keys", "pk_keys", "p"),
         ("users", "pk_users", "p"),
@@ -121,6 +122,14 @@ def test_the_schema_is_the_models_schema(empty_database: ConnectionSettings, sql
         ("keys", "target", "text", "NO", None),
         ("keys", "type", "text", "NO", None),
         ("keys", "value", "text", "NO", None),
+        ("keys", "kid", "text", "NO", "''::text"),
+        ("keys", "params", "jsonb", "NO", "'{}'::jsonb"),
+        ("keys", "state", "text", "NO", "'active'::text"),
+        ("keys", "position", "integer", "NO", "0"),
+        ("keys", "created_at", "timestamp with time zone", "NO", "now()"),
+        ("keys", "activate_at", "timestamp with time zone", "YES", None),
+        ("keys", "retired_at", "timestamp with time zone", "YES", None),
+        ("keys", "destroy_at", "timestamp with time zone", "YES", None),
         ("users", "username", "text", "NO", None),
         ("users", "password", "text", "YES", None),
         ("users", "extern", "text", "YES", None),
@@ -128,6 +137,11 @@ def test_the_schema_is_the_models_schema(empty_database: ConnectionSettings, sql
     ]
     with pytest.raises(psycopg.errors.CheckViolation):
         sql.execute("INSERT INTO keys VALUES ('jwt', 'omejdn', 'pk', 'x')")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        sql.execute(
+            "INSERT INTO keys (target_type, target, type, value, state) "
+            "VALUES ('jwt', 'omejdn', 'sk', 'x', 'paused')"
+        )
     with pytest.raises(psycopg.errors.CheckViolation):
         sql.execute("INSERT INTO attributes VALUES ('group', 'g', 'k', '1')")
 

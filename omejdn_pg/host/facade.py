@@ -11,18 +11,23 @@ lifecycle — asks the PostgreSQL backend directly.
 
 from __future__ import annotations
 
+import datetime
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from omejdn_pg import lifecycle
 from omejdn_pg.entities import Client, KeyMaterial, User
+from omejdn_pg.errors import ConfigurationError, NotFound
 from omejdn_pg.host import events
 from omejdn_pg.host.bootstrap import PluginLoader
 from omejdn_pg.host.events import EventBus
 from omejdn_pg.host.files.store import FileStore
+from omejdn_pg.keys import Key, KeySet, generate_key
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
@@ -33,6 +38,7 @@ from omejdn_pg.settings import (
     DEFAULT_PLUGINS,
     PLUGIN_NAME,
     BackendSettings,
+    KeyLifecycleSettings,
     StaticConfiguration,
 )
 
@@ -123,15 +129,30 @@ class Clients:
         self._loader.fire(events.CLIENT_DELETE, client_id=client_id)
 
     def certificate(self, client: Client) -> x509.Certificate | None:
+        """The client's certificate: the first of its JWKS's chains (or, for a backend
+        of the core before JWKS, its certificate event's answer)."""
         found: x509.Certificate | None = _first(
             self._loader.fire(events.CLIENT_AUTHENTICATION_CERTIFICATE_GET, client=client)
         )
-        return found
+        if found is not None:
+            return found
+        keys = KeySet.from_jwks(client.metadata.get("jwks"), what=f"client {client.client_id}")
+        return next((key.certificates[0] for key in keys if key.certificates), None)
 
     def set_certificate(self, client: Client, certificate: x509.Certificate | None) -> None:
-        self._loader.fire(
-            events.CLIENT_AUTHENTICATION_CERTIFICATE_UPDATE, client=client, new_cert=certificate
-        )
+        """Make ``certificate`` the client's only key (in its JWKS), or remove its keys."""
+        if self._loader.handlers(events.CLIENT_AUTHENTICATION_CERTIFICATE_UPDATE):
+            self._loader.fire(
+                events.CLIENT_AUTHENTICATION_CERTIFICATE_UPDATE,
+                client=client,
+                new_cert=certificate,
+            )
+            return
+        keys = KeySet()
+        if certificate is not None:
+            keys = KeySet([Key.from_pem(None, certificate.public_bytes(Encoding.PEM))])
+        client.metadata["jwks"] = keys.to_jwks(private=False)
+        self.save(client)
 
 
 class Config:
@@ -156,28 +177,58 @@ class Config:
 
 
 class Keys:
+    """Omejdn's ``Keys``: JWK Sets per target, plus the operator's key lifecycle."""
+
     def __init__(self, loader: EventBus, postgres: PostgresBackendPlugin | None) -> None:
         self._loader = loader
         self._postgres = postgres
 
-    def store(self, target_type: str, target: str, material: KeyMaterial) -> None:
-        self._loader.fire(
-            events.KEYS_STORE, target_type=target_type, target=target, key_material=material
+    def store(self, target_type: str, target: str, keys: KeySet | Iterable[Key]) -> None:
+        """Replace the target's key set (``Keys.store_keys``); an empty set deletes it."""
+        jwks = (keys if isinstance(keys, KeySet) else KeySet(keys)).to_jwks(private=True)
+        self._loader.fire(events.KEYS_STORE, target_type=target_type, target=target, jwks=jwks)
+
+    def load(self, target_type: str, target: str, *, create: bool = False) -> KeySet:
+        """The target's keys (``Keys.load_keys``): the first answer that has any.
+
+        With ``create``, an empty set gets a new RS256 key, stored at once — as
+        Omejdn's core does for its signing key; a backend never invents keys.
+        """
+        answers = self._loader.fire(
+            events.KEYS_LOAD, target_type=target_type, target=target, create=create
         )
+        what = f"KEYS_LOAD {target_type}/{target}"
+        keys = next((found for found in map(lambda a: _key_set(a, what), answers) if found), None)
+        if keys is None:
+            keys = KeySet()
+            if create:
+                keys = KeySet([generate_key("RS256")])
+                self.store(target_type, target, keys)
+        return keys
 
-    def load(self, target_type: str, target: str) -> KeyMaterial:
-        answers = self._loader.fire(events.KEYS_LOAD, target_type=target_type, target=target)
-        return next((m for m in answers if m is not None and not m.is_empty), KeyMaterial())
+    def signing_key(self, target_type: str = "omejdn", target: str = "omejdn") -> Key:
+        """The key Omejdn's core signs with: the first private ``sig`` key of KEYS_LOAD."""
+        keys = self.load(target_type, target, create=True)
+        for key in keys:
+            if key.is_private and key.use == "sig":
+                return key
+        raise NotFound(f"keys {target_type}/{target} has no private signing key")
 
-    def load_all(self, target_type: str) -> list[KeyMaterial]:
-        seen: set[str | None] = set()
-        materials = []
+    def load_all(self, target_type: str) -> KeySet:
+        """Every key of ``target_type`` from every backend, once each (``Keys.load_all_keys``)."""
+        seen: set[str] = set()
+        found = []
         for answer in self._loader.fire(events.KEYS_LOAD_ALL, target_type=target_type):
-            for material in answer or ():
-                if material.kid not in seen:
-                    seen.add(material.kid)
-                    materials.append(material)
-        return materials
+            for key in _key_set(answer, f"KEYS_LOAD_ALL {target_type}"):
+                if key.kid not in seen:
+                    seen.add(key.kid)
+                    found.append(key)
+        return KeySet(found)
+
+    def jwks(self, target_type: str) -> dict[str, Any]:
+        """The public keys of ``target_type`` as a JWK Set (RFC 7517): what ``/jwks.json``
+        publishes — next, active and retired keys, never a private member."""
+        return self.load_all(target_type).to_jwks(private=False)
 
     def targets(self, target_type: str | None = None) -> list[tuple[str, str]]:
         """Targets stored in PostgreSQL, or else in the deployment's files."""
@@ -187,9 +238,118 @@ class Keys:
             )
         return FileStore(self._loader.base_dir).key_targets(target_type)
 
-    def jwks(self, target_type: str) -> dict[str, Any]:
-        """The public keys of ``target_type`` as a JWK Set (RFC 7517)."""
-        return {"keys": [m.public_jwk() for m in self.load_all(target_type) if m.pk is not None]}
+    # --- the lifecycle (ours; stored in PostgreSQL) ---------------------------------
+
+    def rotate(
+        self,
+        target_type: str,
+        target: str,
+        alg: str = "RS256",
+        *,
+        publish_for: datetime.timedelta | None = None,
+        now: datetime.datetime | None = None,
+    ) -> Key:
+        """Create a ``next`` key that starts signing once it has been published long enough."""
+        moment = now or _now()
+        new_key = generate_key(alg)
+        wait = publish_for if publish_for is not None else self._lifecycle.publish_for
+        keys = self._modify(
+            target_type, target, lambda stored: lifecycle.rotate(stored, new_key, moment, wait)
+        )
+        return next(key for key in keys if key.kid == new_key.kid)
+
+    def activate(
+        self, target_type: str, target: str, kid: str, *, now: datetime.datetime | None = None
+    ) -> KeySet:
+        moment = now or _now()
+        retire_for = self.retirement_window()
+        return self._modify(
+            target_type, target, lambda stored: lifecycle.activate(stored, kid, moment, retire_for)
+        )
+
+    def retire(
+        self,
+        target_type: str,
+        target: str,
+        kid: str,
+        *,
+        force: bool = False,
+        now: datetime.datetime | None = None,
+    ) -> KeySet:
+        moment = now or _now()
+        retire_for = self.retirement_window()
+        return self._modify(
+            target_type,
+            target,
+            lambda stored: lifecycle.retire(stored, kid, moment, retire_for, force=force),
+        )
+
+    def delete(self, target_type: str, target: str, kid: str | None = None) -> KeySet:
+        """Delete one key, or (``kid`` None) the target's whole set."""
+        if kid is None:
+            self.store(target_type, target, KeySet())
+            return KeySet()
+        return self._modify(target_type, target, lambda stored: lifecycle.remove(stored, kid))
+
+    def maintain(self, *, now: datetime.datetime | None = None) -> list[lifecycle.Change]:
+        """Advance every transition that is due: next keys activate, expired retired keys go."""
+        postgres = self._require_postgres()
+        moment = now or _now()
+        retire_for = self.retirement_window()
+        return postgres.database.write(
+            lambda conn: KeyRepository(conn).maintain(moment, retire_for)
+        )
+
+    def retirement_window(self) -> datetime.timedelta:
+        """How long a retired key stays published (configured, or from the token lifetimes)."""
+        section = _first(
+            self._loader.fire(events.CONFIGURATION_LOAD, section=OMEJDN_SECTION, fallback={})
+        )
+        return lifecycle.retirement_window(
+            section if isinstance(section, dict) else None, self._lifecycle
+        )
+
+    @property
+    def _lifecycle(self) -> KeyLifecycleSettings:
+        postgres = self._postgres
+        if postgres is not None and postgres.settings is not None:
+            return postgres.settings.key_lifecycle
+        return KeyLifecycleSettings()
+
+    def _modify(
+        self, target_type: str, target: str, change: Callable[[KeySet], Sequence[Key]]
+    ) -> KeySet:
+        postgres = self._require_postgres()
+        return postgres.database.write(
+            lambda conn: KeyRepository(conn).modify(target_type, target, change)
+        )
+
+    def _require_postgres(self) -> PostgresBackendPlugin:
+        postgres = self._postgres
+        if postgres is None or "keys" not in (
+            postgres.settings.handlers if postgres.settings else frozenset({"keys"})
+        ):
+            raise ConfigurationError(
+                "the key lifecycle is kept in PostgreSQL: configure the postgres_backend "
+                "plugin with the 'keys' handler"
+            )
+        return postgres
+
+
+def _key_set(answer: object, what: str) -> KeySet:
+    """A handler's answer as a key set: a JWK Set (current core) or key material (older)."""
+    if answer is None:
+        return KeySet()
+    if isinstance(answer, KeyMaterial):
+        key = answer.to_key()
+        return KeySet([key] if key is not None else [])
+    if isinstance(answer, list) and all(isinstance(item, KeyMaterial) for item in answer):
+        return KeySet(key for item in answer if (key := item.to_key()) is not None)
+    return KeySet.from_jwks(answer, what=what)  # type: ignore[arg-type]
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 class Host:

@@ -8,6 +8,12 @@ Routing is what Omejdn expects of a backend among several: a create acts only
 when the event names this backend; update, delete, password change and verify
 act only on users and clients whose ``backend`` is ours; verify answers
 ``None`` for everyone else so the host can ask the next backend.
+
+The key events come in two forms (setting ``key_events``): JWK Sets, as
+Omejdn's current core fires them, or the one ``key_material`` per target of
+the core before it, together with its client certificate events. Both are
+served from the same key sets, so switching a deployment from one core to the
+other needs no data migration.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ from cryptography import x509
 from sqlalchemy import Connection
 
 from omejdn_pg.entities import Client, KeyMaterial, User
-from omejdn_pg.errors import InvalidValue
+from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host import events
+from omejdn_pg.keys import KeySet
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.repositories.clients import ClientRepository
 from omejdn_pg.postgres.repositories.config import ConfigRepository
-from omejdn_pg.postgres.repositories.keys import KeyRepository
+from omejdn_pg.postgres.repositories.keys import KeyRepository, public_jwks, signing_jwks
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings import BACKEND_NAME, BackendSettings
 
@@ -76,7 +83,13 @@ class PostgresBackendPlugin:
         if policy is not None:
             self.policy = policy
 
+    @property
+    def jwks(self) -> bool:
+        """Whether the key events are Omejdn's current JWK Set form."""
+        return self.settings is None or self.settings.key_events == "jwks"
+
     def register(self, loader: events.EventBus, groups: frozenset[str]) -> None:
+        legacy = not self.jwks
         handlers: dict[str, dict[str, Any]] = {
             "user": {
                 events.USER_GET: self.user_get,
@@ -93,19 +106,25 @@ class PostgresBackendPlugin:
                 events.CLIENT_CREATE: self.client_create,
                 events.CLIENT_UPDATE: self.client_update,
                 events.CLIENT_DELETE: self.client_delete,
-                events.CLIENT_AUTHENTICATION_CERTIFICATE_GET: self.client_certificate_get,
-                events.CLIENT_AUTHENTICATION_CERTIFICATE_UPDATE: self.client_certificate_update,
             },
             "config": {
                 events.CONFIGURATION_STORE: self.configuration_store,
                 events.CONFIGURATION_LOAD: self.configuration_load,
             },
             "keys": {
-                events.KEYS_STORE: self.keys_store,
-                events.KEYS_LOAD: self.keys_load,
-                events.KEYS_LOAD_ALL: self.keys_load_all,
+                events.KEYS_STORE: self.key_material_store if legacy else self.keys_store,
+                events.KEYS_LOAD: self.key_material_load if legacy else self.keys_load,
+                events.KEYS_LOAD_ALL: self.key_material_load_all if legacy else self.keys_load_all,
             },
         }
+        if legacy:
+            # The core before JWKS asks for client certificates by event.
+            handlers["client"][events.CLIENT_AUTHENTICATION_CERTIFICATE_GET] = (
+                self.client_certificate_get
+            )
+            handlers["client"][events.CLIENT_AUTHENTICATION_CERTIFICATE_UPDATE] = (
+                self.client_certificate_update
+            )
         for group in ("keys", "config", "client", "user"):
             if group in groups:
                 for event, handler in handlers[group].items():
@@ -172,30 +191,33 @@ class PostgresBackendPlugin:
 
     # --- clients -------------------------------------------------------------------
 
+    def _clients(self, conn: Connection) -> ClientRepository:
+        return ClientRepository(conn, jwks=self.jwks)
+
     def client_get(self, client_id: str, **_: Any) -> Client | None:
-        return self.database.read(lambda conn: ClientRepository(conn).get(client_id))
+        return self.database.read(lambda conn: self._clients(conn).get(client_id))
 
     def client_get_all(self, **_: Any) -> list[Client]:
-        return self.database.read(lambda conn: ClientRepository(conn).all())
+        return self.database.read(lambda conn: self._clients(conn).all())
 
     def client_create(self, client: Client, client_backend: str | None = None, **_: Any) -> None:
         if client_backend != BACKEND_NAME:
             return
-        self.database.write(lambda conn: ClientRepository(conn).create(client))
+        self.database.write(lambda conn: self._clients(conn).create(client))
         client.backend = BACKEND_NAME
 
     def client_update(self, client: Client, **_: Any) -> None:
         if client.backend == BACKEND_NAME:
-            self.database.write(lambda conn: ClientRepository(conn).update(client))
+            self.database.write(lambda conn: self._clients(conn).update(client))
 
     def client_delete(self, client_id: str, **_: Any) -> None:
-        self.database.write(lambda conn: ClientRepository(conn).delete(client_id))
+        self.database.write(lambda conn: self._clients(conn).delete(client_id))
 
     def client_certificate_get(self, client: Client, **_: Any) -> x509.Certificate | None:
         if client.backend != BACKEND_NAME:
             return None
         return self.database.read(
-            lambda conn: ClientRepository(conn).get_certificate(client.client_id)
+            lambda conn: self._clients(conn).get_certificate(client.client_id)
         )
 
     def client_certificate_update(
@@ -208,7 +230,7 @@ class PostgresBackendPlugin:
                 f"client {client.client_id!r}: new_cert must be an X.509 certificate or None"
             )
         self.database.write(
-            lambda conn: ClientRepository(conn).set_certificate(client.client_id, new_cert)
+            lambda conn: self._clients(conn).set_certificate(client.client_id, new_cert)
         )
 
     # --- configuration -----------------------------------------------------------
@@ -219,20 +241,64 @@ class PostgresBackendPlugin:
     def configuration_load(self, section: str, fallback: Any = None, **_: Any) -> Any:
         return self.database.read(lambda conn: ConfigRepository(conn).load(section))
 
-    # --- keys --------------------------------------------------------------------
+    # --- keys: JWK Sets (Omejdn's current core) -----------------------------------
 
-    def keys_store(
-        self, target_type: str, target: str, key_material: KeyMaterial, **_: Any
+    def keys_store(self, target_type: str, target: str, jwks: Any, **_: Any) -> None:
+        keys = KeySet.from_jwks(jwks, what=f"KEYS_STORE {target_type}/{target}: jwks")
+        self.database.write(lambda conn: KeyRepository(conn).store(target_type, target, keys))
+
+    def keys_load(self, target_type: str, target: str, **_: Any) -> dict[str, Any] | None:
+        """The set with the active keys' private members first; None if nothing is stored.
+
+        ``create`` is the host's to act on (Omejdn's core generates the key):
+        a backend never invents keys.
+        """
+        keys = self.database.read(lambda conn: KeyRepository(conn).load(target_type, target))
+        return signing_jwks(keys) if keys else None
+
+    def keys_load_all(self, target_type: str, **_: Any) -> dict[str, Any]:
+        """Every key of ``target_type``, next and retired ones included, without private members."""
+        sets = self.database.read(lambda conn: KeyRepository(conn).load_all(target_type))
+        return public_jwks(key for _target, keys in sets for key in keys)
+
+    # --- keys: one key_material per target (the core before JWKS) ----------------
+
+    def key_material_store(
+        self,
+        target_type: str,
+        target: str,
+        key_material: KeyMaterial | None = None,
+        jwks: Any = None,
+        **_: Any,
     ) -> None:
-        self.database.write(
-            lambda conn: KeyRepository(conn).store(target_type, target, key_material)
-        )
+        """The older core's KEYS_STORE; a JWK Set (what this package's own tools
+        fire) is stored as well, so operators' commands work in either form."""
+        if key_material is None and jwks is not None:
+            self.keys_store(target_type, target, jwks)
+            return
+        if not isinstance(key_material, KeyMaterial):
+            raise InvalidKeyMaterial(
+                f"keys {target_type}/{target}: expected KeyMaterial, "
+                f"got {type(key_material).__name__}"
+            )
+        key = key_material.to_key()
+        keys = [key] if key is not None else []
+        self.database.write(lambda conn: KeyRepository(conn).store(target_type, target, keys))
 
-    def keys_load(self, target_type: str, target: str, **_: Any) -> KeyMaterial:
-        return self.database.read(lambda conn: KeyRepository(conn).load(target_type, target))
+    def key_material_load(self, target_type: str, target: str, **_: Any) -> KeyMaterial:
+        """The target's signing key (the first of its set) as key material; empty if none."""
+        keys = self.database.read(lambda conn: KeyRepository(conn).load(target_type, target))
+        return KeyMaterial.from_key(keys[0]) if keys else KeyMaterial()
 
-    def keys_load_all(self, target_type: str, **_: Any) -> list[KeyMaterial]:
-        return self.database.read(lambda conn: KeyRepository(conn).load_all(target_type))
+    def key_material_load_all(self, target_type: str, **_: Any) -> list[KeyMaterial]:
+        """One material per key, so next and retired keys are published too; only active
+        keys carry their private key."""
+        sets = self.database.read(lambda conn: KeyRepository(conn).load_all(target_type))
+        return [
+            KeyMaterial.from_key(key if key.state == "active" else key.public())
+            for _target, keys in sets
+            for key in keys
+        ]
 
 
 def _check_schema(conn: Connection) -> None:

@@ -19,6 +19,7 @@ fixed tables and must never try to drop a section it does not know.
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any, Final
 
@@ -26,11 +27,14 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    DateTime,
     Identity,
+    Integer,
     MetaData,
     Table,
     Text,
     and_,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -50,7 +54,15 @@ USER_OWNER: Final = "user"
 CLIENT_OWNER: Final = "client"
 SECRET_KEY: Final = "sk"  # noqa: S105 - the row type, not a secret
 CERTIFICATES: Final = "certs"
+EXTRA_SECRET_KEY: Final = "extra_sk"  # noqa: S105 - the row type, not a secret
+EXTRA_CERTIFICATES: Final = "extra_certs"
+KEY_ROW_TYPES: Final = (SECRET_KEY, CERTIFICATES, EXTRA_SECRET_KEY, EXTRA_CERTIFICATES)
+KEY_STATES: Final = ("next", "active", "retired")
 CLIENT_CERTIFICATE_TARGET_TYPE: Final = "clients"
+
+
+def _in(column: str, allowed: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(value) for value in allowed)})"
 
 
 class Base(DeclarativeBase):
@@ -64,7 +76,7 @@ class AttributeRecord(Base):
     """One attribute of a user or a client; the owner is ``(type, identifier)``."""
 
     __tablename__ = "attributes"
-    __table_args__ = (CheckConstraint(f"type IN ('{USER_OWNER}', '{CLIENT_OWNER}')", name="type"),)
+    __table_args__ = (CheckConstraint(_in("type", (USER_OWNER, CLIENT_OWNER)), name="type"),)
 
     type: Mapped[str] = mapped_column(Text, primary_key=True)
     """The owner's kind: ``user`` or ``client``."""
@@ -121,17 +133,44 @@ class ClientFieldRecord(Base):
 
 
 class KeyRecord(Base):
-    """A private key (``sk``) or a certificate chain (``certs``) of a target."""
+    """One key of a target's key set: its private (or public) key, or its chain.
+
+    A key is one or two rows sharing ``(target_type, target, kid)``. The first
+    key of the set — the one that signs — is stored as ``sk``/``certs``, the
+    rows Omejdn's Ruby plugin reads; every further key as ``extra_sk`` /
+    ``extra_certs``, which it ignores. Both rows of a key carry the same
+    descriptor and lifecycle columns.
+    """
 
     __tablename__ = "keys"
-    __table_args__ = (CheckConstraint(f"type IN ('{SECRET_KEY}', '{CERTIFICATES}')", name="type"),)
+    __table_args__ = (
+        CheckConstraint(_in("type", KEY_ROW_TYPES), name="type"),
+        CheckConstraint(_in("state", KEY_STATES), name="state"),
+    )
 
     target_type: Mapped[str] = mapped_column(Text, primary_key=True)
     target: Mapped[str] = mapped_column(Text, primary_key=True)
+    kid: Mapped[str] = mapped_column(Text, primary_key=True, server_default="")
+    """The key's ``kid``; ``''`` on rows the Ruby plugin wrote (the RFC 7638 thumbprint then)."""
     type: Mapped[str] = mapped_column(Text, primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
     """PEM: a private (or public-only) key for ``sk``; PEM certificates joined
     by ``_`` for ``certs``, the Ruby plugin's separator."""
+    params: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    """The JWK descriptor without the key members, ``kid`` and the chain (``use``, ``alg``, ...)."""
+    state: Mapped[str] = mapped_column(Text, nullable=False, server_default="active")
+    position: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    """Order of the key in its set."""
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    activate_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    """When a ``next`` key becomes active."""
+    retired_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    destroy_at: Mapped[datetime.datetime | None] = mapped_column(DateTime(timezone=True))
+    """When a retired key stops being published and is deleted."""
 
 
 # --- configuration_<section> tables -------------------------------------------

@@ -1,4 +1,4 @@
-"""Clients: metadata rows, ``attributes`` rows of type ``client`` and a certificate.
+"""Clients: metadata rows, ``attributes`` rows of type ``client`` and a key set.
 
 In Omejdn's layout a client is not a row but a set of rows — one ``clients``
 row per metadata field, ``client_id`` included — so a point read folds them
@@ -17,19 +17,24 @@ duplicates, and we report that as AlreadyExists.
 ``backend`` is where a client lives, not what it is: it is never written as a
 metadata row, and one that the Ruby plugin persisted is dropped on read.
 
-The certificate a client authenticates with (mutual TLS) is a ``keys`` row
-(target_type ``clients``, target = client_id, type ``certs``) and goes with
-the client when it is deleted, in the same transaction.
+A client's keys (``metadata['jwks']`` in Omejdn's current core, a mutual-TLS
+certificate in the core before it) are the key set of target
+``clients/<client_id>`` in ``keys``, as Omejdn's own client store keeps them.
+Reads aggregate them in the same statement (so listing every client is still
+one statement), writes take ``jwks`` out of the metadata and store it as that
+set in the same transaction, and a delete takes the set with the client. A
+client whose ``jwks`` the Ruby plugin stored as a plain metadata row keeps it
+as it is until its next write moves it into ``keys``.
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any, Final, cast
 
 import psycopg
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy import (
     Connection,
     Row,
@@ -46,10 +51,11 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from omejdn_pg.entities import Client, load_certificate_chain
+from omejdn_pg.entities import Client
 from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
+from omejdn_pg.keys import Key, KeySet
+from omejdn_pg.names import check_file_name
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
 from omejdn_pg.postgres.repositories.common import (
     check_json,
@@ -58,8 +64,8 @@ from omejdn_pg.postgres.repositories.common import (
     lock_for_update,
     storable_text,
 )
+from omejdn_pg.postgres.repositories.keys import KEY_COLUMNS, KeyRepository, keys_from_rows
 from omejdn_pg.postgres.schema import (
-    CERTIFICATES,
     CLIENT_CERTIFICATE_TARGET_TYPE,
     CLIENT_OWNER,
     ClientFieldRecord,
@@ -73,16 +79,33 @@ _keys: Final = cast(Table, KeyRecord.__table__)
 
 LOCK_KIND: Final = "client"
 _NOT_METADATA: Final = "backend"
+JWKS_FIELD: Final = "jwks"
+
+
+def _folded_keys(client_id: Any) -> Any:
+    """The client's key rows as one jsonb array (NULL if none): a correlated subquery."""
+    row = func.jsonb_build_object(
+        *(part for column in KEY_COLUMNS for part in (column.name, column))
+    )
+    return (
+        select(func.jsonb_agg(row, type_=JSONB))
+        .where(
+            _keys.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE,
+            _keys.c.target == client_id,
+        )
+        .scalar_subquery()
+    )
 
 
 def _select_clients() -> Select[Any]:
-    """One row per client: its metadata and its attributes (NULL if none) as jsonb objects."""
+    """One row per client: its metadata, attributes and key rows (NULL if none) as jsonb."""
     return select(
         _clients.c.client_id,
         func.jsonb_object_agg(_clients.c.key, json_column(_clients.c.value), type_=JSONB).label(
             "metadata"
         ),
         _ATTRIBUTES.folded(_clients.c.client_id).label("attributes"),
+        _folded_keys(_clients.c.client_id).label("keys"),
     ).group_by(_clients.c.client_id)
 
 
@@ -101,30 +124,23 @@ _INSERT_METADATA: Final = insert(_clients).from_select(
     select(bindparam("id", type_=Text), _each_field.c.key, _each_field.c.value),
 )
 
-_certificate_row = (
-    (_keys.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE)
-    & (_keys.c.target == bindparam("id"))
-    & (_keys.c.type == CERTIFICATES)
-)
-_GET_CERTIFICATE: Final = select(_keys.c.value).where(_certificate_row)
-_DELETE_CERTIFICATE: Final = delete(_keys).where(_certificate_row)
-_upsert = pg_insert(_keys).values(
-    target_type=CLIENT_CERTIFICATE_TARGET_TYPE,
-    target=bindparam("id"),
-    type=CERTIFICATES,
-    value=bindparam("pem"),
-)
-_SET_CERTIFICATE: Final = _upsert.on_conflict_do_update(
-    index_elements=[_keys.c.target_type, _keys.c.target, _keys.c.type],
-    set_={"value": _upsert.excluded.value},
+_DELETE_KEYS: Final = delete(_keys).where(
+    _keys.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE, _keys.c.target == bindparam("id")
 )
 
 
 class ClientRepository:
-    """Clients on one connection; the caller owns the transaction around every call."""
+    """Clients on one connection; the caller owns the transaction around every call.
 
-    def __init__(self, conn: Connection) -> None:
+    ``jwks`` selects Omejdn's current client store, where ``metadata['jwks']``
+    is the client's key set; without it (hosts of the core before JWKS) a
+    ``jwks`` field is plain metadata and the keys are reached only as the
+    client's certificate.
+    """
+
+    def __init__(self, conn: Connection, *, jwks: bool = True) -> None:
         self.conn = conn
+        self.jwks = jwks
 
     # --- reads -------------------------------------------------------------------
 
@@ -133,11 +149,11 @@ class ClientRepository:
         if not storable_text(client_id):
             return None
         row = self.conn.execute(_GET, {"id": client_id}).one_or_none()
-        return None if row is None else _to_client(row)
+        return None if row is None else self._to_client(row)
 
     def all(self) -> list[Client]:
         """Every client, ordered by client_id; one statement whatever their number."""
-        return [_to_client(row) for row in self.conn.execute(_ALL)]
+        return [self._to_client(row) for row in self.conn.execute(_ALL)]
 
     # --- writes ------------------------------------------------------------------
 
@@ -147,7 +163,7 @@ class ClientRepository:
         Attribute rows left behind without a client (the Ruby plugin deletes in
         several transactions) are replaced, not inherited.
         """
-        values = _checked(client)
+        values = self._checked(client)
         lock_for_update(self.conn, LOCK_KIND, values["id"])
         if self.conn.execute(_EXISTS, {"id": values["id"]}).scalar_one():
             raise AlreadyExists(f"client {values['id']!r} exists already")
@@ -156,6 +172,7 @@ class ClientRepository:
                 _INSERT_METADATA, {"id": values["id"], "metadata_doc": values["metadata_doc"]}
             )
             _ATTRIBUTES.replace(self.conn, values["id"], values["attribute_doc"])
+            self._store_keys(values)
         except sa_exc.IntegrityError as error:
             if not isinstance(error.orig, psycopg.errors.UniqueViolation):
                 raise
@@ -164,7 +181,7 @@ class ClientRepository:
 
     def update(self, client: Client) -> None:
         """Replace the metadata and attributes; NotFound if there is no such client."""
-        values = _checked(client)
+        values = self._checked(client)
         lock_for_update(self.conn, LOCK_KIND, values["id"])
         if self.conn.execute(_DELETE_METADATA, {"id": values["id"]}).first() is None:
             raise NotFound(f"client {values['id']!r} does not exist")
@@ -172,9 +189,18 @@ class ClientRepository:
             _INSERT_METADATA, {"id": values["id"], "metadata_doc": values["metadata_doc"]}
         )
         _ATTRIBUTES.replace(self.conn, values["id"], values["attribute_doc"])
+        self._store_keys(values)
+
+    def _store_keys(self, values: Mapping[str, Any]) -> None:
+        # As Omejdn's client store: the metadata is the whole client, so a
+        # client written without ``jwks`` has no keys.
+        if self.jwks:
+            KeyRepository(self.conn).store(
+                CLIENT_CERTIFICATE_TARGET_TYPE, values["id"], values["keys"]
+            )
 
     def delete(self, client_id: str) -> bool:
-        """Delete the client, its attributes and its certificate; False if there was no such client.
+        """Delete the client, its attributes and its keys; False if there was no such client.
 
         Attributes and certificates of an id with no metadata rows are left
         alone: this backend acts only on clients it holds, and the keys table
@@ -185,26 +211,25 @@ class ClientRepository:
         if self.conn.execute(_DELETE_METADATA, {"id": client_id}).first() is None:
             return False
         _ATTRIBUTES.remove(self.conn, client_id)
-        self.conn.execute(_DELETE_CERTIFICATE, {"id": client_id})
+        self.conn.execute(_DELETE_KEYS, {"id": client_id})
         return True
 
-    # --- certificate -------------------------------------------------------------
+    # --- certificate (the key events before JWKS) ---------------------------------
 
     def get_certificate(self, client_id: str) -> x509.Certificate | None:
-        """The client's certificate (the first of a stored chain), or None."""
+        """The client's certificate: the first of its signing key's chain, or None."""
         if not storable_text(client_id):
             return None
-        pem = self.conn.execute(_GET_CERTIFICATE, {"id": client_id}).scalar_one_or_none()
-        if not pem:
-            return None
-        chain = load_certificate_chain(pem, f"certificate of client {client_id!r}")
-        return chain[0] if chain else None
+        keys = KeyRepository(self.conn).load(CLIENT_CERTIFICATE_TARGET_TYPE, client_id)
+        chains = [key.certificates for key in keys if key.certificates]
+        return chains[0][0] if chains else None
 
     def set_certificate(self, client_id: str, certificate: x509.Certificate | None) -> None:
-        """Store (replace) the client's certificate as PEM; None deletes it.
+        """Make ``certificate`` the client's only key; None deletes its keys.
 
-        The client's lock is taken so that a certificate cannot slip in after
-        a concurrent delete of the client has removed the old one.
+        The client's lock is taken (by the key repository, for target type
+        ``clients``) so that a certificate cannot slip in after a concurrent
+        delete of the client has removed the old one.
         """
         check_text(client_id, "client_id")
         if certificate is not None and not isinstance(certificate, x509.Certificate):
@@ -212,38 +237,68 @@ class ClientRepository:
                 f"certificate of client {client_id!r}: expected an X.509 certificate, "
                 f"got {type(certificate).__name__}"
             )
-        lock_for_update(self.conn, LOCK_KIND, client_id)
-        if certificate is None:
-            self.conn.execute(_DELETE_CERTIFICATE, {"id": client_id})
-            return
-        pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
-        self.conn.execute(_SET_CERTIFICATE, {"id": client_id, "pem": pem})
+        keys = []
+        if certificate is not None:
+            public = certificate.public_key()
+            keys = [Key(public_key=public, certificates=[certificate])]  # type: ignore[arg-type]
+        KeyRepository(self.conn).store(CLIENT_CERTIFICATE_TARGET_TYPE, client_id, keys)
 
+    def _checked(self, client: Client) -> dict[str, Any]:
+        """Bind values for ``client``, every one checked before any SQL is sent."""
+        if not isinstance(client.metadata, Mapping):
+            raise InvalidValue(
+                f"client metadata must be a mapping, got {type(client.metadata).__name__}"
+            )
+        client_id = check_client_id(client.metadata.get("client_id"))
+        who = f"client {client_id!r}"
+        metadata = {k: v for k, v in client.metadata.items() if k != _NOT_METADATA}
+        keys = KeySet()
+        if self.jwks:
+            keys = KeySet.from_jwks(metadata.pop(JWKS_FIELD, None), what=f"{who}: jwks")
+        for key, value in metadata.items():
+            check_text(key, f"{who}: metadata field name {key!r}")
+            check_json(value, f"{who}: metadata.{key}")
+        attributes = checked_attributes(client.attributes, who)
+        return {
+            "id": client_id,
+            "metadata_doc": metadata,
+            "attribute_doc": attributes,
+            "keys": keys,
+        }
 
-def _checked(client: Client) -> dict[str, Any]:
-    """Bind values for ``client``, every one checked before any SQL is sent."""
-    if not isinstance(client.metadata, Mapping):
-        raise InvalidValue(
-            f"client metadata must be a mapping, got {type(client.metadata).__name__}"
+    def _to_client(self, row: Row[Any]) -> Client:
+        fields: dict[str, Any] = dict(row.metadata or {})
+        fields.pop(_NOT_METADATA, None)
+        fields.pop("client_id", None)
+        if self.jwks and row.keys:
+            keys = keys_from_rows(
+                CLIENT_CERTIFICATE_TARGET_TYPE, row.client_id, (_KeyRow(r) for r in row.keys)
+            )
+            fields[JWKS_FIELD] = keys.to_jwks(private=False)
+        # The key column is the authority on which client this is; client_id first
+        # keeps exported YAML readable.
+        return Client(
+            metadata={"client_id": row.client_id, **fields},
+            attributes=dict(row.attributes or {}),
+            backend=BACKEND_NAME,
         )
-    client_id = check_text(client.metadata.get("client_id"), "client_id")
-    who = f"client {client_id!r}"
-    metadata = {k: v for k, v in client.metadata.items() if k != _NOT_METADATA}
-    for key, value in metadata.items():
-        check_text(key, f"{who}: metadata field name {key!r}")
-        check_json(value, f"{who}: metadata.{key}")
-    attributes = checked_attributes(client.attributes, who)
-    return {"id": client_id, "metadata_doc": metadata, "attribute_doc": attributes}
 
 
-def _to_client(row: Row[Any]) -> Client:
-    fields: dict[str, Any] = dict(row.metadata or {})
-    fields.pop(_NOT_METADATA, None)
-    fields.pop("client_id", None)
-    # The key column is the authority on which client this is; client_id first
-    # keeps exported YAML readable.
-    return Client(
-        metadata={"client_id": row.client_id, **fields},
-        attributes=dict(row.attributes or {}),
-        backend=BACKEND_NAME,
-    )
+def check_client_id(value: object) -> str:
+    """A client id is also a key target, so it must be usable as a file name."""
+    return check_file_name(check_text(value, "client_id"), "client_id")
+
+
+class _KeyRow:
+    """A key row folded into jsonb, read like a result row (timestamps parsed back)."""
+
+    _DATES: Final = frozenset({"created_at", "activate_at", "retired_at", "destroy_at"})
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = data
+
+    def __getattr__(self, name: str) -> Any:
+        value = self._data.get(name)
+        if name in self._DATES and isinstance(value, str):
+            return datetime.datetime.fromisoformat(value)
+        return value

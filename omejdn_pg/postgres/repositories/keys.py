@@ -1,160 +1,380 @@
-"""Key material: a private (or public-only) key and a certificate chain per target.
+"""Key sets: several keys per ``(target_type, target)``, with descriptors and lifecycle.
 
-A target's material is at most two rows of ``keys``, ``sk`` and ``certs``,
-exactly as Omejdn's Ruby plugin lays them out, so a database stays shareable:
-``sk`` is written as unencrypted PKCS#8 (PKCS#1 and SEC1, which the Ruby
-plugin writes, are read too), ``certs`` as PEM certificates joined by ``_``.
-Material without a private key keeps its public key in ``sk`` (as Omejdn's
-file layout keeps it in the ``.key`` file) rather than being dropped.
+A key is one or two rows of ``keys`` sharing ``(target_type, target, kid)``:
+its PEM key (private PKCS#8, or the public key when there is neither a
+private key nor a chain) and its chain (PEM certificates joined by ``_``).
+The first key of the set in lifecycle order — the one that signs — is stored
+as ``sk``/``certs``, exactly the rows Omejdn's Ruby plugin reads and writes;
+every further key as ``extra_sk``/``extra_certs``, which it ignores. A Ruby
+Omejdn sharing the database therefore sees the signing key of every target,
+and a target with one key is the same two rows it always was. Rows the Ruby
+plugin writes carry ``kid = ''`` and default descriptor columns; they read as
+an active key whose kid is its RFC 7638 thumbprint.
 
-A store replaces both rows in the caller's transaction — an upsert of what is
-present and a delete of what is absent — behind a transaction-scoped advisory
-lock, so two writers of one target serialize and a reader (one statement, one
-snapshot) never sees the key of one write with the chain of another. The
-upsert needs no knowledge of what was stored before, so a store is always the
-same two or three statements; the lock is what keeps a concurrent delete or
-store from interleaving with it.
+Every write replaces the target's rows in the caller's transaction behind a
+transaction-scoped advisory lock: the set is read, changed in Python (the
+lifecycle rules are pure functions, :mod:`omejdn_pg.lifecycle`) and written
+back whole. Sets are small (:attr:`KeySet.MAX_KEYS`), so rewriting one costs
+less than reasoning about partial updates, and a reader — one statement, one
+snapshot — never sees half of a change.
 
-Reads are single statements: a point read fetches both rows at once, and
-:meth:`KeyRepository.load_all` fetches every target of a type in one
-statement, whatever their number. Parsing is strict: a PEM that is stored but
-unreadable raises InvalidKeyMaterial naming the target instead of being
-skipped, because silently missing a signing key is worse than a clear error.
-Orderings use the "C" collation, i.e. code point order, so they agree with
-Python's ``sorted`` whatever the database's locale.
+Reads are single statements. Parsing is strict: a stored PEM that cannot be
+read raises InvalidKeyMaterial naming the target instead of being skipped,
+because silently missing a signing key is worse than a clear error.
+Orderings use the "C" collation, so they agree with Python's ``sorted``
+whatever the database's locale.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Final
+import dataclasses
+import datetime
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
 
-from sqlalchemy import Connection, Table, bindparam, delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Connection, Table, bindparam, delete, insert, or_, select
 
-from omejdn_pg.entities import KeyMaterial
+from omejdn_pg import lifecycle
 from omejdn_pg.errors import InvalidKeyMaterial
-from omejdn_pg.postgres.repositories.common import check_text, lock_for_update
+from omejdn_pg.keys import Key, KeySet
+from omejdn_pg.names import check_file_name
+from omejdn_pg.postgres.repositories.common import check_json, check_text, lock_for_update
 from omejdn_pg.postgres.schema import (
     CERTIFICATES,
     CLIENT_CERTIFICATE_TARGET_TYPE,
+    EXTRA_CERTIFICATES,
+    EXTRA_SECRET_KEY,
     SECRET_KEY,
     KeyRecord,
 )
 
-_KEYS: Final[Table] = KeyRecord.__table__  # type: ignore[assignment]
+log = logging.getLogger(__name__)
+
+KEYS: Final[Table] = KeyRecord.__table__  # type: ignore[assignment]
+MAINTENANCE_LOCK: Final = ("keys", "maintenance")
+
+KEY_COLUMNS: Final = (
+    KEYS.c.kid,
+    KEYS.c.type,
+    KEYS.c.value,
+    KEYS.c.params,
+    KEYS.c.state,
+    KEYS.c.position,
+    KEYS.c.created_at,
+    KEYS.c.activate_at,
+    KEYS.c.retired_at,
+    KEYS.c.destroy_at,
+)
+"""What a key is read from; the client repository aggregates the same columns."""
 
 # The reads are built once and bound at execution: building a statement costs
 # more Python time than the server spends on a primary-key lookup.
-_LOAD: Final = select(_KEYS.c.type, _KEYS.c.value).where(
-    _KEYS.c.target_type == bindparam("target_type"), _KEYS.c.target == bindparam("target")
+_LOAD: Final = (
+    select(*KEY_COLUMNS)
+    .where(KEYS.c.target_type == bindparam("target_type"), KEYS.c.target == bindparam("target"))
+    .order_by(KEYS.c.position, KEYS.c.kid.collate("C"), KEYS.c.type)
 )
 _LOAD_ALL: Final = (
-    select(_KEYS.c.target, _KEYS.c.type, _KEYS.c.value)
-    .where(_KEYS.c.target_type == bindparam("target_type"))
-    .order_by(_KEYS.c.target.collate("C"), _KEYS.c.type)
+    select(KEYS.c.target, *KEY_COLUMNS)
+    .where(KEYS.c.target_type == bindparam("target_type"))
+    .order_by(KEYS.c.target.collate("C"), KEYS.c.position, KEYS.c.kid.collate("C"), KEYS.c.type)
 )
+_KEY_TYPES: Final = {SECRET_KEY: "key", EXTRA_SECRET_KEY: "key"}
+_CHAIN_TYPES: Final = {CERTIFICATES: "chain", EXTRA_CERTIFICATES: "chain"}
+
+_warned: set[tuple[str, str, str, str]] = set()
 
 
 class KeyRepository:
-    """Key material per ``(target_type, target)`` on a connection the caller owns."""
+    """Key sets per ``(target_type, target)`` on a connection the caller owns."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def store(self, target_type: str, target: str, material: KeyMaterial) -> None:
-        """Replace the target's key and chain; empty material deletes both."""
-        target_type, target = _check_target(target_type, target)
-        if not isinstance(material, KeyMaterial):
-            raise InvalidKeyMaterial(
-                f"keys {target_type}/{target}: expected KeyMaterial, got {type(material).__name__}"
-            )
-        # Serialize first, so a material that cannot be written fails before any SQL.
-        rows: dict[str, str] = {}
-        key_pem = material.key_pem()
-        if key_pem is not None:
-            rows[SECRET_KEY] = key_pem
-        if material.certs:
-            rows[CERTIFICATES] = material.certs_pem()
-        absent = [kind for kind in (SECRET_KEY, CERTIFICATES) if kind not in rows]
+    # --- reads -------------------------------------------------------------------
 
-        _lock(self.conn, target_type, target)
-        if rows:
-            upsert = pg_insert(_KEYS).values(
-                [
-                    {"target_type": target_type, "target": target, "type": kind, "value": value}
-                    for kind, value in rows.items()
-                ]
-            )
-            self.conn.execute(
-                upsert.on_conflict_do_update(
-                    index_elements=[_KEYS.c.target_type, _KEYS.c.target, _KEYS.c.type],
-                    set_={"value": upsert.excluded.value},
-                )
-            )
-        if absent:
-            self.conn.execute(
-                delete(_KEYS).where(
-                    _KEYS.c.target_type == target_type,
-                    _KEYS.c.target == target,
-                    _KEYS.c.type.in_(absent),
-                )
-            )
-
-    def load(self, target_type: str, target: str) -> KeyMaterial:
-        """The target's material in one statement; empty KeyMaterial() if none is stored."""
-        target_type, target = _check_target(target_type, target)
+    def load(self, target_type: str, target: str) -> KeySet:
+        """The target's keys in lifecycle order, in one statement; empty if none."""
+        target_type, target = check_target(target_type, target)
         rows = self.conn.execute(_LOAD, {"target_type": target_type, "target": target})
-        return _material(target_type, target, ((row.type, row.value) for row in rows))
+        return keys_from_rows(target_type, target, rows)
 
-    def load_all(self, target_type: str) -> list[KeyMaterial]:
-        """Every target's material of ``target_type``, ordered by target, in one statement."""
+    def load_all(self, target_type: str) -> list[tuple[str, KeySet]]:
+        """Every target of ``target_type`` with its keys, ordered by target, in one statement."""
         target_type = check_text(target_type, "target_type")
-        rows = self.conn.execute(_LOAD_ALL, {"target_type": target_type})
-        grouped: dict[str, list[tuple[str, str]]] = {}
-        for row in rows:
-            grouped.setdefault(row.target, []).append((row.type, row.value))
-        return [_material(target_type, target, group) for target, group in grouped.items()]
+        grouped: dict[str, list[Any]] = {}
+        for row in self.conn.execute(_LOAD_ALL, {"target_type": target_type}):
+            grouped.setdefault(row.target, []).append(row)
+        return [
+            (target, keys_from_rows(target_type, target, rows)) for target, rows in grouped.items()
+        ]
 
     def targets(self, target_type: str | None = None) -> list[tuple[str, str]]:
-        """``(target_type, target)`` of every stored material, sorted."""
-        query = select(_KEYS.c.target_type, _KEYS.c.target).group_by(
-            _KEYS.c.target_type, _KEYS.c.target
+        """``(target_type, target)`` of every stored key set, sorted."""
+        query = select(KEYS.c.target_type, KEYS.c.target).group_by(
+            KEYS.c.target_type, KEYS.c.target
         )
         if target_type is not None:
-            query = query.where(_KEYS.c.target_type == check_text(target_type, "target_type"))
-        query = query.order_by(_KEYS.c.target_type.collate("C"), _KEYS.c.target.collate("C"))
+            query = query.where(KEYS.c.target_type == check_text(target_type, "target_type"))
+        query = query.order_by(KEYS.c.target_type.collate("C"), KEYS.c.target.collate("C"))
         return [(row.target_type, row.target) for row in self.conn.execute(query)]
 
+    def due(self, now: datetime.datetime) -> list[tuple[str, str]]:
+        """Targets with a lifecycle transition due at ``now``."""
+        query = (
+            select(KEYS.c.target_type, KEYS.c.target)
+            .where(
+                or_(
+                    (KEYS.c.state == "next") & (KEYS.c.activate_at <= now),
+                    (KEYS.c.state == "retired") & (KEYS.c.destroy_at <= now),
+                )
+            )
+            .group_by(KEYS.c.target_type, KEYS.c.target)
+            .order_by(KEYS.c.target_type.collate("C"), KEYS.c.target.collate("C"))
+        )
+        return [(row.target_type, row.target) for row in self.conn.execute(query)]
+
+    # --- writes ------------------------------------------------------------------
+
+    def store(
+        self,
+        target_type: str,
+        target: str,
+        keys: KeySet | Sequence[Key],
+        *,
+        now: datetime.datetime | None = None,
+    ) -> None:
+        """Replace the target's set with ``keys``, as KEYS_STORE does; an empty set deletes it.
+
+        A key that arrives without its private key but with the kid and public
+        key of a stored private key keeps the stored one (a host storing back a
+        set it loaded, whose next and retired keys came without private
+        members), and a stored key keeps its lifecycle state. New keys are
+        active; a new key whose certificate is not valid at ``now`` is refused,
+        so an expired chain is never published unnoticed.
+        """
+        target_type, target = check_target(target_type, target)
+        if not isinstance(keys, KeySet | list | tuple) or not all(
+            isinstance(key, Key) for key in keys
+        ):
+            raise InvalidKeyMaterial(
+                f"keys {target_type}/{target}: expected a key set, got {type(keys).__name__}"
+            )
+        incoming = list(keys)
+        moment = now or _now()
+        self.modify(
+            target_type, target, lambda stored: merge(target_type, target, stored, incoming, moment)
+        )
+
+    def modify(
+        self, target_type: str, target: str, change: Callable[[KeySet], Sequence[Key]]
+    ) -> KeySet:
+        """Lock the target, apply ``change`` to its stored set, write the result back."""
+        target_type, target = check_target(target_type, target)
+        _lock(self.conn, target_type, target)
+        stored = self.load(target_type, target)
+        result = KeySet(lifecycle.ordered(change(stored)))
+        rows = key_rows(target_type, target, result)
+        self.conn.execute(
+            delete(KEYS).where(KEYS.c.target_type == target_type, KEYS.c.target == target)
+        )
+        if rows:
+            self.conn.execute(insert(KEYS), rows)
+        return result
+
     def delete(self, target_type: str, target: str) -> bool:
-        """Delete the target's key and chain; False if nothing was stored."""
-        target_type, target = _check_target(target_type, target)
+        """Delete the target's whole set; False if nothing was stored."""
+        target_type, target = check_target(target_type, target)
         _lock(self.conn, target_type, target)
         result = self.conn.execute(
-            delete(_KEYS).where(_KEYS.c.target_type == target_type, _KEYS.c.target == target)
+            delete(KEYS).where(KEYS.c.target_type == target_type, KEYS.c.target == target)
         )
         return result.rowcount > 0
 
+    def maintain(
+        self, now: datetime.datetime, retire_for: datetime.timedelta
+    ) -> list[lifecycle.Change]:
+        """Advance every transition due at ``now``, across all targets.
 
-def _check_target(target_type: object, target: object) -> tuple[str, str]:
-    return check_text(target_type, "target_type"), check_text(target, "target")
+        One advisory lock for the whole run makes concurrent runs (several
+        instances on one timer) queue instead of racing; the second finds
+        nothing due, so running it any number of times changes nothing more.
+        """
+        lock_for_update(self.conn, *MAINTENANCE_LOCK)
+        changes: list[lifecycle.Change] = []
+        for target_type, target in self.due(now):
+            found: list[tuple[str, str]] = []
+
+            def advance(stored: KeySet, found: list[tuple[str, str]] = found) -> list[Key]:
+                advanced, applied = lifecycle.advance(stored, now, retire_for)
+                found.extend(applied)
+                return advanced
+
+            self.modify(target_type, target, advance)
+            changes.extend(
+                lifecycle.Change(target_type, target, kid, change) for kid, change in found
+            )
+        return changes
 
 
-def _material(target_type: str, target: str, rows: Iterable[tuple[str, str]]) -> KeyMaterial:
-    """Material from ``(type, value)`` rows; '' (the Ruby plugin's empty chain) is absent."""
-    values = dict(rows)
-    return KeyMaterial.from_pem(
-        values.get(SECRET_KEY) or None,
-        values.get(CERTIFICATES) or None,
-        what=f"key material of {target_type}/{target}",
+def check_target(target_type: object, target: object) -> tuple[str, str]:
+    """A target can become ``keys/<target_type>/<target>.key``: refuse what could not."""
+    return check_file_name(target_type, "target_type"), check_file_name(target, "target")
+
+
+def merge(
+    target_type: str,
+    target: str,
+    stored: Sequence[Key],
+    incoming: Sequence[Key],
+    now: datetime.datetime,
+) -> list[Key]:
+    """What a KEYS_STORE of ``incoming`` leaves stored, given what was ``stored``."""
+    by_kid = {key.kid: key for key in stored}
+    result = []
+    for key in incoming:
+        old = by_kid.get(key.kid)
+        if old is None or not old.same_key(key):
+            problem = key.certificate_problem(now)
+            if problem is not None:
+                raise InvalidKeyMaterial(f"keys {target_type}/{target}: key {key.kid}: {problem}")
+            result.append(_with_lifecycle(key, state=key.state, created_at=key.created_at or now))
+            continue
+        private = key.private_key if key.private_key is not None else old.private_key
+        result.append(
+            _with_lifecycle(
+                key,
+                private_key=private,
+                state=old.state,
+                created_at=old.created_at,
+                activate_at=old.activate_at,
+                retired_at=old.retired_at,
+                destroy_at=old.destroy_at,
+            )
+        )
+    return result
+
+
+def _with_lifecycle(key: Key, **changes: Any) -> Key:
+    return dataclasses.replace(key, **changes)
+
+
+def key_rows(target_type: str, target: str, keys: Iterable[Key]) -> list[dict[str, Any]]:
+    """The rows of a set, the first key as ``sk``/``certs`` and the rest as ``extra_*``."""
+    rows = []
+    for position, key in enumerate(keys):
+        params = {name: value for name, value in key.params.items() if name != "kid"}
+        check_json(params, f"keys {target_type}/{target}: key {key.kid}: descriptor")
+        common = {
+            "target_type": target_type,
+            "target": target,
+            "kid": key.kid,
+            "params": params,
+            "state": key.state,
+            "position": position,
+            "created_at": key.created_at or _now(),
+            "activate_at": key.activate_at,
+            "retired_at": key.retired_at,
+            "destroy_at": key.destroy_at,
+        }
+        first = position == 0
+        key_pem = key.key_pem()
+        if key_pem is not None:
+            rows.append(
+                {**common, "type": SECRET_KEY if first else EXTRA_SECRET_KEY, "value": key_pem}
+            )
+        if key.certificates:
+            rows.append(
+                {
+                    **common,
+                    "type": CERTIFICATES if first else EXTRA_CERTIFICATES,
+                    "value": key.certs_pem(),
+                }
+            )
+    return rows
+
+
+def keys_from_rows(target_type: str, target: str, rows: Iterable[Any]) -> KeySet:
+    """A set from its rows (``KEY_COLUMNS``, in any order), in lifecycle order.
+
+    Rows are grouped by kid; ``''`` (a row of the Ruby plugin's) is one key
+    whose kid is its thumbprint. ``''`` as a chain is the Ruby plugin's empty
+    chain, i.e. none.
+    """
+    grouped: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = grouped.setdefault(row.kid, {"row": row})
+        if row.type in _KEY_TYPES:
+            entry["key"] = row.value
+        elif row.type in _CHAIN_TYPES:
+            entry["chain"] = row.value
+    keys = []
+    owner = (
+        f"keys of client {target!r}"
+        if target_type == CLIENT_CERTIFICATE_TARGET_TYPE
+        else f"keys {target_type}/{target}"
     )
+    for kid, entry in sorted(grouped.items(), key=lambda item: item[1]["row"].position):
+        row = entry["row"]
+        what = owner + (f": key {kid}" if kid else "")
+        params: dict[str, Any] = dict(row.params or {})
+        if kid:
+            params["kid"] = kid
+        if not entry.get("key") and not entry.get("chain"):
+            continue  # the Ruby plugin's empty chain of a target without a key
+        key = Key.from_pem(
+            entry.get("key") or None,
+            entry.get("chain") or None,
+            params,
+            what=what,
+            state=row.state,
+            created_at=row.created_at,
+            activate_at=row.activate_at,
+            retired_at=row.retired_at,
+            destroy_at=row.destroy_at,
+        )
+        _warn_about_certificate(target_type, target, key)
+        keys.append(key)
+    return KeySet(lifecycle.ordered(keys))
+
+
+def _warn_about_certificate(target_type: str, target: str, key: Key) -> None:
+    problem = key.certificate_problem()
+    if problem is None:
+        return
+    seen = (target_type, target, key.kid, problem)
+    if seen not in _warned:
+        # Once per process and key: KEYS_LOAD runs for every token signed.
+        _warned.add(seen)
+        log.warning(
+            "keys %s/%s: key %s is published with a %s; rotate it",
+            target_type,
+            target,
+            key.kid,
+            problem,
+        )
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _lock(conn: Connection, target_type: str, target: str) -> None:
-    # A client's certificate is also written by the client events, which lock
-    # the client: take the same lock, so a KEYS_STORE cannot put back the
-    # certificate of a client deleted at the same moment.
+    # A client's keys are also written by the client events, which lock the
+    # client: take the same lock, so a KEYS_STORE cannot put back the keys of
+    # a client deleted at the same moment.
     if target_type == CLIENT_CERTIFICATE_TARGET_TYPE:
         lock_for_update(conn, "client", target)
     else:
         lock_for_update(conn, "keys", f"{target_type}/{target}")
+
+
+def public_jwks(keys: Iterable[Key]) -> dict[str, Any]:
+    """A JWK Set of ``keys`` with no private member."""
+    return {"keys": [key.to_jwk(private=False) for key in keys]}
+
+
+def signing_jwks(keys: Iterable[Key]) -> dict[str, Any]:
+    """KEYS_LOAD's answer: active keys with their private members, the others without."""
+    return {"keys": [key.to_jwk(private=key.state == "active") for key in keys]}
