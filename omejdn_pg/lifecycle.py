@@ -74,12 +74,14 @@ def retirement_window(
     if settings.retire_for is not None:
         return settings.retire_for
     margin = settings.retire_margin
-    lifetimes = [DEFAULT_TOKEN_LIFETIME]
+    lifetimes = []
     for token in ("access_token", "id_token"):
-        settings = (omejdn_section or {}).get(token)
-        seconds = settings.get("expiration") if isinstance(settings, Mapping) else None
+        token_settings = (omejdn_section or {}).get(token)
+        seconds = token_settings.get("expiration") if isinstance(token_settings, Mapping) else None
         if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
             lifetimes.append(datetime.timedelta(seconds=seconds))
+        else:
+            lifetimes.append(DEFAULT_TOKEN_LIFETIME)
     return max(lifetimes) + margin
 
 

@@ -240,22 +240,37 @@ class Keys:
 
     # --- the lifecycle (ours; stored in PostgreSQL) ---------------------------------
 
+    def stored(self, target_type: str, target: str) -> KeySet:
+        """The target's keys as stored, with private keys, states and dates (no event
+        carries the lifecycle, so this reads PostgreSQL directly)."""
+        postgres = self._require_postgres()
+        return postgres.database.read(lambda conn: KeyRepository(conn).load(target_type, target))
+
     def rotate(
         self,
         target_type: str,
         target: str,
-        alg: str = "RS256",
+        alg: str | None = None,
         *,
         publish_for: datetime.timedelta | None = None,
         now: datetime.datetime | None = None,
     ) -> Key:
-        """Create a ``next`` key that starts signing once it has been published long enough."""
+        """Create a ``next`` key that starts signing once it has been published long enough.
+
+        Without ``alg``, the new key has the algorithm of the active signing key
+        it replaces (RS256 for a target with none).
+        """
         moment = now or _now()
-        new_key = generate_key(alg)
         wait = publish_for if publish_for is not None else self._lifecycle.publish_for
-        keys = self._modify(
-            target_type, target, lambda stored: lifecycle.rotate(stored, new_key, moment, wait)
-        )
+        new_keys: list[Key] = []
+
+        def rotate(stored: KeySet) -> list[Key]:
+            signer = next((k for k in stored if k.state == "active" and k.use == "sig"), None)
+            new_keys.append(generate_key(alg or (signer.alg if signer else "RS256")))
+            return lifecycle.rotate(stored, new_keys[0], moment, wait)
+
+        keys = self._modify(target_type, target, rotate)
+        new_key = new_keys[0]
         return next(key for key in keys if key.kid == new_key.kid)
 
     def activate(
