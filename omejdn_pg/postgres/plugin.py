@@ -63,7 +63,7 @@ class PostgresBackendPlugin:
         """Connect, check the schema, and register handlers for the configured groups."""
         self.settings = settings = loader.configuration.backend_settings()
         self.policy = PasswordPolicy(settings.passwords)
-        database = Database.connect(settings.connection, settings.pool)
+        database = Database.for_backend(settings)
         try:
             database.read(_check_schema)
         except BaseException:
