@@ -42,6 +42,8 @@ _PLUGIN_KEYS: Final = (
     "passwords",
     "key_events",
     "key_lifecycle",
+    "statement_timeout",
+    "lock_timeout",
 )
 KEY_EVENT_FORMS: Final = ("jwks", "key_material")
 """``jwks``: Omejdn's current core (JWK Sets); ``key_material``: the core before it."""
@@ -303,6 +305,25 @@ class KeyLifecycleSettings:
 
 
 @dataclass(frozen=True)
+class TimeoutSettings:
+    """Bounds on every statement and every lock wait of the plugin's connections.
+
+    Sent as libpq startup ``options``, so they hold from a connection's first
+    statement without a round trip of their own. Zero turns a bound off.
+    """
+
+    statement: datetime.timedelta = datetime.timedelta(seconds=5)
+    lock: datetime.timedelta = datetime.timedelta(seconds=2)
+
+    def options(self) -> str:
+        """``-c statement_timeout=... -c lock_timeout=...`` in milliseconds."""
+        parts = []
+        for name, value in (("statement_timeout", self.statement), ("lock_timeout", self.lock)):
+            parts.append(f"-c {name}={int(value.total_seconds() * 1000)}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
 class BackendSettings:
     """The ``plugins.postgres_backend`` section."""
 
@@ -313,6 +334,7 @@ class BackendSettings:
     key_events: str = "jwks"
     """The key events' form: ``jwks`` (current Omejdn) or ``key_material`` (before JWKS)."""
     key_lifecycle: KeyLifecycleSettings = field(default_factory=KeyLifecycleSettings)
+    timeouts: TimeoutSettings = field(default_factory=lambda: TimeoutSettings())
     source: str = "<defaults>"
     """Where the section came from, for messages."""
 
@@ -414,6 +436,12 @@ def parse_backend_section(section: object, source: str) -> BackendSettings:
             section.get("key_events", "jwks"), f"{where}.key_events", KEY_EVENT_FORMS
         ),
         key_lifecycle=_parse_key_lifecycle(section.get("key_lifecycle"), f"{where}.key_lifecycle"),
+        timeouts=TimeoutSettings(
+            statement=_duration_setting(
+                section.get("statement_timeout"), f"{where}.statement_timeout", "5s"
+            ),
+            lock=_duration_setting(section.get("lock_timeout"), f"{where}.lock_timeout", "2s"),
+        ),
         source=source,
     )
 
@@ -451,11 +479,18 @@ def _parse_key_lifecycle(value: object, where: str) -> KeyLifecycleSettings:
     return dataclasses.replace(defaults, **durations)
 
 
-_DURATION: Final = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+def _duration_setting(value: object, where: str, default: str) -> datetime.timedelta:
+    try:
+        return parse_duration(default if value is None else value, where)
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+
+
+_DURATION: Final = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?")
 
 
 def parse_duration(value: object, field: str) -> datetime.timedelta:
-    """``90``, ``"90s"``, ``"30m"``, ``"25h"``, ``"2d"``, ``"1d12h"`` as a timedelta."""
+    """``90``, ``"90s"``, ``"30m"``, ``"25h"``, ``"2d"``, ``"1d12h"``, ``"250ms"``."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return datetime.timedelta(seconds=value)
     if isinstance(value, str):
@@ -464,8 +499,10 @@ def parse_duration(value: object, field: str) -> datetime.timedelta:
             return datetime.timedelta(seconds=int(text))
         found = _DURATION.fullmatch(text)
         if text and found is not None:
-            days, hours, minutes, seconds = (int(part or 0) for part in found.groups())
-            return datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+            days, hours, minutes, seconds, millis = (int(part or 0) for part in found.groups())
+            return datetime.timedelta(
+                days=days, hours=hours, minutes=minutes, seconds=seconds, milliseconds=millis
+            )
     raise ValueError(f"{field}: {value!r} is not a duration (seconds, or e.g. 30m, 25h, 2d, 1d12h)")
 
 

@@ -422,7 +422,7 @@ class Host:
         plugin = PostgresBackendPlugin()
         plugin.settings = settings
         plugin.attach(
-            database or Database.connect(settings.connection, settings.pool),
+            database or Database.for_backend(settings),
             PasswordPolicy(settings.passwords),
         )
         plugin.register(loader, settings.handlers)

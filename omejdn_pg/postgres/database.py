@@ -9,9 +9,15 @@ Two ways in, because reads and writes want different things:
   (server restart, failover) is retried once on a fresh one, which is safe
   because a read has no effect to repeat.
 * :meth:`Database.write` runs in one transaction that commits only if the
-  whole operation returns; a write is never retried, because we cannot know
-  whether the lost COMMIT landed. It fails with StorageUnavailable instead,
-  and the database guarantees nothing half-written.
+  whole operation returns. A connection found dead before COMMIT was sent
+  (a pooled connection that died while idle, a server restart, a failover)
+  cannot have committed anything, so the whole operation is run once more on
+  a fresh connection. A connection lost *during* COMMIT is different: the
+  commit may or may not have landed, so that is reported as
+  StorageUnavailable saying the outcome is unknown, never retried. A
+  serialization failure or a deadlock (SQLSTATE 40001, 40P01) rolled the
+  whole transaction back, so it is retried a few times with a short jittered
+  backoff. Either way the database guarantees nothing half-written.
 * :meth:`Database.batch` lets many operations (say, an import of thousands of
   users fired as one event each) share one transaction: inside it, reads and
   writes of the same thread join the batch, which commits whole or not at all.
@@ -22,6 +28,8 @@ Driver errors are translated here, once, into the package's own exceptions.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,7 +40,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc
 
 from omejdn_pg.errors import OmejdnPgError, SchemaOutOfDate, StorageError, StorageUnavailable
 from omejdn_pg.postgres.schema import metadata
-from omejdn_pg.settings import ConnectionSettings, PoolSettings
+from omejdn_pg.settings import BackendSettings, ConnectionSettings, PoolSettings, TimeoutSettings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -40,17 +48,27 @@ log = logging.getLogger(__name__)
 _SCHEMA_TABLES = frozenset(metadata.tables)
 
 
-def build_engine(connection: ConnectionSettings, pool: PoolSettings | None = None) -> Engine:
+def build_engine(
+    connection: ConnectionSettings,
+    pool: PoolSettings | None = None,
+    timeouts: TimeoutSettings | None = None,
+) -> Engine:
     """An engine whose connections are made by psycopg from libpq keywords.
 
     The URL carries no host, user or password: everything goes through
     ``connect_args``, so nothing secret is in ``engine.url`` or its repr, and
     multi-host strings, service files and ``PG*`` variables work as in libpq.
+    ``timeouts`` are appended to the connection's own ``options``.
     """
     pool = pool or PoolSettings()
+    connect_args = dict(connection.params)
+    if timeouts is not None:
+        connect_args["options"] = " ".join(
+            part for part in (connect_args.get("options", ""), timeouts.options()) if part
+        )
     return create_engine(
         "postgresql+psycopg://",
-        connect_args=dict(connection.params),
+        connect_args=connect_args,
         pool_size=pool.size,
         max_overflow=pool.max_overflow,
         pool_timeout=pool.timeout,
@@ -72,8 +90,18 @@ class Database:
         self._batch: ContextVar[Connection | None] = ContextVar(f"batch-{id(self)}", default=None)
 
     @classmethod
-    def connect(cls, connection: ConnectionSettings, pool: PoolSettings | None = None) -> Database:
-        return cls(build_engine(connection, pool), connection)
+    def connect(
+        cls,
+        connection: ConnectionSettings,
+        pool: PoolSettings | None = None,
+        timeouts: TimeoutSettings | None = None,
+    ) -> Database:
+        return cls(build_engine(connection, pool, timeouts), connection)
+
+    @classmethod
+    def for_backend(cls, settings: BackendSettings) -> Database:
+        """The plugin's database: its connection, pool and timeouts."""
+        return cls.connect(settings.connection, settings.pool, settings.timeouts)
 
     def __repr__(self) -> str:
         return f"Database({self.connection.describe()})"
@@ -102,9 +130,49 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def write(self, operation: Callable[[Connection], T]) -> T:
-        """Run ``operation`` in one transaction: all of it commits, or none of it."""
-        with self.transaction() as conn:
-            return operation(conn)
+        """Run ``operation`` in one transaction: all of it commits, or none of it.
+
+        ``operation`` may run more than once (see the module docstring), so it
+        must do nothing but database work on the connection it is given.
+        """
+        if self._batch.get() is not None:
+            with self.transaction() as conn:
+                return operation(conn)
+        reconnected = False
+        conflicts = 0
+        while True:
+            committing = False
+            try:
+                with self.engine.connect() as conn:
+                    transaction = conn.begin()
+                    try:
+                        result = operation(conn)
+                    except BaseException:
+                        if transaction.is_active:
+                            transaction.rollback()
+                        raise
+                    committing = True
+                    transaction.commit()
+                    return result
+            except exc.DBAPIError as error:
+                if committing and _connection_lost(error):
+                    raise StorageUnavailable(
+                        f"the connection to {self.connection.describe()} was lost during "
+                        "COMMIT: the outcome of the write is unknown; read before retrying"
+                    ) from error
+                if not committing and _connection_lost(error) and not reconnected:
+                    reconnected = True
+                    log.info("retrying a write on a fresh connection after a disconnect")
+                    continue
+                if _sqlstate(error) in RETRYABLE_STATES and conflicts < MAX_CONFLICT_RETRIES:
+                    conflicts += 1
+                    time.sleep(random.uniform(0.005, 0.02) * 2**conflicts)  # noqa: S311
+                    continue
+                raise self.translate(error) from error
+            except OmejdnPgError:
+                raise
+            except exc.SQLAlchemyError as error:
+                raise self.translate(error) from error
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -213,6 +281,27 @@ def count_statements(engine: Engine) -> list[str]:
 # OperationalErrors too, but the server is there and the next call may work).
 _UNAVAILABLE_CLASSES: Final = ("08", "28")
 _UNAVAILABLE_STATES: Final = frozenset({"57P01", "57P02", "57P03", "53300", "3D000"})
+
+
+RETRYABLE_STATES: Final = frozenset({"40001", "40P01"})
+"""serialization_failure, deadlock_detected: the transaction was rolled back whole."""
+MAX_CONFLICT_RETRIES: Final = 3
+
+
+def _sqlstate(error: exc.DBAPIError) -> str | None:
+    state = getattr(error.orig, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def _connection_lost(error: exc.DBAPIError) -> bool:
+    """Whether the connection itself broke (not a statement that the server refused)."""
+    if error.connection_invalidated:
+        return True
+    original = error.orig
+    if isinstance(original, psycopg.OperationalError):
+        state = original.sqlstate
+        return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+    return False
 
 
 def _is_unavailable(original: object) -> bool:
