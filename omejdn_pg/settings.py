@@ -44,6 +44,7 @@ _PLUGIN_KEYS: Final = (
     "key_lifecycle",
     "statement_timeout",
     "lock_timeout",
+    "key_encryption",
 )
 KEY_EVENT_FORMS: Final = ("jwks", "key_material")
 """``jwks``: Omejdn's current core (JWK Sets); ``key_material``: the core before it."""
@@ -335,6 +336,10 @@ class BackendSettings:
     """The key events' form: ``jwks`` (current Omejdn) or ``key_material`` (before JWKS)."""
     key_lifecycle: KeyLifecycleSettings = field(default_factory=KeyLifecycleSettings)
     timeouts: TimeoutSettings = field(default_factory=lambda: TimeoutSettings())
+    key_encryption: tuple[Mapping[str, str], ...] = ()
+    """Key-encryption keys, ``{id, env}`` or ``{id, file}``: the first seals private keys,
+    every one opens them. Empty: private keys are stored as plain PEM (readable by a
+    Ruby Omejdn sharing the database)."""
     source: str = "<defaults>"
     """Where the section came from, for messages."""
 
@@ -436,6 +441,9 @@ def parse_backend_section(section: object, source: str) -> BackendSettings:
             section.get("key_events", "jwks"), f"{where}.key_events", KEY_EVENT_FORMS
         ),
         key_lifecycle=_parse_key_lifecycle(section.get("key_lifecycle"), f"{where}.key_lifecycle"),
+        key_encryption=_parse_key_encryption(
+            section.get("key_encryption"), f"{where}.key_encryption"
+        ),
         timeouts=TimeoutSettings(
             statement=_duration_setting(
                 section.get("statement_timeout"), f"{where}.statement_timeout", "5s"
@@ -477,6 +485,33 @@ def _parse_key_lifecycle(value: object, where: str) -> KeyLifecycleSettings:
             except ValueError as error:
                 raise ConfigurationError(str(error)) from None
     return dataclasses.replace(defaults, **durations)
+
+
+def _parse_key_encryption(value: object, where: str) -> tuple[Mapping[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigurationError(
+            f"{where} must be a list of {{id, env: VARIABLE}} or {{id, file: PATH}}"
+        )
+    entries = []
+    for index, entry in enumerate(value):
+        here = f"{where}[{index}]"
+        if (
+            not isinstance(entry, Mapping)
+            or not isinstance(entry.get("id"), str)
+            or not entry["id"]
+        ):
+            raise ConfigurationError(f"{here} must be a mapping with a non-empty 'id'")
+        sources = [name for name in ("env", "file") if name in entry]
+        unknown = sorted(set(map(str, entry)) - {"id", "env", "file"})
+        if unknown or len(sources) != 1 or not isinstance(entry[sources[0]], str):
+            raise ConfigurationError(
+                f"{here} ({entry['id']!r}) needs exactly one of 'env' (a variable name) or "
+                "'file' (a path), and nothing else"
+            )
+        entries.append({"id": entry["id"], sources[0]: entry[sources[0]]})
+    return tuple(entries)
 
 
 def _duration_setting(value: object, where: str, default: str) -> datetime.timedelta:

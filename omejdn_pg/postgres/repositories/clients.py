@@ -71,6 +71,7 @@ from omejdn_pg.postgres.schema import (
     ClientFieldRecord,
     KeyRecord,
 )
+from omejdn_pg.sealing import Keyring
 from omejdn_pg.settings import BACKEND_NAME
 
 _clients: Final = cast(Table, ClientFieldRecord.__table__)
@@ -138,9 +139,12 @@ class ClientRepository:
     client's certificate.
     """
 
-    def __init__(self, conn: Connection, *, jwks: bool = True) -> None:
+    def __init__(
+        self, conn: Connection, *, jwks: bool = True, keyring: Keyring | None = None
+    ) -> None:
         self.conn = conn
         self.jwks = jwks
+        self.keys = KeyRepository(conn, keyring)
 
     # --- reads -------------------------------------------------------------------
 
@@ -195,9 +199,7 @@ class ClientRepository:
         # As Omejdn's client store: the metadata is the whole client, so a
         # client written without ``jwks`` has no keys.
         if self.jwks:
-            KeyRepository(self.conn).store(
-                CLIENT_CERTIFICATE_TARGET_TYPE, values["id"], values["keys"]
-            )
+            self.keys.store(CLIENT_CERTIFICATE_TARGET_TYPE, values["id"], values["keys"])
 
     def delete(self, client_id: str) -> bool:
         """Delete the client, its attributes and its keys; False if there was no such client.
@@ -220,7 +222,7 @@ class ClientRepository:
         """The client's certificate: the first of its signing key's chain, or None."""
         if not storable_text(client_id):
             return None
-        keys = KeyRepository(self.conn).load(CLIENT_CERTIFICATE_TARGET_TYPE, client_id)
+        keys = self.keys.load(CLIENT_CERTIFICATE_TARGET_TYPE, client_id)
         chains = [key.certificates for key in keys if key.certificates]
         return chains[0][0] if chains else None
 
@@ -241,7 +243,7 @@ class ClientRepository:
         if certificate is not None:
             public = certificate.public_key()
             keys = [Key(public_key=public, certificates=[certificate])]  # type: ignore[arg-type]
-        KeyRepository(self.conn).store(CLIENT_CERTIFICATE_TARGET_TYPE, client_id, keys)
+        self.keys.store(CLIENT_CERTIFICATE_TARGET_TYPE, client_id, keys)
 
     def _checked(self, client: Client) -> dict[str, Any]:
         """Bind values for ``client``, every one checked before any SQL is sent."""
@@ -272,7 +274,10 @@ class ClientRepository:
         fields.pop("client_id", None)
         if self.jwks and row.keys:
             keys = keys_from_rows(
-                CLIENT_CERTIFICATE_TARGET_TYPE, row.client_id, (_KeyRow(r) for r in row.keys)
+                CLIENT_CERTIFICATE_TARGET_TYPE,
+                row.client_id,
+                (_KeyRow(r) for r in row.keys),
+                self.keys.keyring,
             )
             fields[JWKS_FIELD] = keys.to_jwks(private=False)
         # The key column is the authority on which client this is; client_id first

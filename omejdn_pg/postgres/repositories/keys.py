@@ -18,6 +18,13 @@ back whole. Sets are small (:attr:`KeySet.MAX_KEYS`), so rewriting one costs
 less than reasoning about partial updates, and a reader — one statement, one
 snapshot — never sees half of a change.
 
+With a keyring (setting ``key_encryption``), private keys are sealed as they
+are written and opened as they are read (:mod:`omejdn_pg.sealing`); each
+sealed value is bound to ``(target_type, target, kid, "sk")`` — the row kind
+without its ``extra_`` prefix, since a key changes between ``sk`` and
+``extra_sk`` as the lifecycle reorders the set. Public keys and chains are
+never sealed: they are published anyway.
+
 Reads are single statements. Parsing is strict: a stored PEM that cannot be
 read raises InvalidKeyMaterial naming the target instead of being skipped,
 because silently missing a signing key is worse than a clear error.
@@ -48,6 +55,7 @@ from omejdn_pg.postgres.schema import (
     SECRET_KEY,
     KeyRecord,
 )
+from omejdn_pg.sealing import Keyring, is_sealed, row_context, sealed_by
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +97,9 @@ _warned: set[tuple[str, str, str, str]] = set()
 class KeyRepository:
     """Key sets per ``(target_type, target)`` on a connection the caller owns."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, keyring: Keyring | None = None) -> None:
         self.conn = conn
+        self.keyring = keyring or Keyring()
 
     # --- reads -------------------------------------------------------------------
 
@@ -98,7 +107,7 @@ class KeyRepository:
         """The target's keys in lifecycle order, in one statement; empty if none."""
         target_type, target = check_target(target_type, target)
         rows = self.conn.execute(_LOAD, {"target_type": target_type, "target": target})
-        return keys_from_rows(target_type, target, rows)
+        return keys_from_rows(target_type, target, rows, self.keyring)
 
     def load_all(self, target_type: str) -> list[tuple[str, KeySet]]:
         """Every target of ``target_type`` with its keys, ordered by target, in one statement."""
@@ -107,7 +116,8 @@ class KeyRepository:
         for row in self.conn.execute(_LOAD_ALL, {"target_type": target_type}):
             grouped.setdefault(row.target, []).append(row)
         return [
-            (target, keys_from_rows(target_type, target, rows)) for target, rows in grouped.items()
+            (target, keys_from_rows(target_type, target, rows, self.keyring))
+            for target, rows in grouped.items()
         ]
 
     def targets(self, target_type: str | None = None) -> list[tuple[str, str]]:
@@ -175,7 +185,7 @@ class KeyRepository:
         _lock(self.conn, target_type, target)
         stored = self.load(target_type, target)
         result = KeySet(lifecycle.ordered(change(stored)))
-        rows = key_rows(target_type, target, result)
+        rows = key_rows(target_type, target, result, self.keyring)
         self.conn.execute(
             delete(KEYS).where(KEYS.c.target_type == target_type, KEYS.c.target == target)
         )
@@ -216,6 +226,51 @@ class KeyRepository:
                 lifecycle.Change(target_type, target, kid, change) for kid, change in found
             )
         return changes
+
+    def rewrap(self) -> dict[str, int]:
+        """Seal every private key under the keyring's current KEK, in the caller's
+        transaction; ``{kek id: values re-sealed}`` (``plaintext`` for keys sealed
+        for the first time). Interrupted, the transaction rolls back whole, so
+        every value still opens with the keys that sealed it."""
+        rows = self.conn.execute(
+            select(KEYS.c.target_type, KEYS.c.target, KEYS.c.kid, KEYS.c.type, KEYS.c.value)
+            .where(KEYS.c.type.in_(_KEY_TYPES))
+            .with_for_update()
+        ).all()
+        done: dict[str, int] = {}
+        for row in rows:
+            if not (is_sealed(row.value) or _is_private_pem(row.value)):
+                continue
+            what = f"keys {row.target_type}/{row.target}: key {row.kid}"
+            context = row_context(row.target_type, row.target, row.kid, SECRET_KEY)
+            resealed = self.keyring.rewrap(row.value, context, what)
+            if resealed != row.value:
+                origin = sealed_by(row.value) or "plaintext"
+                done[origin] = done.get(origin, 0) + 1
+                self.conn.execute(
+                    KEYS.update()
+                    .where(
+                        KEYS.c.target_type == row.target_type,
+                        KEYS.c.target == row.target,
+                        KEYS.c.kid == row.kid,
+                        KEYS.c.type == row.type,
+                    )
+                    .values(value=resealed)
+                )
+        return done
+
+    def sealing_report(self) -> dict[str, int]:
+        """How many private keys each KEK seals (``plaintext``: not sealed at all)."""
+        counts: dict[str, int] = {}
+        for (value,) in self.conn.execute(select(KEYS.c.value).where(KEYS.c.type.in_(_KEY_TYPES))):
+            if is_sealed(value) or _is_private_pem(value):
+                origin = sealed_by(value) or "plaintext"
+                counts[origin] = counts.get(origin, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def _is_private_pem(value: str) -> bool:
+    return "PRIVATE KEY-----" in value
 
 
 def check_target(target_type: object, target: object) -> tuple[str, str]:
@@ -260,8 +315,11 @@ def _with_lifecycle(key: Key, **changes: Any) -> Key:
     return dataclasses.replace(key, **changes)
 
 
-def key_rows(target_type: str, target: str, keys: Iterable[Key]) -> list[dict[str, Any]]:
-    """The rows of a set, the first key as ``sk``/``certs`` and the rest as ``extra_*``."""
+def key_rows(
+    target_type: str, target: str, keys: Iterable[Key], keyring: Keyring | None = None
+) -> list[dict[str, Any]]:
+    """The rows of a set, the first key as ``sk``/``certs`` and the rest as ``extra_*``;
+    private keys sealed when ``keyring`` has a key-encryption key."""
     rows = []
     for position, key in enumerate(keys):
         params = {name: value for name, value in key.params.items() if name != "kid"}
@@ -280,6 +338,8 @@ def key_rows(target_type: str, target: str, keys: Iterable[Key]) -> list[dict[st
         }
         first = position == 0
         key_pem = key.key_pem()
+        if key_pem is not None and key.private_key is not None and keyring:
+            key_pem = keyring.seal(key_pem, row_context(target_type, target, key.kid, SECRET_KEY))
         if key_pem is not None:
             rows.append(
                 {**common, "type": SECRET_KEY if first else EXTRA_SECRET_KEY, "value": key_pem}
@@ -295,7 +355,9 @@ def key_rows(target_type: str, target: str, keys: Iterable[Key]) -> list[dict[st
     return rows
 
 
-def keys_from_rows(target_type: str, target: str, rows: Iterable[Any]) -> KeySet:
+def keys_from_rows(
+    target_type: str, target: str, rows: Iterable[Any], keyring: Keyring | None = None
+) -> KeySet:
     """A set from its rows (``KEY_COLUMNS``, in any order), in lifecycle order.
 
     Rows are grouped by kid; ``''`` (a row of the Ruby plugin's) is one key
@@ -307,6 +369,12 @@ def keys_from_rows(target_type: str, target: str, rows: Iterable[Any]) -> KeySet
         entry = grouped.setdefault(row.kid, {"row": row})
         if row.type in _KEY_TYPES:
             entry["key"] = row.value
+            if is_sealed(row.value):
+                entry["key"] = (keyring or Keyring()).open(
+                    row.value,
+                    row_context(target_type, target, row.kid, SECRET_KEY),
+                    f"keys {target_type}/{target}: key {row.kid}",
+                )
         elif row.type in _CHAIN_TYPES:
             entry["chain"] = row.value
     keys = []

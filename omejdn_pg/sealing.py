@@ -1,0 +1,243 @@
+"""Private keys sealed at rest: envelope encryption bound to the row that holds the value.
+
+A sealed value is ``$omejdn-pg-sealed$v1$<kek id>$<wrapped key>$<ciphertext>``:
+a fresh 256-bit data key encrypts the PEM with AES-256-GCM, and the
+key-encryption key (KEK) named in the value wraps that data key with
+AES-256-GCM too. Both encryptions take the row's identity —
+``target_type``, ``target``, ``kid`` and the row kind — as associated data, so
+a sealed value copied to another row (another target, another kid) does not
+open, and the value says which KEK opens it, so several can be configured:
+the first seals, all open. Re-wrapping under a new KEK touches only the
+wrapped data key, never the key material's ciphertext.
+
+The trade-offs, stated where they are made: a database superuser still sees
+which targets have keys and can delete them (sealing is about reading, not
+integrity of the whole table); whoever holds a KEK and a dump reads every key
+it sealed; and a Ruby Omejdn sharing the database cannot read sealed keys at
+all, since it expects a PEM in ``value``.
+
+KEKs come from an environment variable or a file (32 bytes, base64 or
+base64url; a file may hold the raw 32 bytes). A KMS is one more
+:class:`KeySource`: anything that can wrap and unwrap a data key by id.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial
+
+PREFIX: Final = "$omejdn-pg-sealed$v1$"
+NONCE_BYTES: Final = 12
+KEY_BYTES: Final = 32
+
+
+class KeySource(Protocol):
+    """Something that wraps and unwraps data keys under one key-encryption key."""
+
+    @property
+    def id(self) -> str: ...
+
+    def wrap(self, data_key: bytes, context: bytes) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes, context: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class LocalKey:
+    """A key-encryption key held in this process (from an environment variable or a file)."""
+
+    id: str
+    secret: bytes = field(repr=False)
+    origin: str = ""
+    """Where it came from, for messages (the variable's or file's name, never the value)."""
+
+    def __post_init__(self) -> None:
+        if len(self.secret) != KEY_BYTES:
+            raise ConfigurationError(
+                f"key-encryption key {self.id!r} ({self.origin}) must be {KEY_BYTES} bytes, "
+                f"got {len(self.secret)}"
+            )
+
+    def __repr__(self) -> str:
+        return f"LocalKey(id={self.id!r}, origin={self.origin!r})"
+
+    def wrap(self, data_key: bytes, context: bytes) -> bytes:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce + AESGCM(self.secret).encrypt(nonce, data_key, context)
+
+    def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
+        return AESGCM(self.secret).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], context)
+
+
+def row_context(target_type: str, target: str, kid: str, kind: str) -> bytes:
+    """The associated data that binds a sealed value to its row."""
+    return "\x00".join(("omejdn-pg", target_type, target, kid, kind)).encode("utf-8")
+
+
+class Keyring:
+    """The configured key-encryption keys: the first seals, every one opens."""
+
+    def __init__(self, keys: Sequence[KeySource] = ()) -> None:
+        ids = [key.id for key in keys]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ConfigurationError(f"key-encryption key ids must be unique: {duplicates}")
+        self.keys = list(keys)
+        self._by_id = {key.id: key for key in keys}
+
+    def __repr__(self) -> str:
+        return f"Keyring({[key.id for key in self.keys]!r})"
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    @property
+    def current(self) -> KeySource | None:
+        return self.keys[0] if self.keys else None
+
+    def seal(self, plaintext: str, context: bytes) -> str:
+        """``plaintext`` sealed under the current KEK; unchanged when none is configured."""
+        kek = self.current
+        if kek is None:
+            return plaintext
+        data_key = AESGCM.generate_key(bit_length=256)
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        ciphertext = nonce + AESGCM(data_key).encrypt(nonce, plaintext.encode("utf-8"), context)
+        wrapped = kek.wrap(data_key, context)
+        return f"{PREFIX}{kek.id}${_b64(wrapped)}${_b64(ciphertext)}"
+
+    def open(self, value: str, context: bytes, what: str) -> str:
+        """The plaintext of a sealed ``value`` (a plain value is returned as it is)."""
+        if not is_sealed(value):
+            return value
+        kek_id, wrapped, ciphertext = _parts(value, what)
+        kek = self._by_id.get(kek_id)
+        if kek is None:
+            configured = ", ".join(repr(k.id) for k in self.keys) or "none"
+            raise InvalidKeyMaterial(
+                f"{what}: sealed by key-encryption key {kek_id!r}, which is not configured "
+                f"(configured: {configured})"
+            )
+        try:
+            data_key = kek.unwrap(wrapped, context)
+            nonce, body = ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:]
+            return AESGCM(data_key).decrypt(nonce, body, context).decode("utf-8")
+        except (InvalidTag, ValueError) as error:
+            raise InvalidKeyMaterial(
+                f"{what}: key-encryption key {kek_id!r} does not open the sealed value "
+                "(a different key under the same id, or a value copied from another row)"
+            ) from error
+
+    def rewrap(self, value: str, context: bytes, what: str) -> str:
+        """``value`` sealed under the current KEK: a sealed one gets its data key wrapped
+        anew (the ciphertext is kept), a plain one is sealed."""
+        kek = self.current
+        if kek is None:
+            raise ConfigurationError("no key-encryption key is configured to seal with")
+        if not is_sealed(value):
+            return self.seal(value, context)
+        kek_id, wrapped, ciphertext = _parts(value, what)
+        if kek_id == kek.id:
+            return value
+        old = self._by_id.get(kek_id)
+        if old is None:
+            raise InvalidKeyMaterial(
+                f"{what}: sealed by key-encryption key {kek_id!r}, which is not configured"
+            )
+        try:
+            data_key = old.unwrap(wrapped, context)
+        except (InvalidTag, ValueError) as error:
+            raise InvalidKeyMaterial(
+                f"{what}: key-encryption key {kek_id!r} does not open the sealed value"
+            ) from error
+        return f"{PREFIX}{kek.id}${_b64(kek.wrap(data_key, context))}${_b64(ciphertext)}"
+
+    @classmethod
+    def from_settings(
+        cls, entries: Iterable[Mapping[str, str]], environ: Mapping[str, str] | None = None
+    ) -> Keyring:
+        """KEKs from ``[{id, env: NAME} | {id, file: PATH}, ...]``."""
+        env = os.environ if environ is None else environ
+        keys: list[KeySource] = []
+        for entry in entries:
+            kek_id = entry["id"]
+            if "env" in entry:
+                name = entry["env"]
+                origin = f"environment variable {name}"
+                text = env.get(name)
+                if not text:
+                    raise ConfigurationError(f"key-encryption key {kek_id!r}: {origin} is not set")
+                secret = _decode_secret(text.strip().encode("ascii", "replace"), kek_id, origin)
+            else:
+                path = Path(entry["file"])
+                origin = f"file {path}"
+                try:
+                    raw = path.read_bytes()
+                except OSError as error:
+                    raise ConfigurationError(
+                        f"key-encryption key {kek_id!r}: cannot read {origin}: {error.strerror}"
+                    ) from None
+                secret = (
+                    raw if len(raw) == KEY_BYTES else _decode_secret(raw.strip(), kek_id, origin)
+                )
+            keys.append(LocalKey(kek_id, secret, origin))
+        return cls(keys)
+
+
+def is_sealed(value: str) -> bool:
+    return value.startswith(PREFIX)
+
+
+def sealed_by(value: str) -> str | None:
+    """The id of the KEK that sealed ``value``, or None for a plain value."""
+    if not is_sealed(value):
+        return None
+    return value[len(PREFIX) :].split("$", 1)[0]
+
+
+def generate_secret() -> str:
+    """A new key-encryption key, base64url, for an environment variable or a file."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)).decode("ascii")
+
+
+def _parts(value: str, what: str) -> tuple[str, bytes, bytes]:
+    try:
+        kek_id, wrapped, ciphertext = value[len(PREFIX) :].split("$")
+        return kek_id, _unb64(wrapped), _unb64(ciphertext)
+    except (ValueError, binascii.Error) as error:
+        raise InvalidKeyMaterial(f"{what}: the sealed value is malformed") from error
+
+
+def _decode_secret(text: bytes, kek_id: str, origin: str) -> bytes:
+    try:
+        padded = text + b"=" * (-len(text) % 4)
+        secret = base64.urlsafe_b64decode(padded.replace(b"+", b"-").replace(b"/", b"_"))
+    except (binascii.Error, ValueError):
+        raise ConfigurationError(
+            f"key-encryption key {kek_id!r} ({origin}) is not base64"
+        ) from None
+    if len(secret) != KEY_BYTES:
+        raise ConfigurationError(
+            f"key-encryption key {kek_id!r} ({origin}) must decode to {KEY_BYTES} bytes, "
+            f"got {len(secret)}"
+        )
+    return secret
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
