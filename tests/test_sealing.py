@@ -181,3 +181,41 @@ def test_key_encryption_settings_are_checked(tmp_path: Path) -> None:
     raw = tmp_path / "kek"
     raw.write_bytes(os.urandom(32))
     assert Keyring.from_settings([{"id": "f", "file": str(raw)}]).current is not None
+
+
+def test_the_plugin_seals_what_keys_store_sends_and_keys_load_opens_it(
+    database: ConnectionSettings,
+    tmp_path: Path,
+    plain_sql: PlainSQL,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from omejdn_pg import PluginLoader
+    from omejdn_pg.host import events
+    from omejdn_pg.host.facade import Host
+
+    from .test_events import plugin_yaml
+
+    monkeypatch.setenv("OMEJDN_PG_TEST_KEK", NEW)
+    path = tmp_path / "plugins.yml"
+    path.write_text(
+        plugin_yaml(database).replace(
+            "      passwords:",
+            "      key_encryption: [{id: kek-1, env: OMEJDN_PG_TEST_KEK}]\n      passwords:",
+        )
+    )
+    signer = generate_key("ES256")
+    with PluginLoader.from_files([path], base_dir=tmp_path) as loader:
+        loader.fire(
+            events.KEYS_STORE,
+            target_type="omejdn",
+            target="omejdn",
+            jwks=KeySet([signer]).to_jwks(),
+        )
+        (answer,) = loader.fire(events.KEYS_LOAD, target_type="omejdn", target="omejdn")
+        assert answer == KeySet([signer]).to_jwks()
+        assert Host(loader).keys.sealing_report() == {"kek-1": 1}
+        assert "kek-1" in repr(loader.plugins["postgres_backend"].keyring)  # type: ignore[attr-defined]
+    assert sealed_by(plain_sql.value("SELECT value FROM keys")) == "kek-1"
+    monkeypatch.delenv("OMEJDN_PG_TEST_KEK")
+    with pytest.raises(ConfigurationError, match="OMEJDN_PG_TEST_KEK is not set"):
+        PluginLoader.from_files([path], base_dir=tmp_path)

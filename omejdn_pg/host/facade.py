@@ -33,6 +33,7 @@ from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.config import ConfigRepository
 from omejdn_pg.postgres.repositories.keys import KeyRepository
+from omejdn_pg.sealing import Keyring
 from omejdn_pg.settings import (
     BACKEND_NAME,
     DEFAULT_PLUGINS,
@@ -244,7 +245,7 @@ class Keys:
         """The target's keys as stored, with private keys, states and dates (no event
         carries the lifecycle, so this reads PostgreSQL directly)."""
         postgres = self._require_postgres()
-        return postgres.database.read(lambda conn: KeyRepository(conn).load(target_type, target))
+        return postgres.database.read(lambda conn: postgres.keys(conn).load(target_type, target))
 
     def rotate(
         self,
@@ -312,8 +313,19 @@ class Keys:
         moment = now or _now()
         retire_for = self.retirement_window()
         return postgres.database.write(
-            lambda conn: KeyRepository(conn).maintain(moment, retire_for)
+            lambda conn: postgres.keys(conn).maintain(moment, retire_for)
         )
+
+    def rewrap(self) -> dict[str, int]:
+        """Seal every private key under the first configured key-encryption key, in one
+        transaction: ``{previous sealer (or "plaintext"): count}``."""
+        postgres = self._require_postgres()
+        return postgres.database.write(lambda conn: postgres.keys(conn).rewrap())
+
+    def sealing_report(self) -> dict[str, int]:
+        """How many private keys each key-encryption key seals (``plaintext``: none)."""
+        postgres = self._require_postgres()
+        return postgres.database.read(lambda conn: postgres.keys(conn).sealing_report())
 
     def retirement_window(self) -> datetime.timedelta:
         """How long a retired key stays published (configured, or from the token lifetimes)."""
@@ -336,7 +348,7 @@ class Keys:
     ) -> KeySet:
         postgres = self._require_postgres()
         return postgres.database.write(
-            lambda conn: KeyRepository(conn).modify(target_type, target, change)
+            lambda conn: postgres.keys(conn).modify(target_type, target, change)
         )
 
     def _require_postgres(self) -> PostgresBackendPlugin:
@@ -421,6 +433,7 @@ class Host:
         loader.load_plugins(check=False)
         plugin = PostgresBackendPlugin()
         plugin.settings = settings
+        plugin.keyring = Keyring.from_settings(settings.key_encryption)
         plugin.attach(
             database or Database.for_backend(settings),
             PasswordPolicy(settings.passwords),

@@ -34,6 +34,7 @@ from omejdn_pg.postgres.repositories.clients import ClientRepository
 from omejdn_pg.postgres.repositories.config import ConfigRepository
 from omejdn_pg.postgres.repositories.keys import KeyRepository, public_jwks, signing_jwks
 from omejdn_pg.postgres.repositories.users import UserRepository
+from omejdn_pg.sealing import Keyring
 from omejdn_pg.settings import BACKEND_NAME, BackendSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class PostgresBackendPlugin:
         self._database: Database | None = None
         self.settings: BackendSettings | None = None
         self.policy = PasswordPolicy()
+        self.keyring = Keyring()
+        """Key-encryption keys sealing private keys at rest (none: plain PEM)."""
 
     def __repr__(self) -> str:
         where = self.settings.connection.describe() if self.settings else "not initialised"
@@ -63,6 +66,7 @@ class PostgresBackendPlugin:
         """Connect, check the schema, and register handlers for the configured groups."""
         self.settings = settings = loader.configuration.backend_settings()
         self.policy = PasswordPolicy(settings.passwords)
+        self.keyring = Keyring.from_settings(settings.key_encryption)
         database = Database.for_backend(settings)
         try:
             database.read(_check_schema)
@@ -192,7 +196,11 @@ class PostgresBackendPlugin:
     # --- clients -------------------------------------------------------------------
 
     def _clients(self, conn: Connection) -> ClientRepository:
-        return ClientRepository(conn, jwks=self.jwks)
+        return ClientRepository(conn, jwks=self.jwks, keyring=self.keyring)
+
+    def keys(self, conn: Connection) -> KeyRepository:
+        """The key repository on ``conn``, sealing and opening with this plugin's keyring."""
+        return KeyRepository(conn, self.keyring)
 
     def client_get(self, client_id: str, **_: Any) -> Client | None:
         return self.database.read(lambda conn: self._clients(conn).get(client_id))
@@ -245,7 +253,7 @@ class PostgresBackendPlugin:
 
     def keys_store(self, target_type: str, target: str, jwks: Any, **_: Any) -> None:
         keys = KeySet.from_jwks(jwks, what=f"KEYS_STORE {target_type}/{target}: jwks")
-        self.database.write(lambda conn: KeyRepository(conn).store(target_type, target, keys))
+        self.database.write(lambda conn: self.keys(conn).store(target_type, target, keys))
 
     def keys_load(self, target_type: str, target: str, **_: Any) -> dict[str, Any] | None:
         """The set with the active keys' private members first; None if nothing is stored.
@@ -253,12 +261,12 @@ class PostgresBackendPlugin:
         ``create`` is the host's to act on (Omejdn's core generates the key):
         a backend never invents keys.
         """
-        keys = self.database.read(lambda conn: KeyRepository(conn).load(target_type, target))
+        keys = self.database.read(lambda conn: self.keys(conn).load(target_type, target))
         return signing_jwks(keys) if keys else None
 
     def keys_load_all(self, target_type: str, **_: Any) -> dict[str, Any]:
         """Every key of ``target_type``, next and retired ones included, without private members."""
-        sets = self.database.read(lambda conn: KeyRepository(conn).load_all(target_type))
+        sets = self.database.read(lambda conn: self.keys(conn).load_all(target_type))
         return public_jwks(key for _target, keys in sets for key in keys)
 
     # --- keys: one key_material per target (the core before JWKS) ----------------
@@ -283,17 +291,17 @@ class PostgresBackendPlugin:
             )
         key = key_material.to_key()
         keys = [key] if key is not None else []
-        self.database.write(lambda conn: KeyRepository(conn).store(target_type, target, keys))
+        self.database.write(lambda conn: self.keys(conn).store(target_type, target, keys))
 
     def key_material_load(self, target_type: str, target: str, **_: Any) -> KeyMaterial:
         """The target's signing key (the first of its set) as key material; empty if none."""
-        keys = self.database.read(lambda conn: KeyRepository(conn).load(target_type, target))
+        keys = self.database.read(lambda conn: self.keys(conn).load(target_type, target))
         return KeyMaterial.from_key(keys[0]) if keys else KeyMaterial()
 
     def key_material_load_all(self, target_type: str, **_: Any) -> list[KeyMaterial]:
         """One material per key, so next and retired keys are published too; only active
         keys carry their private key."""
-        sets = self.database.read(lambda conn: KeyRepository(conn).load_all(target_type))
+        sets = self.database.read(lambda conn: self.keys(conn).load_all(target_type))
         return [
             KeyMaterial.from_key(key if key.state == "active" else key.public())
             for _target, keys in sets
