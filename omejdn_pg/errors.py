@@ -29,6 +29,10 @@ class StorageUnavailable(StorageError):
     """The database cannot be reached, or the connection broke mid-operation."""
 
 
+class PermissionDenied(StorageError):
+    """The database role may not do what the operation needs (e.g. create a table)."""
+
+
 class SchemaOutOfDate(StorageError):
     """The database schema is not at the revision this package expects."""
 

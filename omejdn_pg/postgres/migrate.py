@@ -50,6 +50,7 @@ from omejdn_pg.errors import (
     StorageUnavailable,
 )
 from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.repositories.config import KNOWN_SECTIONS, ConfigRepository
 from omejdn_pg.postgres.schema import is_section_table
 from omejdn_pg.settings import ConnectionSettings, PoolSettings, StaticConfiguration
 
@@ -182,6 +183,52 @@ def history() -> list[tuple[str, str]]:
     """Every packaged revision with its message, oldest first."""
     scripts = reversed(list(_scripts().walk_revisions()))
     return [(script.revision, (script.doc or "").strip()) for script in scripts]
+
+
+def grant(target: Target, role: str) -> list[str]:
+    """Prepare the database for a server that runs as ``role`` with DML rights only.
+
+    Run as the schema's owner, after :func:`upgrade`, in one transaction:
+    Omejdn's known configuration sections are provisioned (a DML-only role
+    cannot create their tables on first write), and ``role`` may read and
+    write every table of the schema — tables created later by the owner
+    included (default privileges) — but only read ``alembic_version``.
+    Returns the sections it provisioned.
+    """
+    if isinstance(target, Connection):
+        return _grant(target, role)
+    database = target if isinstance(target, Database) else connect(target)
+    try:
+        return database.write(lambda conn: _grant(conn, role))
+    finally:
+        if not isinstance(target, Database):
+            database.dispose()
+
+
+def _grant(conn: Connection, role: str) -> list[str]:
+    if not conn.exec_driver_sql(
+        "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %(role)s)", {"role": role}
+    ).scalar_one():
+        raise MigrationError(f"role {role!r} does not exist; create it first (CREATE ROLE ...)")
+    if _current(conn) != head():
+        raise SchemaOutOfDate(f"grant needs the schema at revision {head()}; {MIGRATE_HINT}")
+    repository = ConfigRepository(conn)
+    provisioned = [
+        section for section, shape in KNOWN_SECTIONS.items() if repository.provision(section, shape)
+    ]
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    who, schema = quote(role), quote(conn.exec_driver_sql("SELECT current_schema()").scalar_one())
+    dml = "SELECT, INSERT, UPDATE, DELETE"
+    for statement in (
+        f"GRANT USAGE ON SCHEMA {schema} TO {who}",
+        f"GRANT {dml} ON ALL TABLES IN SCHEMA {schema} TO {who}",
+        f"REVOKE INSERT, UPDATE, DELETE ON {VERSION_TABLE} FROM {who}",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {who}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT {dml} ON TABLES TO {who}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE, SELECT ON SEQUENCES TO {who}",
+    ):
+        conn.exec_driver_sql(statement)
+    return provisioned
 
 
 def check_schema(conn: Connection) -> None:

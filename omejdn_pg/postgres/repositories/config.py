@@ -33,6 +33,16 @@ TRUNCATE keeps readers MVCC-consistent: until the commit they see the old
 section whole. Writing a list over a dict section (or back) drops and
 recreates the table in the same transaction; readers wait for that commit.
 
+A server that runs with DML rights only (least privilege) cannot create
+tables: the schema owner provisions the sections beforehand
+(:meth:`ConfigRepository.provision`, ``omejdn-pg config create`` and
+``omejdn-pg migrate --grant``). A provisioned table carries a comment that
+marks it "provisioned": while it is empty it loads as None — never written —
+so Omejdn's core still falls back to its defaults; the price is that
+deliberately storing an empty section there also reads back as None. A store
+that would need a new or reshaped table under such a role fails with the
+command that fixes it, instead of PostgreSQL's bare "permission denied".
+
 jsonb keeps numbers as exact decimals and prints integral values without a
 fraction, so in JSONB sections a float like ``1e16`` comes back as the int
 ``10**16`` (equal in value, not in Python type); TEXT columns keep the text.
@@ -70,7 +80,7 @@ from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.schema import DropTable
 from sqlalchemy.types import TypeEngine
 
-from omejdn_pg.errors import InvalidSectionName, InvalidValue, StorageError
+from omejdn_pg.errors import InvalidSectionName, InvalidValue, PermissionDenied, StorageError
 from omejdn_pg.postgres.repositories.common import check_json, dumps, lock_for_update
 from omejdn_pg.postgres.schema import (
     SECTION_PREFIX,
@@ -81,6 +91,18 @@ from omejdn_pg.postgres.schema import (
 )
 
 Shape = Literal["dict", "list"]
+
+PROVISIONED: Final = "omejdn-pg: provisioned section"
+"""The table comment of a section created ahead of its first write."""
+KNOWN_SECTIONS: Final[dict[str, Shape]] = {
+    "omejdn": "dict",
+    "scope_mapping": "dict",
+    "scope_description": "dict",
+    "webfinger": "dict",
+    "users": "list",
+    "clients": "list",
+}
+"""The sections Omejdn's core and its default plugins write, with their shapes."""
 
 _PG_ATTRIBUTE: Final = table(
     "pg_attribute",
@@ -147,15 +169,56 @@ class ConfigRepository:
         columns = self.conn.execute(_COLUMNS, {"regclass": self._regclass_text(name)}).scalar_one()
         layout = _layout(section, columns) if columns is not None else None
         if layout is None or layout.shape != shape:
-            if layout is not None:
-                self.conn.execute(DropTable(dict_section_table(section)))
-            create = dict_section_table if shape == "dict" else list_section_table
-            create(section).create(self.conn)
+            self._create(section, shape, replace=layout is not None)
             layout = _OURS[shape]
 
         self.conn.execute(delete(table(name)))
         if data:
             self.conn.execute(_insert_statement(name, layout), {"document": payload})
+
+    def provision(self, section: str, shape: Shape = "dict", *, replace: bool = False) -> bool:
+        """Create the section's table ahead of its first write (as the schema owner).
+
+        False if a table of that shape exists already; one of the other shape
+        is replaced only with ``replace`` (its content is lost).
+        """
+        name = section_table_name(section)
+        lock_for_update(self.conn, "config", section)
+        columns = self.conn.execute(_COLUMNS, {"regclass": self._regclass_text(name)}).scalar_one()
+        if columns is not None:
+            layout = _layout(section, columns)
+            if layout.shape == shape:
+                return False
+            if not replace:
+                raise InvalidValue(
+                    f"section {section!r} exists as a {layout.shape}; "
+                    f"replacing it by a {shape} loses its content (replace it explicitly)"
+                )
+        self._create(section, shape, replace=columns is not None)
+        quoted = self.conn.dialect.identifier_preparer.quote_identifier(name)
+        self.conn.exec_driver_sql(f"COMMENT ON TABLE {quoted} IS '{PROVISIONED}'")
+        return True
+
+    def _create(self, section: str, shape: Shape, *, replace: bool) -> None:
+        create = dict_section_table if shape == "dict" else list_section_table
+        try:
+            with self.conn.begin_nested():
+                if replace:
+                    self.conn.execute(DropTable(dict_section_table(section)))
+                create(section).create(self.conn)
+        except sa_exc.ProgrammingError as error:
+            if not isinstance(error.orig, psycopg.errors.InsufficientPrivilege):
+                raise
+            role = self.conn.exec_driver_sql("SELECT current_user").scalar_one()
+            what = (
+                "is a " + ("list" if shape == "dict" else "dict") if replace else "does not exist"
+            )
+            flags = (" --list" if shape == "list" else "") + (" --replace" if replace else "")
+            raise PermissionDenied(
+                f"configuration section {section!r} {what}, and role {role!r} may not "
+                f"create tables; run `omejdn-pg config create {section}{flags}` as the "
+                "schema owner"
+            ) from error
 
     def load(self, section: str) -> dict[str, Any] | list[Any] | None:
         """The section's content, or None if it was never written; one statement."""
@@ -176,7 +239,16 @@ class ConfigRepository:
         if columns is None:
             # Dropped between parsing and execution by a concurrent delete.
             return None
+        if not rows and self._provisioned(name):
+            return None
         return _content(section, _layout(section, columns), rows or [])
+
+    def _provisioned(self, name: str) -> bool:
+        """Whether the (empty) table was provisioned and never written; asked only when empty."""
+        comment = self.conn.execute(
+            select(func.obj_description(func.to_regclass(self._regclass_text(name)), "pg_class"))
+        ).scalar_one()
+        return bool(comment == PROVISIONED)
 
     def sections(self) -> list[str]:
         """Names of the sections that exist (visible on the search path), sorted."""
