@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omejdn_pg import passwords
-from omejdn_pg.errors import InvalidValue
+from omejdn_pg.errors import InvalidValue, PasswordRejected
 
 # The key vocabulary lives in omejdn_pg.keys; these names were defined here
 # before it existed and stay importable from here.
@@ -63,7 +63,9 @@ class User:
     password: str | None = None
     """A hash in modular crypt format (never plaintext), or None (e.g. external users)."""
     attributes: dict[str, Any] = field(default_factory=dict)
-    extern: str | None = None
+    extern: str | bool | None = None
+    """The issuer that vouches for an external user, or True (Omejdn's federation sets
+    either); stored as TEXT, True as ``'true'``."""
     consent: dict[str, Any] = field(default_factory=dict)
     backend: str | None = None
 
@@ -85,14 +87,20 @@ class User:
         if password is not None and not isinstance(password, str):
             raise InvalidValue(f"user {username!r}: 'password' must be a string")
         extern = data.get("extern")
-        if extern is not None and not isinstance(extern, str):
-            raise InvalidValue(f"user {username!r}: 'extern' must be a string")
+        if extern is False:
+            extern = None
+        if extern is not None and extern is not True and not isinstance(extern, str):
+            raise InvalidValue(f"user {username!r}: 'extern' must be an issuer (string) or true")
         consent = data.get("consent") or {}
         if not isinstance(consent, Mapping):
             raise InvalidValue(f"user {username!r}: 'consent' must be a mapping")
+        try:
+            password_hash = passwords.string_to_pass_hash(password) if password else None
+        except PasswordRejected as error:
+            raise PasswordRejected(f"user {username!r}: {error}") from None
         return cls(
             username=username,
-            password=passwords.string_to_pass_hash(password) if password else None,
+            password=password_hash,
             attributes=normalize_attributes(
                 data.get("attributes"), f"user {username!r}: attributes"
             ),

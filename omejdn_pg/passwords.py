@@ -10,6 +10,12 @@ bcrypt only looks at the first 72 bytes of a password. Rather than truncate
 silently — which would let in any password sharing those 72 bytes — a longer
 password is refused when hashing with bcrypt (PasswordRejected) and never
 matches a bcrypt hash when verifying. Argon2 has no such limit.
+
+A hash's cost is the attacker's lever too: one bcrypt hash of cost 31 takes
+days to verify, so a hash imported with it would turn every login of that
+user into a denial of service. Hashes above :data:`MAX_BCRYPT_COST` are
+refused where they come in (``string_to_pass_hash``, i.e. Omejdn's YAML form)
+and never verified (a login against one fails at once).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from omejdn_pg.errors import PasswordRejected
 from omejdn_pg.settings import PasswordSettings
 
 BCRYPT_MAX_BYTES: Final = 72
+MAX_BCRYPT_COST: Final = 16
+"""Omejdn hashes at 12; 16 already takes seconds per verify."""
 _BCRYPT_PREFIXES: Final = ("$2a$", "$2b$", "$2y$")
 
 
@@ -96,6 +104,8 @@ class PasswordPolicy:
             return False, None
         if stored_hash.startswith(_BCRYPT_PREFIXES) and _too_long_for_bcrypt(password):
             return False, None
+        if too_costly(stored_hash):
+            return False, None
         try:
             if self.settings.scheme == "bcrypt" and _too_long_for_bcrypt(password):
                 # The replacement would be a bcrypt hash, which cannot hold this
@@ -113,6 +123,33 @@ class PasswordPolicy:
         return bool(matches), replacement
 
 
+def describe_hash(value: str | None) -> str:
+    """The scheme and cost of a stored hash, never the hash: ``bcrypt cost 12``,
+    ``argon2id``, ``none`` or ``unknown``."""
+    if not value:
+        return "none"
+    if value.startswith(_BCRYPT_PREFIXES):
+        cost = bcrypt_cost(value)
+        return f"bcrypt cost {cost}" if cost is not None else "unknown"
+    if value.startswith("$argon2id$"):
+        return "argon2id"
+    if value.startswith(("$argon2i$", "$argon2d$")):
+        return value.split("$")[1]
+    return "unknown"
+
+
+def bcrypt_cost(value: str) -> int | None:
+    parts = value.split("$")
+    if len(parts) >= 4 and value.startswith(_BCRYPT_PREFIXES) and parts[2].isdigit():
+        return int(parts[2])
+    return None
+
+
+def too_costly(value: str) -> bool:
+    cost = bcrypt_cost(value)
+    return cost is not None and cost > MAX_BCRYPT_COST
+
+
 def _too_long_for_bcrypt(password: str) -> bool:
     return len(password.encode("utf-8")) > BCRYPT_MAX_BYTES
 
@@ -125,4 +162,11 @@ def default_policy() -> PasswordPolicy:
 def string_to_pass_hash(value: str, policy: PasswordPolicy | None = None) -> str:
     """Omejdn's ``string_to_pass_hash``: keep an existing hash, hash plaintext."""
     policy = policy or default_policy()
-    return value if policy.is_hash(value) else policy.hash(value)
+    if not policy.is_hash(value):
+        return policy.hash(value)
+    if too_costly(value):
+        raise PasswordRejected(
+            f"a bcrypt hash of cost {bcrypt_cost(value)} is refused: above {MAX_BCRYPT_COST}, "
+            "each login would cost the server seconds to minutes"
+        )
+    return value

@@ -113,7 +113,10 @@ def test_user_extern_consent_and_backend() -> None:
         ({"username": ""}, "a user needs a non-empty string 'username'"),
         ({"username": 7}, "a user needs a non-empty string 'username'"),
         ({"username": "u", "password": 123}, "user 'u': 'password' must be a string"),
-        ({"username": "u", "extern": ["x"]}, "user 'u': 'extern' must be a string"),
+        (
+            {"username": "u", "extern": ["x"]},
+            "user 'u': 'extern' must be an issuer (string) or true",
+        ),
         ({"username": "u", "consent": ["openid"]}, "user 'u': 'consent' must be a mapping"),
         ({"username": "u", "attributes": "x"}, "user 'u': attributes must be a mapping or a list"),
         (

@@ -15,6 +15,7 @@ import datetime
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -28,7 +29,7 @@ from omejdn_pg.host.bootstrap import PluginLoader
 from omejdn_pg.host.events import EventBus
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.keys import Key, KeySet, generate_key
-from omejdn_pg.passwords import PasswordPolicy
+from omejdn_pg.passwords import PasswordPolicy, describe_hash, too_costly
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.config import ConfigRepository
@@ -62,6 +63,20 @@ def backend_default(loader: EventBus, group: str) -> str | None:
         return name
     static: str | None = getattr(loader.configuration, key)
     return static
+
+
+@dataclass(frozen=True)
+class HashReport:
+    kinds: dict[str, int]
+    """``{"bcrypt cost 12": 1200, "argon2id": 3, "none": 4}``."""
+    upgrading: int
+    """Hashes the next successful login replaces (another scheme, a lower cost)."""
+    refused: int
+    """bcrypt hashes above the cost limit: logins against them always fail."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.kinds.values())
 
 
 class Users:
@@ -98,6 +113,32 @@ class Users:
             )
         )
         return bool(answer)
+
+    def hash_report(self, policy: PasswordPolicy | None = None) -> HashReport:
+        """Stored password hashes counted by scheme and cost — never a hash itself —
+        and how many the next successful login will upgrade under ``policy``."""
+        kinds: dict[str, int] = {}
+        example: dict[str, str] = {}
+        for user in self.all():
+            kind = describe_hash(user.password)
+            kinds[kind] = kinds.get(kind, 0) + 1
+            if user.password and kind not in example:
+                example[kind] = user.password
+        policy = policy or PasswordPolicy()
+        upgrading = {
+            kind
+            for kind, stored in example.items()
+            if policy.is_hash(stored) and policy.needs_update(stored) and not too_costly(stored)
+        }
+        return HashReport(
+            kinds=dict(sorted(kinds.items())),
+            upgrading=sum(kinds[kind] for kind in upgrading),
+            refused=sum(
+                count
+                for kind, count in kinds.items()
+                if kind in example and too_costly(example[kind])
+            ),
+        )
 
     def update_password(self, user: User, password: str) -> None:
         self._loader.fire(events.USER_AUTHENTICATION_PASSWORD_CHANGE, user=user, password=password)

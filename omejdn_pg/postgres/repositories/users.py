@@ -263,8 +263,9 @@ class UserRepository:
                 f"{who}: password must be a bcrypt or argon2 hash, not plaintext; "
                 "store a new password with set_password"
             )
-        if user.extern is not None:
-            check_text(user.extern, f"{who}: extern")
+        extern = EXTERN_TRUE if user.extern is True else user.extern
+        if extern is not None:
+            check_text(extern, f"{who}: extern")
         consent = user.consent if user.consent is not None else {}
         if not isinstance(consent, Mapping):
             raise InvalidValue(f"{who}: consent must be a mapping, got {type(consent).__name__}")
@@ -273,10 +274,14 @@ class UserRepository:
         return {
             "name": username,
             "password_hash": password,
-            "extern_idp": user.extern,
+            "extern_idp": extern,
             "consent_doc": dict(consent),
             "attribute_doc": attributes,
         }
+
+
+EXTERN_TRUE: Final = "true"
+"""How ``extern: true`` (an external user without a named issuer) is kept in the TEXT column."""
 
 
 def _to_user(row: Row[Any]) -> User:
@@ -284,7 +289,7 @@ def _to_user(row: Row[Any]) -> User:
         username=row.username,
         password=row.password,
         attributes=dict(row.attributes or {}),
-        extern=row.extern,
+        extern=True if row.extern == EXTERN_TRUE else row.extern,
         consent=dict(row.consent or {}),
         backend=BACKEND_NAME,
     )
