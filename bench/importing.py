@@ -1,0 +1,128 @@
+"""``omejdn-pg import`` as an operator runs it: a generated deployment, a subprocess, ``--url``.
+
+The deployment directory holds ``config/users.yml`` with N users whose
+passwords are already bcrypt hashes (an import of plaintext passwords measures
+bcrypt, not the import). It is written as YAML flow mappings, one user per
+line — valid YAML that a 100,000-user file takes a second to write. Each size
+is imported into a fresh database, then imported again unchanged: the second
+run must find nothing to do, and its time is what an idempotent re-run costs.
+
+Times are wall-clock seconds of the whole command, interpreter start-up
+included (what the operator waits for); beside them are the seconds the
+command's own JSON report gives, and the start-up alone is measured once
+(``omejdn-pg --help``), so small imports can be read without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from bench import seed
+from bench.seed import PasswordHashes
+from bench.server import Server
+from omejdn_pg.settings import ConnectionSettings
+
+_SCRUBBED_ENV: Final = ("OMEJDN_PG_URL", "OMEJDN_PLUGINS", "OMEJDN_PG_DATA")
+
+
+def command() -> list[str]:
+    """The ``omejdn-pg`` console script of this interpreter, else ``python -m omejdn_pg``."""
+    script = Path(sys.executable).with_name("omejdn-pg")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "omejdn_pg"]
+
+
+def write_deployment(directory: Path, count: int, hashes: PasswordHashes) -> Path:
+    """An Omejdn deployment directory with ``count`` users (pre-hashed passwords)."""
+    config = directory / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    with (config / "users.yml").open("w", encoding="utf-8") as out:
+        for index in range(count):
+            user = {
+                "username": seed.username(index),
+                "password": hashes.of(index),
+                "attributes": seed.user_attributes(index),
+            }
+            out.write(f"- {json.dumps(user)}\n")
+    return directory
+
+
+def _run(arguments: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+    began = time.perf_counter()
+    done = subprocess.run(  # checked below, its stderr in the message
+        arguments, capture_output=True, text=True, env=env, timeout=1800
+    )
+    elapsed = time.perf_counter() - began
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(arguments[:1] + arguments[3:])} exited {done.returncode}: "
+            f"{done.stderr.strip()[-2000:]}"
+        )
+    return elapsed, done
+
+
+def startup_seconds() -> float:
+    """Wall time of ``omejdn-pg --help``: the interpreter and the CLI's imports."""
+    return min(_run([*command(), "--help"])[0] for _ in range(2))
+
+
+def import_once(settings: ConnectionSettings, directory: Path) -> dict[str, Any]:
+    """Run ``omejdn-pg --url ... import DIR --json``: wall seconds, and what its report says."""
+    elapsed, done = _run(
+        [*command(), "--url", settings.conninfo(), "import", str(directory), "--json"]
+    )
+    found: dict[str, Any] = {"seconds": round(elapsed, 3), "changes": None, "own_seconds": None}
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        return found
+    if isinstance(report, dict):
+        counts = report.get("counts")
+        if isinstance(counts, dict):
+            found["changes"] = sum(
+                int(per_kind.get(action, 0))
+                for per_kind in counts.values()
+                if isinstance(per_kind, dict)
+                for action in ("create", "update")
+            )
+        if isinstance(report.get("seconds"), int | float):
+            found["own_seconds"] = report["seconds"]
+    return found
+
+
+def measure(server: Server, count: int, hashes: PasswordHashes, workdir: Path) -> dict[str, Any]:
+    """Import ``count`` users into a fresh database, then again with nothing changed."""
+    directory = write_deployment(workdir / f"deployment-{count}", count, hashes)
+    database = server.database(f"import_{count}")
+    try:
+        first = import_once(database, directory)
+        again = import_once(database, directory)
+        stored = _count_users(database)
+    finally:
+        server.drop(database)
+    if stored != count:
+        raise RuntimeError(f"import of {count} users stored {stored}")
+    return {
+        "users": count,
+        "seconds": first["seconds"],
+        "users_per_s": round(count / first["seconds"], 1),
+        "changes": first["changes"],
+        "own_seconds": first["own_seconds"],
+        "reimport_seconds": again["seconds"],
+        "reimport_own_seconds": again["own_seconds"],
+        "reimport_changes": again["changes"],
+    }
+
+
+def _count_users(settings: ConnectionSettings) -> int:
+    import psycopg
+
+    with psycopg.connect(settings.conninfo()) as conn:
+        row = conn.execute("SELECT count(*) FROM users").fetchone()
+    return int(row[0]) if row else 0

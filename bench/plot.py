@@ -1,0 +1,104 @@
+"""The figure: (a) each case's latency as a ratio to its floor, (b) growth with N.
+
+Drawn with matplotlib's Agg backend (no display needed), from the results
+document alone, so a committed JSON can be re-plotted. Panel (a) marks the
+floor (1x) and the issue's target for point reads (1.3x); panel (b) is
+log-log, where linear growth is a line of slope one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+
+TARGET_RATIO = 1.3
+
+
+def draw(results: dict[str, Any], out: Path, stamp: str, quick: bool) -> Path:
+    """``<out>/<stamp>[-quick].png`` and ``latest[-quick].png``; the first path."""
+    figure, (ratios, growth) = plt.subplots(1, 2, figsize=(14, 6.5), layout="constrained")
+    _ratios(ratios, results["latency"])
+    _growth(growth, results["growth"])
+    parameters, server, machine = results["parameters"], results["server"], results["machine"]
+    figure.suptitle(
+        f"omejdn_pg bench {results['started_at'][:10]} · {parameters['users']:,} users · "
+        f"PostgreSQL {server['server_version']} ({server['transport']}) · "
+        f"{machine['cpu']}, {machine['cores']} cores · commit {machine['commit']}",
+        fontsize=10,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if quick else ""
+    path = out / f"{stamp}{suffix}.png"
+    figure.savefig(path, dpi=110)
+    figure.savefig(out / f"latest{suffix}.png", dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _ratios(axes: Any, rows: list[dict[str, Any]]) -> None:
+    names = [row["name"] for row in rows]
+    medians = [row["ratio_median"] for row in rows]
+    p99s = [row["ratio_p99"] for row in rows]
+    colours = {"point read": "tab:blue", "composite": "tab:purple", "write": "tab:orange"}
+    positions = list(range(len(rows)))[::-1]
+    axes.barh(
+        positions,
+        medians,
+        color=[colours.get(row["group"], "tab:green") for row in rows],
+        label="median",
+    )
+    # A p99 far out (one stall on a shared machine) would squash every bar: clip it at
+    # the edge and write its value there.
+    edge = max(2.0, max(medians) * 1.8)
+    shown = [min(p99, edge) for p99 in p99s]
+    axes.scatter(shown, positions, marker="|", s=200, color="black", label="p99", zorder=3)
+    for position, p99 in zip(positions, p99s, strict=True):
+        if p99 > edge:
+            axes.annotate(
+                f"p99 {p99:.1f}x ->",
+                (edge, position),
+                xytext=(-4, 6),
+                textcoords="offset points",
+                ha="right",
+                fontsize=7,
+            )
+    for position, median in zip(positions, medians, strict=True):
+        axes.annotate(
+            f"{median:.2f}x",
+            (median, position),
+            xytext=(4, -4),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    axes.axvline(1.0, color="grey", linewidth=1)
+    axes.axvline(TARGET_RATIO, color="red", linestyle="--", linewidth=1, label="point-read target")
+    axes.set_xlim(0, edge * 1.05)
+    axes.set_yticks(positions, names)
+    axes.set_xlabel("latency / floor (raw psycopg, same SQL, prepared)")
+    axes.set_title("(a) latency ratio to the floor, per event", fontsize=10)
+    axes.legend(loc="lower right", fontsize=8)
+
+
+def _growth(axes: Any, growth: dict[str, Any]) -> None:
+    listing = growth["get_all"]
+    imports = growth["import"]
+    users = [row["users"] for row in listing]
+    axes.plot(users, [r["ours_s"] for r in listing], "o-", label="USER_GET_ALL omejdn_pg")
+    axes.plot(users, [r["floor_s"] for r in listing], "o--", label="USER_GET_ALL floor")
+    axes.plot(users, [r["n_plus_1_s"] for r in listing], "o:", label="USER_GET_ALL Ruby N+1")
+    sizes = [row["users"] for row in imports]
+    axes.plot(sizes, [r["seconds"] for r in imports], "s-", label="import (wall)")
+    axes.plot(sizes, [r["reimport_seconds"] for r in imports], "s--", label="re-import, no change")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("users")
+    axes.set_ylabel("seconds")
+    axes.set_title("(b) growth with the number of users", fontsize=10)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)

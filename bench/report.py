@@ -1,0 +1,180 @@
+"""The results: one JSON document per run, and the tables printed from it.
+
+Everything printed is read back from the JSON document, so the terminal and
+the file never disagree. Files are named by the run's UTC start time; a quick
+run's names end in ``-quick`` (they are not committed, see ``.gitignore``) and
+``latest.json`` / ``latest-quick.json`` always hold the last run of each kind.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+_REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for package in ("omejdn-pg", "SQLAlchemy", "psycopg", "psycopg-binary", "bcrypt"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "work_tree_clean": _git("status", "--porcelain", "--untracked-files=no") == "",
+    }
+
+
+def _git(*arguments: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *arguments], cwd=_REPOSITORY, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def write(results: dict[str, Any], out: Path, stamp: str, quick: bool) -> Path:
+    """``<out>/<stamp>[-quick].json`` and ``latest[-quick].json``; the first path."""
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if quick else ""
+    text = json.dumps(results, indent=2, sort_keys=False) + "\n"
+    path = out / f"{stamp}{suffix}.json"
+    path.write_text(text, encoding="utf-8")
+    (out / f"latest{suffix}.json").write_text(text, encoding="utf-8")
+    return path
+
+
+def _time(us: float | None) -> str:
+    if us is None:
+        return "-"
+    if us >= 1e6:
+        return f"{us / 1e6:.2f} s"
+    if us >= 1e4:
+        return f"{us / 1e3:.1f} ms"
+    return f"{us:.0f} µs"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def print_tables(results: dict[str, Any], console: Console | None = None) -> None:
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file or CI: no width to fit, keep rows whole
+            console = Console(width=150)
+    parameters = results["parameters"]
+    server = results["server"]
+    head = (
+        f"{parameters['users']:,} users, {parameters['clients']:,} clients · "
+        f"PostgreSQL {server['server_version']} ({server['kind']}, {server['transport']}) · "
+        f"{results['machine']['cpu']}, {results['machine']['cores']} cores"
+    )
+    table = Table(title=f"Latency, omejdn_pg vs the floor (raw psycopg, same SQL) · {head}")
+    for column in ("case", "stmts", "ours p50", "ours p99", "floor p50", "floor p99"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    table.add_column("ratio p50", justify="right", style="bold")
+    table.add_column("ratio p99", justify="right")
+    table.add_column("N+1 p50", justify="right")
+    table.add_column("N+1 / ours", justify="right")
+    for row in results["latency"]:
+        n_plus_1 = row.get("n_plus_1")
+        table.add_row(
+            row["name"],
+            str(row["statements"]),
+            _time(row["ours"]["median_us"]),
+            _time(row["ours"]["p99_us"]),
+            _time(row["floor"]["median_us"]),
+            _time(row["floor"]["p99_us"]),
+            _ratio(row["ratio_median"]),
+            _ratio(row["ratio_p99"]),
+            _time(n_plus_1["median_us"]) if n_plus_1 else "",
+            _ratio(row.get("n_plus_1_over_ours")) if n_plus_1 else "",
+        )
+    for row in results["cached"]["rows"]:
+        table.add_row(f"{row['name']} (cached)", "", "null", "null", "", "", "null", "", "", "")
+    console.print(table)
+    console.print(f"[dim]cached rows: {results['cached']['note']}[/dim]")
+
+    tp = results["throughput"]
+    table = Table(title=f"Throughput of {tp['event']} (ops/s; errors must be 0)")
+    for column in ("threads", "pool", "omejdn_pg", "errors", "floor (1 conn/thread)", "errors "):
+        table.add_column(column, justify="right")
+    for row in tp["rows"]:
+        table.add_row(
+            str(row["threads"]),
+            row["pool"],
+            f"{row['ours']['ops_per_s']:,.0f}",
+            str(row["ours"]["errors"]),
+            f"{row['floor']['ops_per_s']:,.0f}" if row.get("floor") else "",
+            str(row["floor"]["errors"]) if row.get("floor") else "",
+        )
+    console.print(table)
+
+    table = Table(title="omejdn-pg import (subprocess, --url; wall time incl. start-up)")
+    for column in ("users", "seconds", "users/s", "own s", "re-import s", "re-import changes"):
+        table.add_column(column, justify="right")
+    for row in results["growth"]["import"]:
+        table.add_row(
+            f"{row['users']:,}",
+            f"{row['seconds']:.2f}",
+            f"{row['users_per_s']:,.0f}",
+            "-" if row["own_seconds"] is None else f"{row['own_seconds']:.2f}",
+            f"{row['reimport_seconds']:.2f}",
+            "-" if row["reimport_changes"] is None else str(row["reimport_changes"]),
+        )
+    console.print(table)
+    console.print(f"[dim]CLI start-up alone: {results['import']['startup_s']:.2f} s[/dim]")
+
+    table = Table(title="USER_GET_ALL as users grow")
+    for column in ("users", "stmts", "omejdn_pg", "floor", "N+1 (Ruby)", "ratio", "N+1 / ours"):
+        table.add_column(column, justify="right")
+    for row in results["growth"]["get_all"]:
+        table.add_row(
+            f"{row['users']:,}",
+            str(row["statements"]),
+            _time(row["ours_s"] * 1e6),
+            _time(row["floor_s"] * 1e6),
+            _time(row["n_plus_1_s"] * 1e6),
+            _ratio(row["ratio_to_floor"]),
+            _ratio(row["n_plus_1_over_ours"]),
+        )
+    console.print(table)
+
+    for name, found in (results.get("profile") or {}).items():
+        table = Table(
+            title=f"Profile of {name}: {found['calls']:,} calls, "
+            f"{found['profiled_us_per_call']:.0f} µs/call under cProfile"
+        )
+        table.add_column("layer")
+        table.add_column("share of time", justify="right")
+        for group, share in found["shares"].items():
+            table.add_row(group, f"{share:.0%}")
+        console.print(table)
