@@ -21,6 +21,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from omejdn_pg.errors import InvalidValue
 
 LOCK_NAMESPACE: Final = "omejdn_pg"
+MAX_JSON_DEPTH: Final = 100
+"""Deeper JSON is refused: Omejdn's documents are a few levels deep, and a hostile
+document nested thousands deep would exhaust the interpreter's stack."""
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
@@ -39,8 +42,8 @@ def check_json(value: object, field: str) -> None:
 
 
 def _check(value: object, where: str, depth: int) -> None:
-    if depth > 1000:
-        raise InvalidValue(f"{where}: JSON nested too deeply")
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidValue(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     if value is None or isinstance(value, bool | int):
         return
     if isinstance(value, float):

@@ -1,0 +1,199 @@
+"""Hostile input through the events: nothing injected, a clear error naming the field,
+tables intact."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given
+from hypothesis import strategies as st
+
+from omejdn_pg import Client, PluginLoader, User
+from omejdn_pg.errors import InvalidInput, InvalidKeyMaterial, InvalidValue
+from omejdn_pg.host import events
+from omejdn_pg.keys import MAX_RSA_BITS, Key, KeySet, generate_key
+from omejdn_pg.postgres.repositories.common import MAX_JSON_DEPTH
+from omejdn_pg.settings import ConnectionSettings
+from tests.helpers import PROPERTY_SETTINGS, PlainSQL, make_chain
+
+from .test_events import plugin_yaml
+
+TABLES = ("users", "clients", "attributes", "keys")
+
+
+@pytest.fixture
+def loader(database: ConnectionSettings, tmp_path: Path) -> Iterator[PluginLoader]:
+    path = tmp_path / "plugins.yml"
+    path.write_text(plugin_yaml(database))
+    with PluginLoader.from_files([path], base_dir=tmp_path) as loaded:
+        yield loaded
+
+
+def snapshot(sql: PlainSQL) -> dict[str, Any]:
+    tables = {t: sql.rows(f"SELECT * FROM {t} ORDER BY 1, 2, 3") for t in TABLES}
+    tables["sections"] = sql.rows(
+        "SELECT tablename FROM pg_tables WHERE tablename LIKE 'configuration%' ORDER BY 1"
+    )
+    return tables
+
+
+def b64url_int(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+hostile_text = st.one_of(
+    st.text(min_size=1, max_size=30),
+    st.sampled_from(
+        [
+            "'; DROP TABLE users; --",
+            '"); DELETE FROM keys; --',
+            "..",
+            "../../etc/passwd",
+            "a\x00b",
+            "\ud800",
+            "configuration_x",
+            "$(rm -rf /)",
+            "%s%s%s",
+            "\\",
+        ]
+    ),
+)
+
+
+def outcome(attempt: Any) -> str:
+    """``stored``, or the message of the package's refusal (anything else fails the test)."""
+    try:
+        attempt()
+    except InvalidInput as error:
+        return str(error)
+    return "stored"
+
+
+@PROPERTY_SETTINGS
+@given(section=hostile_text, username=hostile_text, client_id=hostile_text, target=hostile_text)
+def test_hostile_names_are_stored_as_themselves_or_refused_with_a_message(
+    loader: PluginLoader,
+    plain_sql: PlainSQL,
+    section: str,
+    username: str,
+    client_id: str,
+    target: str,
+) -> None:
+    jwks = KeySet([generate_key("ES256")]).to_jwks()
+    stored_section = outcome(
+        lambda: loader.fire(events.CONFIGURATION_STORE, section=section, data={"k": 1})
+    )
+    stored_user = outcome(
+        lambda: loader.fire(
+            events.USER_CREATE,
+            user=User(username=username, attributes={username: 1}),
+            user_backend="postgres",
+        )
+    )
+    stored_client = outcome(
+        lambda: loader.fire(
+            events.CLIENT_CREATE,
+            client=Client(metadata={"client_id": client_id}),
+            client_backend="postgres",
+        )
+    )
+    stored_key = outcome(
+        lambda: loader.fire(events.KEYS_STORE, target_type="omejdn", target=target, jwks=jwks)
+    )
+    for message in (stored_section, stored_user, stored_client, stored_key):
+        assert message  # a refusal always says what was wrong
+    sections = plain_sql.rows(
+        "SELECT tablename FROM pg_tables WHERE tablename LIKE 'configuration%'"
+    )
+    assert sections == ([(f"configuration_{section}",)] if stored_section == "stored" else [])
+    assert plain_sql.rows("SELECT username FROM users") == (
+        [(username,)] if stored_user == "stored" else []
+    )
+    assert plain_sql.rows("SELECT DISTINCT client_id FROM clients") == (
+        [(client_id,)] if stored_client == "stored" else []
+    )
+    assert plain_sql.rows("SELECT DISTINCT target FROM keys") == (
+        [(target,)] if stored_key == "stored" else []
+    )
+    for table in (*TABLES, *(f'"{name}"' for (name,) in sections)):
+        plain_sql.execute(
+            f"DROP TABLE IF EXISTS {table}" if table.startswith('"') else f"DELETE FROM {table}"
+        )
+
+
+def test_json_values_beyond_the_limits_are_refused_naming_the_field(
+    loader: PluginLoader, plain_sql: PlainSQL
+) -> None:
+    before = snapshot(plain_sql)
+    for data, field in (
+        ({"deep": nested(MAX_JSON_DEPTH + 1)}, "section 'omejdn': deep"),
+        ({"nul": "a\x00b"}, "section 'omejdn': nul"),
+        ({"surrogate": "\ud800"}, "section 'omejdn': surrogate"),
+        ({"nan": float("nan")}, "section 'omejdn': nan"),
+    ):
+        with pytest.raises(InvalidValue) as caught:
+            loader.fire(events.CONFIGURATION_STORE, section="omejdn", data=data)
+        assert field in str(caught.value)
+    assert snapshot(plain_sql) == before
+    # A megabyte string is a legitimate (if large) value: stored and read back whole.
+    big = "x" * 1_048_576
+    loader.fire(events.CONFIGURATION_STORE, section="omejdn", data={"big": big})
+    assert loader.fire(events.CONFIGURATION_LOAD, section="omejdn", fallback={}) == [{"big": big}]
+
+
+def test_malformed_keys_and_oversized_sets_are_refused(
+    loader: PluginLoader, plain_sql: PlainSQL
+) -> None:
+    before = snapshot(plain_sql)
+    key = ec.generate_private_key(ec.SECP256R1())
+    other = ec.generate_private_key(ec.SECP256R1())
+    wrong_chain = Key(other.public_key(), other, make_chain(other, 1)).to_jwk()
+    wrong_chain.update(Key(key.public_key(), key).to_jwk())  # the key of one, the chain of another
+    wrong_chain.pop("x5t", None)
+    wrong_chain.pop("x5t#S256", None)
+    huge = rsa.generate_private_key(public_exponent=65537, key_size=MAX_RSA_BITS + 1024)
+    numbers = huge.public_key().public_numbers()
+    huge_jwk = {"kty": "RSA", "n": b64url_int(numbers.n), "e": b64url_int(numbers.e)}
+    bad: list[tuple[Any, str]] = [
+        ({"keys": [{"kty": "RSA", "n": "***", "e": "AQAB"}]}, "'n'"),
+        ({"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}, "curve"),
+        ({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}, "kty"),
+        ({"keys": [{"x5c": [base64.b64encode(b"not DER").decode()]}]}, "x5c"),
+        ({"keys": [wrong_chain]}, "does not match"),
+        ({"keys": [huge_jwk]}, str(MAX_RSA_BITS)),
+        ({"keys": [generate_key("ES256").to_jwk() for _ in range(1)] * 2}, "kid"),
+        ({"keys": "nope"}, "keys"),
+    ]
+    for jwks, fragment in bad:
+        with pytest.raises(InvalidKeyMaterial) as caught:
+            loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks=jwks)
+        assert fragment in str(caught.value), str(caught.value)
+        assert "PRIVATE" not in str(caught.value)
+    many = {"keys": [{"kty": "EC"}] * 10_000}
+    with pytest.raises(InvalidKeyMaterial, match="more than the 100 a set may hold"):
+        loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks=many)
+    assert snapshot(plain_sql) == before
+
+
+def test_a_huge_json_document_for_a_client_is_refused_or_stored_whole(
+    loader: PluginLoader, plain_sql: PlainSQL
+) -> None:
+    metadata = {"client_id": "c", "redirect_uris": [f"https://x/{i}" for i in range(20_000)]}
+    loader.fire(events.CLIENT_CREATE, client=Client(metadata=metadata), client_backend="postgres")
+    (found,) = loader.fire(events.CLIENT_GET, client_id="c")
+    assert found.metadata == metadata
+    assert json.loads(json.dumps(found.metadata)) == metadata
