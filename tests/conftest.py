@@ -13,6 +13,7 @@ traces, thread runners, strategies, subprocess runners) are in ``helpers.py``.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -25,12 +26,44 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg import sql
 
+from omejdn_pg.errors import OmejdnPgError
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.settings import ConnectionSettings
+from tests import secrets
 from tests.helpers import PlainSQL as PlainSQL  # also re-exported: modules import it from here
 from tests.helpers import make_examples
 
 TEST_DSN_ENV = "OMEJDN_PG_TEST_DSN"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_escapes() -> Iterator[None]:
+    """Across the whole session, no secret the tests use may appear in what the package
+    says: DEBUG-level logs of omejdn_pg and alembic (SQLAlchemy's at INFO: statements,
+    never parameters), the message of every exception of the package, and the output of
+    every CLI run. Checked once, when the session ends."""
+    handler = secrets.CapturingHandler()
+    watched = [logging.getLogger(name) for name in ("omejdn_pg", "alembic", "sqlalchemy")]
+    levels = [logger.level for logger in watched]
+    for logger in watched:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO if logger.name == "sqlalchemy" else logging.DEBUG)
+    original_init = OmejdnPgError.__init__
+
+    def recording_init(self: OmejdnPgError, *args: object) -> None:
+        secrets.said(" ".join(map(str, args)))
+        original_init(self, *args)
+
+    OmejdnPgError.__init__ = recording_init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        OmejdnPgError.__init__ = original_init  # type: ignore[method-assign]
+        for logger, level in zip(watched, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+    leaks = secrets.leaks()
+    assert not leaks, f"secrets escaped into logs, messages or CLI output: {leaks[:5]}"
 
 
 @pytest.fixture(scope="session")

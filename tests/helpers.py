@@ -40,6 +40,7 @@ from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import Database, build_engine
 from omejdn_pg.postgres.schema import metadata
 from omejdn_pg.settings import ConnectionSettings
+from tests import secrets
 
 T = TypeVar("T")
 
@@ -361,7 +362,10 @@ def omejdn_pg(
     """``python -m omejdn_pg ARGS`` with none of its settings inherited but ``env``."""
     environment = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
     environment.update(env or {})
-    return python_m("omejdn_pg", *args, input=input, env=environment, cwd=cwd, timeout=180)
+    result = python_m("omejdn_pg", *args, input=input, env=environment, cwd=cwd, timeout=180)
+    secrets.said(result.stdout)
+    secrets.said(result.stderr)
+    return result
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

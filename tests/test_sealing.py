@@ -20,8 +20,9 @@ from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.sealing import PREFIX, Keyring, generate_secret, sealed_by
 from omejdn_pg.settings import ConnectionSettings, parse_backend_section
 from tests.helpers import PlainSQL
+from tests.secrets import watch
 
-OLD, NEW = generate_secret(), generate_secret()
+OLD, NEW = watch(generate_secret()), watch(generate_secret())
 
 
 def keyring(*ids: str) -> Keyring:
