@@ -11,10 +11,15 @@ Writes Omejdn's file layout:
     config/webfinger.yml          domains the WebFinger endpoint answers for
     config/users.yml              4 users: 3 with bcrypt hashes, 1 external (LDAP)
     config/clients.yml            5 clients with RFC 7591 metadata
-    keys/omejdn/omejdn.key|.cert  the RSA token signing key and its certificate
-    keys/omejdn/es256.key         an EC P-256 signing key (published in the JWKS)
-    keys/clients/<id>.cert        certificates of the private_key_jwt and mTLS clients
+    keys/omejdn/omejdn.<kid>.*    Omejdn's signing keys, one multi-key target:
+                                  an RSA key (.key, .cert, .yml) that signs and an
+                                  EC P-256 key (.key, .yml), both in the JWKS
+    keys/clients/<id>.cert|.yml   the JWKS of the private_key_jwt and mTLS clients
+                                  (their certificates), as Omejdn's client store keeps it
     client-keys/<id>.key          those clients' own private keys (to try the flows)
+
+This is Omejdn's current layout ("JWKS integration"): ``.yml`` files hold each
+key's descriptor (kid, use, alg); see omejdn_pg/host/files/store.py.
 
 Existing files are kept, so a second run changes nothing and the committed
 YAML stays as it is; ``--force`` regenerates everything. Every key is created
@@ -42,7 +47,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from omejdn_pg.cli.certificates import self_signed_certificate
-from omejdn_pg.entities import PrivateKey
+from omejdn_pg.host.files.store import FileStore
+from omejdn_pg.keys import Key, PrivateKey, load_key_pem
 
 ISSUER = "https://auth.example.org"
 
@@ -262,7 +268,7 @@ def self_signed(
     *,
     client: bool,
     days: int = 825,
-) -> bytes:
+) -> x509.Certificate:
     usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
     signing_only = x509.KeyUsage(
         digital_signature=True,
@@ -275,19 +281,53 @@ def self_signed(
         encipher_only=False,
         decipher_only=False,
     )
-    cert = self_signed_certificate(
+    return self_signed_certificate(
         key,
         x509.Name(subject),
         days,
         extensions=[(signing_only, True), (x509.ExtendedKeyUsage([usage]), False)],
     )
-    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def signing_keys() -> list[Key]:
+    """Omejdn's signing keys: RSA with a certificate, then EC P-256.
+
+    Both keep their RFC 7638 thumbprint as kid, as Omejdn's own keys do. A file
+    layout has no order but its names', and Omejdn signs with the first private
+    ``sig`` key, so the EC key is drawn until its kid sorts after the RSA key's:
+    the RSA key (``RS256``, as ``omejdn.yml`` says) is the one that signs.
+    """
+    private = rsa_key()
+    cert = self_signed(
+        private,
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "auth.example.org"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Org"),
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "DE"),
+        ],
+        client=False,
+    )
+    signer = Key(private.public_key(), private, [cert], {"use": "sig", "alg": "RS256"})
+    while True:
+        other = ec_key()
+        second = Key(other.public_key(), other, [], {"use": "sig", "alg": "ES256"})
+        if second.kid > signer.kid:
+            return [signer, second]
 
 
 class Writer:
     def __init__(self, base: Path, force: bool) -> None:
         self.base = base
         self.force = force
+        self.store = FileStore(base)
         self.written: list[Path] = []
         self.kept: list[Path] = []
 
@@ -312,29 +352,59 @@ class Writer:
         path = self.wanted(f"config/{name}.yml")
         if path is not None:
             text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
-            self.write(path, text.encode("utf-8"), 0o644)
+            mode = 0o600 if name in ("users", "clients") else 0o644
+            self.write(path, text.encode("utf-8"), mode)
 
-    def key_pair(
+    def key_set(
+        self, target_type: str, target: str, make: Callable[[], list[Key]], families: list[str]
+    ) -> None:
+        """The target's keys, through the file store Omejdn's default plugin uses
+        (``keys/<type>/<target>[.<kid>].key|.cert|.yml``); kept if they are private
+        keys of ``families`` (``RSA``, ``EC-P-256``, ...), in that order."""
+        existing = self.store.load_keys(target_type, target)
+        same = [key.family for key in existing] == families and all(
+            key.is_private for key in existing
+        )
+        if not self.force and same:
+            self.kept.extend(self._files(target_type, target))
+            return
+        self.store.store_keys(target_type, target, make())
+        self.written.extend(self._files(target_type, target))
+
+    def client_key(
         self,
-        key_file: str,
-        cert_file: str | None,
+        client_id: str,
         make: Callable[[], PrivateKey],
         subject: list[x509.NameAttribute[Any]],
-        *,
-        client: bool,
     ) -> None:
-        """A private key and, if ``cert_file`` is given, its self-signed certificate.
+        """A client's own private key (``client-keys/<id>.key``, to try the flows) and
+        its JWKS as Omejdn keeps it: the certificate, as the key set of target
+        ``clients/<id>`` (``keys/clients/<id>.cert`` and ``.yml``).
 
-        Both are (re)made together, so a certificate always matches its key.
+        Both are (re)made together, so the certificate always matches the key.
         """
-        paths = [self.base / key_file] + ([self.base / cert_file] if cert_file else [])
-        if not self.force and all(p.exists() for p in paths):
-            self.kept.extend(paths)
-            return
-        key = make()
-        self.write(paths[0], private_pem(key), 0o600)
-        if cert_file:
-            self.write(paths[1], self_signed(key, subject, client=client), 0o644)
+        own = self.base / "client-keys" / f"{client_id}.key"
+        existing = self.store.load_keys("clients", client_id)
+        if not self.force and own.exists() and len(existing) == 1:
+            held = load_key_pem(own.read_bytes(), str(own))[1]
+            if Key(held).same_key(existing[0]):
+                self.kept.extend([own, *self._files("clients", client_id)])
+                return
+        private = make()
+        cert = self_signed(private, subject, client=True)
+        alg = "RS256" if isinstance(private, rsa.RSAPrivateKey) else "ES256"
+        self.write(own, private_pem(private), 0o600)
+        self.store.store_keys(
+            "clients", client_id, [Key(private.public_key(), None, [cert], {"alg": alg})]
+        )
+        self.written.extend(self._files("clients", client_id))
+
+    def _files(self, target_type: str, target: str) -> list[Path]:
+        return [
+            path
+            for stored in self.store.stored_keys(target_type, target)
+            for path in stored.files.paths
+        ]
 
 
 def generate(base: Path, force: bool) -> Writer:
@@ -345,44 +415,25 @@ def generate(base: Path, force: bool) -> Writer:
     writer.section("webfinger", WEBFINGER)
     writer.section("users", users())
     writer.section("clients", clients())
-
-    def rsa_key() -> rsa.RSAPrivateKey:
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    def ec_key() -> ec.EllipticCurvePrivateKey:
-        return ec.generate_private_key(ec.SECP256R1())
-
-    writer.key_pair(
-        "keys/omejdn/omejdn.key",
-        "keys/omejdn/omejdn.cert",
-        rsa_key,
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, "auth.example.org"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Org"),
-            x509.NameAttribute(NameOID.COUNTRY_NAME, "DE"),
-        ],
-        client=False,
-    )
-    writer.key_pair("keys/omejdn/es256.key", None, ec_key, [], client=False)
-    # The clients' own keys (client-keys/, to try the flows) and their
-    # certificates as Omejdn holds them (keys/clients/<client_id>.cert).
-    writer.key_pair(
-        "client-keys/reporting-service.key",
-        "keys/clients/reporting-service.cert",
+    # An example generated before JWKS had the EC key as a target of its own.
+    legacy = base / "keys" / "omejdn" / "es256.key"
+    if legacy.exists():
+        legacy.unlink()
+        writer.written.append(legacy)
+    writer.key_set("omejdn", "omejdn", signing_keys, ["RSA", "EC-P-256"])
+    writer.client_key(
+        "reporting-service",
         rsa_key,
         [x509.NameAttribute(NameOID.COMMON_NAME, "reporting-service")],
-        client=True,
     )
-    writer.key_pair(
-        "client-keys/partner-connector.key",
-        "keys/clients/partner-connector.cert",
+    writer.client_key(
+        "partner-connector",
         ec_key,
         [
             x509.NameAttribute(NameOID.COMMON_NAME, "partner-connector"),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Partner Example"),
             x509.NameAttribute(NameOID.COUNTRY_NAME, "DE"),
         ],
-        client=True,
     )
     return writer
 

@@ -6,6 +6,7 @@ never only through the code under test.
 
 from __future__ import annotations
 
+import json
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from omejdn_pg.cli import transfer
-from omejdn_pg.entities import KeyMaterial, User
+from omejdn_pg.entities import KeySet, User
 from omejdn_pg.errors import (
     AlreadyExists,
     InvalidKeyMaterial,
@@ -65,7 +66,12 @@ def assert_same_deployment(left: Path, right: Path) -> None:
         assert da == db, section
     assert a.key_targets() == b.key_targets()
     for target in a.key_targets():
-        assert a.load_key(*target) == b.load_key(*target), target
+        assert key_forms(a.load_keys(*target)) == key_forms(b.load_keys(*target)), target
+
+
+def key_forms(keys: KeySet) -> dict[str, str]:
+    """kid -> the whole JWK (private members, descriptor, chain): equal means same data."""
+    return {key.kid: json.dumps(key.to_jwk(private=True), sort_keys=True) for key in keys}
 
 
 def test_import_writes_everything_through_the_events(
@@ -77,9 +83,14 @@ def test_import_writes_everything_through_the_events(
         "users": {"create": 4, "update": 0, "unchanged": 0},
         "clients": {"create": 5, "update": 0, "unchanged": 0},
         "config": {"create": 4, "update": 0, "unchanged": 0},
-        "keys": {"create": 4, "update": 0, "unchanged": 0},
+        # One multi-key target; the clients' keys come with the clients (their jwks).
+        "keys": {"create": 1, "update": 0, "unchanged": 0},
     }
-    assert counts(plain_sql) == (4, 5, 5, 4)  # omejdn.key + .cert are two rows
+    # omejdn: RSA sk + certs, EC extra_sk; one certs row per client with a certificate.
+    assert counts(plain_sql) == (4, 5, 5, 4)
+    assert plain_sql.rows(
+        "SELECT target, type FROM keys WHERE target_type = 'omejdn' ORDER BY position, type"
+    ) == [("omejdn", "certs"), ("omejdn", "sk"), ("omejdn", "extra_sk")]
     hashed = plain_sql.value("SELECT password FROM users WHERE username = 'alice'")
     assert hashed.startswith("$2a$12$")
     alice = host.users.find("alice")
@@ -109,7 +120,7 @@ def test_second_import_changes_nothing(examples: Path, host: Host, plain_sql: An
         "users": 4,
         "clients": 5,
         "config": 4,
-        "keys": 4,
+        "keys": 1,
     }
     assert plain_sql.rows("SELECT username, password FROM users ORDER BY username") == before
 
@@ -144,7 +155,7 @@ def test_only_differences_are_written(examples: Path, host: Host, plain_sql: Any
 def test_dry_run_writes_nothing(examples: Path, host: Host, plain_sql: Any) -> None:
     report = transfer.import_deployment(examples, host, dry_run=True)
 
-    assert len(report.changed) == 17
+    assert len(report.changed) == 14
     assert counts(plain_sql) == (0, 0, 0, 0)
 
 
@@ -279,13 +290,18 @@ def test_round_trip_holds_the_same_data(examples: Path, host: Host, tmp_path: Pa
 
 
 def test_export_refuses_a_non_empty_directory(host: Host, tmp_path: Path) -> None:
-    (tmp_path / "something").write_text("x")
+    out = tmp_path / "out"
+    (out / "config").mkdir(parents=True)
+    (out / "config" / "something.yml").write_text("x: 1\n")
 
     with pytest.raises(TransferError, match="not empty"):
-        transfer.export_deployment(host, tmp_path)
+        transfer.export_deployment(host, out)
+    assert (out / "config" / "something.yml").exists()
 
-    transfer.export_deployment(host, tmp_path, force=True)
-    assert (tmp_path / "config" / "users.yml").exists()
+    # --force replaces the directory whole: the stale file is gone.
+    transfer.export_deployment(host, out, force=True)
+    assert (out / "config" / "users.yml").exists()
+    assert not (out / "config" / "something.yml").exists()
 
 
 def test_export_reads_one_snapshot(examples: Path, host: Host) -> None:
@@ -294,7 +310,10 @@ def test_export_reads_one_snapshot(examples: Path, host: Host) -> None:
 
     assert sorted(u.username for u in snapshot.users) == ["admin", "alice", "bob", "carol"]
     assert set(snapshot.sections) == {"omejdn", "scope_mapping", "scope_description", "webfinger"}
-    assert isinstance(snapshot.keys[("omejdn", "omejdn")], KeyMaterial)
+    signing = snapshot.keys[("omejdn", "omejdn")]
+    assert isinstance(signing, KeySet)
+    assert [key.family for key in signing] == ["RSA", "EC-P-256"]
+    assert all(key.is_private for key in signing)
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,13 @@
 
 A deployment directory is Omejdn's file layout (``config/<section>.yml``, the
 ``users`` and ``clients`` sections holding the user and client lists, and
-``keys/<target_type>/<target>.key|.cert``), read and written by the same
-:class:`~omejdn_pg.host.files.store.FileStore` as the default file plugins.
+``keys/<target_type>/<target>[.<kid>].key|.cert|.yml``), read and written by
+the same :class:`~omejdn_pg.host.files.store.FileStore` as the default file
+plugins; its docstring has the layout's rules. Both the current layout
+(several keys per target, ``.yml`` descriptors) and the one before JWKS
+(``<target>.key`` + ``<target>.cert``, client certificates as
+``keys/clients/<client_id>.cert``) are read: the second is the first's
+one-key case without a descriptor.
 
 Import is a plan, then its execution. The plan compares every user, client,
 section and key target of the directory with what is stored (read in a
@@ -18,19 +23,55 @@ in between makes the import fail whole (e.g. a user that now exists). The
 trade-off: the plan holds the whole directory in memory, which is fine for the
 tens of thousands of users Omejdn's YAML files can hold at all.
 
-Import merges: what is stored but absent from the directory is left alone.
-Plaintext passwords in ``users.yml`` (Omejdn hashes them on load) are hashed
-on the way in, unless the stored hash already verifies them, so they do not
-count as a change on every run.
+Import merges: what is stored but absent from the directory is left alone,
+but a user, client, section or key target the directory has is imported
+whole (a key target's set replaces the stored set; a client's keys are its
+``keys/clients/<client_id>*`` files, so a client without such files is
+stored without keys). Plaintext passwords in ``users.yml`` (Omejdn hashes
+them on load) are hashed on the way in, unless the stored hash already
+verifies them, so they do not count as a change on every run.
+
+Clients: the key set of a client of ``clients.yml`` is its JWKS
+(``metadata['jwks']``, as Omejdn's client store keeps it) and is imported with
+the client, by CLIENT_CREATE/UPDATE; a ``jwks`` field in ``clients.yml`` is
+used when the client has no key files (key files win; a note says so). Key
+targets of type ``clients`` whose client is not in ``clients.yml`` are
+imported as key targets.
+
+Keys compare by kid, public key, descriptor (``use``, ``alg``, the chain and
+every other parameter, defaults filled in) and private key: a directory key
+with its private key differs from a stored key without one; a directory key
+without its private key never differs for that reason alone, because storing
+it would keep the stored private key anyway. A key whose certificate is not
+valid now is refused, naming its file, before anything is written.
 
 Export reads everything inside one ``host.snapshot()`` (a single REPEATABLE
 READ transaction), so the files are one consistent state even while the
-server keeps writing; it then writes Omejdn's layout, private keys with mode
-0600.
+server keeps writing. It writes the current layout into a new directory
+beside the target (``.<name>.export-*``, mode 0700) and renames it into place
+only when it is complete: an error leaves no partial directory and an
+existing target untouched. ``force`` replaces an existing deployment
+directory atomically too (an exchange of the two directories where the
+kernel offers one, else rename away, rename in, delete the old), and refuses
+a directory holding anything but ``config/`` and ``keys/``, so that a
+mistyped path never deletes unrelated files. Every directory is 0700; every
+``config/*.yml`` is 0600, because any section may hold a secret (client
+secrets, password hashes, a plugin's bind password) and guessing by key
+names would miss one; a ``.key`` with a private key is 0600; certificates,
+public keys and descriptors are 0644. Keys without their private members in
+what KEYS_LOAD answers (the lifecycle's ``next`` and ``retired`` keys) are
+exported as public keys, which never sign: the file layout has no lifecycle.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
+import os
+import shutil
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -39,15 +80,33 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
-from omejdn_pg.entities import Client, KeyMaterial, User
-from omejdn_pg.errors import InvalidInput, InvalidSectionName, InvalidValue, TransferError
+from omejdn_pg.entities import Client, User
+from omejdn_pg.errors import (
+    InvalidInput,
+    InvalidKeyMaterial,
+    InvalidSectionName,
+    InvalidValue,
+    TransferError,
+)
 from omejdn_pg.host.facade import Host
-from omejdn_pg.host.files.store import CLIENTS_SECTION, USERS_SECTION, FileStore
+from omejdn_pg.host.files.store import (
+    CLIENT_KEYS,
+    CLIENTS_SECTION,
+    USERS_SECTION,
+    FileStore,
+    KeyFiles,
+)
+from omejdn_pg.keys import Key, KeySet
+from omejdn_pg.names import check_file_name
 from omejdn_pg.passwords import PasswordPolicy, default_policy
 from omejdn_pg.postgres.repositories.common import check_json
+from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.postgres.schema import validate_section_name
 
 KINDS: Final = ("users", "clients", "config", "keys")
+JWKS_FIELD: Final = "jwks"
+LAYOUT: Final = frozenset({"config", "keys"})
+"""What ``force`` may replace: a directory holding nothing else."""
 
 
 class Action(StrEnum):
@@ -97,6 +156,7 @@ class Report:
 
 
 Progress = Callable[[Change], None]
+Target = tuple[str, str]
 
 
 # --- reading a deployment directory -------------------------------------------------
@@ -109,9 +169,14 @@ class Deployment:
     path: Path
     users: list[Mapping[str, Any]]
     clients: list[Client]
+    """As ``clients.yml`` has them, without ``jwks`` (their keys are in ``client_keys``)."""
     sections: dict[str, Any]
-    keys: dict[tuple[str, str], KeyMaterial]
+    keys: dict[Target, KeySet]
+    """Key targets other than the keys of the clients of ``clients.yml``."""
     notes: list[str]
+    client_keys: dict[str, KeySet] = field(default_factory=dict)
+    key_files: dict[tuple[str, str, str], Path] = field(default_factory=dict)
+    """``(target_type, target, kid)`` -> the file that holds the key, for messages."""
 
 
 def read_deployment(path: Path) -> Deployment:
@@ -133,7 +198,7 @@ def read_deployment(path: Path) -> Deployment:
         except InvalidSectionName as exc:
             raise InvalidSectionName(f"{file}: {exc}") from exc
     users = _user_entries(store)
-    clients = _clients(store)
+    clients, written_jwks = _clients(store)
     sections: dict[str, Any] = {}
     for name in section_names:
         if name in (USERS_SECTION, CLIENTS_SECTION):
@@ -150,10 +215,23 @@ def read_deployment(path: Path) -> Deployment:
             )
         _check_json(data, file, f"section {name}")
         sections[name] = data
-    keys = {}
-    for target_type, target in store.key_targets():
-        keys[(target_type, target)] = store.load_key(target_type, target)
-    return Deployment(path, users, clients, sections, keys, notes)
+    keys, key_files = _key_sets(store, notes)
+    client_keys: dict[str, KeySet] = {}
+    clients_file = store.section_path(CLIENTS_SECTION)
+    for client in clients:
+        client_id = client.client_id
+        from_files = keys.pop((CLIENT_KEYS, client_id), None)
+        written = written_jwks.get(client_id)
+        if from_files is not None:
+            client_keys[client_id] = from_files
+            if written is not None:
+                notes.append(
+                    f"{clients_file}: client {client_id!r}: its 'jwks' field is ignored; "
+                    f"keys/{CLIENT_KEYS}/{client_id}* hold its keys"
+                )
+        elif written is not None:
+            client_keys[client_id] = written
+    return Deployment(path, users, clients, sections, keys, notes, client_keys, key_files)
 
 
 def _entries(store: FileStore, section: str) -> list[Mapping[str, Any]]:
@@ -195,25 +273,61 @@ def _user_entries(store: FileStore) -> list[Mapping[str, Any]]:
     return entries
 
 
-def _clients(store: FileStore) -> list[Client]:
+def _clients(store: FileStore) -> tuple[list[Client], dict[str, KeySet]]:
+    """The clients of ``clients.yml`` without ``jwks``, and the ``jwks`` fields it has."""
     file = store.section_path(CLIENTS_SECTION)
     clients: list[Client] = []
+    written: dict[str, KeySet] = {}
     seen: set[str] = set()
     for index, item in enumerate(_entries(store, CLIENTS_SECTION)):
+        where = f"{file}: entry {index + 1}"
         try:
             client = Client.from_dict(item)
+            check_file_name(client.client_id, "client_id")
         except InvalidInput as exc:
-            raise type(exc)(f"{file}: entry {index + 1}: {exc}") from exc
+            raise type(exc)(f"{where}: {exc}") from exc
         if client.client_id in seen:
-            raise InvalidValue(
-                f"{file}: entry {index + 1}: client {client.client_id!r} appears twice"
-            )
+            raise InvalidValue(f"{where}: client {client.client_id!r} appears twice")
         seen.add(client.client_id)
+        jwks = client.metadata.pop(JWKS_FIELD, None)
+        if jwks is not None:
+            written[client.client_id] = KeySet.from_jwks(
+                jwks, what=f"{where}: client {client.client_id!r}: {JWKS_FIELD}"
+            )
         _check_json(client.metadata, file, f"client {client.client_id!r}")
         _check_json(client.attributes, file, f"client {client.client_id!r}: attributes")
         client.backend = None
         clients.append(client)
-    return clients
+    return clients, written
+
+
+def _key_sets(
+    store: FileStore, notes: list[str]
+) -> tuple[dict[Target, KeySet], dict[tuple[str, str, str], Path]]:
+    """Every key target of the directory (one scan per target type) and each key's file."""
+    grouped: dict[Target, list[Key]] = {}
+    files: dict[tuple[str, str, str], Path] = {}
+    groups: dict[Target, KeyFiles] = {}
+    for target_type in store.key_types():
+        for stored in store.stored_keys(target_type):
+            try:
+                check_file_name(stored.target, "target")
+            except InvalidValue as exc:
+                raise InvalidValue(f"{stored.files.shown}: {exc}") from exc
+            if ".yml" in stored.files.suffixes:
+                _check_json(stored.key.params, stored.files.path(".yml"), "descriptor")
+            grouped.setdefault((target_type, stored.target), []).append(stored.key)
+            files[(target_type, stored.target, stored.key.kid)] = stored.files.shown
+            groups.setdefault((target_type, stored.target), stored.files)
+    for (target_type, target), first in groups.items():
+        prefix, dot, last = target.rpartition(".")
+        if dot and prefix and (target_type, prefix) in grouped:
+            notes.append(
+                f"{first.folder / target}.*: read as target {target!r}, not as key "
+                f"{last!r} of target {prefix!r} (no .yml there records kid {last!r}, and "
+                "it is not the key's thumbprint)"
+            )
+    return {target: KeySet(keys) for target, keys in grouped.items()}, files
 
 
 def _check_json(value: object, file: Path, what: str) -> None:
@@ -221,6 +335,70 @@ def _check_json(value: object, file: Path, what: str) -> None:
         check_json(value, what)
     except InvalidValue as exc:
         raise InvalidValue(f"{file}: {exc}") from exc
+
+
+# --- comparing keys --------------------------------------------------------------------
+
+
+def _public_forms(keys: Iterable[Key]) -> dict[str, str]:
+    """kid -> the key's public JWK (descriptor defaults filled in, chain included)."""
+    return {key.kid: json.dumps(key.to_jwk(private=False), sort_keys=True) for key in keys}
+
+
+def keys_differ(
+    stored: KeySet, wanted: KeySet, hidden_private: Callable[[], set[str]] | None = None
+) -> bool:
+    """Whether storing ``wanted`` would change ``stored`` (see the module docstring).
+
+    ``hidden_private`` names the kids whose private key is stored although
+    ``stored`` came without it (asked only when it matters).
+    """
+    if _public_forms(stored) != _public_forms(wanted):
+        return True
+    held = {key.kid for key in stored if key.is_private}
+    missing = {key.kid for key in wanted if key.is_private} - held
+    if missing and hidden_private is not None:
+        missing -= hidden_private()
+    return bool(missing)
+
+
+def _hidden_private(host: Host, target_type: str, target: str) -> Callable[[], set[str]]:
+    """Kids of the target whose private key PostgreSQL holds, though KEYS_LOAD gives
+    next and retired keys without it (so that importing them again is no change)."""
+
+    def ask() -> set[str]:
+        postgres = host.postgres
+        if postgres is None or (
+            postgres.settings is not None and "keys" not in postgres.settings.handlers
+        ):
+            return set()
+        stored = postgres.database.read(lambda conn: KeyRepository(conn).load(target_type, target))
+        return {key.kid for key in stored if key.is_private}
+
+    return ask
+
+
+def _check_certificates(
+    target_type: str,
+    target: str,
+    stored: KeySet,
+    wanted: KeySet,
+    files: Mapping[tuple[str, str, str], Path],
+    where: str,
+) -> None:
+    """Refuse, naming the file, a new key whose certificate is not valid now: the
+    storage would refuse to publish it (only in the middle of the import)."""
+    for key in wanted:
+        old = stored.by_kid(key.kid)
+        if old is not None and old.same_key(key):
+            continue
+        problem = key.certificate_problem()
+        if problem is not None:
+            shown = files.get((target_type, target, key.kid), where)
+            raise InvalidKeyMaterial(
+                f"{shown}: key {key.kid!r} of {target_type}/{target}: {problem}; "
+                "renew the certificate or remove the key"
+            )
 
 
 # --- import -----------------------------------------------------------------------
@@ -233,9 +411,9 @@ def plan_import(
     policy = policy or default_policy()
     return [
         *_plan_users(deployment.users, host, policy),
-        *_plan_clients(deployment.clients, host),
+        *_plan_clients(deployment, host),
         *_plan_sections(deployment.sections, host),
-        *_plan_keys(deployment.keys, host),
+        *_plan_keys(deployment, host),
     ]
 
 
@@ -258,12 +436,57 @@ def _plan_users(
     return changes
 
 
-def _plan_clients(clients: Iterable[Client], host: Host) -> list[Change]:
+def _plan_clients(deployment: Deployment, host: Host) -> list[Change]:
     stored = {c.client_id: c for c in host.clients.all()}
-    return [
-        _record_change("clients", c.client_id, c, stored.get(c.client_id), lambda h: h.clients)
-        for c in clients
-    ]
+    clients_file = deployment.path / "config" / f"{CLIENTS_SECTION}.yml"
+    changes = []
+    for client in deployment.clients:
+        client_id = client.client_id
+        keys = deployment.client_keys.get(client_id, KeySet())
+        record = planned_client(deployment, client)
+        existing = stored.get(client_id)
+        if existing is None:
+            _check_certificates(
+                CLIENT_KEYS, client_id, KeySet(), keys, deployment.key_files, str(clients_file)
+            )
+            changes.append(_add(record))
+            continue
+        metadata = dict(existing.metadata)
+        stored_keys = KeySet.from_jwks(
+            metadata.pop(JWKS_FIELD, None), what=f"stored client {client_id!r}: jwks"
+        )
+        differs = (
+            metadata != client.metadata
+            or existing.attributes != client.attributes
+            or keys_differ(stored_keys, keys, _hidden_private(host, CLIENT_KEYS, client_id))
+        )
+        if not differs:
+            changes.append(Change("clients", client_id, Action.UNCHANGED))
+            continue
+        _check_certificates(
+            CLIENT_KEYS, client_id, stored_keys, keys, deployment.key_files, str(clients_file)
+        )
+        record.backend = existing.backend
+        changes.append(_save(record))
+    return changes
+
+
+def planned_client(deployment: Deployment, client: Client, *, private: bool = True) -> Client:
+    """``client`` as the import writes it: its keys as ``metadata['jwks']`` (with their
+    private members, unless ``private`` is false, e.g. to compare with a CLIENT_GET)."""
+    record = Client(metadata=dict(client.metadata), attributes=dict(client.attributes))
+    keys = deployment.client_keys.get(client.client_id)
+    if keys:
+        record.metadata[JWKS_FIELD] = keys.to_jwks(private=private)
+    return record
+
+
+def _add(client: Client) -> Change:
+    return Change("clients", client.client_id, Action.CREATE, lambda h: h.clients.add(client))
+
+
+def _save(client: Client) -> Change:
+    return Change("clients", client.client_id, Action.UPDATE, lambda h: h.clients.save(client))
 
 
 _Record = TypeVar("_Record", User, Client)
@@ -306,24 +529,25 @@ def _write_section(name: str, data: Any) -> Callable[[Host], None]:
     return lambda host: host.config.write(name, data)
 
 
-def _plan_keys(keys: Mapping[tuple[str, str], KeyMaterial], host: Host) -> list[Change]:
+def _plan_keys(deployment: Deployment, host: Host) -> list[Change]:
     changes = []
-    for (target_type, target), material in keys.items():
+    for (target_type, target), keys in deployment.keys.items():
         stored = host.keys.load(target_type, target)
-        changes.append(
-            _change(
-                "keys",
-                f"{target_type}/{target}",
-                None if stored.is_empty else stored,
-                material,
-                _store_key(target_type, target, material),
-            )
-        )
+        name = f"{target_type}/{target}"
+        if not stored:
+            action = Action.CREATE
+        elif keys_differ(stored, keys, _hidden_private(host, target_type, target)):
+            action = Action.UPDATE
+        else:
+            changes.append(Change("keys", name, Action.UNCHANGED))
+            continue
+        _check_certificates(target_type, target, stored, keys, deployment.key_files, name)
+        changes.append(Change("keys", name, action, _store_keys(target_type, target, keys)))
     return changes
 
 
-def _store_key(target_type: str, target: str, material: KeyMaterial) -> Callable[[Host], None]:
-    return lambda host: host.keys.store(target_type, target, material)
+def _store_keys(target_type: str, target: str, keys: KeySet) -> Callable[[Host], None]:
+    return lambda host: host.keys.store(target_type, target, keys)
 
 
 def _change(
@@ -383,7 +607,7 @@ class Snapshot:
     users: list[User]
     clients: list[Client]
     sections: dict[str, Any]
-    keys: dict[tuple[str, str], KeyMaterial]
+    keys: dict[Target, KeySet]
 
 
 def read_snapshot(host: Host) -> Snapshot:
@@ -400,42 +624,166 @@ def read_snapshot(host: Host) -> Snapshot:
 
 
 def export_deployment(host: Host, path: Path, *, force: bool = False) -> Report:
-    """Write the stored state to ``path`` in Omejdn's layout.
+    """Write the stored state to ``path`` in Omejdn's current layout, all or nothing.
 
-    ``path`` must be new or empty unless ``force``, in which case the files
-    the export writes replace those of the same name (others are left alone).
+    ``path`` must not exist or be empty, unless ``force``: then an existing
+    deployment directory (holding nothing but ``config/`` and ``keys/``) is
+    replaced whole.
     """
     started = time.perf_counter()
-    if path.exists() and not path.is_dir():
-        raise TransferError(f"{path}: exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise TransferError(f"{path}: the directory is not empty (use --force to write into it)")
+    path = Path(path)
+    replace = _check_export_target(path, force)
     snapshot = read_snapshot(host)
-    report = Report()
-    store = FileStore(path)
+    parent = path.absolute().parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        store.write_users(sorted(snapshot.users, key=lambda u: u.username))
-        report.changes += [Change("users", u.username, Action.CREATE) for u in snapshot.users]
-        store.write_clients(sorted(snapshot.clients, key=lambda c: c.client_id))
-        report.changes += [Change("clients", c.client_id, Action.CREATE) for c in snapshot.clients]
-        for name, data in sorted(snapshot.sections.items()):
-            if name in (USERS_SECTION, CLIENTS_SECTION):
-                report.notes.append(
-                    f"configuration section {name!r} skipped: config/{name}.yml holds the "
-                    f"{name} table"
-                )
-                continue
-            if data is None:
-                continue
-            store.write_section(name, data)
-            report.changes.append(Change("config", name, Action.CREATE))
-        for (target_type, target), material in sorted(snapshot.keys.items()):
-            if material.is_empty:
-                continue
-            store.store_key(target_type, target, material)
-            report.changes.append(Change("keys", f"{target_type}/{target}", Action.CREATE))
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.export-", dir=parent))
     except OSError as exc:
-        raise TransferError(f"{exc.filename or path}: cannot write: {exc.strerror or exc}") from exc
+        raise TransferError(f"{exc.filename or parent}: cannot write: {exc.strerror}") from exc
+    try:
+        report = _write_snapshot(snapshot, FileStore(staging, private=True))
+        _fsync_tree(staging)
+        _move_into_place(staging, path, replace)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise TransferError(
+            f"{exc.filename or path}: cannot write: {exc.strerror or exc}; "
+            f"nothing was exported to {path}"
+        ) from exc
+    except InvalidInput as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise TransferError(f"{path}: nothing was exported: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _check_export_target(path: Path, force: bool) -> bool:
+    """Whether ``path`` holds a deployment to replace; raise if it may not be written."""
+    if path.is_symlink():
+        raise TransferError(f"{path}: is a symbolic link; give the directory itself")
+    if not path.exists():
+        return False
+    if not path.is_dir():
+        raise TransferError(f"{path}: exists and is not a directory")
+    entries = sorted(entry.name for entry in path.iterdir())
+    if not entries:
+        return False
+    if not force:
+        raise TransferError(
+            f"{path}: the directory is not empty (use --force to replace it with the export)"
+        )
+    foreign = [name for name in entries if name not in LAYOUT]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise TransferError(
+            f"{path}: --force replaces the whole directory, and it holds {shown}, which "
+            "is not part of Omejdn's layout (config/, keys/); export somewhere else"
+        )
+    return True
+
+
+def _write_snapshot(snapshot: Snapshot, store: FileStore) -> Report:
+    report = Report()
+    store.write_users(sorted(snapshot.users, key=lambda u: u.username))
+    report.changes += [Change("users", u.username, Action.CREATE) for u in snapshot.users]
+    keys = dict(snapshot.keys)
+    records = []
+    for client in sorted(snapshot.clients, key=lambda c: c.client_id):
+        check_file_name(client.client_id, "client_id")
+        metadata = dict(client.metadata)
+        jwks = metadata.pop(JWKS_FIELD, None)
+        if jwks is not None and (CLIENT_KEYS, client.client_id) not in keys:
+            # A client of a backend whose keys are not key targets of this host.
+            keys[(CLIENT_KEYS, client.client_id)] = KeySet.from_jwks(
+                jwks, what=f"client {client.client_id!r}: jwks"
+            )
+        records.append(Client(metadata=metadata, attributes=dict(client.attributes)))
+        report.changes.append(Change("clients", client.client_id, Action.CREATE))
+    store.write_clients(records)
+    for name, data in sorted(snapshot.sections.items()):
+        if name in (USERS_SECTION, CLIENTS_SECTION):
+            report.notes.append(
+                f"configuration section {name!r} skipped: config/{name}.yml holds the {name} table"
+            )
+            continue
+        if data is None:
+            continue
+        store.write_section(name, data)
+        report.changes.append(Change("config", name, Action.CREATE))
+    for (target_type, target), key_set in sorted(keys.items()):
+        if not key_set:
+            continue
+        private = [key for key in key_set if key.is_private]
+        if private:
+            for key in key_set:
+                if not key.is_private:
+                    report.notes.append(
+                        f"keys {target_type}/{target}: key {key.kid} exported as its public "
+                        "key (KEYS_LOAD gives it without its private key: it does not sign)"
+                    )
+        store.store_keys(target_type, target, key_set)
+        report.changes.append(Change("keys", f"{target_type}/{target}", Action.CREATE))
+    return report
+
+
+def _fsync_tree(root: Path) -> None:
+    """Make the directory entries of the staged export durable before it is renamed in
+    (the files were synced when written)."""
+    for folder, _dirs, _files in os.walk(root, topdown=False):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _move_into_place(staging: Path, path: Path, replace: bool) -> None:
+    """Rename the complete export to ``path``; with ``replace``, swap it with the
+    directory there and delete that one."""
+    if not replace:
+        # rename(2) onto a missing or empty directory is atomic; a directory that
+        # became non-empty meanwhile makes it fail (ENOTEMPTY), changing nothing.
+        os.rename(staging, path)
+        return
+    if _exchange(staging, path):
+        shutil.rmtree(staging)  # now the old directory
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=staging.parent))
+    os.rename(path, old / path.name)
+    try:
+        os.rename(staging, path)
+    except BaseException:
+        os.rename(old / path.name, path)
+        old.rmdir()
+        raise
+    shutil.rmtree(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False if
+    the platform or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    renameat2.restype = ctypes.c_int
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))

@@ -6,26 +6,54 @@ both, each backend writes only its own) while it moves over. Users and clients
 are kept in the ``users`` and ``clients`` sections' files under backend name
 ``yaml``. A process-wide lock serializes read-modify-write of those files;
 several processes sharing one directory are as unsafe as they are in Omejdn.
+
+They speak Omejdn's current storage contract (upstream ``DefaultKeysDB`` and
+``DefaultClientDB`` since "JWKS integration"), with upstream's bugs left out:
+
+- ``KEYS_STORE(target_type, target, jwks)`` replaces the target's files
+  (:meth:`FileStore.store_keys`; an empty set deletes them);
+  ``KEYS_LOAD`` answers the set as a JWK Set with private members, or None
+  when the target has no files (the host generates a key on ``create``, a
+  backend never does); ``KEYS_LOAD_ALL`` answers every key of the type once
+  (by kid), without private members, as the PostgreSQL backend does — it is
+  what ``/jwks.json`` publishes.
+- A client's ``metadata['jwks']`` is the key set of target
+  ``clients/<client_id>``: create and update take it out of ``clients.yml``
+  and store it as that target's files (a client written without ``jwks`` has
+  no keys), get fills it back in with public members only (a ``jwks`` field
+  that a hand-written ``clients.yml`` carries is answered when the client has
+  no key files), delete removes the files. A client's keys are written
+  before ``clients.yml``, so a crash in between leaves at worst keys of a
+  client that does not exist, which the next write of that id replaces.
+- Client ids and key targets must be usable as file names
+  (:func:`omejdn_pg.names.check_file_name`), checked on every write.
+
+The certificate events of the core before JWKS
+(``CLIENT_AUTHENTICATION_CERTIFICATE_*``) are not registered: the current
+core does not fire them, and the host facade reads certificates from the
+client's ``jwks``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-
-from omejdn_pg.entities import Client, KeyMaterial, User
-from omejdn_pg.errors import AlreadyExists, NotFound
+from omejdn_pg.entities import Client, User
+from omejdn_pg.errors import AlreadyExists, InvalidInput, NotFound
 from omejdn_pg.host import events
-from omejdn_pg.host.files.store import CLIENT_CERTIFICATES, FILE_BACKEND, FileStore
+from omejdn_pg.host.files.store import CLIENT_KEYS, FILE_BACKEND, FileStore
+from omejdn_pg.keys import KeySet
+from omejdn_pg.names import check_file_name, is_file_name
 from omejdn_pg.passwords import PasswordPolicy, default_policy
 
 if TYPE_CHECKING:
     from omejdn_pg.host.events import EventBus
 
 __all__ = ["FILE_BACKEND", "FileStore", "register_defaults"]
+
+JWKS_FIELD = "jwks"
 
 
 class _FileUsers:
@@ -108,32 +136,44 @@ class _FileClients:
         self.lock = threading.Lock()
 
     def get(self, client_id: str, **_: Any) -> Client | None:
-        return self.store.client(client_id)
+        client = self.store.client(client_id)
+        if client is None:
+            return None
+        keys = self.store.load_keys(CLIENT_KEYS, client_id) if is_file_name(client_id) else None
+        return self._with_keys(client, keys)
 
     def get_all(self, **_: Any) -> list[Client]:
-        return self.store.clients()
+        clients = self.store.clients()
+        if not clients:
+            return []
+        sets = self.store.key_sets(CLIENT_KEYS)  # one scan of keys/clients/ for all of them
+        return [self._with_keys(c, sets.get(c.client_id)) for c in clients]
 
     def create(self, client: Client, client_backend: str | None = None, **_: Any) -> None:
         if client_backend != FILE_BACKEND:
             return
+        record, keys = self._split(client)
         with self.lock:
             clients = self.store.clients()
-            if any(c.client_id == client.client_id for c in clients):
-                raise AlreadyExists(f"client {client.client_id!r} exists already")
-            self.store.write_clients([*clients, client])
+            if any(c.client_id == record.client_id for c in clients):
+                raise AlreadyExists(f"client {record.client_id!r} exists already")
+            self.store.store_keys(CLIENT_KEYS, record.client_id, keys)
+            self.store.write_clients([*clients, record])
         client.backend = FILE_BACKEND
 
     def update(self, client: Client, **_: Any) -> None:
         if client.backend != FILE_BACKEND:
             return
+        record, keys = self._split(client)
         with self.lock:
             clients = self.store.clients()
             for index, existing in enumerate(clients):
-                if existing.client_id == client.client_id:
-                    clients[index] = client
+                if existing.client_id == record.client_id:
+                    clients[index] = record
+                    self.store.store_keys(CLIENT_KEYS, record.client_id, keys)
                     self.store.write_clients(clients)
                     return
-            raise NotFound(f"client {client.client_id!r} does not exist in {self.store.base_dir}")
+            raise NotFound(f"client {record.client_id!r} does not exist in {self.store.base_dir}")
 
     def delete(self, client_id: str, **_: Any) -> None:
         with self.lock:
@@ -141,21 +181,35 @@ class _FileClients:
             kept = [c for c in clients if c.client_id != client_id]
             if len(kept) != len(clients):
                 self.store.write_clients(kept)
-                self.store.store_key(CLIENT_CERTIFICATES, client_id, KeyMaterial())
+                if is_file_name(client_id):
+                    self.store.store_keys(CLIENT_KEYS, client_id, KeySet())
 
-    def certificate(self, client: Client, **_: Any) -> x509.Certificate | None:
-        if client.backend != FILE_BACKEND:
-            return None
-        material = self.store.load_key(CLIENT_CERTIFICATES, client.client_id)
-        return material.certs[0] if material.certs else None
+    def _split(self, client: Client) -> tuple[Client, KeySet]:
+        """The client as ``clients.yml`` holds it (no ``jwks``) and its key set; the
+        caller's client is left as it is."""
+        client_id = check_file_name(client.client_id, "client_id")
+        metadata = dict(client.metadata)
+        keys = KeySet.from_jwks(
+            metadata.pop(JWKS_FIELD, None), what=f"client {client_id!r}: {JWKS_FIELD}"
+        )
+        record = Client(metadata=metadata, attributes=dict(client.attributes), backend=FILE_BACKEND)
+        return record, keys
 
-    def update_certificate(
-        self, client: Client, new_cert: x509.Certificate | None, **_: Any
-    ) -> None:
-        if client.backend != FILE_BACKEND:
-            return
-        material = KeyMaterial(certs=[new_cert]) if new_cert is not None else KeyMaterial()
-        self.store.store_key(CLIENT_CERTIFICATES, client.client_id, material)
+    def _with_keys(self, client: Client, keys: KeySet | None) -> Client:
+        """``client`` with ``metadata['jwks']``: its key files' public members; else the
+        ``jwks`` field of ``clients.yml``, if any (public members); else none."""
+        if keys:
+            client.metadata[JWKS_FIELD] = keys.to_jwks(private=False)
+            return client
+        written = client.metadata.get(JWKS_FIELD)
+        if written is not None:
+            what = f"{self.store.section_path('clients')}: client {client.client_id!r}: jwks"
+            if not isinstance(written, Mapping | list):
+                raise InvalidInput(f"{what}: must be a JWK Set")
+            client.metadata[JWKS_FIELD] = KeySet.from_jwks(written, what=what).to_jwks(
+                private=False
+            )
+        return client
 
     def register(self, loader: EventBus) -> None:
         loader.register(events.CLIENT_GET, self.get)
@@ -163,8 +217,35 @@ class _FileClients:
         loader.register(events.CLIENT_CREATE, self.create)
         loader.register(events.CLIENT_UPDATE, self.update)
         loader.register(events.CLIENT_DELETE, self.delete)
-        loader.register(events.CLIENT_AUTHENTICATION_CERTIFICATE_GET, self.certificate)
-        loader.register(events.CLIENT_AUTHENTICATION_CERTIFICATE_UPDATE, self.update_certificate)
+
+
+class _FileKeys:
+    def __init__(self, store: FileStore) -> None:
+        self.store = store
+
+    def store_keys(self, target_type: str, target: str, jwks: Any, **_: Any) -> None:
+        # ``jwks`` is required: a KEYS_STORE of the older core (key_material=...)
+        # must fail, not read as an empty set and delete the target's keys.
+        keys = KeySet.from_jwks(jwks, what=f"KEYS_STORE {target_type}/{target}: jwks")
+        self.store.store_keys(target_type, target, keys)
+
+    def load(self, target_type: str, target: str, **_: Any) -> dict[str, Any] | None:
+        keys = self.store.load_keys(target_type, target)
+        return keys.to_jwks(private=True) if keys else None
+
+    def load_all(self, target_type: str, **_: Any) -> dict[str, Any]:
+        seen: set[str] = set()
+        found = []
+        for stored in self.store.stored_keys(target_type):
+            if stored.key.kid not in seen:
+                seen.add(stored.key.kid)
+                found.append(stored.key.to_jwk(private=False))
+        return {"keys": found}
+
+    def register(self, loader: EventBus) -> None:
+        loader.register(events.KEYS_STORE, self.store_keys)
+        loader.register(events.KEYS_LOAD, self.load)
+        loader.register(events.KEYS_LOAD_ALL, self.load_all)
 
 
 def register_defaults(loader: EventBus, inactive: frozenset[str]) -> None:
@@ -177,22 +258,7 @@ def register_defaults(loader: EventBus, inactive: frozenset[str]) -> None:
         )
         loader.register(events.CONFIGURATION_LOAD, lambda section, **_: store.read_section(section))
     if "keys" not in inactive:
-        loader.register(
-            events.KEYS_STORE,
-            lambda target_type, target, key_material, **_: store.store_key(
-                target_type, target, key_material
-            ),
-        )
-        loader.register(
-            events.KEYS_LOAD,
-            lambda target_type, target, **_: store.load_key(target_type, target),
-        )
-        loader.register(
-            events.KEYS_LOAD_ALL,
-            lambda target_type, **_: [
-                store.load_key(kind, target) for kind, target in store.key_targets(target_type)
-            ],
-        )
+        _FileKeys(store).register(loader)
     if "user" not in inactive:
         _FileUsers(store, default_policy()).register(loader)
     if "client" not in inactive:
