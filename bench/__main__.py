@@ -32,6 +32,7 @@ from bench.floor import Floor
 from bench.timing import Call, interleave, throughput
 from omejdn_pg import Client, Host
 from omejdn_pg.host import events
+from omejdn_pg.keys import KeySet
 from omejdn_pg.settings import ConnectionSettings, PoolSettings
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
@@ -104,6 +105,59 @@ def run_case(case: Case, repeat: int) -> dict[str, Any]:
         row["n_plus_1"] = measured[2].summary()
         row["n_plus_1_over_ours"] = round(measured[2].median_us / ours.median_us, 2)
     return row
+
+
+def measure_cached(
+    database: ConnectionSettings,
+    workdir: Path,
+    cases: Cases,
+    uncached: dict[str, Case],
+    keys: KeySet,
+    repeat: int,
+) -> dict[str, Any]:
+    """The cached point reads beside the uncached floor; null placeholders without a cache."""
+    if not hosting.has_cache():
+        return {
+            "available": False,
+            "note": "placeholders: this omejdn_pg has no read cache (issue 10, item 4)",
+            "rows": [
+                {"name": name, "median_us": None, "p99_us": None, "ratio_to_floor": None}
+                for name in CACHED_ROWS
+            ],
+        }
+    host = hosting.open_host(database, workdir, cached=True)
+    try:
+        assert host.postgres is not None
+        readers = Cases(
+            host.loader, host.postgres.database.engine, cases.floor, cases.users, keys
+        ).readers()
+        rows = []
+        for name in CACHED_ROWS:
+            for _ in range(cases.rotation):  # fill: one pass over every key it rotates over
+                readers[name]()
+            cached, floor = interleave(
+                [readers[name], uncached[name].floor],
+                calls=repeat,
+                blocks=min(20, repeat),
+                warmup=10,
+            )
+            rows.append(
+                {
+                    "name": name,
+                    **cached.summary(),
+                    "floor_median_us": round(floor.median_us, 2),
+                    "ratio_to_floor": round(cached.median_us / floor.median_us, 4),
+                    "floor_over_cached": round(floor.median_us / cached.median_us, 1),
+                }
+            )
+    finally:
+        host.close()
+    return {
+        "available": True,
+        "note": "every group cached (cache: user, client, config, keys true), warmed by one "
+        "pass over the rotation; beside the floor of the uncached SQL",
+        "rows": rows,
+    }
 
 
 def measure_throughput(
@@ -262,24 +316,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows = []
                 for case in cases.all():
                     phase(case.name)
-                    rows.append(run_case(case, args.repeat))
-                results["latency"] = rows
-                results["cached"] = {
-                    "note": "placeholders: the read cache (issue 10, item 4) does not exist yet",
-                    "rows": [
-                        {"name": name, "median_us": None, "p99_us": None, "ratio_to_floor": None}
-                        for name in CACHED_ROWS
-                    ],
-                }
+                    rows.append((run_case(case, args.repeat), case))
+                results["latency"] = [row for row, _ in rows]
+                phase("cached reads")
+                results["cached"] = measure_cached(
+                    database, workdir, cases, {c.name: c for _, c in rows}, keys, args.repeat
+                )
                 phase("throughput", f"threads {args.threads}")
                 results["throughput"] = measure_throughput(
                     host, sized, cases, database, args.threads, args.seconds
                 )
-                phase("profile", f"{args.profile_calls:,} calls each")
-                results["profile"] = {
-                    "USER_GET": profiling.profile(cases.user_get().ours, args.profile_calls),
-                    "CLIENT_GET": profiling.profile(cases.client_get().ours, args.profile_calls),
-                }
+                phase("profile", f"{args.profile_calls:,} calls each, and the layers")
+                database_handle = host.postgres.database
+                results["profile"] = {}
+                for name, rotating, fixed in (
+                    (
+                        "USER_GET",
+                        cases.user_get().ours,
+                        lambda: cases.fire_user_get(cases.user_names[1]),
+                    ),
+                    (
+                        "CLIENT_GET",
+                        cases.client_get().ours,
+                        lambda: cases.fire_client_get(cases.client_ids[1]),
+                    ),
+                ):
+                    found = profiling.profile(rotating, args.profile_calls)
+                    found["layers"] = profiling.layers(database_handle, fixed, floor, args.repeat)
+                    results["profile"][name] = found
             finally:
                 floor.close()
         finally:

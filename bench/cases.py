@@ -364,6 +364,40 @@ class Cases:
             ).fetchall()
         return found
 
+    # --- the cached side -----------------------------------------------------------
+
+    def readers(self) -> dict[str, Call]:
+        """The point reads and the token request alone (no floor): for a cached host."""
+        users = itertools.cycle(self.user_names)
+        clients = itertools.cycle(self.client_ids)
+        token_clients = itertools.cycle(self.client_ids)
+
+        def found(answers: list[Any], what: str) -> Any:
+            answer = first(answers)
+            if answer is None:
+                raise AssertionError(f"cached {what} found nothing")
+            return answer
+
+        def token_request() -> None:
+            found(self.fire_client_get(next(token_clients)), "CLIENT_GET")
+            found(self.fire_keys_load(), "KEYS_LOAD")
+            found(self.fire_configuration_load(), "CONFIGURATION_LOAD")
+
+        return {
+            "USER_GET": lambda: found(self.fire_user_get(next(users)), "USER_GET"),
+            "CLIENT_GET": lambda: found(self.fire_client_get(next(clients)), "CLIENT_GET"),
+            "KEYS_LOAD": lambda: found(self.fire_keys_load(), "KEYS_LOAD"),
+            "CONFIGURATION_LOAD": lambda: found(
+                self.fire_configuration_load(), "CONFIGURATION_LOAD"
+            ),
+            "token request": token_request,
+        }
+
+    @property
+    def rotation(self) -> int:
+        """Keys a rotating read cycles over: calls to touch each once."""
+        return max(len(self.user_names), len(self.client_ids))
+
     # --- checks --------------------------------------------------------------------
 
     def _check_found(self, answers: list[Any], statements: Sequence[Statement], what: str) -> None:
@@ -372,6 +406,10 @@ class Cases:
         self._check_rows(statements, what)
 
     def _check_rows(self, statements: Sequence[Statement], what: str) -> None:
+        if not statements:
+            raise AssertionError(
+                f"{what} sent no SQL: its floor cannot be measured (is a cache on?)"
+            )
         if not self.floor.execute(statements)[-1]:
             raise AssertionError(f"the floor of {what} returned no row")
 

@@ -1,13 +1,23 @@
-"""Where a point read's time goes: cProfile over many calls, grouped by layer.
+"""Where a point read's time goes: layers peeled off one by one, and cProfile.
 
-Each function's own time (``tottime``) is charged to the layer its file
-belongs to — omejdn_pg, SQLAlchemy, the psycopg driver, the standard library
-— and psycopg's ``Connection.wait`` separately: it drives libpq and blocks on
-the socket (psycopg's C waiting loop is invisible to cProfile), so its own
-time is the round trip to the server. Built-in functions have no file; their
-time is charged to the layers that called them, in proportion. cProfile slows
-Python code down several times and C code not at all, so the shares say where
-to look, not what a call costs; the latency table says that.
+:func:`layers` times the same read four ways, interleaved and unprofiled:
+the floor (raw psycopg), then through the pool (``Database.read`` handing the
+raw driver connection the same SQL), then through SQLAlchemy's
+``Connection.exec_driver_sql`` (execution context and result, no statement
+compilation), then the event itself (the package's Core statement from the
+compiled cache, repository, entity, plugin adapter, ``loader.fire``). Each
+step's increment is what that layer costs, in microseconds.
+
+:func:`profile` runs cProfile over many calls and charges each function's own
+time (``tottime``) to the layer its file belongs to — omejdn_pg, SQLAlchemy,
+the psycopg driver, the standard library. The round trip is charged apart:
+psycopg's ``Connection.wait`` drives libpq and blocks on the socket, and its
+``_send_*`` calls hand the query to libpq, where a machine with few cores
+often switches to the woken server process at once (psycopg's C code is
+invisible to cProfile, so all of it shows as these functions' own time).
+Built-in functions have no file; their time is charged to the layers that
+called them, in proportion. cProfile slows Python code down several times and
+C code not at all, so its shares say where to look; the layers say how much.
 """
 
 from __future__ import annotations
@@ -19,11 +29,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from bench.floor import Floor, capture
+from bench.timing import interleave
+from omejdn_pg.postgres.database import Database
+
 Call = Callable[[], object]
 _REPOSITORY: Final = str(Path(__file__).resolve().parents[1]) + "/"
 FunctionKey = tuple[str, int, str]
 
-WAIT: Final = "server round trip (psycopg wait)"
+WAIT: Final = "server round trip (libpq send + wait)"
+_ROUND_TRIP: Final = frozenset({"wait", "_send_query_prepared", "_send_prepare", "_execute_send"})
 GROUPS: Final = (
     "omejdn_pg",
     "SQLAlchemy",
@@ -44,7 +59,7 @@ def layer(function: FunctionKey) -> str | None:
             return "cryptography"
         return None
     if "/psycopg/" in path:
-        return WAIT if path.endswith("/connection.py") and name == "wait" else "psycopg (driver)"
+        return WAIT if name in _ROUND_TRIP else "psycopg (driver)"
     if "/sqlalchemy/" in path:
         return "SQLAlchemy"
     if "/omejdn_pg/" in path:
@@ -107,3 +122,40 @@ def _name(function: FunctionKey) -> str:
             filename = filename.split(marker, 1)[1]
             break
     return f"{filename}:{line}({name})"
+
+
+def layers(database: Database, event: Call, floor: Floor, calls: int) -> list[dict[str, Any]]:
+    """One point read four ways, each adding a layer; medians and what each layer adds."""
+    event()
+    captured = capture(database.engine, event)
+    if len(captured) != 1:
+        raise AssertionError(f"a point read sent {len(captured)} statements")
+    statement = captured[0]
+    sql, params = statement.sql, statement.params
+
+    def pooled() -> object:
+        return database.read(
+            lambda conn: conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+                sql, params, prepare=True
+            ).fetchall()
+        )
+
+    def driver_sql() -> object:
+        return database.read(lambda conn: conn.exec_driver_sql(sql, params).fetchall())
+
+    sides = [
+        ("raw psycopg, prepared (the floor)", floor.read(captured)),
+        ("+ the pool: Database.read, raw driver call", pooled),
+        ("+ SQLAlchemy Connection.exec_driver_sql", driver_sql),
+        ("+ Core statement, repository, entity, plugin, loader.fire", event),
+    ]
+    measured = interleave([side for _, side in sides], calls, blocks=20, warmup=50)
+    rows: list[dict[str, Any]] = []
+    previous = 0.0
+    for (name, _), latency in zip(sides, measured, strict=True):
+        median = latency.median_us
+        rows.append(
+            {"layer": name, "median_us": round(median, 1), "adds_us": round(median - previous, 1)}
+        )
+        previous = median
+    return rows

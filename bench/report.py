@@ -47,6 +47,12 @@ def machine() -> dict[str, Any]:
         "packages": versions,
         "commit": _git("rev-parse", "--short", "HEAD"),
         "work_tree_clean": _git("status", "--porcelain", "--untracked-files=no") == "",
+        "uncommitted_package_files": sorted(
+            line[3:]
+            for line in (
+                _git("status", "--porcelain", "--", "omejdn_pg", "alembic") or ""
+            ).splitlines()
+        ),
     }
 
 
@@ -119,9 +125,23 @@ def print_tables(results: dict[str, Any], console: Console | None = None) -> Non
             _ratio(row.get("n_plus_1_over_ours")) if n_plus_1 else "",
         )
     for row in results["cached"]["rows"]:
-        table.add_row(f"{row['name']} (cached)", "", "null", "null", "", "", "null", "", "", "")
+        if row["median_us"] is None:
+            table.add_row(f"{row['name']} (cached)", "", "null", "null", "", "", "null", "", "", "")
+            continue
+        table.add_row(
+            f"{row['name']} (cached)",
+            "",
+            _time(row["median_us"]),
+            _time(row["p99_us"]),
+            _time(row["floor_median_us"]),
+            "",
+            f"{row['ratio_to_floor']:.3f}x",
+            "",
+            "",
+            "",
+        )
     console.print(table)
-    console.print(f"[dim]cached rows: {results['cached']['note']}[/dim]")
+    console.print(f"cached rows: {results['cached']['note']}", style="dim", markup=False)
 
     tp = results["throughput"]
     table = Table(title=f"Throughput of {tp['event']} (ops/s; errors must be 0)")
@@ -169,6 +189,13 @@ def print_tables(results: dict[str, Any], console: Console | None = None) -> Non
     console.print(table)
 
     for name, found in (results.get("profile") or {}).items():
+        table = Table(title=f"{name}: what each layer adds (medians, unprofiled, interleaved)")
+        table.add_column("layer")
+        table.add_column("median", justify="right")
+        table.add_column("adds", justify="right", style="bold")
+        for row in found.get("layers", ()):
+            table.add_row(row["layer"], _time(row["median_us"]), _time(row["adds_us"]))
+        console.print(table)
         table = Table(
             title=f"Profile of {name}: {found['calls']:,} calls, "
             f"{found['profiled_us_per_call']:.0f} µs/call under cProfile"
