@@ -23,7 +23,12 @@ TARGET_RATIO = 1.3
 def draw(results: dict[str, Any], out: Path, stamp: str, quick: bool) -> Path:
     """``<out>/<stamp>[-quick].png`` and ``latest[-quick].png``; the first path."""
     figure, (ratios, growth) = plt.subplots(1, 2, figsize=(14, 6.5), layout="constrained")
-    _ratios(ratios, results["latency"])
+    cached = [
+        {**row, "group": "cached", "ratio_median": row["ratio_to_floor"], "ratio_p99": None}
+        for row in results["cached"]["rows"]
+        if row["ratio_to_floor"] is not None
+    ]
+    _ratios(ratios, results["latency"] + [{**r, "name": f"{r['name']} (cached)"} for r in cached])
     _growth(growth, results["growth"])
     parameters, server, machine = results["parameters"], results["server"], results["machine"]
     figure.suptitle(
@@ -45,7 +50,12 @@ def _ratios(axes: Any, rows: list[dict[str, Any]]) -> None:
     names = [row["name"] for row in rows]
     medians = [row["ratio_median"] for row in rows]
     p99s = [row["ratio_p99"] for row in rows]
-    colours = {"point read": "tab:blue", "composite": "tab:purple", "write": "tab:orange"}
+    colours = {
+        "point read": "tab:blue",
+        "composite": "tab:purple",
+        "write": "tab:orange",
+        "cached": "tab:olive",
+    }
     positions = list(range(len(rows)))[::-1]
     axes.barh(
         positions,
@@ -56,9 +66,17 @@ def _ratios(axes: Any, rows: list[dict[str, Any]]) -> None:
     # A p99 far out (one stall on a shared machine) would squash every bar: clip it at
     # the edge and write its value there.
     edge = max(2.0, max(medians) * 1.8)
-    shown = [min(p99, edge) for p99 in p99s]
-    axes.scatter(shown, positions, marker="|", s=200, color="black", label="p99", zorder=3)
-    for position, p99 in zip(positions, p99s, strict=True):
+    marked = [(pos, p99) for pos, p99 in zip(positions, p99s, strict=True) if p99 is not None]
+    axes.scatter(
+        [min(p99, edge) for _, p99 in marked],
+        [pos for pos, _ in marked],
+        marker="|",
+        s=200,
+        color="black",
+        label="p99",
+        zorder=3,
+    )
+    for position, p99 in marked:
         if p99 > edge:
             axes.annotate(
                 f"p99 {p99:.1f}x ->",
@@ -68,9 +86,11 @@ def _ratios(axes: Any, rows: list[dict[str, Any]]) -> None:
                 ha="right",
                 fontsize=7,
             )
-    for position, median in zip(positions, medians, strict=True):
+    for position, median, row in zip(positions, medians, rows, strict=True):
         axes.annotate(
-            f"{median:.2f}x",
+            f"{median:.3f}x: {1 / median:.0f}x faster than the floor"
+            if row["group"] == "cached"
+            else f"{median:.2f}x",
             (median, position),
             xytext=(4, -4),
             textcoords="offset points",
@@ -80,7 +100,7 @@ def _ratios(axes: Any, rows: list[dict[str, Any]]) -> None:
     axes.axvline(TARGET_RATIO, color="red", linestyle="--", linewidth=1, label="point-read target")
     axes.set_xlim(0, edge * 1.05)
     axes.set_yticks(positions, names)
-    axes.set_xlabel("latency / floor (raw psycopg, same SQL, prepared)")
+    axes.set_xlabel("latency / floor (raw psycopg, same SQL, prepared); cached: / uncached floor")
     axes.set_title("(a) latency ratio to the floor, per event", fontsize=10)
     axes.legend(loc="lower right", fontsize=8)
 
