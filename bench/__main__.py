@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
+import subprocess
 import sys
 import tempfile
 import time
@@ -353,11 +354,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         phase("USER_GET_ALL growth", str(args.growth))
         listing = growth.get_all_series(server, args.growth, hashes, workdir, args.repeat)
         phase("import growth", str(args.growth))
+        # The command is a subprocess that loads the package afresh: a failure
+        # is recorded (and fails the run) without losing everything measured.
         imports = []
         for size in args.growth:
-            imports.append(importing.measure(server, size, hashes, workdir))
+            try:
+                imports.append(importing.measure(server, size, hashes, workdir))
+            except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+                imports.append(importing.failed(size, error))
         main_import = next(row for row in imports if row["users"] == args.users)
-        results["import"] = {**main_import, "startup_s": round(importing.startup_seconds(), 3)}
+        try:
+            startup: float | None = round(importing.startup_seconds(), 3)
+        except (RuntimeError, OSError, subprocess.SubprocessError):
+            startup = None
+        results["import"] = {**main_import, "startup_s": startup}
         results["growth"] = {"get_all": listing, "import": imports}
     phase.end()
     results["phases"] = phase.seconds
@@ -370,10 +380,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         row["ours"]["errors"] + (row["floor"]["errors"] if row["floor"] else 0)
         for row in results["throughput"]["rows"]
     )
+    failed = [row for row in imports if row.get("error")]
     if errors:
-        log.print(f"bench: {errors} errors under threads", style="red")
-        return 1
-    return 0
+        log.print(f"bench: {errors} errors under threads", style="red", markup=False)
+    for row in failed:
+        log.print(f"bench: import of {row['users']:,} failed: {row['error']}", style="red")
+    return 1 if errors or failed else 0
 
 
 if __name__ == "__main__":

@@ -110,6 +110,7 @@ def measure(server: Server, count: int, hashes: PasswordHashes, workdir: Path) -
         raise RuntimeError(f"import of {count} users stored {stored}")
     return {
         "users": count,
+        "error": None,
         "seconds": first["seconds"],
         "users_per_s": round(count / first["seconds"], 1),
         "changes": first["changes"],
@@ -117,6 +118,21 @@ def measure(server: Server, count: int, hashes: PasswordHashes, workdir: Path) -
         "reimport_seconds": again["seconds"],
         "reimport_own_seconds": again["own_seconds"],
         "reimport_changes": again["changes"],
+    }
+
+
+def failed(count: int, error: BaseException) -> dict[str, Any]:
+    """The row of an import that did not complete: every figure null, the error said."""
+    return {
+        "users": count,
+        "seconds": None,
+        "users_per_s": None,
+        "changes": None,
+        "own_seconds": None,
+        "reimport_seconds": None,
+        "reimport_own_seconds": None,
+        "reimport_changes": None,
+        "error": f"{type(error).__name__}: {error}",
     }
 
 

@@ -112,9 +112,10 @@ def _growth(axes: Any, growth: dict[str, Any]) -> None:
     axes.plot(users, [r["ours_s"] for r in listing], "o-", label="USER_GET_ALL omejdn_pg")
     axes.plot(users, [r["floor_s"] for r in listing], "o--", label="USER_GET_ALL floor")
     axes.plot(users, [r["n_plus_1_s"] for r in listing], "o:", label="USER_GET_ALL Ruby N+1")
-    sizes = [row["users"] for row in imports]
-    axes.plot(sizes, [r["seconds"] for r in imports], "s-", label="import (wall)")
-    axes.plot(sizes, [r["reimport_seconds"] for r in imports], "s--", label="re-import, no change")
+    done = [row for row in imports if row["seconds"] is not None]
+    sizes = [row["users"] for row in done]
+    axes.plot(sizes, [r["seconds"] for r in done], "s-", label="import (wall)")
+    axes.plot(sizes, [r["reimport_seconds"] for r in done], "s--", label="re-import, no change")
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("users")

@@ -162,6 +162,9 @@ def print_tables(results: dict[str, Any], console: Console | None = None) -> Non
     for column in ("users", "seconds", "users/s", "own s", "re-import s", "re-import changes"):
         table.add_column(column, justify="right")
     for row in results["growth"]["import"]:
+        if row.get("error"):
+            table.add_row(f"{row['users']:,}", "failed", "", "", "", "")
+            continue
         table.add_row(
             f"{row['users']:,}",
             f"{row['seconds']:.2f}",
@@ -171,7 +174,9 @@ def print_tables(results: dict[str, Any], console: Console | None = None) -> Non
             "-" if row["reimport_changes"] is None else str(row["reimport_changes"]),
         )
     console.print(table)
-    console.print(f"[dim]CLI start-up alone: {results['import']['startup_s']:.2f} s[/dim]")
+    startup = results["import"]["startup_s"]
+    if startup is not None:
+        console.print(f"CLI start-up alone: {startup:.2f} s", style="dim")
 
     table = Table(title="USER_GET_ALL as users grow")
     for column in ("users", "stmts", "omejdn_pg", "floor", "N+1 (Ruby)", "ratio", "N+1 / ours"):
