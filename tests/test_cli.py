@@ -60,7 +60,10 @@ def all_command_paths() -> list[list[str]]:
     paths: list[list[str]] = [[]]
 
     def walk(group: click.Group, prefix: list[str]) -> None:
-        for name, command in group.commands.items():
+        ctx = click.Context(group, info_name=prefix[-1] if prefix else "omejdn-pg")
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            assert command is not None, name
             paths.append([*prefix, name])
             if isinstance(command, click.Group):
                 walk(command, [*prefix, name])
@@ -142,7 +145,7 @@ def test_import_export_round_trip(url: str, examples: Path, tmp_path: Path, plai
 
 
 def test_import_dry_run(url: str, examples: Path, plain_sql: Any) -> None:
-    result = ok(omejdn_pg("--url", url, "import", "--dry-run", str(examples)))
+    result = ok(omejdn_pg("--url", url, "import", "--dry-run", "-v", str(examples)))
     assert "would create users alice" in result.stdout
     assert "dry run" in result.stdout
     assert table_counts(plain_sql) == (0, 0, 0, 0)

@@ -63,10 +63,11 @@ def test_db_lifecycle_and_default_connection(data_dir: Path) -> None:
     assert "already running" in again.stderr
 
     # No --url, no OMEJDN_PG_URL, no plugin file: the commands use the embedded server.
-    migrated = ok(omejdn_pg("migrate", "upgrade", data=data_dir))
+    migrated = ok(omejdn_pg("migrate", "upgrade", "-v", data=data_dir))
     assert "nothing to do" in migrated.stdout  # `db start` migrated it already
     assert f"using the embedded PostgreSQL in {data_dir}" in migrated.stderr
-    ok(omejdn_pg("users", "add", "ivan", "--password-stdin", input="pw\n", data=data_dir))
+    added = ok(omejdn_pg("users", "add", "ivan", "--password-stdin", input="pw\n", data=data_dir))
+    assert "embedded PostgreSQL" not in added.stderr  # the notice comes with -v only
     users = json.loads(ok(omejdn_pg("users", "list", "--json", data=data_dir)).stdout)
     assert [u["username"] for u in users] == ["ivan"]
     with psycopg.connect(url) as conn:

@@ -1,5 +1,6 @@
-"""Self-signed certificates for keys made here: ``omejdn-pg keys generate --self-signed``
-and the example deployment (``examples/generate.py``).
+"""Certificates in the CLI: self-signed ones for keys made here (``omejdn-pg keys
+generate --self-signed`` and the example deployment, ``examples/generate.py``), and
+the summary ``clients show`` and ``keys list`` print of one.
 
 One builder serves both, so the two cannot drift apart. The trade-off of a
 self-signed certificate is the usual one: nobody vouches for it, so whoever
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -54,3 +55,14 @@ def self_signed_certificate(
     for extension, critical in extensions:
         builder = builder.add_extension(extension, critical=critical)
     return builder.sign(key, hashes.SHA256())
+
+
+def certificate_view(cert: x509.Certificate) -> dict[str, Any]:
+    """What ``clients show`` and ``keys list`` say of a certificate."""
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "sha256": cert.fingerprint(hashes.SHA256()).hex(":"),
+    }

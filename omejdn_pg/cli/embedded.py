@@ -38,7 +38,6 @@ import psycopg
 from psycopg import sql
 
 from omejdn_pg.errors import EmbeddedError, StorageUnavailable
-from omejdn_pg.postgres.database import _first_line
 from omejdn_pg.settings import ConnectionSettings
 
 T = TypeVar("T")
@@ -260,3 +259,8 @@ def _process_exists(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state not in ("Z", "X")
+
+
+def _first_line(text: str) -> str:
+    """The first line of a driver's or pgserver's message (the rest is its context)."""
+    return text.strip().splitlines()[0] if text.strip() else text

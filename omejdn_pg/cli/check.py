@@ -1,0 +1,107 @@
+"""``omejdn-pg check``: can this database be used, and what does it hold.
+
+The only command besides the listings that sends SQL of its own, and only to
+count rows: one ``count`` per table, on one connection of one engine.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from omejdn_pg.cli.context import CliContext, Command, current
+from omejdn_pg.cli.migrate import revision_text
+from omejdn_pg.cli.output import Failure, print_document, print_table
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+SCHEMA_HINT = "run `omejdn-pg migrate upgrade`"
+
+
+@click.command(cls=Command)
+def check() -> None:
+    """Connect and report: server version, schema revision, pending migrations, row counts.
+
+    Exits with status 1 when the database is unreachable or its schema is not at head.
+    """
+    cli = current()
+    report = build_report(cli)
+    fmt = cli.output_format()
+    if fmt == "table":
+        print_report(report)
+    else:
+        print_document(report, fmt)
+    if not report["ok"]:
+        where = report["database"]
+        if report["revision"] is None:
+            raise Failure(f"the database {where} has no omejdn_pg schema; {SCHEMA_HINT}")
+        raise Failure(
+            f"the schema of {where} is at {report['revision']}, this omejdn_pg needs "
+            f"{report['head']}; {SCHEMA_HINT}"
+        )
+
+
+def build_report(cli: CliContext) -> dict[str, Any]:
+    """What ``check`` prints, read on one engine."""
+    from omejdn_pg.postgres import migrate as migrations
+
+    cli.ensure_schema()
+    connection = cli.connection()
+    database = migrations.connect(connection)
+    try:
+        facts = database.read(inspect)
+        revision = migrations.current(database)
+    finally:
+        database.dispose()
+    head = migrations.head()
+    pending = migrations.pending_after(revision)
+    return {
+        "database": connection.describe(),
+        "source": cli.target().source,
+        "server_version": facts["server_version"],
+        "revision": revision,
+        "head": head,
+        "pending": pending,
+        "rows": facts["counts"],
+        "ok": not pending and revision == head,
+    }
+
+
+def inspect(conn: Connection) -> dict[str, Any]:
+    """The server version and the row count of every omejdn_pg table."""
+    from sqlalchemy import text
+
+    version = conn.execute(text("SHOW server_version")).scalar_one()
+    tables = list(
+        conn.execute(
+            text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+                "AND (tablename IN ('users', 'clients', 'attributes', 'keys') "
+                "OR tablename LIKE 'configuration\\_%') ORDER BY tablename"
+            )
+        ).scalars()
+    )
+    counts: dict[str, int] = {}
+    for table in tables:
+        quoted = conn.dialect.identifier_preparer.quote(table)
+        if table == "clients":
+            statement = f"SELECT count(DISTINCT client_id) FROM {quoted}"
+        else:
+            statement = f"SELECT count(*) FROM {quoted}"
+        counts[table] = conn.execute(text(statement)).scalar_one()
+    return {"server_version": version, "counts": counts}
+
+
+def print_report(report: dict[str, Any]) -> None:
+    pending = report["pending"]
+    click.echo(f"database:        {report['database']}  ({report['source']})")
+    click.echo(f"server version:  {report['server_version']}")
+    click.echo(f"schema revision: {revision_text(report['revision'])} (head: {report['head']})")
+    click.echo(f"pending:         {', '.join(pending) if pending else 'none'}")
+    rows = [
+        (name, count, "distinct client_id" if name == "clients" else "rows")
+        for name, count in report["rows"].items()
+    ]
+    print_table(["table", "count", "of"], rows)

@@ -1,0 +1,354 @@
+"""What every command shares: the global options and the connection they resolve to.
+
+One :class:`CliContext` is made per invocation (``app.run``) and filled by the
+global options wherever they are given — before the subcommand or after it
+(``omejdn-pg users list --url ...``); a later one wins, ``--config`` adds up.
+Nothing is resolved while options are parsed, so ``--help`` touches no
+database and imports no driver: this module imports click and nothing heavy
+at module level, and the settings, the facade and the embedded server are
+imported when a command first asks for them.
+
+Where the database is, first match wins: ``--url``, ``$OMEJDN_PG_URL``, the
+``postgres_backend`` section of the plugin files (``--config``, default
+``$OMEJDN_PLUGINS``), else the embedded PostgreSQL, started and migrated on
+demand. A command opens one engine (one :class:`Database`) and builds the
+:class:`Host` over it; both are closed with the command. The trade-off: a
+command that needs no database still pays nothing, but one that does pays the
+driver's import on its first database call, not before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from omejdn_pg.cli.embedded import EmbeddedStatus
+    from omejdn_pg.host.facade import Host
+    from omejdn_pg.postgres.database import Database
+    from omejdn_pg.settings import BackendSettings, ConnectionSettings, StaticConfiguration
+
+T = TypeVar("T")
+
+PROG: Final = "omejdn-pg"
+URL_ENV: Final = "OMEJDN_PG_URL"
+PLUGINS_ENV: Final = "OMEJDN_PLUGINS"
+"""The same name as ``omejdn_pg.settings.PLUGINS_ENV``, which imports the driver."""
+OUTPUT_FORMATS: Final = ("table", "json", "yaml")
+CONTEXT_SETTINGS: Final = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+GLOBAL_OPTIONS_HINT: Final = (
+    f"The global options (--url, --config, -o/--json, -q, -v) work here too; see '{PROG} --help'."
+)
+
+
+@dataclasses.dataclass
+class Target:
+    """Where this invocation's database is, and what that was decided from."""
+
+    settings: BackendSettings
+    source: str
+    embedded: EmbeddedStatus | None = None
+
+
+class CliContext:
+    """The global options of one invocation, and the connection they resolve to."""
+
+    def __init__(self, host: Host | None = None) -> None:
+        """``host``: use this host instead of resolving one (embedding, tests); not closed here."""
+        self.config_files: list[str] = []
+        self.url: str | None = None
+        self.output: str | None = None
+        self.quiet = False
+        self.verbose = 0
+        self._target: Target | None = None
+        self._host: Host | None = host
+        self._owns_host = host is None
+        self._migrated = False
+
+    # --- what the operator sees on stderr ----------------------------------------
+
+    def note(self, message: str) -> None:
+        """Say something on stderr, unless ``-q``."""
+        if not self.quiet:
+            click.echo(f"{PROG}: {message}", err=True)
+
+    def info(self, message: str) -> None:
+        """Say something on stderr only with ``-v`` (and without ``-q``)."""
+        if self.verbose and not self.quiet:
+            click.echo(f"{PROG}: {message}", err=True)
+
+    def output_format(self, default: str = "table") -> str:
+        """``-o`` (``--json``), else ``default``."""
+        return self.output or default
+
+    def secrets(self) -> list[str]:
+        """Passwords that must not appear in any message."""
+        from omejdn_pg.errors import OmejdnPgError
+        from omejdn_pg.settings import ConnectionSettings
+
+        found = []
+        if self._target is not None and self._target.settings.connection.password:
+            found.append(self._target.settings.connection.password)
+        for url in (self.url, os.environ.get(URL_ENV)):
+            if url:
+                try:
+                    password = ConnectionSettings.from_url(url).params.get("password")
+                except OmejdnPgError:
+                    password = None
+                if password:
+                    found.append(password)
+        return found
+
+    # --- where the database is ----------------------------------------------------
+
+    def static(self) -> StaticConfiguration:
+        from omejdn_pg.settings import StaticConfiguration
+
+        if self.config_files:
+            return StaticConfiguration.from_files(self.config_files)
+        return StaticConfiguration.from_env()
+
+    def target(self) -> Target:
+        """Where the database is; starts the embedded server if that is where."""
+        if self._target is None:
+            self._target = self._resolve()
+        return self._target
+
+    def _resolve(self) -> Target:
+        from omejdn_pg.cli import embedded
+        from omejdn_pg.errors import ConfigurationError
+        from omejdn_pg.settings import HANDLER_GROUPS, PLUGIN_NAME, ConnectionSettings
+
+        static = self.static()
+        section_present = static.plugins.get(PLUGIN_NAME) is not None
+        base = dataclasses.replace(static.backend_settings(), handlers=frozenset(HANDLER_GROUPS))
+        url, source = self.url, "--url"
+        if not url and os.environ.get(URL_ENV):
+            url, source = os.environ[URL_ENV], f"${URL_ENV}"
+        if url:
+            try:
+                connection = ConnectionSettings.from_url(url)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{source}: {exc}") from exc
+            return Target(dataclasses.replace(base, connection=connection), source)
+        if section_present:
+            return Target(base, static.source)
+        path = embedded.data_dir()
+        status, started = embedded.start(path)
+        where = f"{path} ({embedded.url(status.connection())})"
+        if started:
+            self.note(f"started the embedded PostgreSQL in {where}")
+        else:
+            self.info(f"using the embedded PostgreSQL in {where}")
+        return Target(
+            dataclasses.replace(base, connection=status.connection(), source=f"embedded {path}"),
+            f"embedded PostgreSQL in {path}",
+            status,
+        )
+
+    def connection(self) -> ConnectionSettings:
+        return self.target().settings.connection
+
+    def first_contact(self, operation: Callable[[], T]) -> T:
+        """Run the command's first database operation.
+
+        On a reused embedded server the ``omejdn`` database was not checked (a
+        reuse opens no connection); if it is missing, it is created here and
+        ``operation`` runs again.
+        """
+        from omejdn_pg.cli import embedded
+
+        status = self.target().embedded
+        if status is None:
+            return operation()
+        return embedded.with_database(status, operation)
+
+    def ensure_schema(self) -> None:
+        """Migrate the embedded database to head; other databases are the operator's."""
+        target = self.target()
+        if target.embedded is None or self._migrated:
+            return
+        self.migrate_embedded(target.embedded)
+        self._migrated = True
+
+    def migrate_embedded(self, status: EmbeddedStatus) -> None:
+        """Upgrade the embedded database on ``status`` to head, and say so if it was behind."""
+        from omejdn_pg.cli import embedded
+        from omejdn_pg.postgres import migrate
+
+        database = migrate.connect(status.connection())
+        try:
+            if embedded.with_database(status, lambda: migrate.pending(database)):
+                migrate.upgrade(database)
+                self.note(f"migrated the embedded database to schema revision {migrate.head()}")
+        finally:
+            database.dispose()
+
+    # --- the host ---------------------------------------------------------------------
+
+    def host(self) -> Host:
+        """The host facade over this invocation's database (one engine), schema checked."""
+        if self._host is None:
+            from omejdn_pg.host.facade import Host
+            from omejdn_pg.postgres import migrate
+
+            self.ensure_schema()
+            host = Host.from_settings(self.target().settings)
+            try:
+                self.first_contact(lambda: postgres_of(host).read(migrate.check_schema))
+            except BaseException:
+                host.close()
+                raise
+            self._host = host
+        return self._host
+
+    def database(self) -> Database:
+        """The one Database (engine) the host's PostgreSQL backend uses."""
+        return postgres_of(self.host())
+
+    def close(self) -> None:
+        if self._host is not None and self._owns_host:
+            self._host.close()
+            self._host = None
+
+
+def postgres_of(host: Host) -> Database:
+    """The Database of ``host``'s PostgreSQL backend (the CLI's host always has one)."""
+    if host.postgres is None:  # pragma: no cover - Host.from_settings always attaches it
+        raise RuntimeError("the host has no PostgreSQL backend")
+    return host.postgres.database
+
+
+def current() -> CliContext:
+    """The CliContext of the running command."""
+    return click.get_current_context().ensure_object(CliContext)
+
+
+# --- global options: accepted before and after the subcommand ---------------------------
+
+
+def _context_of(ctx: click.Context) -> CliContext:
+    return ctx.ensure_object(CliContext)
+
+
+def _add_config(ctx: click.Context, _param: click.Parameter, value: Sequence[str]) -> None:
+    _context_of(ctx).config_files.extend(p for item in value for p in item.split(":") if p)
+
+
+def _set_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        _context_of(ctx).url = value
+
+
+def _set_output(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        _context_of(ctx).output = value
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        _context_of(ctx).output = "json"
+
+
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        _context_of(ctx).quiet = True
+
+
+def _add_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    _context_of(ctx).verbose += value
+
+
+def global_options(*, hidden: bool) -> list[click.Parameter]:
+    """Fresh global options; they fill the CliContext instead of becoming arguments."""
+    common: dict[str, Any] = {"expose_value": False, "hidden": hidden}
+    return [
+        click.Option(
+            ["--config", "config_files"],
+            multiple=True,
+            metavar="FILE",
+            callback=_add_config,
+            help=(
+                "Omejdn plugin file(s) with the postgres_backend connection; repeatable or "
+                f"':'-separated, merged in order. Default: ${PLUGINS_ENV}."
+            ),
+            **common,
+        ),
+        click.Option(
+            ["--url"],
+            metavar="URL",
+            callback=_set_url,
+            help=(
+                "The database: postgresql://, postgres://, postgresql+psycopg:// or libpq "
+                f"key=value; overrides the plugin files. Default: ${URL_ENV}."
+            ),
+            **common,
+        ),
+        click.Option(
+            ["-o", "--output"],
+            type=click.Choice(OUTPUT_FORMATS),
+            callback=_set_output,
+            help="Output format of data (default: table; one object prints as YAML).",
+            **common,
+        ),
+        click.Option(
+            ["--json"], is_flag=True, callback=_set_json, help="Same as -o json.", **common
+        ),
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            callback=_set_quiet,
+            help="Say nothing on stderr unless something fails.",
+            **common,
+        ),
+        click.Option(
+            ["-v", "--verbose"],
+            count=True,
+            callback=_add_verbose,
+            help="Say more: notes, attribute values, field-level import diffs.",
+            **common,
+        ),
+    ]
+
+
+class Command(click.Command):
+    """A subcommand: accepts the global options (hidden in its help, named in the epilog)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("context_settings", CONTEXT_SETTINGS)
+        super().__init__(*args, **kwargs)
+        self.params.extend(global_options(hidden=True))
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        formatter.write_paragraph()
+        formatter.write_text(GLOBAL_OPTIONS_HINT)
+
+
+class Group(click.Group):
+    """A command group whose commands and subgroups accept the global options."""
+
+    command_class = Command
+    group_class = type
+    hide_global_options = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("context_settings", CONTEXT_SETTINGS)
+        super().__init__(*args, **kwargs)
+        self.params.extend(global_options(hidden=self.hide_global_options))
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        if self.hide_global_options:
+            formatter.write_paragraph()
+            formatter.write_text(GLOBAL_OPTIONS_HINT)
+
+
+def interactive() -> bool:
+    """Whether a person can answer a prompt (stdin is a terminal)."""
+    return sys.stdin.isatty()
