@@ -6,11 +6,17 @@ add what the original lacks — primary keys, CHECK constraints, JSONB — with
 stable constraint names from the metadata's naming convention, so migrations
 can refer to them.
 
+The models are what they are used for: the schema's definition and Alembic's
+autogenerate target (tests compare them with what the migrations build). The
+repositories run Core statements against their tables, hand-built for one
+round trip per point read, so no ORM relationship is declared that only tests
+would exercise.
+
 ``attributes`` has a polymorphic owner (``type`` + ``identifier``) instead of a
 foreign key, because one table serves users and clients. The cost, as with any
 generic association: the database cannot enforce that the owner exists, so
 deleting a user or client must delete its attributes in the same transaction
-(the ORM cascade below does it for users; the repositories do it for both).
+(the repositories do).
 
 ``configuration_<section>`` tables are created at run time, one per section,
 and are deliberately not part of :data:`metadata`: Alembic owns only the four
@@ -33,12 +39,11 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
-    and_,
     func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, foreign, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from omejdn_pg.errors import InvalidSectionName
 
@@ -100,16 +105,6 @@ class UserRecord(Base):
     )
     """Scopes the user has consented to, per client. Not stored by the Ruby plugin."""
 
-    attributes: Mapped[list[AttributeRecord]] = relationship(
-        primaryjoin=lambda: and_(
-            foreign(AttributeRecord.identifier) == UserRecord.username,
-            AttributeRecord.type == USER_OWNER,
-        ),
-        cascade="all, delete-orphan",
-        lazy="selectin",
-        overlaps="attributes",
-    )
-
 
 class ClientFieldRecord(Base):
     """One metadata field of a client: a client is all rows sharing its client_id."""
@@ -119,17 +114,6 @@ class ClientFieldRecord(Base):
     client_id: Mapped[str] = mapped_column(Text, primary_key=True)
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     value: Mapped[Any] = mapped_column(JSONB(none_as_null=False), nullable=False)
-
-    attributes: Mapped[list[AttributeRecord]] = relationship(
-        primaryjoin=lambda: and_(
-            foreign(AttributeRecord.identifier) == ClientFieldRecord.client_id,
-            AttributeRecord.type == CLIENT_OWNER,
-        ),
-        # Every field row of a client sees the same attributes, so none of them
-        # may own (and cascade deletes to) them; the repository deletes them.
-        viewonly=True,
-        lazy="selectin",
-    )
 
 
 class KeyRecord(Base):
@@ -226,3 +210,36 @@ def list_section_table(section: str, table_metadata: MetaData | None = None) -> 
         Column("position", BigInteger, Identity(always=True), primary_key=True),
         Column("item", JSONB(none_as_null=False), nullable=False),
     )
+
+
+# --- the read cache's durable change counters ---------------------------------
+
+CHANGE_GROUPS: Final = ("config", "keys", "client", "user")
+"""The handler groups whose changes are counted (and cached reads invalidated)."""
+
+
+class ChangeCounterRecord(Base):
+    """How many committed transactions changed a handler group: the read cache's
+    durable change counter, one row per group.
+
+    Every write of this package bumps its group's row once per transaction and
+    sends ``NOTIFY omejdn_pg_changes`` with the new value, in that transaction
+    (``omejdn_pg_changed()``, migration 0003). Because the row is locked from
+    the bump to the commit, the counter of a group rises by exactly one per
+    committed transaction, in commit order: a listener that heard counter
+    ``n`` and then hears ``n + 2``, or polls a value above the last it heard,
+    knows it missed a change. One row per group rather than per key keeps that
+    check one constant-size SELECT; the price is that writers of one group take
+    turns between their bump and their commit (one round trip).
+    """
+
+    __tablename__ = "omejdn_pg_changes"
+    __table_args__ = (CheckConstraint(_in("name", CHANGE_GROUPS), name="name"),)
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    """The handler group: ``config``, ``keys``, ``client`` or ``user``."""
+    counter: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    changed_at: Mapped[datetime.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    """When the last counted transaction bumped the counter (shortly before its commit)."""
