@@ -211,6 +211,16 @@ class Config:
     def write(self, section: str, data: Any) -> None:
         self._loader.fire(events.CONFIGURATION_STORE, section=section, data=data)
 
+    def create(self, section: str, *, list_section: bool = False, replace: bool = False) -> bool:
+        """Provision an empty section in PostgreSQL ahead of its first write (run as the
+        schema owner, for servers with DML rights only); False if it exists already."""
+        if self._postgres is None:
+            raise ConfigurationError("sections are provisioned in PostgreSQL only")
+        shape = "list" if list_section else "dict"
+        return self._postgres.database.write(
+            lambda conn: ConfigRepository(conn).provision(section, shape, replace=replace)
+        )
+
     def sections(self) -> list[str]:
         """Sections stored in PostgreSQL, or else in the deployment's files."""
         if self._postgres is not None:
