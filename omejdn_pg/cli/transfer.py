@@ -78,7 +78,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol
 
 from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import (
@@ -417,10 +417,27 @@ def plan_import(
     ]
 
 
+def _creating_backend(host: Host, group: str) -> Callable[[], str | None]:
+    """Where new users (or clients) go, resolved once per import: the facade would read
+    ``<group>_backend_default`` from the ``omejdn`` section again for every create — a
+    statement each, inside the import's transaction. Users and clients are applied
+    before any section, so each create would have read the same answer."""
+    resolved: list[str | None] = []
+
+    def backend() -> str | None:
+        if not resolved:
+            default = (host.users if group == "user" else host.clients).backend_default
+            resolved.append(host.loader.creating_backend(group, default))
+        return resolved[0]
+
+    return backend
+
+
 def _plan_users(
     entries: Iterable[Mapping[str, Any]], host: Host, policy: PasswordPolicy
 ) -> list[Change]:
     stored = {u.username: u for u in host.users.all()}
+    backend = _creating_backend(host, "user")
     changes = []
     for item in entries:
         existing = stored.get(item["username"])
@@ -432,12 +449,20 @@ def _plan_users(
             data["password"] = existing.password if known and existing else policy.hash(password)
         user = User.from_dict(data)
         user.backend = None
+        if existing is None:
+            changes.append(_add_user(user, backend()))
+            continue
         changes.append(_record_change("users", user.username, user, existing, lambda h: h.users))
     return changes
 
 
+def _add_user(user: User, backend: str | None) -> Change:
+    return Change("users", user.username, Action.CREATE, lambda h: h.users.add(user, backend))
+
+
 def _plan_clients(deployment: Deployment, host: Host) -> list[Change]:
     stored = {c.client_id: c for c in host.clients.all()}
+    backend = _creating_backend(host, "client")
     clients_file = deployment.path / "config" / f"{CLIENTS_SECTION}.yml"
     changes = []
     for client in deployment.clients:
@@ -449,7 +474,7 @@ def _plan_clients(deployment: Deployment, host: Host) -> list[Change]:
             _check_certificates(
                 CLIENT_KEYS, client_id, KeySet(), keys, deployment.key_files, str(clients_file)
             )
-            changes.append(_add(record))
+            changes.append(_add(record, backend()))
             continue
         metadata = dict(existing.metadata)
         stored_keys = KeySet.from_jwks(
@@ -481,37 +506,30 @@ def planned_client(deployment: Deployment, client: Client, *, private: bool = Tr
     return record
 
 
-def _add(client: Client) -> Change:
-    return Change("clients", client.client_id, Action.CREATE, lambda h: h.clients.add(client))
+def _add(client: Client, backend: str | None) -> Change:
+    return Change(
+        "clients", client.client_id, Action.CREATE, lambda h: h.clients.add(client, backend)
+    )
 
 
 def _save(client: Client) -> Change:
     return Change("clients", client.client_id, Action.UPDATE, lambda h: h.clients.save(client))
 
 
-_Record = TypeVar("_Record", User, Client)
-_Record_contra = TypeVar("_Record_contra", contravariant=True)
+class _Users(Protocol):
+    """The host's users, as far as an import updates them."""
 
-
-class _Records(Protocol[_Record_contra]):
-    """The host's users or clients, as far as an import writes them."""
-
-    def add(self, record: _Record_contra, /) -> None: ...
-
-    def save(self, record: _Record_contra, /) -> None: ...
+    def save(self, record: User, /) -> None: ...
 
 
 def _record_change(
     kind: str,
     name: str,
-    record: _Record,
-    existing: _Record | None,
-    records: Callable[[Host], _Records[_Record]],
+    record: User,
+    existing: User,
+    records: Callable[[Host], _Users],
 ) -> Change:
-    """Add ``record`` if nothing is stored, save it (in the stored one's backend) if it
-    differs from what is, else leave it."""
-    if existing is None:
-        return Change(kind, name, Action.CREATE, lambda host: records(host).add(record))
+    """Save ``record`` (in the stored one's backend) if it differs from what is, else leave it."""
     if record.to_dict() != existing.to_dict():
         record.backend = existing.backend
         return Change(kind, name, Action.UPDATE, lambda host: records(host).save(record))
