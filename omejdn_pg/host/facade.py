@@ -32,7 +32,7 @@ from omejdn_pg.keys import Key, KeySet, generate_key
 from omejdn_pg.passwords import PasswordPolicy, describe_hash, too_costly
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
-from omejdn_pg.postgres.repositories.config import ConfigRepository
+from omejdn_pg.postgres.repositories.config import ConfigRepository, Shape
 from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.sealing import Keyring
 from omejdn_pg.settings import (
@@ -216,7 +216,7 @@ class Config:
         schema owner, for servers with DML rights only); False if it exists already."""
         if self._postgres is None:
             raise ConfigurationError("sections are provisioned in PostgreSQL only")
-        shape = "list" if list_section else "dict"
+        shape: Shape = "list" if list_section else "dict"
         return self._postgres.database.write(
             lambda conn: ConfigRepository(conn).provision(section, shape, replace=replace)
         )
