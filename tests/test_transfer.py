@@ -25,6 +25,7 @@ from omejdn_pg.errors import (
     StorageError,
     TransferError,
 )
+from omejdn_pg.host import events
 from omejdn_pg.host.facade import Host
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.passwords import PasswordPolicy
@@ -356,3 +357,24 @@ def test_a_missing_or_foreign_directory_is_refused(host: Host, tmp_path: Path) -
         transfer.import_deployment(tmp_path / "absent", host)
     with pytest.raises(TransferError, match="not an Omejdn deployment"):
         transfer.import_deployment(tmp_path, host)
+
+
+def test_where_new_users_go_is_read_once_per_import(
+    tmp_path: Path, host: Host, plain_sql: Any
+) -> None:
+    """Not one CONFIGURATION_LOAD of the omejdn section per created user or client."""
+    config = tmp_path / "config"
+    config.mkdir()
+    hashed = FAST_POLICY.hash("pw")
+    (config / "users.yml").write_text(
+        yaml.safe_dump([{"username": f"u{i}", "password": hashed} for i in range(30)])
+    )
+    (config / "clients.yml").write_text(yaml.safe_dump([{"client_id": f"c{i}"} for i in range(30)]))
+    loads: list[str] = []
+    host.loader.register(events.CONFIGURATION_LOAD, lambda section, **_: loads.append(section))
+
+    transfer.import_deployment(tmp_path, host, policy=FAST_POLICY)
+
+    assert loads.count("omejdn") == 2  # users, clients
+    assert plain_sql.value("SELECT count(*) FROM users") == 30
+    assert plain_sql.value("SELECT count(DISTINCT client_id) FROM clients") == 30
