@@ -45,6 +45,7 @@ _PLUGIN_KEYS: Final = (
     "statement_timeout",
     "lock_timeout",
     "key_encryption",
+    "cache",
 )
 KEY_EVENT_FORMS: Final = ("jwks", "key_material")
 """``jwks``: Omejdn's current core (JWK Sets); ``key_material``: the core before it."""
@@ -340,6 +341,8 @@ class BackendSettings:
     """Key-encryption keys, ``{id, env}`` or ``{id, file}``: the first seals private keys,
     every one opens them. Empty: private keys are stored as plain PEM (readable by a
     Ruby Omejdn sharing the database)."""
+    cache: CacheSettings = field(default_factory=lambda: CacheSettings())
+    """The read cache of point reads (``cache:``)."""
     source: str = "<defaults>"
     """Where the section came from, for messages."""
 
@@ -450,6 +453,7 @@ def parse_backend_section(section: object, source: str) -> BackendSettings:
             ),
             lock=_duration_setting(section.get("lock_timeout"), f"{where}.lock_timeout", "2s"),
         ),
+        cache=parse_cache(section.get("cache"), f"{where}.cache"),
         source=source,
     )
 
@@ -658,3 +662,98 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
         else:
             merged[key] = value
     return merged
+
+
+# --- the read cache (``cache:``) ---------------------------------------------------
+
+CACHE_DEFAULT_GROUPS: Final = frozenset({"config", "keys"})
+"""Cached unless switched off: few entries, read on every token request, rarely written."""
+_CACHE_NUMBERS: Final = ("max_entries", "max_staleness", "log_interval")
+_CACHE_KEYS: Final = (*HANDLER_GROUPS, *_CACHE_NUMBERS, "listen_connection")
+MIN_STALENESS: Final = 0.05
+MAX_STALENESS: Final = 3600.0
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The read cache: which groups' point reads are kept in memory, and for how stale at most."""
+
+    groups: frozenset[str] = CACHE_DEFAULT_GROUPS
+    """Handler groups whose point reads are cached (``config``, ``keys``, ``client``, ``user``)."""
+    max_entries: int = 10000
+    """Entries kept across all groups; the least recently used goes first. 0 turns the cache off."""
+    max_staleness: float = 1.0
+    """Seconds: an entry is served only while the invalidation listener has been
+    heard from (a heartbeat answered) within this long."""
+    log_interval: float = 300.0
+    """Seconds between INFO lines with the cache's statistics; 0: never."""
+    listen_connection: ConnectionSettings = field(default_factory=ConnectionSettings)
+    """libpq keywords for the listener's own connection, over those of ``connection``
+    (a direct server behind PgBouncer, the primary beside replicas)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.groups) and self.max_entries > 0
+
+
+def parse_cache(value: object, where: str) -> CacheSettings:
+    """``cache:`` — absent or ``true`` for the defaults, ``false`` for none, or a mapping."""
+    if value is None or value is True:
+        return CacheSettings()
+    if value is False:
+        return CacheSettings(groups=frozenset())
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"{where} must be true, false or a mapping with keys {', '.join(_CACHE_KEYS)}"
+        )
+    unknown = sorted(set(map(str, value)) - set(_CACHE_KEYS))
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(_CACHE_KEYS)}"
+        )
+    groups = set(CACHE_DEFAULT_GROUPS)
+    for group in HANDLER_GROUPS:
+        switch = value.get(group)
+        if switch is None:
+            continue
+        if not isinstance(switch, bool):
+            raise ConfigurationError(f"{where}.{group} must be true or false, got {switch!r}")
+        if switch:
+            groups.add(group)
+        else:
+            groups.discard(group)
+    entries = value.get("max_entries")
+    if entries is not None and (isinstance(entries, bool) or not isinstance(entries, int)):
+        raise ConfigurationError(f"{where}.max_entries must be a whole number, got {entries!r}")
+    interval = value.get("log_interval")
+    if isinstance(interval, str):
+        try:
+            interval = parse_duration(interval, f"{where}.log_interval").total_seconds()
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+    numbers = _parse_numbers(
+        {
+            **{k: v for k, v in value.items() if k in _CACHE_NUMBERS and v is not None},
+            **({"log_interval": interval} if interval is not None else {}),
+        },
+        where,
+        {"max_entries": int, "max_staleness": float, "log_interval": float},
+    )
+    defaults = CacheSettings()
+    max_entries = numbers.get("max_entries", defaults.max_entries)
+    max_staleness = numbers.get("max_staleness", defaults.max_staleness)
+    if not MIN_STALENESS <= max_staleness <= MAX_STALENESS:
+        raise ConfigurationError(
+            f"{where}.max_staleness must be between {MIN_STALENESS} and {MAX_STALENESS:g} "
+            f"seconds, got {max_staleness:g}"
+        )
+    return CacheSettings(
+        groups=frozenset(groups),
+        max_entries=max_entries,
+        max_staleness=max_staleness,
+        log_interval=numbers.get("log_interval", defaults.log_interval),
+        listen_connection=_parse_connection(
+            value.get("listen_connection"), f"{where}.listen_connection"
+        ),
+    )

@@ -14,12 +14,19 @@ Omejdn's current core fires them, or the one ``key_material`` per target of
 the core before it, together with its client certificate events. Both are
 served from the same key sets, so switching a deployment from one core to the
 other needs no data migration.
+
+The read cache (setting ``cache``, :mod:`omejdn_pg.postgres.cache`) sits in
+the adapters too: a point read asks it first, and every write ends its
+transaction by announcing what it changed (:func:`publish_change` — a counter
+bump and a NOTIFY that only a commit delivers) and, once the write returned,
+drops this process's own entries, so a writer always reads its write.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 from cryptography import x509
 from sqlalchemy import Connection
@@ -29,15 +36,30 @@ from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host import events
 from omejdn_pg.keys import KeySet
 from omejdn_pg.passwords import PasswordPolicy
+from omejdn_pg.postgres.cache import (
+    CLIENT,
+    CONFIG,
+    KEYS,
+    KEYS_ALL,
+    USER,
+    Announcements,
+    CacheKey,
+    Miss,
+    ReadCache,
+    group_of,
+    in_autocommit,
+)
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.repositories.clients import ClientRepository
 from omejdn_pg.postgres.repositories.config import ConfigRepository
 from omejdn_pg.postgres.repositories.keys import KeyRepository, public_jwks, signing_jwks
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.sealing import Keyring
-from omejdn_pg.settings import BACKEND_NAME, BackendSettings
+from omejdn_pg.settings import BACKEND_NAME, BackendSettings, CacheSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class PostgresBackendPlugin:
@@ -51,6 +73,9 @@ class PostgresBackendPlugin:
         self.policy = PasswordPolicy()
         self.keyring = Keyring()
         """Key-encryption keys sealing private keys at rest (none: plain PEM)."""
+        self.cache: ReadCache | None = None
+        """The read cache, once :meth:`start_cache` (``init``) started it."""
+        self._announcements = Announcements()
 
     def __repr__(self) -> str:
         where = self.settings.connection.describe() if self.settings else "not initialised"
@@ -75,6 +100,7 @@ class PostgresBackendPlugin:
             raise
         self._database = database
         self.register(loader, settings.handlers)
+        self.start_cache(settings.cache)
         log.info(
             "postgres_backend at %s serves %s",
             settings.connection.describe(),
@@ -136,9 +162,96 @@ class PostgresBackendPlugin:
                 if group in ("user", "client"):
                     loader.declare_backend(group, BACKEND_NAME)
 
+    def start_cache(self, settings: CacheSettings | None = None) -> ReadCache | None:
+        """Start the read cache for the cached groups this plugin serves; None if there are none.
+
+        ``init`` calls it with the configured settings; a plugin made with
+        :meth:`attach` (the CLI, short-lived) has no cache unless asked. The
+        older key events answer with parsed keys and are never cached.
+        """
+        if self.cache is not None:
+            return self.cache
+        backend = self.settings or BackendSettings()
+        chosen = settings or backend.cache
+        groups = set(chosen.groups) & set(backend.handlers)
+        if not self.jwks:
+            groups.discard("keys")
+        if not chosen.enabled or not groups:
+            return None
+        self.cache = ReadCache(chosen, self.database.connection, groups=groups)
+        if "keys" in groups:
+            self.cache.watch_key_writes(self.database.engine)
+        return self.cache.start()
+
+    def stats(self, *, log_line: bool = False) -> dict[str, Any]:
+        """The read cache's counters (see :meth:`ReadCache.stats`); ``{}`` without a cache."""
+        return self.cache.stats(log_line=log_line) if self.cache is not None else {}
+
+    def changed(self, group: str, key: Sequence[str] | None) -> None:
+        """Drop this process's entries for a change made outside the adapters (after it
+        committed, and announced with :func:`~omejdn_pg.postgres.cache.publish_change`)."""
+        if self.cache is not None:
+            self.cache.invalidate(group, key)
+
     def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
         if self._database is not None:
             self._database.dispose()
+
+    # --- the cache: point reads through it, writes announced --------------------
+
+    def _cached(
+        self,
+        key: CacheKey,
+        fetch: Callable[[Connection], R],
+        answer: Callable[[R], T],
+        *,
+        keep_none: bool = True,
+    ) -> T:
+        """``answer(fetch(conn))``, from the cache when it can vouch for it."""
+        cache = self.cache
+        group = group_of(key)
+        if cache is None or group not in cache.groups:
+            return answer(self.database.read(fetch))
+        found = cache.get(key, group)
+        if not isinstance(found, Miss):
+            return cast(T, found)
+        if found.token is None:
+            return answer(self.database.read(fetch))
+        # Only an AUTOCOMMIT read is kept: inside a batch or snapshot the view
+        # may be one that never commits.
+        fetched, autocommit = self.database.read(lambda conn: (fetch(conn), in_autocommit(conn)))
+        value = answer(fetched)
+        if autocommit and (keep_none or value is not None):
+            cache.fill(key, value, found.token)
+        return value
+
+    def _write(
+        self, group: str, key: Callable[[], Sequence[str]], operation: Callable[[Connection], T]
+    ) -> T:
+        """Run ``operation`` in one transaction that ends by announcing ``key`` of ``group``.
+
+        ``key`` is asked after the operation succeeded (it validated the input).
+        This process's entries are dropped whenever the change may have
+        committed — also when the outcome of the COMMIT is unknown.
+        """
+        changed: list[Sequence[str]] = []
+
+        def run(conn: Connection) -> tuple[T, int]:
+            result = operation(conn)
+            changed[:] = [key()]
+            return result, self._announcements.publish(conn, group, changed[0])
+
+        try:
+            result, counter = self.database.write(run)
+        finally:
+            if self.cache is not None and changed:
+                self.cache.invalidate(group, changed[0])
+        if self.cache is not None:
+            self.cache.observed(group, counter)
+        return result
 
     # --- users -------------------------------------------------------------------
 
@@ -146,7 +259,12 @@ class PostgresBackendPlugin:
         return UserRepository(conn, self.policy)
 
     def user_get(self, username: str, **_: Any) -> User | None:
-        return self.database.read(lambda conn: self._users(conn).get(username))
+        return self._cached(
+            (USER, username),
+            lambda conn: self._users(conn).get(username),
+            _same,
+            keep_none=False,
+        )
 
     def user_get_all(self, **_: Any) -> list[User]:
         return self.database.read(lambda conn: self._users(conn).all())
@@ -154,23 +272,27 @@ class PostgresBackendPlugin:
     def user_create(self, user: User, user_backend: str | None = None, **_: Any) -> None:
         if user_backend != BACKEND_NAME:
             return
-        self.database.write(lambda conn: self._users(conn).create(user))
+        self._write("user", lambda: (user.username,), lambda conn: self._users(conn).create(user))
         user.backend = BACKEND_NAME
 
     def user_update(self, user: User, **_: Any) -> None:
         if user.backend == BACKEND_NAME:
-            self.database.write(lambda conn: self._users(conn).update(user))
+            self._write(
+                "user", lambda: (user.username,), lambda conn: self._users(conn).update(user)
+            )
 
     def user_delete(self, username: str, **_: Any) -> None:
-        self.database.write(lambda conn: self._users(conn).delete(username))
+        self._write("user", lambda: (username,), lambda conn: self._users(conn).delete(username))
 
     def user_password_change(self, user: User, password: str, **_: Any) -> None:
         if user.backend != BACKEND_NAME:
             return
         # Hash before the transaction: no connection is held for the bcrypt round.
         new_hash = self.policy.hash(password)
-        self.database.write(
-            lambda conn: self._users(conn).set_password_hash(user.username, new_hash)
+        self._write(
+            "user",
+            lambda: (user.username,),
+            lambda conn: self._users(conn).set_password_hash(user.username, new_hash),
         )
         user.password = new_hash
 
@@ -186,10 +308,12 @@ class PostgresBackendPlugin:
             return False
         matches, replacement = self.policy.verify(password, stored)
         if matches and replacement is not None:
-            self.database.write(
+            self._write(
+                "user",
+                lambda: (user.username,),
                 lambda conn: self._users(conn).replace_password_hash(
                     user.username, stored, replacement
-                )
+                ),
             )
         return matches
 
@@ -203,7 +327,12 @@ class PostgresBackendPlugin:
         return KeyRepository(conn, self.keyring)
 
     def client_get(self, client_id: str, **_: Any) -> Client | None:
-        return self.database.read(lambda conn: self._clients(conn).get(client_id))
+        return self._cached(
+            (CLIENT, client_id),
+            lambda conn: self._clients(conn).get(client_id),
+            _same,
+            keep_none=False,
+        )
 
     def client_get_all(self, **_: Any) -> list[Client]:
         return self.database.read(lambda conn: self._clients(conn).all())
@@ -211,15 +340,23 @@ class PostgresBackendPlugin:
     def client_create(self, client: Client, client_backend: str | None = None, **_: Any) -> None:
         if client_backend != BACKEND_NAME:
             return
-        self.database.write(lambda conn: self._clients(conn).create(client))
+        self._write(
+            "client", lambda: (client.client_id,), lambda conn: self._clients(conn).create(client)
+        )
         client.backend = BACKEND_NAME
 
     def client_update(self, client: Client, **_: Any) -> None:
         if client.backend == BACKEND_NAME:
-            self.database.write(lambda conn: self._clients(conn).update(client))
+            self._write(
+                "client",
+                lambda: (client.client_id,),
+                lambda conn: self._clients(conn).update(client),
+            )
 
     def client_delete(self, client_id: str, **_: Any) -> None:
-        self.database.write(lambda conn: self._clients(conn).delete(client_id))
+        self._write(
+            "client", lambda: (client_id,), lambda conn: self._clients(conn).delete(client_id)
+        )
 
     def client_certificate_get(self, client: Client, **_: Any) -> x509.Certificate | None:
         if client.backend != BACKEND_NAME:
@@ -237,23 +374,33 @@ class PostgresBackendPlugin:
             raise InvalidValue(
                 f"client {client.client_id!r}: new_cert must be an X.509 certificate or None"
             )
-        self.database.write(
-            lambda conn: self._clients(conn).set_certificate(client.client_id, new_cert)
+        self._write(
+            "client",
+            lambda: (client.client_id,),
+            lambda conn: self._clients(conn).set_certificate(client.client_id, new_cert),
         )
 
     # --- configuration -----------------------------------------------------------
 
     def configuration_store(self, section: str, data: Any, **_: Any) -> None:
-        self.database.write(lambda conn: ConfigRepository(conn).store(section, data))
+        self._write(
+            "config", lambda: (section,), lambda conn: ConfigRepository(conn).store(section, data)
+        )
 
     def configuration_load(self, section: str, fallback: Any = None, **_: Any) -> Any:
-        return self.database.read(lambda conn: ConfigRepository(conn).load(section))
+        return self._cached(
+            (CONFIG, section), lambda conn: ConfigRepository(conn).load(section), _same
+        )
 
     # --- keys: JWK Sets (Omejdn's current core) -----------------------------------
 
     def keys_store(self, target_type: str, target: str, jwks: Any, **_: Any) -> None:
         keys = KeySet.from_jwks(jwks, what=f"KEYS_STORE {target_type}/{target}: jwks")
-        self.database.write(lambda conn: self.keys(conn).store(target_type, target, keys))
+        self._write(
+            "keys",
+            lambda: (target_type, target),
+            lambda conn: self.keys(conn).store(target_type, target, keys),
+        )
 
     def keys_load(self, target_type: str, target: str, **_: Any) -> dict[str, Any] | None:
         """The set with the active keys' private members first; None if nothing is stored.
@@ -261,13 +408,19 @@ class PostgresBackendPlugin:
         ``create`` is the host's to act on (Omejdn's core generates the key):
         a backend never invents keys.
         """
-        keys = self.database.read(lambda conn: self.keys(conn).load(target_type, target))
-        return signing_jwks(keys) if keys else None
+        return self._cached(
+            (KEYS, target_type, target),
+            lambda conn: self.keys(conn).load(target_type, target),
+            _signing_jwks_or_none,
+        )
 
     def keys_load_all(self, target_type: str, **_: Any) -> dict[str, Any]:
         """Every key of ``target_type``, next and retired ones included, without private members."""
-        sets = self.database.read(lambda conn: self.keys(conn).load_all(target_type))
-        return public_jwks(key for _target, keys in sets for key in keys)
+        return self._cached(
+            (KEYS_ALL, target_type),
+            lambda conn: self.keys(conn).load_all(target_type),
+            _public_jwks,
+        )
 
     # --- keys: one key_material per target (the core before JWKS) ----------------
 
@@ -291,7 +444,11 @@ class PostgresBackendPlugin:
             )
         key = key_material.to_key()
         keys = [key] if key is not None else []
-        self.database.write(lambda conn: self.keys(conn).store(target_type, target, keys))
+        self._write(
+            "keys",
+            lambda: (target_type, target),
+            lambda conn: self.keys(conn).store(target_type, target, keys),
+        )
 
     def key_material_load(self, target_type: str, target: str, **_: Any) -> KeyMaterial:
         """The target's signing key (the first of its set) as key material; empty if none."""
@@ -307,6 +464,18 @@ class PostgresBackendPlugin:
             for _target, keys in sets
             for key in keys
         ]
+
+
+def _same(value: T) -> T:
+    return value
+
+
+def _signing_jwks_or_none(keys: KeySet) -> dict[str, Any] | None:
+    return signing_jwks(keys) if keys else None
+
+
+def _public_jwks(sets: list[tuple[str, KeySet]]) -> dict[str, Any]:
+    return public_jwks(key for _target, keys in sets for key in keys)
 
 
 def _check_schema(conn: Connection) -> None:

@@ -1,0 +1,804 @@
+"""The read cache: point reads served from process memory, invalidated through PostgreSQL.
+
+An identity server reads its configuration, signing keys and clients on every
+token request, and they change a few times a day. The cache keeps the answers
+of CONFIGURATION_LOAD (per section), KEYS_LOAD (per target), KEYS_LOAD_ALL
+(per target type) and, when switched on, CLIENT_GET and USER_GET, and hands
+out copies. Its one promise is a bound, not a hope:
+
+    a change whose commit returned to its writer at time T is served by no
+    cache of any process from T + ``max_staleness`` on — and by the writing
+    process not even once after the write returned.
+
+How that holds, using nothing but PostgreSQL:
+
+* Every write of this package ends its transaction with
+  ``omejdn_pg_changed(group, key...)`` (:func:`publish_change`): the group's
+  row of ``omejdn_pg_changes`` is bumped once per transaction and a
+  ``NOTIFY omejdn_pg_changes, '<group>:<key>:<counter>:<ms>'`` is queued,
+  delivered only if the transaction commits. A trigger on ``keys`` announces
+  every changed key set whoever writes it. The writing process drops its own
+  affected entries before the write returns (read-your-writes).
+* Each cache has one listener thread with its own psycopg connection (not
+  the pool's: it must stay in LISTEN, on the primary, outside PgBouncer's
+  transaction pooling). It drops the entries each notice names. On every
+  (re)connect it first LISTENs, then flushes everything, then polls the
+  counters: nothing committed while it was away survives.
+* Every ``max_staleness / 2`` the listener polls the counters (one tiny
+  SELECT, its heartbeat). Counters rise by one per committed transaction in
+  commit order, so a counter above the last notice heard — or a notice that
+  skips a number — means a change came without a notice (a writer that
+  bumped but did not notify, a lost notice): that group is flushed. The
+  same poll proves the connection alive.
+* An entry is served only while the last successful heartbeat was *sent*
+  less than ``max_staleness`` ago. Everything committed before that send is
+  reflected by then (its notice was handled or its group flushed), which is
+  the bound above. A listener that cannot reach the server, or a stalled one,
+  therefore makes the cache step aside within ``max_staleness``: reads go to
+  the database and nothing read meanwhile is kept, until it is back, has
+  flushed and has polled.
+* Key sets are also written outside the adapters (the key lifecycle of the
+  host facade). The trigger announces those to every process; the writing
+  process learns of them synchronously from its own engine — a transaction
+  that wrote ``keys`` drops this process's key entries when its connection
+  goes back to the pool, after the commit and before the write returns.
+* A miss fills the cache only if no invalidation ran while it read (an
+  epoch compare) and only from an AUTOCOMMIT read, never from inside a batch
+  or snapshot, whose view may never commit.
+
+Values are stored serialised (``marshal`` for plain JSON-like data, which
+loads in a microsecond or two, else ``pickle``), so every hit is a fresh copy
+a caller may mutate. Entries are bounded by ``max_entries`` (least recently
+used first). Negative answers are kept for configuration and keys (a small,
+host-chosen key space) but not for users and clients, whose names come from
+the network.
+
+What it cannot see: a writer that bypasses this package and neither calls
+``omejdn_pg_changed`` nor touches ``keys`` (a Ruby Omejdn storing a
+configuration section, hand SQL on ``users``). Such writers must call the
+function in their transaction, or the group must stay uncached.
+"""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import pickle
+import random
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import unquote
+
+import psycopg
+from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import exc as sa_exc
+
+from omejdn_pg.errors import SchemaOutOfDate
+from omejdn_pg.postgres.schema import CHANGE_GROUPS, CLIENT_CERTIFICATE_TARGET_TYPE, KeyRecord
+from omejdn_pg.settings import CacheSettings, ConnectionSettings
+
+log = logging.getLogger(__name__)
+
+CHANNEL: Final = "omejdn_pg_changes"
+"""The NOTIFY channel; also the counter table's name."""
+LISTENER_APPLICATION_NAME: Final = "omejdn_pg-cache-listener"
+"""``application_name`` of the listener's connection (``pg_stat_activity``)."""
+
+CacheKey = tuple[str, ...]
+"""``(kind, *identifiers)``: ``config``, ``keys``, ``keys_all``, ``client``, ``user``."""
+
+CONFIG: Final = "config"
+KEYS: Final = "keys"
+KEYS_ALL: Final = "keys_all"
+CLIENT: Final = "client"
+USER: Final = "user"
+_GROUP_OF_KIND: Final = {CONFIG: "config", KEYS: "keys", KEYS_ALL: "keys", CLIENT: "client"}
+
+_LISTENER_DEFAULTS: Final = {
+    "connect_timeout": "5",
+    # LISTEN works only on a primary, and only a primary's writers notify.
+    "target_session_attrs": "read-write",
+    # A peer that vanished without a FIN must not hold the listener for
+    # TCP's two hours; the serving bound never depends on these.
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "20000",
+}
+_FIRST_RETRY: Final = 0.05
+_LAST_RETRY: Final = 2.0
+_TICK: Final = 0.1
+"""Longest the listener waits for notices before checking its clock and stop flag."""
+_SAMPLES: Final = 10000
+_MARSHAL_VERSION: Final = 2
+
+_PUBLISH: Final = text("SELECT omejdn_pg_changed(:group, VARIADIC CAST(:parts AS text[]))")
+_POLL: Final = (
+    f"SELECT name, counter, floor(extract(epoch FROM changed_at) * 1000)::bigint FROM {CHANNEL}"
+)
+
+
+# --- the writer's side ------------------------------------------------------------
+
+
+def publish_change(conn: Connection, group: str, key: Sequence[str] | None) -> int:
+    """Announce, in ``conn``'s transaction, that ``key`` of ``group`` changed; its counter.
+
+    ``key`` is the section, username or client_id, or ``(target_type, target)``
+    for ``keys``; None means the whole group (a bulk change). Call it last in
+    the transaction: the group's counter row stays locked until the commit.
+    """
+    parts = list(key) if key is not None else None
+    try:
+        counter = conn.execute(_PUBLISH, {"group": group, "parts": parts}).scalar_one()
+    except sa_exc.ProgrammingError as error:
+        if isinstance(error.orig, psycopg.errors.UndefinedFunction):
+            raise SchemaOutOfDate(
+                "the database has no omejdn_pg_changed() (schema revision 0003): "
+                "run `omejdn-pg migrate`"
+            ) from error
+        raise
+    return int(counter)
+
+
+NOTICES_PER_TRANSACTION: Final = 64
+"""After this many notices of one group, a transaction announces the whole group
+(``omejdn_pg_changed`` does the same): an import needs no notice per row."""
+
+
+class Announcements:
+    """:func:`publish_change` for many writes that may share a transaction (a batch):
+    once a transaction has announced a whole group, further calls cost no round trip."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._made: weakref.WeakKeyDictionary[object, dict[str, tuple[int, int]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def publish(self, conn: Connection, group: str, key: Sequence[str] | None) -> int:
+        transaction = conn.get_transaction()
+        with self._lock:
+            made = self._made.setdefault(transaction, {}) if transaction is not None else {}
+            count, counter = made.get(group, (0, 0))
+        if count >= NOTICES_PER_TRANSACTION:
+            return counter
+        counter = publish_change(conn, group, key)
+        with self._lock:
+            made[group] = (NOTICES_PER_TRANSACTION if key is None else count + 1, counter)
+        return counter
+
+
+def in_autocommit(conn: Connection) -> bool:
+    """Whether ``conn`` runs each statement as its own transaction (``Database.read``)."""
+    return bool(getattr(conn.connection.driver_connection, "autocommit", False))
+
+
+def encode_key(parts: Iterable[str]) -> str:
+    """A key as notices carry it: parts escaped (``%`` ``/`` ``:`` ``*``) and joined by ``/``."""
+    return "/".join(_escape(part) for part in parts)
+
+
+def _escape(part: str) -> str:
+    return part.replace("%", "%25").replace("/", "%2F").replace(":", "%3A").replace("*", "%2A")
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One parsed ``omejdn_pg_changes`` payload."""
+
+    group: str
+    key: tuple[str, ...] | None
+    """None: the whole group."""
+    counter: int | None
+    """The group's counter after the change; None from the ``keys`` trigger."""
+    sent_ms: int | None
+    """The server's clock when the change was announced (ms since the epoch)."""
+
+    @classmethod
+    def parse(cls, payload: str) -> Notice | None:
+        group, sep, rest = payload.partition(":")
+        if not sep or group not in CHANGE_GROUPS:
+            return None
+        fields = rest.rsplit(":", 2)
+        if len(fields) != 3:
+            return None
+        key, counter, sent = fields
+        try:
+            return cls(
+                group=group,
+                key=None if key == "*" else tuple(unquote(part) for part in key.split("/")),
+                counter=int(counter) if counter else None,
+                sent_ms=int(sent) if sent else None,
+            )
+        except ValueError:
+            return None
+
+
+def affected(group: str, key: tuple[str, ...]) -> list[CacheKey] | None:
+    """The entries a change of ``key`` in ``group`` can alter; None if ``key`` is malformed.
+
+    Clients carry their JWKS (key target ``clients/<client_id>``), so a client
+    change alters that key set and a change of that key set alters the client.
+    """
+    if group == "keys" and len(key) == 2:
+        target_type, target = key
+        found: list[CacheKey] = [(KEYS, target_type, target), (KEYS_ALL, target_type)]
+        if target_type == CLIENT_CERTIFICATE_TARGET_TYPE:
+            found.append((CLIENT, target))
+        return found
+    if group == "client" and len(key) == 1:
+        return [
+            (CLIENT, key[0]),
+            (KEYS, CLIENT_CERTIFICATE_TARGET_TYPE, key[0]),
+            (KEYS_ALL, CLIENT_CERTIFICATE_TARGET_TYPE),
+        ]
+    if group in ("config", "user") and len(key) == 1:
+        return [(group, key[0])]
+    return None
+
+
+def belongs(entry: CacheKey, group: str) -> bool:
+    """Whether a change of the whole ``group`` can alter ``entry``."""
+    kind = entry[0]
+    if group == "keys":
+        return kind in (KEYS, KEYS_ALL, CLIENT)
+    if group == "client":
+        return kind == CLIENT or (
+            kind in (KEYS, KEYS_ALL) and entry[1] == CLIENT_CERTIFICATE_TARGET_TYPE
+        )
+    return kind == group
+
+
+def group_of(entry: CacheKey) -> str:
+    return _GROUP_OF_KIND.get(entry[0], entry[0])
+
+
+def listener_connection(
+    connection: ConnectionSettings, settings: CacheSettings
+) -> ConnectionSettings:
+    """The listener's libpq keywords: ``connection``, then ``listen_connection`` over it."""
+    own = settings.listen_connection.params
+    params = {**_LISTENER_DEFAULTS, **connection.params, **own}
+    params["application_name"] = own.get("application_name", LISTENER_APPLICATION_NAME)
+    return ConnectionSettings(params)
+
+
+# --- the cache ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Miss:
+    """What :meth:`ReadCache.get` returns when it has no answer."""
+
+    token: int | None
+    """Hand it to :meth:`ReadCache.fill` with the value read; None: do not fill."""
+
+
+def _no_value(_: object) -> None:
+    return None
+
+
+_Entry = tuple[Callable[[Any], Any], Any]
+
+
+def _freeze(value: Any) -> _Entry:
+    if value is None:
+        return _no_value, None
+    try:
+        # Version 2 writes no back-references: it loads fastest, and a shared
+        # sub-object comes back as two copies, as JSON would.
+        return marshal.loads, marshal.dumps(value, _MARSHAL_VERSION)
+    except ValueError:
+        return pickle.loads, pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+
+class ReadCache:
+    """Entries, their invalidation, and the listener thread that keeps them honest."""
+
+    def __init__(
+        self,
+        settings: CacheSettings,
+        connection: ConnectionSettings,
+        *,
+        groups: Iterable[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.groups = frozenset(settings.groups if groups is None else groups) & set(CHANGE_GROUPS)
+        self.max_staleness = settings.max_staleness
+        self.connection = listener_connection(connection, settings)
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
+        self._epoch = 0
+        """Bumped by every invalidation: a fill that read before one is not kept."""
+        self._fresh_until = 0.0
+        """Monotonic time until which entries may be served (last heartbeat's send + bound)."""
+        self._serving = False
+        self._seen: dict[str, int] = {}
+        """Per group, the highest counter heard of (notice or poll)."""
+        self._hits = dict.fromkeys(CHANGE_GROUPS, 0)
+        self._misses = dict.fromkeys(CHANGE_GROUPS, 0)
+        self._counts = dict.fromkeys(
+            (
+                "bypassed",
+                "fills",
+                "fills_dropped",
+                "evictions",
+                "invalidations",
+                "notices",
+                "flushes",
+                "step_asides",
+                "connects",
+                "heartbeats",
+                "gaps",
+            ),
+            0,
+        )
+        self._staleness: deque[float] = deque(maxlen=_SAMPLES)
+        self._last_heartbeat: float | None = None
+        self._closed = False
+        self._listener = _Listener(self)
+        self._watch: _KeyWriteWatch | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ReadCache(groups={sorted(self.groups)}, max_staleness={self.max_staleness}, "
+            f"listener={self.connection.describe()})"
+        )
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> ReadCache:
+        self._listener.start()
+        return self
+
+    def watch_key_writes(self, engine: Engine) -> None:
+        """Drop key entries after any transaction of ``engine`` that wrote ``keys`` ends."""
+        if self._watch is None:
+            self._watch = _KeyWriteWatch(engine, self)
+
+    def close(self) -> None:
+        """Stop the listener (its connection closes with it) and serve nothing more."""
+        self._closed = True
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._listener.stop()
+        with self._lock:
+            self._fresh_until = 0.0
+            self._serving = False
+            self._entries.clear()
+            self._epoch += 1
+
+    def wait_until_serving(self, timeout: float) -> bool:
+        """Block until the listener has connected and polled (or ``timeout`` seconds pass)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.serving:
+                return True
+            time.sleep(0.01)
+        return self.serving
+
+    @property
+    def serving(self) -> bool:
+        return time.monotonic() <= self._fresh_until
+
+    def caches(self, group: str) -> bool:
+        return group in self.groups
+
+    # --- reads -----------------------------------------------------------------------
+
+    def get(self, key: CacheKey, group: str | None = None) -> Any:
+        """A copy of the cached answer for ``key`` (of ``group``), or a :class:`Miss`."""
+        group = group or group_of(key)
+        now = time.monotonic()
+        with self._lock:
+            if now > self._fresh_until:
+                self._counts["bypassed"] += 1
+                stepped = self._step_aside_locked()
+                entry = None
+                token = None
+            else:
+                entry = self._entries.get(key)
+                if entry is None:
+                    self._misses[group] += 1
+                    token = self._epoch
+                else:
+                    self._entries.move_to_end(key)
+                    self._hits[group] += 1
+                stepped = False
+        if stepped:
+            log.warning(
+                "read cache: no heartbeat from its listener within %gs; "
+                "reads go to the database until it is back",
+                self.max_staleness,
+            )
+        if entry is None:
+            return Miss(token)
+        loads, blob = entry
+        return loads(blob)
+
+    def fill(self, key: CacheKey, value: Any, token: int | None) -> None:
+        """Keep ``value`` (read after :meth:`get` gave ``token``) unless something changed since."""
+        if token is None:
+            return
+        try:
+            entry = _freeze(value)
+        except (TypeError, ValueError, pickle.PicklingError, AttributeError):
+            log.debug("read cache: %s cannot be copied; not cached", key[0], exc_info=True)
+            return
+        now = time.monotonic()
+        with self._lock:
+            if token != self._epoch or now > self._fresh_until:
+                self._counts["fills_dropped"] += 1
+                return
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            self._counts["fills"] += 1
+            while len(self._entries) > self.settings.max_entries:
+                self._entries.popitem(last=False)
+                self._counts["evictions"] += 1
+
+    # --- invalidation ------------------------------------------------------------------
+
+    def invalidate(self, group: str, key: Sequence[str] | None) -> None:
+        """Drop what a write of this process changed (before the write returns)."""
+        with self._lock:
+            self._drop_locked(group, tuple(key) if key is not None else None)
+
+    def observed(self, group: str, counter: int) -> None:
+        """A write of this process bumped ``group`` to ``counter``: if that skips counters
+        not heard of yet, have the listener check now rather than at its next heartbeat."""
+        with self._lock:
+            behind = counter > self._seen.get(group, counter) + 1
+        if behind:
+            self._listener.wake()
+
+    def _drop_locked(self, group: str, key: tuple[str, ...] | None) -> int:
+        entries = affected(group, key) if key is not None else None
+        self._epoch += 1
+        if entries is None:
+            doomed = [entry for entry in self._entries if belongs(entry, group)]
+        else:
+            doomed = [entry for entry in entries if entry in self._entries]
+        for entry in doomed:
+            del self._entries[entry]
+        self._counts["invalidations"] += len(doomed)
+        return len(doomed)
+
+    def _flush_locked(self, groups: Iterable[str] | None = None) -> None:
+        self._epoch += 1
+        self._counts["flushes"] += 1
+        if groups is None:
+            self._entries.clear()
+            return
+        for group in groups:
+            self._drop_locked(group, None)
+
+    def _step_aside_locked(self) -> bool:
+        """Note that the cache stopped serving; True the first time per outage."""
+        if not self._serving:
+            return False
+        self._serving = False
+        self._counts["step_asides"] += 1
+        return True
+
+    # --- the listener's side -------------------------------------------------------------
+
+    def _on_connect(self) -> None:
+        with self._lock:
+            self._counts["connects"] += 1
+            self._flush_locked()
+
+    def _on_down(self, reason: str) -> bool:
+        """The listener lost (or could not get) its connection; True if that ends serving."""
+        with self._lock:
+            self._fresh_until = 0.0
+            self._entries.clear()
+            self._epoch += 1
+            return self._step_aside_locked()
+
+    def _baseline(self, counters: Mapping[str, tuple[int, int]]) -> None:
+        with self._lock:
+            self._seen = {group: counter for group, (counter, _) in counters.items()}
+
+    def _on_notice(self, payload: str) -> None:
+        notice = Notice.parse(payload)
+        received_ms = time.time() * 1000
+        with self._lock:
+            self._counts["notices"] += 1
+            if notice is None:
+                log.warning("read cache: unreadable notice %r; flushing everything", payload[:200])
+                self._flush_locked()
+                return
+            if notice.counter is not None:
+                seen = self._seen.get(notice.group)
+                if seen is not None and notice.counter > seen + 1:
+                    # A transaction in between bumped the counter without a notice.
+                    self._counts["gaps"] += 1
+                    self._flush_locked([notice.group])
+                if seen is None or notice.counter > seen:
+                    self._seen[notice.group] = notice.counter
+            self._drop_locked(notice.group, notice.key)
+            if notice.sent_ms is not None:
+                self._staleness.append(max(0.0, received_ms - notice.sent_ms))
+
+    def _behind(self, counters: Mapping[str, tuple[int, int]]) -> list[str]:
+        with self._lock:
+            return [
+                group
+                for group, (counter, _) in counters.items()
+                if counter > self._seen.get(group, -1)
+            ]
+
+    def _on_heartbeat(
+        self, sent: float, counters: Mapping[str, tuple[int, int]], behind: Sequence[str]
+    ) -> None:
+        """A poll sent at ``sent`` answered; ``behind``: groups it showed changed unheard."""
+        received_ms = time.time() * 1000
+        with self._lock:
+            self._counts["heartbeats"] += 1
+            if behind:
+                self._flush_locked(behind)
+                for group in behind:
+                    self._staleness.append(max(0.0, received_ms - counters[group][1]))
+            for group, (counter, _) in counters.items():
+                if counter > self._seen.get(group, -1):
+                    self._seen[group] = counter
+            resumed = False
+            if self._closed:
+                return
+            self._fresh_until = max(self._fresh_until, sent + self.max_staleness)
+            resumed = not self._serving and time.monotonic() <= self._fresh_until
+            if resumed:
+                self._serving = True
+            self._last_heartbeat = sent
+        if behind:
+            log.info("read cache: %s changed without a notice; flushed", ", ".join(sorted(behind)))
+        if resumed:
+            log.info(
+                "read cache: serving %s, invalidated through %s, bound %gs",
+                ", ".join(sorted(self.groups)),
+                self.connection.describe(),
+                self.max_staleness,
+            )
+
+    # --- statistics ----------------------------------------------------------------------
+
+    def stats(self, *, log_line: bool = False) -> dict[str, Any]:
+        """Counters and gauges for a metrics exporter (and, with ``log_line``, an INFO line)."""
+        now = time.monotonic()
+        with self._lock:
+            counts = dict(self._counts)
+            hits = dict(self._hits)
+            misses = dict(self._misses)
+            samples = sorted(self._staleness)
+            entries = len(self._entries)
+            last = self._last_heartbeat
+            serving = now <= self._fresh_until
+        result: dict[str, Any] = {
+            "groups": sorted(self.groups),
+            "serving": serving,
+            "listener_connected": self._listener.connected,
+            "entries": entries,
+            "max_entries": self.settings.max_entries,
+            "max_staleness_ms": self.max_staleness * 1000,
+            "hits": sum(hits.values()),
+            "misses": sum(misses.values()),
+            "hits_by_group": {g: hits[g] for g in sorted(self.groups)},
+            "misses_by_group": {g: misses[g] for g in sorted(self.groups)},
+            **counts,
+            "heartbeat_age_ms": None if last is None else round((now - last) * 1000, 3),
+            "staleness_ms": _percentiles(samples),
+        }
+        if log_line:
+            log_stats(result)
+        return result
+
+
+def _percentiles(samples: Sequence[float]) -> dict[str, float | int | None]:
+    if not samples:
+        return {"samples": 0, "p50": None, "p99": None, "max": None}
+
+    def at(fraction: float) -> float:
+        return round(samples[min(len(samples) - 1, int(fraction * len(samples)))], 3)
+
+    return {"samples": len(samples), "p50": at(0.5), "p99": at(0.99), "max": round(samples[-1], 3)}
+
+
+def log_stats(stats: Mapping[str, Any]) -> None:
+    lookups = stats["hits"] + stats["misses"]
+    ratio = f"{100 * stats['hits'] / lookups:.1f}%" if lookups else "-"
+    staleness = stats["staleness_ms"]
+    log.info(
+        "read cache: %s, hits %d (%s), misses %d, bypassed %d, entries %d/%d, "
+        "invalidations %d, flushes %d, step-asides %d, staleness p50 %s ms p99 %s ms",
+        "serving" if stats["serving"] else "stepped aside",
+        stats["hits"],
+        ratio,
+        stats["misses"],
+        stats["bypassed"],
+        stats["entries"],
+        stats["max_entries"],
+        stats["invalidations"],
+        stats["flushes"],
+        stats["step_asides"],
+        staleness["p50"],
+        staleness["p99"],
+    )
+
+
+# --- key writes of this process that bypass the adapters ------------------------------
+
+_KEYS_TABLE: Final = KeyRecord.__table__
+_WROTE_KEYS: Final = "omejdn_pg.cache.wrote_keys"
+
+
+class _KeyWriteWatch:
+    """Engine events: a statement that changed ``keys`` marks its pooled connection; the
+    mark is dropped by a rollback and acted on when the connection is checked in (after
+    the commit, before ``Database.write`` returns)."""
+
+    def __init__(self, engine: Engine, cache: ReadCache) -> None:
+        self._engine = engine
+        self._cache = cache
+        self._listeners: list[tuple[str, Callable[..., None]]] = [
+            ("after_cursor_execute", self._executed),
+            ("rollback", self._rolled_back),
+            ("checkin", self._checked_in),
+        ]
+        for name, listener in self._listeners:
+            event.listen(engine, name, listener)
+
+    def close(self) -> None:
+        for name, listener in self._listeners:
+            event.remove(self._engine, name, listener)
+
+    @staticmethod
+    def _executed(conn: Connection, *args: Any) -> None:
+        context = args[3]
+        if context is None or not (context.isinsert or context.isupdate or context.isdelete):
+            return
+        compiled = context.compiled
+        if compiled is not None and getattr(compiled.statement, "table", None) is _KEYS_TABLE:
+            conn.info[_WROTE_KEYS] = True
+
+    @staticmethod
+    def _rolled_back(conn: Connection) -> None:
+        try:
+            conn.info.pop(_WROTE_KEYS, None)
+        except Exception:  # noqa: BLE001 - an invalidated connection has no info; nothing to undo
+            return
+
+    def _checked_in(self, _dbapi_connection: object, record: Any) -> None:
+        if record is not None and record.info.pop(_WROTE_KEYS, False):
+            self._cache.invalidate("keys", None)
+
+
+# --- the listener ---------------------------------------------------------------------
+
+
+class _Listener:
+    """One thread, one connection: LISTEN, drop what notices name, poll the counters."""
+
+    def __init__(self, cache: ReadCache) -> None:
+        self._cache = cache
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=LISTENER_APPLICATION_NAME, daemon=True
+        )
+        self.connected = False
+        self._established = False
+        self._interval = cache.max_staleness / 2
+        self._log_interval = cache.settings.log_interval
+        self._next_log = time.monotonic() + self._log_interval
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2.0)
+            if self._thread.is_alive():
+                log.debug("read cache: listener still waiting on the server; left to exit")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        delay = _FIRST_RETRY
+        in_outage = False
+        while not self._stop.is_set():
+            self._established = False
+            try:
+                self._connect_and_listen()
+                continue  # stopped
+            except psycopg.Error as error:
+                reason = self._cache.connection.scrub(_first_line(str(error)))
+            except Exception as error:  # a bug must not end the thread: step aside, retry
+                log.exception("read cache: listener failed")
+                reason = f"listener failed: {type(error).__name__}"
+            finally:
+                self.connected = False
+            self._cache._on_down(reason)
+            if self._established:
+                delay = _FIRST_RETRY  # it was working: reconnect at once
+            if self._established or not in_outage:
+                log.warning(
+                    "read cache: listener %s %s (%s); reads go to the database until it is back",
+                    "lost its connection to" if self._established else "cannot listen on",
+                    self._cache.connection.describe(),
+                    reason,
+                )
+            in_outage = True
+            self._maybe_log_stats()
+            self._stop.wait(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+            delay = min(delay * 2, _LAST_RETRY)
+        self._cache._on_down("closed")
+
+    def _connect_and_listen(self) -> None:
+        with psycopg.connect(self._cache.connection.conninfo(), autocommit=True) as conn:
+            self.connected = True
+            self._listen(conn)
+
+    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+        cache = self._cache
+        conn.execute(f"LISTEN {CHANNEL}")
+        # After LISTEN every commit is heard; whatever committed before is flushed.
+        cache._on_connect()
+        sent, counters = self._poll(conn)
+        cache._baseline(counters)
+        self._drain(conn)
+        cache._on_heartbeat(sent, counters, [])
+        self._established = True
+        next_beat = sent + self._interval
+        while not self._stop.is_set():
+            wait = min(max(0.0, next_beat - time.monotonic()), _TICK)
+            for notify in conn.notifies(timeout=wait):
+                if notify.channel == CHANNEL:
+                    cache._on_notice(notify.payload)
+            if self._wake.is_set() or time.monotonic() >= next_beat:
+                self._wake.clear()
+                next_beat = self._heartbeat(conn) + self._interval
+            self._maybe_log_stats()
+
+    def _heartbeat(self, conn: psycopg.Connection[Any]) -> float:
+        sent, counters = self._poll(conn)
+        self._drain(conn)
+        behind = self._cache._behind(counters)
+        if behind:
+            # Notices of commits the poll saw may arrive just after its answer:
+            # one more round trip lets them in before calling anything missed.
+            self._poll(conn)
+            self._drain(conn)
+            behind = self._cache._behind({group: counters[group] for group in behind})
+        self._cache._on_heartbeat(sent, counters, behind)
+        return sent
+
+    def _poll(self, conn: psycopg.Connection[Any]) -> tuple[float, dict[str, tuple[int, int]]]:
+        sent = time.monotonic()
+        rows = conn.execute(_POLL).fetchall()
+        return sent, {str(name): (int(counter), int(ms)) for name, counter, ms in rows}
+
+    def _drain(self, conn: psycopg.Connection[Any]) -> None:
+        for notify in conn.notifies(timeout=0):
+            if notify.channel == CHANNEL:
+                self._cache._on_notice(notify.payload)
+
+    def _maybe_log_stats(self) -> None:
+        if self._log_interval > 0 and time.monotonic() >= self._next_log:
+            self._next_log = time.monotonic() + self._log_interval
+            self._cache.stats(log_line=True)
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else text

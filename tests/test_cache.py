@@ -1,0 +1,625 @@
+"""The read cache against a real PostgreSQL: hits without a round trip, invalidation
+across loaders, and the failure modes — a killed, stalled or locked-out listener, a
+change that came without its notice — each checked against the staleness bound.
+
+Two loaders on one database stand for two server processes (a real second
+process is in ``test_cache_process.py``); the writer usually runs with its
+cache off, so the reader's listener is the only one in ``pg_stat_activity``.
+Timings are asserted only against the bound, with a generous margin.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from omejdn_pg import Client, PluginLoader, User
+from omejdn_pg.host import events
+from omejdn_pg.host.facade import Host
+from omejdn_pg.keys import KeySet, generate_key
+from omejdn_pg.postgres.cache import CHANNEL, LISTENER_APPLICATION_NAME, ReadCache
+from omejdn_pg.postgres.database import count_statements
+from omejdn_pg.postgres.plugin import PostgresBackendPlugin
+from omejdn_pg.settings import ConnectionSettings
+from tests.helpers import PlainSQL
+
+BOUND = 0.5
+"""``max_staleness`` of the caches under test, in seconds."""
+MARGIN = 1.0
+"""Slack on every timed assertion: the bound is the claim, the margin absorbs a busy CI."""
+CACHE = f"{{max_staleness: {BOUND}}}"
+EVERYTHING = f"{{max_staleness: {BOUND}, client: true, user: true}}"
+OFF = "false"
+HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
+
+
+def write_plugins(path: Path, connection: ConnectionSettings, cache: str) -> Path:
+    params = "".join(f"         {k}: '{v}'\n" for k, v in connection.params.items())
+    path.write_text(
+        "plugins:\n"
+        "   postgres_backend:\n"
+        "      connection:\n"
+        f"{params}"
+        "      passwords: {bcrypt_rounds: 4}\n"
+        f"      cache: {cache}\n"
+        "deactivate_defaults: [config, keys, client, user]\n"
+        "user_backend_default: postgres\n"
+        "client_backend_default: postgres\n"
+    )
+    return path
+
+
+def plugin(loader: PluginLoader) -> PostgresBackendPlugin:
+    found = loader.plugins["postgres_backend"]
+    assert isinstance(found, PostgresBackendPlugin)
+    return found
+
+
+def cache_of(loader: PluginLoader) -> ReadCache:
+    cache = plugin(loader).cache
+    assert cache is not None
+    return cache
+
+
+def one(loader: PluginLoader, event: str, **context: Any) -> Any:
+    (answer,) = loader.fire(event, **context)
+    return answer
+
+
+def section(loader: PluginLoader, name: str = "omejdn") -> Any:
+    return one(loader, events.CONFIGURATION_LOAD, section=name, fallback=None)
+
+
+def store(loader: PluginLoader, data: Any, name: str = "omejdn") -> None:
+    loader.fire(events.CONFIGURATION_STORE, section=name, data=data)
+
+
+def jwks() -> dict[str, Any]:
+    return KeySet([generate_key("ES256")]).to_jwks(private=True)
+
+
+def kids(answer: dict[str, Any] | None) -> list[str]:
+    return [key["kid"] for key in (answer or {"keys": []})["keys"]]
+
+
+def eventually(check: Callable[[], bool], timeout: float = BOUND + MARGIN) -> float:
+    """Seconds until ``check()`` held; fails after ``timeout``."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout:g}s")
+        time.sleep(0.002)
+    return time.monotonic() - start
+
+
+def warm(read: Callable[[], Any], loader: PluginLoader, attempts: int = 50) -> Any:
+    """Read until the answer comes from the cache (a fill may lose to a late notice)."""
+    statements = count_statements(plugin(loader).database.engine)
+    for _ in range(attempts):
+        before = len(statements)
+        value = read()
+        if len(statements) == before:
+            return value
+        time.sleep(0.01)
+    raise AssertionError("the answer was never served from the cache")
+
+
+def listener_pids(sql: PlainSQL, user: str | None = None) -> list[int]:
+    rows = sql.rows(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
+        "AND datname = current_database() AND (%s::text IS NULL OR usename = %s)",
+        (LISTENER_APPLICATION_NAME, user, user),
+    )
+    return [pid for (pid,) in rows]
+
+
+def kill_listener(sql: PlainSQL, user: str | None = None) -> int:
+    """Terminate the listener's connection; returns once its backend is gone."""
+    (pid,) = listener_pids(sql, user)
+    assert sql.value("SELECT pg_terminate_backend(%s)", (pid,))
+    eventually(lambda: pid not in listener_pids(sql, user), 10)
+    return pid
+
+
+@pytest.fixture
+def open_loader(
+    database: ConnectionSettings, tmp_path: Path
+) -> Iterator[Callable[..., PluginLoader]]:
+    """Opens loaders on the test's database (each a stand-in for a server process)."""
+    opened: list[PluginLoader] = []
+
+    def open_(cache: str = CACHE, *, wait: bool = True) -> PluginLoader:
+        path = write_plugins(tmp_path / f"plugins-{len(opened)}.yml", database, cache)
+        loader = PluginLoader.from_files([path], base_dir=tmp_path)
+        opened.append(loader)
+        found = plugin(loader).cache
+        if wait and found is not None:
+            assert found.wait_until_serving(10), found.stats()
+        return loader
+
+    yield open_
+    for loader in opened:
+        loader.close()
+
+
+# --- hits ---------------------------------------------------------------------------
+
+
+def test_cached_point_reads_send_no_statement(open_loader: Callable[..., PluginLoader]) -> None:
+    loader = open_loader()
+    store(loader, {"issuer": "https://a.example", "scopes": ["openid"]})
+    store(loader, ["webfinger", "entry"], name="webfinger")
+    signer = jwks()
+    loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks=signer)
+    reads: list[Callable[[], Any]] = [
+        lambda: section(loader),
+        lambda: section(loader, "webfinger"),
+        lambda: section(loader, "never_written"),  # "never written" is an answer too
+        lambda: one(loader, events.KEYS_LOAD, target_type="omejdn", target="omejdn", create=False),
+        lambda: one(loader, events.KEYS_LOAD_ALL, target_type="omejdn"),
+        lambda: one(loader, events.KEYS_LOAD, target_type="jwt", target="none", create=False),
+    ]
+    first = [warm(read, loader) for read in reads]
+    assert first[0] == {"issuer": "https://a.example", "scopes": ["openid"]}
+    assert first[2] is None
+    assert kids(first[3]) == [key["kid"] for key in signer["keys"]]
+    assert first[5] is None
+
+    statements = count_statements(plugin(loader).database.engine)
+    hits = cache_of(loader).stats()["hits"]
+    for _ in range(100):
+        assert [read() for read in reads] == first
+    assert statements == []
+    stats = cache_of(loader).stats()
+    assert stats["hits"] == hits + 600
+    assert stats["hits_by_group"]["config"] >= 300
+    assert stats["serving"]
+
+
+def test_answers_are_copies(open_loader: Callable[..., PluginLoader]) -> None:
+    loader = open_loader(EVERYTHING)
+    store(loader, {"issuer": "https://a.example", "nested": {"scopes": ["openid"]}})
+    loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks=jwks())
+    client = Client(metadata={"client_id": "app", "redirect_uris": ["https://app/cb"]})
+    loader.fire(events.CLIENT_CREATE, client=client, client_backend="postgres")
+    user = User(username="alice", password=HASH, attributes={"groups": ["a"]})
+    loader.fire(events.USER_CREATE, user=user, user_backend="postgres")
+
+    config = warm(lambda: section(loader), loader)
+    config["nested"]["scopes"].append("profile")
+    config["issuer"] = "https://evil.example"
+    assert section(loader) == {"issuer": "https://a.example", "nested": {"scopes": ["openid"]}}
+
+    keys = warm(
+        lambda: one(loader, events.KEYS_LOAD, target_type="omejdn", target="omejdn"), loader
+    )
+    keys["keys"][0]["d"] = "tampered"
+    again = one(loader, events.KEYS_LOAD, target_type="omejdn", target="omejdn")
+    assert again["keys"][0]["d"] != "tampered"
+
+    found = warm(lambda: one(loader, events.CLIENT_GET, client_id="app"), loader)
+    found.metadata["redirect_uris"].append("https://evil/cb")
+    assert one(loader, events.CLIENT_GET, client_id="app").metadata["redirect_uris"] == [
+        "https://app/cb"
+    ]
+    alice = warm(lambda: one(loader, events.USER_GET, username="alice"), loader)
+    alice.attributes["groups"].append("admin")
+    alice.password = None
+    cached = one(loader, events.USER_GET, username="alice")
+    assert cached.attributes == {"groups": ["a"]}
+    assert cached.password == HASH
+
+
+def test_users_and_clients_are_not_cached_by_default(
+    open_loader: Callable[..., PluginLoader],
+) -> None:
+    loader = open_loader()
+    loader.fire(
+        events.CLIENT_CREATE,
+        client=Client(metadata={"client_id": "app"}),
+        client_backend="postgres",
+    )
+    loader.fire(events.USER_CREATE, user=User(username="alice"), user_backend="postgres")
+    statements = count_statements(plugin(loader).database.engine)
+    for _ in range(3):
+        assert one(loader, events.CLIENT_GET, client_id="app").client_id == "app"
+        assert one(loader, events.USER_GET, username="alice").username == "alice"
+    assert len(statements) == 6
+    assert cache_of(loader).groups == {"config", "keys"}
+
+
+def test_cache_false_starts_no_listener(
+    open_loader: Callable[..., PluginLoader], plain_sql: PlainSQL
+) -> None:
+    loader = open_loader(OFF)
+    assert plugin(loader).cache is None
+    assert plugin(loader).stats() == {}
+    store(loader, {"a": 1})
+    statements = count_statements(plugin(loader).database.engine)
+    assert section(loader) == section(loader) == {"a": 1}
+    assert len(statements) == 2
+    assert listener_pids(plain_sql) == []
+
+
+# --- read-your-writes -------------------------------------------------------------------
+
+
+def test_a_process_reads_its_own_writes_at_once(
+    open_loader: Callable[..., PluginLoader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With its listener deaf to every notice, the writing process still never serves
+    what it replaced: its writes drop its own entries before they return."""
+    loader = open_loader("{max_staleness: 30, client: true, user: true}")
+    cache = cache_of(loader)
+    host = Host(loader)
+    store(loader, {"n": 1})
+    loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks=jwks())
+    client = Client(metadata={"client_id": "app", "client_name": "App"})
+    loader.fire(events.CLIENT_CREATE, client=client, client_backend="postgres")
+    loader.fire(
+        events.USER_CREATE, user=User(username="alice", password=HASH), user_backend="postgres"
+    )
+    reads: dict[str, Callable[[], Any]] = {
+        "config": lambda: section(loader),
+        "keys": lambda: one(loader, events.KEYS_LOAD, target_type="omejdn", target="omejdn"),
+        "all": lambda: one(loader, events.KEYS_LOAD_ALL, target_type="omejdn"),
+        "client": lambda: one(loader, events.CLIENT_GET, client_id="app"),
+        "client_keys": lambda: one(loader, events.KEYS_LOAD, target_type="clients", target="app"),
+        "user": lambda: one(loader, events.USER_GET, username="alice"),
+    }
+    for read in reads.values():
+        warm(read, loader)
+    monkeypatch.setattr(cache, "_on_notice", lambda payload: None)
+    invalidations = cache.stats()["invalidations"]
+
+    store(loader, {"n": 2})
+    assert section(loader) == {"n": 2}
+
+    new_signer = jwks()
+    loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks=new_signer)
+    assert kids(reads["keys"]()) == kids(new_signer)
+    assert kids(reads["all"]()) == kids(new_signer)
+    # The key lifecycle writes key rows without the adapters, and is seen as well.
+    rotated = host.keys.rotate("omejdn", "omejdn")
+    assert rotated.kid in kids(reads["all"]())
+
+    found = reads["client"]()
+    found.metadata["client_name"] = "App 2"
+    found.metadata["jwks"] = jwks()
+    loader.fire(events.CLIENT_UPDATE, client=found)
+    assert reads["client"]().metadata["client_name"] == "App 2"
+    assert kids(reads["client_keys"]()) == kids(found.metadata["jwks"])
+
+    alice = reads["user"]()
+    loader.fire(events.USER_AUTHENTICATION_PASSWORD_CHANGE, user=alice, password="n3w-secret")
+    assert reads["user"]().password == alice.password != HASH
+
+    loader.fire(events.CLIENT_DELETE, client_id="app")
+    assert reads["client"]() is None
+    assert reads["client_keys"]() is None
+    loader.fire(events.USER_DELETE, username="alice")
+    assert reads["user"]() is None
+
+    assert cache.stats()["invalidations"] > invalidations
+    assert cache.stats()["serving"]
+
+
+def test_reads_inside_a_batch_are_never_kept(open_loader: Callable[..., PluginLoader]) -> None:
+    """A batch reads its own uncommitted writes; rolled back, they must not linger."""
+    loader = open_loader()
+    host = Host(loader)
+    store(loader, {"n": 1})
+    warm(lambda: section(loader), loader)
+
+    class Abort(Exception):
+        pass
+
+    def batch_that_fails() -> None:
+        with host.batch():
+            store(loader, {"n": 2})
+            assert section(loader) == {"n": 2}
+            assert section(loader, "fresh") is None
+            store(loader, {"new": True}, name="fresh")
+            assert section(loader, "fresh") == {"new": True}
+            raise Abort
+
+    with pytest.raises(Abort):
+        batch_that_fails()
+    for _ in range(20):
+        assert section(loader) == {"n": 1}
+        assert section(loader, "fresh") is None
+    with host.batch():
+        store(loader, {"n": 3})
+    assert section(loader) == {"n": 3}
+
+
+# --- other processes, within the bound ------------------------------------------------
+
+
+def test_a_write_is_seen_by_another_loader_within_the_bound(
+    open_loader: Callable[..., PluginLoader],
+) -> None:
+    reader = open_loader(EVERYTHING)
+    writer = open_loader(OFF)
+    store(writer, {"n": 1})
+    writer.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks=jwks())
+    writer.fire(
+        events.CLIENT_CREATE,
+        client=Client(metadata={"client_id": "app"}),
+        client_backend="postgres",
+    )
+    writer.fire(events.USER_CREATE, user=User("alice", HASH), user_backend="postgres")
+    all_keys = lambda: one(reader, events.KEYS_LOAD_ALL, target_type="omejdn")  # noqa: E731
+    assert warm(lambda: section(reader), reader) == {"n": 1}
+    warm(all_keys, reader)
+    assert warm(lambda: one(reader, events.CLIENT_GET, client_id="app"), reader) is not None
+    assert warm(lambda: one(reader, events.USER_GET, username="alice"), reader).password == HASH
+
+    store(writer, {"n": 2})
+    eventually(lambda: section(reader) == {"n": 2})
+    # A key rotated by the operator's lifecycle command (no adapter: the trigger tells).
+    rotated = Host(writer).keys.rotate("omejdn", "omejdn")
+    eventually(lambda: rotated.kid in kids(all_keys()))
+    writer.fire(events.CLIENT_DELETE, client_id="app")
+    eventually(lambda: one(reader, events.CLIENT_GET, client_id="app") is None)
+    alice = one(writer, events.USER_GET, username="alice")
+    writer.fire(events.USER_AUTHENTICATION_PASSWORD_CHANGE, user=alice, password="n3w-secret")
+    eventually(lambda: one(reader, events.USER_GET, username="alice").password != HASH)
+
+    stats = cache_of(reader).stats()
+    assert stats["notices"] >= 4
+    assert stats["staleness_ms"]["samples"] >= 4
+    assert stats["staleness_ms"]["max"] <= (BOUND + MARGIN) * 1000
+
+
+def test_a_killed_listener_mid_stream_never_serves_beyond_the_bound(
+    open_loader: Callable[..., PluginLoader], plain_sql: PlainSQL
+) -> None:
+    """Writes every 10 ms in one loader, reads in a loop in another, whose listener
+    connection is terminated every 0.8 s: every read is at most the bound behind."""
+    reader = open_loader()
+    writer = open_loader(OFF)
+    store(writer, {"n": 0})
+    warm(lambda: section(reader), reader)
+    committed: list[float] = [time.monotonic()]  # committed[i]: when n = i had committed
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                store(writer, {"n": n})
+                committed.append(time.monotonic())
+                time.sleep(0.01)
+        except BaseException as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    worst = 0.0
+    kills = 0
+    try:
+        deadline = time.monotonic() + 4.0
+        next_kill = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            asked = time.monotonic()
+            n = section(reader)["n"]
+            # The value read was outdated once n + 1 committed; how long before we asked?
+            if n + 1 < len(committed):
+                worst = max(worst, asked - committed[n + 1])
+            if time.monotonic() >= next_kill:
+                kill_listener(plain_sql)
+                kills += 1
+                next_kill = time.monotonic() + 0.8
+                # The listener comes back by itself.
+                eventually(lambda: len(listener_pids(plain_sql)) == 1, 10)
+    finally:
+        stop.set()
+        thread.join()
+    assert not failures
+    final = len(committed) - 1
+    eventually(lambda: section(reader)["n"] == final)
+    stats = cache_of(reader).stats()
+    assert kills >= 3
+    assert worst <= BOUND + MARGIN, worst
+    assert stats["connects"] >= kills + 1
+    assert stats["flushes"] >= kills
+    assert stats["hits"] > 0
+
+
+def test_a_change_without_its_notice_is_caught_by_the_counter(
+    open_loader: Callable[..., PluginLoader], plain_sql: PlainSQL
+) -> None:
+    """A writer that bumps the change counter but sends no NOTIFY (a lost notice):
+    the listener's poll sees the counter ahead and flushes within the bound."""
+    reader = open_loader()
+    writer = open_loader(OFF)
+    store(writer, {"n": 1})
+    assert warm(lambda: section(reader), reader) == {"n": 1}
+    stats = cache_of(reader).stats()
+
+    with psycopg.connect(plain_sql.settings.conninfo()) as conn:  # one transaction, no NOTIFY
+        conn.execute("UPDATE configuration_omejdn SET value = '2' WHERE key = 'n'")
+        conn.execute("UPDATE omejdn_pg_changes SET counter = counter + 1 WHERE name = 'config'")
+    eventually(lambda: section(reader) == {"n": 2})
+    after = cache_of(reader).stats()
+    assert after["flushes"] > stats["flushes"]
+    assert after["notices"] == stats["notices"]
+    assert warm(lambda: section(reader), reader) == {"n": 2}  # cached again
+
+    # The next notice of the group skips the counter: the gap alone flushes.
+    with psycopg.connect(plain_sql.settings.conninfo()) as conn:
+        conn.execute("UPDATE configuration_omejdn SET value = '3' WHERE key = 'n'")
+        conn.execute("UPDATE omejdn_pg_changes SET counter = counter + 1 WHERE name = 'config'")
+    store(writer, {"other": True}, name="other")
+    eventually(lambda: section(reader) == {"n": 3})
+
+
+def test_hand_sql_on_keys_is_announced_by_the_trigger(
+    open_loader: Callable[..., PluginLoader], plain_sql: PlainSQL
+) -> None:
+    reader = open_loader()
+    writer = open_loader(OFF)
+    writer.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks=jwks())
+    load = lambda: one(reader, events.KEYS_LOAD, target_type="omejdn", target="omejdn")  # noqa: E731
+    assert warm(load, reader) is not None
+    plain_sql.execute("DELETE FROM keys WHERE target_type = 'omejdn'")
+    eventually(lambda: load() is None)
+
+
+# --- a listener that cannot hear ------------------------------------------------------------
+
+
+@pytest.fixture
+def listener_role(server: ConnectionSettings, database: ConnectionSettings) -> Iterator[str]:
+    """A role of its own for the listener, so that it alone can be locked out."""
+    role = f"omejdn_pg_listener_{uuid.uuid4().hex[:8]}"
+    admin = PlainSQL(server)
+    admin.execute(f"CREATE ROLE {role} LOGIN")
+    PlainSQL(database).execute(f"GRANT SELECT ON omejdn_pg_changes TO {role}")
+    try:
+        yield role
+    finally:
+        PlainSQL(database).execute(f"DROP OWNED BY {role}")
+        for (pid,) in admin.rows("SELECT pid FROM pg_stat_activity WHERE usename = %s", (role,)):
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        admin.execute(f"DROP ROLE {role}")
+
+
+def test_a_listener_that_cannot_reconnect_steps_aside(
+    listener_role: str, open_loader: Callable[..., PluginLoader], plain_sql: PlainSQL
+) -> None:
+    reader = open_loader(
+        f"{{max_staleness: {BOUND}, listen_connection: {{user: {listener_role}}}}}", wait=False
+    )
+    if not cache_of(reader).wait_until_serving(10):
+        pytest.skip("the test server lets no new role log in without a password")
+    writer = open_loader(OFF)
+    store(writer, {"n": 1})
+    assert warm(lambda: section(reader), reader) == {"n": 1}
+
+    plain_sql.execute(f"ALTER ROLE {listener_role} CONNECTION LIMIT 0")
+    kill_listener(plain_sql, listener_role)
+    store(writer, {"n": 2})
+    eventually(lambda: section(reader) == {"n": 2})
+
+    # Stepped aside: every read goes to the database, and stays there.
+    time.sleep(3 * BOUND)
+    cache = cache_of(reader)
+    stats = cache.stats()
+    assert not stats["serving"]
+    assert not stats["listener_connected"]
+    assert stats["step_asides"] >= 1
+    statements = count_statements(plugin(reader).database.engine)
+    for _ in range(5):
+        assert section(reader) == {"n": 2}
+    assert len(statements) == 5
+    assert cache.stats()["bypassed"] >= stats["bypassed"] + 5
+    store(writer, {"n": 3})
+    assert section(reader) == {"n": 3}
+
+    # Let it back in: it reconnects, flushes, and serves again.
+    plain_sql.execute(f"ALTER ROLE {listener_role} CONNECTION LIMIT -1")
+    assert cache.wait_until_serving(10)
+    assert warm(lambda: section(reader), reader) == {"n": 3}
+    assert cache.stats()["connects"] >= stats["connects"] + 1
+
+
+def _backend_process(pid: int) -> bool:
+    """Whether ``pid`` is a PostgreSQL backend on this machine that we may signal."""
+    try:
+        return b"postgres" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_a_stalled_listener_steps_aside_and_comes_back(
+    open_loader: Callable[..., PluginLoader], plain_sql: PlainSQL
+) -> None:
+    """The listener's server process is frozen (SIGSTOP) — alive, connected, silent:
+    past the bound the cache serves nothing; thawed, it catches up and serves again."""
+    reader = open_loader()
+    writer = open_loader(OFF)
+    store(writer, {"n": 1})
+    assert warm(lambda: section(reader), reader) == {"n": 1}
+    (pid,) = listener_pids(plain_sql)
+    if not _backend_process(pid):
+        pytest.skip("the test server runs on another machine: its processes cannot be frozen")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        store(writer, {"n": 2})
+        eventually(lambda: section(reader) == {"n": 2})
+        stats = cache_of(reader).stats()
+        assert not stats["serving"]
+        assert stats["step_asides"] >= 1
+        assert stats["listener_connected"]  # it never noticed: only the bound protected us
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert cache_of(reader).wait_until_serving(10)
+    assert warm(lambda: section(reader), reader) == {"n": 2}
+
+
+# --- lifecycle and the SQL side ---------------------------------------------------------------
+
+
+def test_close_stops_the_listener_and_its_connection(
+    database: ConnectionSettings, tmp_path: Path, plain_sql: PlainSQL
+) -> None:
+    path = write_plugins(tmp_path / "plugins.yml", database, CACHE)
+    loader = PluginLoader.from_files([path], base_dir=tmp_path)
+    cache = cache_of(loader)
+    assert cache.wait_until_serving(10)
+    thread = cache._listener._thread
+    assert thread.daemon
+    assert thread.is_alive()
+    assert len(listener_pids(plain_sql)) == 1
+    loader.close()
+    assert not thread.is_alive()
+    assert plugin(loader).cache is None
+    eventually(lambda: listener_pids(plain_sql) == [], 10)
+
+
+def test_the_change_function_bumps_once_and_notifies_on_commit(plain_sql: PlainSQL) -> None:
+    conninfo = plain_sql.settings.conninfo()
+    with psycopg.connect(conninfo, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        before = plain_sql.value("SELECT counter FROM omejdn_pg_changes WHERE name = 'user'")
+        with psycopg.connect(conninfo) as conn:
+            counters = {
+                conn.execute("SELECT omejdn_pg_changed('user', %s)", (f"u{i}",)).fetchall()[0][0]
+                for i in range(70)
+            }
+        assert counters == {before + 1}
+        with psycopg.connect(conninfo) as conn:  # rolled back: nothing counted, nothing sent
+            conn.execute("SELECT omejdn_pg_changed('user', 'ghost')")
+            conn.rollback()
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("SELECT omejdn_pg_changed('keys', 'clients', 'a/b')")
+            conn.execute("SELECT omejdn_pg_changed('config')")
+        received = [n.payload for n in listener.notifies(timeout=2.0, stop_after=66)]
+    users = [payload for payload in received if payload.startswith("user:")]
+    assert len(users) == 64
+    assert users[0].startswith(f"user:u0:{before + 1}:")
+    assert users[62].startswith(f"user:u62:{before + 1}:")
+    assert users[63].startswith(f"user:*:{before + 1}:")  # the rest as the whole group
+    assert not [payload for payload in received if "ghost" in payload]
+    assert [p.rsplit(":", 2)[0] for p in received if not p.startswith("user:")] == [
+        "keys:clients/a%2Fb",
+        "config:*",
+    ]
+    assert plain_sql.value("SELECT counter FROM omejdn_pg_changes WHERE name = 'user'") == (
+        before + 1
+    )
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown group"):
+        plain_sql.execute("SELECT omejdn_pg_changed('sessions', 'x')")
