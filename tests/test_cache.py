@@ -11,7 +11,9 @@ Timings are asserted only against the bound, with a generous margin.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import uuid
@@ -568,6 +570,46 @@ def test_a_stalled_listener_steps_aside_and_comes_back(
         os.kill(pid, signal.SIGCONT)
     assert cache_of(reader).wait_until_serving(10)
     assert warm(lambda: section(reader), reader) == {"n": 2}
+
+
+def test_a_server_restart_flushes_what_was_cached(tmp_path: Path) -> None:
+    """The server goes away under a serving cache and comes back; a write lands before
+    the listener is back: the reconnect's flush makes sure it is not missed."""
+    import pgserver
+
+    from omejdn_pg.postgres import migrate
+
+    # Not under tmp_path: as root, pgserver runs postgres as a user that must reach it.
+    data = Path(tempfile.mkdtemp(prefix="omejdn-pg-test-cache-restart-"))
+    servers = [pgserver.get_server(data, cleanup_mode="stop")]
+    try:
+        settings = ConnectionSettings.from_url(servers[0].get_uri())
+        migrate.upgrade(settings)
+        reader = PluginLoader.from_files(
+            [write_plugins(tmp_path / "reader.yml", settings, CACHE)], base_dir=tmp_path
+        )
+        writer = PluginLoader.from_files(
+            [write_plugins(tmp_path / "writer.yml", settings, OFF)], base_dir=tmp_path
+        )
+        with reader, writer:
+            cache = cache_of(reader)
+            assert cache.wait_until_serving(10)
+            store(writer, {"n": 1})
+            assert warm(lambda: section(reader), reader) == {"n": 1}
+            connects = cache.stats()["connects"]
+
+            servers[0].cleanup()
+            servers[0] = pgserver.get_server(data, cleanup_mode="stop")
+            store(writer, {"n": 2})  # most likely before the listener is back
+            eventually(lambda: section(reader) == {"n": 2})
+            assert cache.wait_until_serving(10)
+            assert warm(lambda: section(reader), reader) == {"n": 2}
+            stats = cache.stats()
+            assert stats["connects"] == connects + 1
+            assert stats["step_asides"] >= 1
+    finally:
+        servers[0].cleanup()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 # --- lifecycle and the SQL side ---------------------------------------------------------------

@@ -97,7 +97,13 @@ KEYS: Final = "keys"
 KEYS_ALL: Final = "keys_all"
 CLIENT: Final = "client"
 USER: Final = "user"
-_GROUP_OF_KIND: Final = {CONFIG: "config", KEYS: "keys", KEYS_ALL: "keys", CLIENT: "client"}
+_GROUP_OF_KIND: Final = {
+    CONFIG: "config",
+    KEYS: "keys",
+    KEYS_ALL: "keys",
+    CLIENT: "client",
+    USER: "user",
+}
 
 _LISTENER_DEFAULTS: Final = {
     "connect_timeout": "5",
@@ -397,9 +403,8 @@ class ReadCache:
     def get(self, key: CacheKey, group: str | None = None) -> Any:
         """A copy of the cached answer for ``key`` (of ``group``), or a :class:`Miss`."""
         group = group or group_of(key)
-        now = time.monotonic()
         with self._lock:
-            if now > self._fresh_until:
+            if time.monotonic() > self._fresh_until:
                 self._counts["bypassed"] += 1
                 stepped = self._step_aside_locked()
                 entry = None
@@ -433,9 +438,8 @@ class ReadCache:
         except (TypeError, ValueError, pickle.PicklingError, AttributeError):
             log.debug("read cache: %s cannot be copied; not cached", key[0], exc_info=True)
             return
-        now = time.monotonic()
         with self._lock:
-            if token != self._epoch or now > self._fresh_until:
+            if token != self._epoch or time.monotonic() > self._fresh_until:
                 self._counts["fills_dropped"] += 1
                 return
             self._entries[key] = entry
@@ -706,7 +710,7 @@ class _Listener:
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=2.0)
+            self._thread.join(timeout=1.0)
             if self._thread.is_alive():
                 log.debug("read cache: listener still waiting on the server; left to exit")
 
