@@ -266,21 +266,25 @@ class Keys:
                 return key
         raise NotFound(f"keys {target_type}/{target} has no private signing key")
 
-    def load_all(self, target_type: str) -> KeySet:
-        """Every key of ``target_type`` from every backend, once each (``Keys.load_all_keys``)."""
+    def load_all(self, target_type: str) -> list[Key]:
+        """Every key of ``target_type`` from every backend, once each (``Keys.load_all_keys``).
+
+        A list, not a KeySet: the per-set limit bounds what one target may hold,
+        while a type (every client's keys) may hold any number.
+        """
         seen: set[str] = set()
         found = []
         for answer in self._loader.fire(events.KEYS_LOAD_ALL, target_type=target_type):
-            for key in _key_set(answer, f"KEYS_LOAD_ALL {target_type}"):
+            for key in _keys_of(answer, f"KEYS_LOAD_ALL {target_type}"):
                 if key.kid not in seen:
                     seen.add(key.kid)
                     found.append(key)
-        return KeySet(found)
+        return found
 
     def jwks(self, target_type: str) -> dict[str, Any]:
         """The public keys of ``target_type`` as a JWK Set (RFC 7517): what ``/jwks.json``
         publishes — next, active and retired keys, never a private member."""
-        return self.load_all(target_type).to_jwks(private=False)
+        return {"keys": [key.to_jwk(private=False) for key in self.load_all(target_type)]}
 
     def targets(self, target_type: str | None = None) -> list[tuple[str, str]]:
         """Targets stored in PostgreSQL, or else in the deployment's files."""
@@ -412,6 +416,16 @@ class Keys:
                 "plugin with the 'keys' handler"
             )
         return postgres
+
+
+def _keys_of(answer: object, what: str) -> list[Key]:
+    """The keys of a KEYS_LOAD_ALL answer, however many (no per-set limit)."""
+    if isinstance(answer, dict) and isinstance(answer.get("keys"), list):
+        return [
+            Key.from_jwk(jwk, what=f"{what}: keys[{index}]")
+            for index, jwk in enumerate(answer["keys"])
+        ]
+    return list(_key_set(answer, what))
 
 
 def _key_set(answer: object, what: str) -> KeySet:
