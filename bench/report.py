@@ -50,20 +50,22 @@ def machine() -> dict[str, Any]:
         "uncommitted_package_files": sorted(
             line[3:]
             for line in (
-                _git("status", "--porcelain", "--", "omejdn_pg", "alembic") or ""
+                _git("status", "--porcelain", "--", "omejdn_pg", "alembic", strip=False) or ""
             ).splitlines()
         ),
     }
 
 
-def _git(*arguments: str) -> str | None:
+def _git(*arguments: str, strip: bool = True) -> str | None:
     try:
         done = subprocess.run(
             ["git", *arguments], cwd=_REPOSITORY, capture_output=True, text=True, timeout=10
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() if strip else done.stdout
 
 
 def write(results: dict[str, Any], out: Path, stamp: str, quick: bool) -> Path:
