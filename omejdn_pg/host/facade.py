@@ -20,6 +20,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import Connection
 
 from omejdn_pg import lifecycle
 from omejdn_pg.entities import Client, KeyMaterial, User
@@ -30,6 +31,7 @@ from omejdn_pg.host.events import EventBus
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.keys import Key, KeySet, generate_key
 from omejdn_pg.passwords import PasswordPolicy, describe_hash, too_costly
+from omejdn_pg.postgres.cache import publish_change
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.config import ConfigRepository, Shape
@@ -217,9 +219,18 @@ class Config:
         if self._postgres is None:
             raise ConfigurationError("sections are provisioned in PostgreSQL only")
         shape: Shape = "list" if list_section else "dict"
-        return self._postgres.database.write(
-            lambda conn: ConfigRepository(conn).provision(section, shape, replace=replace)
-        )
+        postgres = self._postgres
+
+        def provision(conn: Connection) -> bool:
+            created = ConfigRepository(conn).provision(section, shape, replace=replace)
+            if created:
+                publish_change(conn, "config", (section,))  # a replaced section vanished
+            return created
+
+        created = postgres.database.write(provision)
+        if created:
+            postgres.changed("config", (section,))
+        return created
 
     def sections(self) -> list[str]:
         """Sections stored in PostgreSQL, or else in the deployment's files."""
