@@ -9,7 +9,8 @@ runs or help lists it: importing this module imports click and nothing of
 SQLAlchemy, psycopg, alembic, cryptography or rich, so ``--help`` is quick.
 
 Errors are one line on stderr, ``error: ...``, exit status 1 (2 for a usage
-error, 130 after Ctrl-C); a password never appears in one.
+error, 130 after Ctrl-C); a password never appears in one. A reader that goes
+away (``| head``) ends the command quietly with status 1, as click does.
 ``OMEJDN_PG_DEBUG=1`` adds the traceback of an unexpected error.
 """
 
@@ -29,7 +30,6 @@ from omejdn_pg.errors import OmejdnPgError
 
 DEBUG_ENV: Final = "OMEJDN_PG_DEBUG"
 SIGINT_STATUS: Final = 130
-SIGPIPE_STATUS: Final = 141
 
 COMMANDS: Final = {
     "db": "omejdn_pg.cli.db:db",
@@ -116,11 +116,6 @@ def run(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print_error("interrupted")
         return SIGINT_STATUS
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, as a shell tool does.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return SIGPIPE_STATUS
     except OmejdnPgError as exc:
         print_error(str(exc), context.secrets())
         return 1

@@ -196,11 +196,8 @@ def clients_add(
     from omejdn_pg.errors import AlreadyExists
 
     metadata = read_mapping(source) if source is not None else {}
-    if client_id:
-        metadata["client_id"] = client_id
-    if not metadata.get("client_id"):
-        raise click.UsageError("give CLIENT_ID or a --file with client_id")
-    options: dict[str, Any] = {
+    options = {
+        "client_id": client_id or None,
         "client_name": client_name,
         "token_endpoint_auth_method": auth_method,
         "redirect_uris": list(redirect_uris) or None,
@@ -208,19 +205,38 @@ def clients_add(
         "scope": list(scopes) or None,
     }
     metadata.update({k: v for k, v in options.items() if v is not None})
-    metadata.setdefault("token_endpoint_auth_method", "none")
-    metadata.setdefault("grant_types", ["authorization_code"])
-    generated = None
-    if uses_secret(metadata) and not metadata.get(SECRET):
-        generated = metadata[SECRET] = new_secret()
+    generated = complete_new_client(metadata)
     client = new_client(metadata, dict(split_assignment(a) for a in attributes))
-    host = current().host()
+    cli = current()
+    host = cli.host()
     if host.clients.find(client.client_id) is not None:
         raise AlreadyExists(f"client {client.client_id!r} exists already")
     host.clients.add(client)
-    click.echo(f"added client {client.client_id}")
+    print_added(cli.output_format(), client.client_id, generated)
+
+
+def print_added(fmt: str, client_id: str, generated: str | None) -> None:
+    """What ``clients add`` says; a generated secret is shown here and never again."""
+    if fmt != "table":
+        print_document({"client_id": client_id, SECRET: generated}, fmt)
+        return
+    click.echo(f"added client {client_id}")
     if generated is not None:
         click.echo(f"client_secret: {generated}")
+
+
+def complete_new_client(metadata: dict[str, Any]) -> str | None:
+    """Defaults of a new client (a public authorization-code client); a generated
+    client_secret if it authenticates with one and has none, else None."""
+    if not metadata.get("client_id"):
+        raise click.UsageError("give CLIENT_ID or a --file with client_id")
+    metadata.setdefault("token_endpoint_auth_method", "none")
+    metadata.setdefault("grant_types", ["authorization_code"])
+    if uses_secret(metadata) and not metadata.get(SECRET):
+        secret: str = new_secret()
+        metadata[SECRET] = secret
+        return secret
+    return None
 
 
 def read_mapping(source: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ secret is never shown, neither old nor new: a password (hash or plaintext), a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 CHANGED: Final = "<changed>"
 ABSENT: Final = "(absent)"
 SECRET_FIELDS: Final = frozenset({"password", "client_secret"})
+JWKS: Final = "jwks"
 WIDTH: Final = 72
 """Values longer than this are cut, so a big section's diff stays readable."""
 
@@ -123,12 +124,32 @@ def _password_changes(password: object, old_hash: str | None, policy: PasswordPo
 
 
 def client_changes(stored: Client | None, planned: Client) -> list[FieldChange]:
-    """What importing ``planned`` over ``stored`` changes: metadata fields, then attributes."""
+    """What importing ``planned`` over ``stored`` changes: metadata fields, then attributes.
+
+    A client's ``jwks`` shows as its key ids (a key's JSON says little at a glance),
+    or as ``<changed>`` when the same keys change otherwise.
+    """
     old_metadata = stored.metadata if stored is not None else {}
     old_attributes = stored.attributes if stored is not None else {}
-    return mapping_changes(old_metadata, planned.metadata) + mapping_changes(
-        old_attributes, planned.attributes, "attributes."
-    )
+    changes = [
+        _by_kids(change) if change.field == JWKS else change
+        for change in mapping_changes(old_metadata, planned.metadata)
+    ]
+    return changes + mapping_changes(old_attributes, planned.attributes, "attributes.")
+
+
+def _by_kids(change: FieldChange) -> FieldChange:
+    old, new = _jwks_kids(change.old), _jwks_kids(change.new)
+    if old == new:
+        return FieldChange(change.field, MISSING, MISSING, secret=True)
+    return FieldChange(f"{change.field} kids", old or MISSING, new or MISSING)
+
+
+def _jwks_kids(jwks: Any) -> list[Any]:
+    keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
+    if not isinstance(keys, list):
+        return []
+    return [key.get("kid") for key in keys if isinstance(key, Mapping)]
 
 
 def section_changes(stored: Any, planned: Any) -> list[FieldChange]:
@@ -140,14 +161,15 @@ def section_changes(stored: Any, planned: Any) -> list[FieldChange]:
     return [FieldChange("items", MISSING if stored is None else stored, planned)]
 
 
-def key_changes(stored: Any, planned: Any) -> list[FieldChange]:
-    """Key material: the key ids (public) and whether the material changed (never shown)."""
+def key_changes(stored: Any, planned: Any, differ: Callable[[Any, Any], bool]) -> list[FieldChange]:
+    """A key set: its key ids (public), and whether the keys themselves change — as the
+    engine's ``differ`` judges it; never shown, a private key may be among them."""
     changes = []
     old_kids, new_kids = _kids(stored), _kids(planned)
     if old_kids != new_kids:
         changes.append(FieldChange("kid", old_kids or MISSING, new_kids or MISSING))
-    if stored != planned:
-        changes.append(FieldChange("key material", MISSING, MISSING, secret=True))
+    if stored is None or differ(stored, planned):
+        changes.append(FieldChange("keys", MISSING, MISSING, secret=True))
     return changes
 
 

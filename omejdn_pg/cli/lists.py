@@ -135,17 +135,11 @@ def show_listing(
     postgres_serves = BACKEND_NAME in host.loader.backends[source.group]
     others = _other_backends(host, source, postgres_serves)
     selected = [r for r in others if matches(source.name(r), source.fields(r), criteria)]
-    start = min(criteria.offset, len(selected))
-    end = len(selected) if criteria.limit is None else min(len(selected), start + criteria.limit)
-    local = selected[start:end]
-    remaining = None if criteria.limit is None else criteria.limit - len(local)
-    rest = dataclasses.replace(
-        criteria, offset=max(0, criteria.offset - len(selected)), limit=remaining
-    )
+    local, rest = split_page(selected, criteria)
     fmt = cli.output_format()
     with cli.database().snapshot() as conn:
         records: Iterator[R] = iter(local)
-        if postgres_serves and remaining != 0:
+        if postgres_serves and rest.limit != 0:
             records = _chain(local, source.rows(conn, rest))
         shown = stream(fmt, (view(r) for r in records), columns)
         counts = source.count(conn, criteria) if postgres_serves else None
@@ -154,6 +148,16 @@ def show_listing(
     if fmt == "table":
         narrowed = f" matching, {total} in all" if criteria.narrowed else ""
         cli.note(f"{shown} of {matching} {source.noun}{narrowed}")
+
+
+def split_page(selected: Sequence[R], criteria: Criteria) -> tuple[list[R], Criteria]:
+    """The page's part of ``selected`` (which come first), and the criteria of the rest."""
+    start = min(criteria.offset, len(selected))
+    end = len(selected) if criteria.limit is None else min(len(selected), start + criteria.limit)
+    local = list(selected[start:end])
+    remaining = None if criteria.limit is None else criteria.limit - len(local)
+    offset = max(0, criteria.offset - len(selected))
+    return local, dataclasses.replace(criteria, offset=offset, limit=remaining)
 
 
 def _chain(first: Iterable[R], then: Iterator[R]) -> Iterator[R]:

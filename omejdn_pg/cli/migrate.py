@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from omejdn_pg.cli.context import Group, current
-from omejdn_pg.cli.output import print_table, stream
+from omejdn_pg.cli.output import print_document, print_table, stream
 from omejdn_pg.cli.prompts import confirm
 
 if TYPE_CHECKING:
@@ -74,7 +74,10 @@ def migrate_current() -> None:
     cli = current()
     connection = cli.connection()
     revision = cli.first_contact(lambda: migrations.current(connection))
-    click.echo(revision or "")
+    if cli.output_format() == "table":
+        click.echo(revision or "")
+    else:
+        print_document({"revision": revision, "head": migrations.head()}, cli.output_format())
     if revision is None:
         cli.note("the database has no omejdn_pg schema yet; run `omejdn-pg migrate upgrade`")
 

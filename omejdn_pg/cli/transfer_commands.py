@@ -6,9 +6,10 @@ The engine's report names the records it creates or updates but not the
 fields, so :mod:`omejdn_pg.cli.diff` compares the deployment's records with
 the stored ones before the import runs — a second read of the directory and
 of the store, paid only with ``-v``. What this module relies on of the engine:
-``read_deployment(path)`` (users as written, clients, sections, keys),
-``import_deployment(...)`` and ``export_deployment(...)``, and their report's
-``changed``, ``counts()``, ``as_dict()``, ``notes`` and ``seconds``.
+``read_deployment(path)`` (users as written, clients, sections, key sets),
+``planned_client``, ``keys_differ``, ``import_deployment(...)`` and
+``export_deployment(...)``, and their report's ``changed``, ``counts()``,
+``as_dict()``, ``notes`` and ``seconds``.
 """
 
 from __future__ import annotations
@@ -121,14 +122,15 @@ def field_diffs(directory: Path, host: Host, policy: PasswordPolicy) -> Diffs:
             diffs[("users", name)] = diff.user_changes(users.get(name), entry, policy)
         stored_clients = {c.client_id: c for c in host.clients.all()}
         for client in deployment.clients:
-            key = ("clients", client.client_id)
-            diffs[key] = diff.client_changes(stored_clients.get(client.client_id), client)
+            planned = transfer.planned_client(deployment, client, private=False)
+            stored = stored_clients.get(client.client_id)
+            diffs[("clients", client.client_id)] = diff.client_changes(stored, planned)
         for section, data in deployment.sections.items():
             diffs[("config", section)] = diff.section_changes(host.config.read(section), data)
-        for (target_type, target), material in deployment.keys.items():
-            stored = host.keys.load(target_type, target)
+        for (target_type, target), keys in deployment.keys.items():
+            stored_keys = host.keys.load(target_type, target)
             diffs[("keys", f"{target_type}/{target}")] = diff.key_changes(
-                None if getattr(stored, "is_empty", not stored) else stored, material
+                stored_keys or None, keys, transfer.keys_differ
             )
     return diffs
 
