@@ -46,6 +46,10 @@ _PLUGIN_KEYS: Final = (
     "lock_timeout",
     "key_encryption",
     "cache",
+    "replicas",
+    "max_replica_lag",
+    "failover",
+    "prepare",
 )
 KEY_EVENT_FORMS: Final = ("jwks", "key_material")
 """``jwks``: Omejdn's current core (JWK Sets); ``key_material``: the core before it."""
@@ -343,6 +347,11 @@ class BackendSettings:
     Ruby Omejdn sharing the database)."""
     cache: CacheSettings = field(default_factory=lambda: CacheSettings())
     """The read cache of point reads (``cache:``)."""
+    replicas: ReplicaSettings = field(default_factory=lambda: ReplicaSettings())
+    """Standbys serving point reads and GET_ALL (``replicas:``, ``max_replica_lag``)."""
+    failover: FailoverSettings = field(default_factory=lambda: FailoverSettings())
+    prepare: bool | None = None
+    """Server-side prepared statements: True, False, or None (``auto``: off behind a pooler)."""
     source: str = "<defaults>"
     """Where the section came from, for messages."""
 
@@ -454,6 +463,9 @@ def parse_backend_section(section: object, source: str) -> BackendSettings:
             lock=_duration_setting(section.get("lock_timeout"), f"{where}.lock_timeout", "2s"),
         ),
         cache=parse_cache(section.get("cache"), f"{where}.cache"),
+        replicas=parse_replicas(section, where),
+        failover=parse_failover(section.get("failover"), f"{where}.failover"),
+        prepare=parse_prepare(section.get("prepare", "auto"), f"{where}.prepare"),
         source=source,
     )
 
@@ -757,3 +769,112 @@ def parse_cache(value: object, where: str) -> CacheSettings:
             value.get("listen_connection"), f"{where}.listen_connection"
         ),
     )
+
+
+# --- beyond one server: standbys, failover, poolers --------------------------------
+
+
+def inherit_connection(
+    base: ConnectionSettings, node: ConnectionSettings, *, read_write: bool = False
+) -> ConnectionSettings:
+    """``node``'s libpq keywords over ``base``'s: another server, same database and role.
+
+    A node that names ``host`` or ``hostaddr`` takes neither from ``base``; one
+    that names neither takes base's (a replica on another port of the same
+    machine). ``port`` is inherited unless the node names it. A multi-host
+    list (``a,b``) is never inherited: it cannot describe one other server.
+    ``target_session_attrs`` is inherited only when ``read_write`` (a standby
+    would otherwise be refused as not read-write).
+    """
+    params = dict(base.params)
+    if "host" in node.params or "hostaddr" in node.params:
+        params.pop("host", None)
+        params.pop("hostaddr", None)
+    for key in ("host", "hostaddr", "port"):
+        if "," in params.get(key, ""):
+            params.pop(key)
+    if not read_write:
+        params.pop("target_session_attrs", None)
+    params.update(node.params)
+    return ConnectionSettings(params)
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """Streaming standbys that serve point reads and GET_ALL of this process.
+
+    A read goes to a standby only when it has replayed this process's (or this
+    request's) last commit and lags no more than ``max_lag``; otherwise, and for
+    every write, batch and snapshot, to the primary.
+    """
+
+    nodes: tuple[ConnectionSettings, ...] = ()
+    """Each standby's libpq keywords, already over those of ``connection``
+    (see :func:`inherit_connection`)."""
+    max_lag: datetime.timedelta = datetime.timedelta(seconds=1)
+    """A standby further behind the primary than this is skipped."""
+
+
+def parse_replicas(section: Mapping[str, Any], where: str) -> ReplicaSettings:
+    """``replicas:`` (a list of libpq connection maps) and ``max_replica_lag``."""
+    base = _parse_connection(section.get("connection"), f"{where}.connection")
+    value = section.get("replicas")
+    nodes: list[ConnectionSettings] = []
+    if value is not None:
+        if not isinstance(value, list):
+            raise ConfigurationError(
+                f"{where}.replicas must be a list of libpq connection maps, e.g. [{{host: db2}}]"
+            )
+        for index, entry in enumerate(value):
+            here = f"{where}.replicas[{index}]"
+            if not isinstance(entry, Mapping) or not entry:
+                raise ConfigurationError(f"{here} must be a non-empty map of libpq keywords")
+            node = _parse_connection(entry, here)
+            if not {"host", "hostaddr"} & set(node.params) and "," in base.params.get("host", ""):
+                raise ConfigurationError(
+                    f"{here} must name its host: the connection's host is a list"
+                )
+            nodes.append(inherit_connection(base, node))
+    return ReplicaSettings(
+        nodes=tuple(nodes),
+        max_lag=_duration_setting(section.get("max_replica_lag"), f"{where}.max_replica_lag", "1s"),
+    )
+
+
+@dataclass(frozen=True)
+class FailoverSettings:
+    """How the plugin rides out a server that goes away (a failover, a restart)."""
+
+    read_wait: datetime.timedelta = datetime.timedelta(seconds=5)
+    """How long a read keeps retrying, with backoff, for a server that has answered
+    before; 0: fail at once. Writes never wait: they fail with StorageUnavailable
+    until a writable primary answers."""
+
+
+def parse_failover(value: object, where: str) -> FailoverSettings:
+    if value is None:
+        return FailoverSettings()
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{where} must be a mapping with key read_wait")
+    unknown = sorted(set(map(str, value)) - {"read_wait"})
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: read_wait"
+        )
+    return FailoverSettings(
+        read_wait=_duration_setting(value.get("read_wait"), f"{where}.read_wait", "5s")
+    )
+
+
+PREPARE_MODES: Final = ("auto", "true", "false")
+
+
+def parse_prepare(value: object, where: str) -> bool | None:
+    """``prepare:`` — true, false or auto (None: off when a pooler sits in between)."""
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return None
+    if value in ("true", "false"):
+        return value == "true"
+    raise ConfigurationError(f"{where} is {value!r}; allowed: {', '.join(PREPARE_MODES)}")

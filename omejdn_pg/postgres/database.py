@@ -6,8 +6,10 @@ Two ways in, because reads and writes want different things:
   statement and one round trip — no BEGIN before it, no ROLLBACK after — and
   psycopg prepares it on the server after a few executions. There is no ping
   on checkout either; instead a read that meets a dead pooled connection
-  (server restart, failover) is retried once on a fresh one, which is safe
-  because a read has no effect to repeat.
+  (server restart, failover) is retried at once on a fresh one, which is safe
+  because a read has no effect to repeat. If the server that answered before
+  is gone (a failover in progress, a restart), the read keeps trying with
+  backoff for ``failover.read_wait``, then fails with StorageUnavailable.
 * :meth:`Database.write` runs in one transaction that commits only if the
   whole operation returns. A connection found dead before COMMIT was sent
   (a pooled connection that died while idle, a server restart, a failover)
@@ -17,30 +19,63 @@ Two ways in, because reads and writes want different things:
   StorageUnavailable saying the outcome is unknown, never retried. A
   serialization failure or a deadlock (SQLSTATE 40001, 40P01) rolled the
   whole transaction back, so it is retried a few times with a short jittered
-  backoff. Either way the database guarantees nothing half-written.
+  backoff. Either way the database guarantees nothing half-written. Writes
+  never wait for a failover: with no writable primary they fail at once.
 * :meth:`Database.batch` lets many operations (say, an import of thousands of
   users fired as one event each) share one transaction: inside it, reads and
   writes of the same thread join the batch, which commits whole or not at all.
+
+After a failover the old primary may still answer, read-only. A pooled
+connection to it is never used again once it has said so: PostgreSQL (14+)
+reports ``in_hot_standby`` and ``default_transaction_read_only`` to the client
+whenever they change, so the pool's checkout sees it at no cost and discards
+that connection and every older one; a write refused with SQLSTATE 25006
+(read_only_sql_transaction) counts as a lost connection — discarded with the
+whole pool and run once more on a fresh one, which libpq's
+``target_session_attrs=read-write`` sends to the new primary.
+
+With ``replicas:`` configured, point reads and GET_ALL may be served by a
+streaming standby (:class:`ReplicaRouter`): only one that has replayed the last
+commit of this process — or of the current :meth:`Database.consistent_after`
+scope — and lags no more than ``max_replica_lag``. The commit's position is
+read in the same message as the COMMIT itself (``COMMIT; SELECT
+pg_current_wal_insert_lsn()``), so read-your-writes costs no round trip.
+Writes, batches and snapshots always run on the primary.
 
 Driver errors are translated here, once, into the package's own exceptions.
 """
 
 from __future__ import annotations
 
+import datetime
+import itertools
 import logging
 import random
+import threading
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Final, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, TypeVar
 
 import psycopg
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, RootTransaction, create_engine, event, exc
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from omejdn_pg.errors import OmejdnPgError, SchemaOutOfDate, StorageError, StorageUnavailable
 from omejdn_pg.postgres.schema import metadata
-from omejdn_pg.settings import BackendSettings, ConnectionSettings, PoolSettings, TimeoutSettings
+from omejdn_pg.postgres.topology import STANDBY_STATE, format_lsn, parse_lsn
+from omejdn_pg.settings import (
+    BackendSettings,
+    ConnectionSettings,
+    FailoverSettings,
+    PoolSettings,
+    ReplicaSettings,
+    TimeoutSettings,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -52,6 +87,8 @@ def build_engine(
     connection: ConnectionSettings,
     pool: PoolSettings | None = None,
     timeouts: TimeoutSettings | None = None,
+    *,
+    prepare: bool | None = None,
 ) -> Engine:
     """An engine whose connections are made by psycopg from libpq keywords.
 
@@ -59,14 +96,20 @@ def build_engine(
     ``connect_args``, so nothing secret is in ``engine.url`` or its repr, and
     multi-host strings, service files and ``PG*`` variables work as in libpq.
     ``timeouts`` are appended to the connection's own ``options``.
+
+    ``prepare``: True keeps psycopg's server-side prepared statements, False
+    turns them off, None (``auto``) turns them off on each connection that
+    :func:`behind_pooler` finds is not talking to PostgreSQL directly.
     """
     pool = pool or PoolSettings()
-    connect_args = dict(connection.params)
+    connect_args: dict[str, Any] = dict(connection.params)
     if timeouts is not None:
         connect_args["options"] = " ".join(
             part for part in (connect_args.get("options", ""), timeouts.options()) if part
         )
-    return create_engine(
+    if prepare is False:
+        connect_args["prepare_threshold"] = None
+    engine = create_engine(
         "postgresql+psycopg://",
         connect_args=connect_args,
         pool_size=pool.size,
@@ -78,16 +121,289 @@ def build_engine(
         # out of exception messages.
         hide_parameters=True,
     )
+    if prepare is None:
+        event.listen(engine, "connect", _no_prepares_behind_a_pooler)
+    return engine
+
+
+def behind_pooler(dbapi_connection: psycopg.Connection[Any]) -> bool:
+    """Whether a connection reaches PostgreSQL through a pooler such as PgBouncer.
+
+    A server sends its backend's process id at startup (BackendKeyData) and
+    ``pg_backend_pid()`` returns the same number; a pooler answers the startup
+    itself with a made-up key, so the two differ. Through transaction pooling
+    the query may land on any server connection — still not the made-up one.
+    PgBouncer has no query a client could ask instead (``SHOW VERSION`` exists
+    only on its admin console), and parameters such as ``server_version`` are
+    the server's own, passed through. One round trip, once per new connection.
+    """
+    reported = dbapi_connection.info.backend_pid
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        with dbapi_connection.cursor() as cursor:
+            row = cursor.execute(b"SELECT pg_backend_pid()", prepare=False).fetchone()
+    finally:
+        dbapi_connection.autocommit = autocommit
+    return row is None or row[0] != reported
+
+
+def _no_prepares_behind_a_pooler(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    # PgBouncer before 1.21 cannot keep a prepared statement: in transaction
+    # pooling it was made on one server connection and is missing on the next.
+    if behind_pooler(dbapi_connection):
+        dbapi_connection.prepare_threshold = None
+        record.info["behind_pooler"] = True
+
+
+def reports_read_only(dbapi_connection: Any) -> bool:
+    """Whether the server last reported itself read-only on this connection (no round trip).
+
+    PostgreSQL 14+ sends ``in_hot_standby`` and ``default_transaction_read_only``
+    at startup and again after any statement during which they changed (a
+    promotion, a primary fenced by ``ALTER SYSTEM ... ; pg_reload_conf()``).
+    Older servers send neither; for them a refused write (25006) is the signal.
+    """
+    if dbapi_connection.closed:
+        return False
+    info = dbapi_connection.info
+    return bool(
+        info.parameter_status("in_hot_standby") == "on"
+        or info.parameter_status("default_transaction_read_only") == "on"
+    )
+
+
+class ReadOnlyGuard:
+    """The primary pool's rule: no connection to a node that turned read-only is used again.
+
+    When a connection comes back to the pool having heard its node turn
+    read-only (:func:`reports_read_only`), every connection made before that
+    moment points at the same node: each is discarded at its next checkout
+    (SQLAlchemy's ``InvalidatePoolError``) and replaced by a fresh one, which
+    libpq's ``target_session_attrs=read-write`` sends to the new primary. A
+    connection just made is used as it is — libpq chose its node, and without
+    ``target_session_attrs`` that node is the best there is; a write refused
+    there (25006) counts as a lost connection, so write() runs it once more
+    on a fresh connection and then reports the node read-only.
+    """
+
+    _installed: ClassVar[weakref.WeakKeyDictionary[Engine, ReadOnlyGuard]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self) -> None:
+        self.since = float("-inf")
+        """``time.monotonic()`` when a node was last found read-only."""
+        self.discarded = 0
+
+    @classmethod
+    def install(cls, engine: Engine) -> ReadOnlyGuard:
+        """The guard of ``engine``'s pool, installed on first use."""
+        guard = cls._installed.get(engine)
+        if guard is None:
+            guard = cls._installed[engine] = cls()
+            event.listen(engine, "connect", guard.connected)
+            event.listen(engine, "checkin", guard.checked_in)
+            event.listen(engine, "checkout", guard.checked_out)
+            event.listen(engine, "handle_error", _read_only_is_a_lost_connection)
+        return guard
+
+    def connected(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["connected"] = time.monotonic()
+        record.info["fresh"] = True
+
+    def checked_in(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is not None and reports_read_only(dbapi_connection):
+            self.since = time.monotonic()
+
+    def checked_out(self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        if record.info.pop("fresh", False):
+            return
+        if record.info.get("connected", float("-inf")) <= self.since or reports_read_only(
+            dbapi_connection
+        ):
+            self.since = max(self.since, time.monotonic())
+            self.discarded += 1
+            log.info("discarding a pooled connection to a node that became read-only")
+            raise exc.InvalidatePoolError("the node of this pooled connection became read-only")
+
+
+def _read_only_is_a_lost_connection(context: ExceptionContext) -> None:
+    # 25006: the node takes no writes (a standby, or a fenced old primary).
+    # As a disconnect, SQLAlchemy discards this connection and the whole pool,
+    # and write() runs the operation once more on a fresh connection.
+    if getattr(context.original_exception, "sqlstate", None) == READ_ONLY_STATE:
+        context.is_disconnect = True
+
+
+# --- read replicas -----------------------------------------------------------------
+
+
+class Replica:
+    """One standby that may serve reads, with what was last observed of it.
+
+    Observations (:data:`~omejdn_pg.postgres.topology.STANDBY_STATE`: one
+    statement) are made by the reading thread itself when the last one is too
+    old to decide — no background thread, so nothing to stop and nothing to
+    break across a fork. Replay positions only grow, so a standby once seen
+    at or past a commit stays past it.
+    """
+
+    def __init__(self, connection: ConnectionSettings, engine: Engine) -> None:
+        self.connection = connection
+        self.engine = engine
+        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.name = connection.describe()
+        self.standby = False
+        self.replay_lsn = 0
+        self.lag: float | None = None
+        """Seconds behind, as observed; None when unknown."""
+        self.observed = float("-inf")
+        """``time.monotonic()`` of the last observation."""
+        self.down_until = 0.0
+        self.failures = 0
+        self._observing = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Replica({self.name}, lsn={format_lsn(self.replay_lsn)}, lag={self.lag})"
+
+    def usable(self, required: int, max_lag: float, now: float) -> bool:
+        """Serves a read needing ``required``: replayed it, and surely within ``max_lag``.
+
+        Lag grows at most as fast as time passes, so the lag observed plus the
+        observation's age bounds the lag now.
+        """
+        return (
+            self.standby
+            and self.lag is not None
+            and self.lag + (now - self.observed) <= max_lag
+            and self.replay_lsn >= required
+        )
+
+    def observe(self) -> bool:
+        """Observe again (one statement); False if another thread is at it, or it failed."""
+        if not self._observing.acquire(blocking=False):
+            return False
+        try:
+            with self.autocommit.connect() as conn:
+                row = conn.exec_driver_sql(STANDBY_STATE).one()
+            in_recovery, replay, lag = row
+            self.standby = bool(in_recovery)
+            self.replay_lsn = max(self.replay_lsn, parse_lsn(replay) or 0)
+            self.lag = None if lag is None else float(lag)
+            self.observed = time.monotonic()
+            self.failures = 0
+            return True
+        except exc.SQLAlchemyError as error:
+            self.failed(error)
+            return False
+        finally:
+            self._observing.release()
+
+    def failed(self, error: BaseException) -> None:
+        """Skip this standby for a while (1 s, doubling to 30 s) after it failed to answer."""
+        self.failures += 1
+        pause = min(REPLICA_RETRY_MAX, REPLICA_RETRY_FIRST * 2 ** (self.failures - 1))
+        self.down_until = time.monotonic() + pause
+        self.standby = False
+        log.info("replica %s skipped for %.0f s: %s", self.name, pause, _first_line(str(error)))
+
+
+@dataclass
+class _Scope:
+    lsn: int
+
+
+class ReplicaRouter:
+    """Chooses, for each read, a standby that has it — or none (the primary serves it).
+
+    Read-your-writes: a read needs the standby to have replayed the last
+    commit this process made, or inside :meth:`Database.consistent_after`, the
+    last commit of that scope (and the position it started from).
+    """
+
+    def __init__(self, replicas: Sequence[Replica], max_lag: datetime.timedelta) -> None:
+        self.replicas = tuple(replicas)
+        self.max_lag = max_lag.total_seconds()
+        self._written = 0
+        self._lock = threading.Lock()
+        self._scope: ContextVar[_Scope | None] = ContextVar(f"scope-{id(self)}", default=None)
+        self._turn = itertools.count()
+        self.served: dict[str, int] = {replica.name: 0 for replica in self.replicas}
+
+    def wrote(self, lsn: int) -> None:
+        with self._lock:
+            self._written = max(self._written, lsn)
+        scope = self._scope.get()
+        if scope is not None:
+            scope.lsn = max(scope.lsn, lsn)
+
+    @property
+    def written(self) -> int:
+        """The highest commit position this process has written (0: nothing yet)."""
+        return self._written
+
+    def required(self) -> int:
+        scope = self._scope.get()
+        return scope.lsn if scope is not None else self._written
+
+    def choose(self) -> Replica | None:
+        required = self.required()
+        now = time.monotonic()
+        start = next(self._turn)
+        count = len(self.replicas)
+        for offset in range(count):
+            replica = self.replicas[(start + offset) % count]
+            if replica.down_until > now:
+                continue
+            if replica.usable(required, self.max_lag, now):
+                return replica
+            if (
+                now - replica.observed >= REPLICA_POLL_INTERVAL
+                and replica.observe()
+                and replica.usable(required, self.max_lag, time.monotonic())
+            ):
+                return replica
+        return None
+
+    def count(self, replica: Replica) -> None:
+        with self._lock:
+            self.served[replica.name] += 1
+
+    @contextmanager
+    def scope(self, lsn: int) -> Iterator[None]:
+        token = self._scope.set(_Scope(lsn))
+        try:
+            yield
+        finally:
+            self._scope.reset(token)
+
+
+# --- the database ------------------------------------------------------------------
 
 
 class Database:
     """One engine plus the rules for using it; built by the plugin's ``init``."""
 
-    def __init__(self, engine: Engine, connection: ConnectionSettings | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        connection: ConnectionSettings | None = None,
+        *,
+        replicas: Sequence[Replica] = (),
+        max_replica_lag: datetime.timedelta = ReplicaSettings.max_lag,
+        failover: FailoverSettings | None = None,
+    ) -> None:
         self.engine = engine
         self.connection = connection or ConnectionSettings()
+        self.read_only_guard = ReadOnlyGuard.install(engine)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._batch: ContextVar[Connection | None] = ContextVar(f"batch-{id(self)}", default=None)
+        self.failover = failover or FailoverSettings()
+        self.router = ReplicaRouter(replicas, max_replica_lag) if replicas else None
+        self.primary_reads = 0
+        """Reads the primary served (for tests and the bench; not locked, approximate)."""
+        self._answered = False
 
     @classmethod
     def connect(
@@ -95,39 +411,145 @@ class Database:
         connection: ConnectionSettings,
         pool: PoolSettings | None = None,
         timeouts: TimeoutSettings | None = None,
+        *,
+        replicas: ReplicaSettings | None = None,
+        failover: FailoverSettings | None = None,
+        prepare: bool | None = None,
     ) -> Database:
-        return cls(build_engine(connection, pool, timeouts), connection)
+        nodes = [
+            Replica(node, build_engine(node, pool, timeouts, prepare=prepare))
+            for node in (replicas.nodes if replicas is not None else ())
+        ]
+        return cls(
+            build_engine(connection, pool, timeouts, prepare=prepare),
+            connection,
+            replicas=nodes,
+            max_replica_lag=replicas.max_lag if replicas is not None else ReplicaSettings.max_lag,
+            failover=failover,
+        )
 
     @classmethod
     def for_backend(cls, settings: BackendSettings) -> Database:
-        """The plugin's database: its connection, pool and timeouts."""
-        return cls.connect(settings.connection, settings.pool, settings.timeouts)
+        """The plugin's database: its connection, pool, timeouts, replicas and failover."""
+        return cls.connect(
+            settings.connection,
+            settings.pool,
+            settings.timeouts,
+            replicas=settings.replicas,
+            failover=settings.failover,
+            prepare=settings.prepare,
+        )
 
     def __repr__(self) -> str:
         return f"Database({self.connection.describe()})"
 
     def dispose(self) -> None:
         self.engine.dispose()
+        for replica in self.router.replicas if self.router is not None else ():
+            replica.engine.dispose()
 
-    def read(self, operation: Callable[[Connection], T]) -> T:
-        """Run a read-only operation outside any transaction, retried once on a dead connection."""
+    # --- read-your-writes ---------------------------------------------------------
+
+    def session_token(self) -> str | None:
+        """The WAL position reads here must see: this scope's or this process's last commit.
+
+        A host may hand it to its client and pass it back with the next
+        request to :meth:`consistent_after`, so that a request served by
+        another process still reads its own writes. None without replicas or
+        before the first write.
+        """
+        if self.router is None:
+            return None
+        required = self.router.required()
+        return format_lsn(required) if required else None
+
+    @contextmanager
+    def consistent_after(self, token: str | None = None) -> Iterator[None]:
+        """A scope (say, one host request) whose reads see ``token`` and its own writes.
+
+        Inside, a standby serves a read once it has replayed ``token`` (a
+        :meth:`session_token`) and every commit made inside the scope —
+        and no longer needs everything this process wrote in other requests.
+        """
+        if self.router is None:
+            yield
+            return
+        with self.router.scope(parse_lsn(token) or 0 if token else 0):
+            yield
+
+    # --- the unit of work -----------------------------------------------------
+
+    def read(self, operation: Callable[[Connection], T], *, on_primary: bool = False) -> T:
+        """Run a read-only operation outside any transaction: on a standby that has
+        this process's writes, else on the primary, riding out a failover.
+
+        ``on_primary`` keeps it on the primary whatever the replicas have — for a
+        read whose result is compared with something the primary said (a cache
+        filled against a change counter heard from the primary).
+        """
         batch = self._batch.get()
         if batch is not None:
             return self._in_batch(batch, operation)
-        for attempt in (1, 2):
+        replica = self.router.choose() if self.router is not None and not on_primary else None
+        if replica is not None:
+            try:
+                with replica.autocommit.connect() as conn:
+                    result = operation(conn)
+                self.router.count(replica)  # type: ignore[union-attr]
+                return result
+            except OmejdnPgError:
+                raise
+            except exc.SQLAlchemyError as error:
+                # Whatever went wrong there, the primary's answer is the authority.
+                if isinstance(error, exc.DBAPIError) and (
+                    _connection_lost(error) or _is_unavailable(error.orig)
+                ):
+                    replica.failed(error)
+                log.info("a read failed on replica %s; asking the primary", replica.name)
+        return self._read_primary(operation)
+
+    def _read_primary(self, operation: Callable[[Connection], T]) -> T:
+        deadline: float | None = None
+        pause = READ_BACKOFF_FIRST
+        for attempt in itertools.count(1):
             try:
                 with self._autocommit.connect() as conn:
-                    return operation(conn)
+                    result = operation(conn)
+                self._answered = True
+                self.primary_reads += 1
+                return result
             except exc.DBAPIError as error:
                 if attempt == 1 and error.connection_invalidated:
                     log.info("retrying a read on a fresh connection after a disconnect")
                     continue
+                if self._may_wait(error):
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + self.failover.read_wait.total_seconds()
+                        log.warning(
+                            "PostgreSQL at %s stopped answering; reads wait up to %s",
+                            self.connection.describe(),
+                            self.failover.read_wait,
+                        )
+                    if now < deadline:
+                        time.sleep(min(pause * random.uniform(0.5, 1.0), deadline - now))  # noqa: S311
+                        pause = min(READ_BACKOFF_MAX, pause * 2)
+                        continue
                 raise self.translate(error) from error
             except OmejdnPgError:
                 raise
             except exc.SQLAlchemyError as error:
                 raise self.translate(error) from error
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _may_wait(self, error: exc.DBAPIError) -> bool:
+        """A server that answered before and is now away (not misconfigured) may come back."""
+        if not self._answered or self.failover.read_wait <= datetime.timedelta(0):
+            return False
+        state = _sqlstate(error)
+        if state is not None and state.startswith(_CONFIGURATION_CLASSES):
+            return False
+        return _connection_lost(error) or _is_unavailable(error.orig)
 
     def write(self, operation: Callable[[Connection], T]) -> T:
         """Run ``operation`` in one transaction: all of it commits, or none of it.
@@ -152,7 +574,8 @@ class Database:
                             transaction.rollback()
                         raise
                     committing = True
-                    transaction.commit()
+                    self._commit(conn, transaction)
+                    self._answered = True
                     return result
             except exc.DBAPIError as error:
                 if committing and _connection_lost(error):
@@ -174,6 +597,44 @@ class Database:
             except exc.SQLAlchemyError as error:
                 raise self.translate(error) from error
 
+    def _commit(self, conn: Connection, transaction: RootTransaction) -> None:
+        """COMMIT; with replicas, learn the commit's WAL position in the same round trip.
+
+        ``pg_current_wal_insert_lsn()`` read after COMMIT on the same connection
+        is at or past the end of the commit record, whatever
+        ``synchronous_commit`` says (``pg_current_wal_lsn()``, the *write*
+        position, may still be behind it when commits are asynchronous), and
+        a standby whose replay position reaches it has applied the commit.
+        Read inside the transaction it would be too early; read in a statement
+        of its own it would cost a round trip. Sent as one simple-query message
+        with the COMMIT, it costs nothing; psycopg then finds the session idle,
+        so SQLAlchemy's own commit sends nothing more.
+        """
+        if self.router is None:
+            transaction.commit()
+            return
+        dbapi_connection: Any = conn.connection.dbapi_connection
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(COMMIT_REPORTING_LSN, prepare=False)
+                cursor.nextset()
+                row = cursor.fetchone()
+        except psycopg.Error as error:
+            broken = bool(dbapi_connection.closed or dbapi_connection.broken)
+            if broken:
+                conn.invalidate(error)
+            raise exc.DBAPIError.instance(
+                COMMIT_REPORTING_LSN.decode(),
+                None,
+                error,
+                psycopg.Error,
+                connection_invalidated=broken,
+            ) from error
+        transaction.commit()
+        lsn = parse_lsn(row[0]) if row is not None else None
+        if lsn is not None:
+            self.router.wrote(lsn)
+
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A transaction that commits when the block ends normally and rolls back otherwise.
@@ -188,8 +649,15 @@ class Database:
                 raise self.translate(error) from error
             return
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            with self.engine.connect() as conn:
+                transaction = conn.begin()
+                try:
+                    yield conn
+                except BaseException:
+                    if transaction.is_active:
+                        transaction.rollback()
+                    raise
+                self._commit(conn, transaction)
         except OmejdnPgError:
             raise
         except exc.SQLAlchemyError as error:
@@ -249,6 +717,12 @@ class Database:
                     f"the database {where} has no omejdn_pg schema or an old one ({message}); "
                     "run `omejdn-pg migrate`"
                 )
+        if getattr(original, "sqlstate", None) == READ_ONLY_STATE:
+            return StorageUnavailable(
+                f"PostgreSQL at {where} is read-only (a standby, or a primary fenced after a "
+                "failover) and no writable primary answered; with several hosts, set "
+                "target_session_attrs: read-write"
+            )
         if isinstance(error, exc.DBAPIError) and (
             error.connection_invalidated or _is_unavailable(original)
         ):
@@ -282,6 +756,20 @@ def count_statements(engine: Engine) -> list[str]:
 _UNAVAILABLE_CLASSES: Final = ("08", "28")
 _UNAVAILABLE_STATES: Final = frozenset({"57P01", "57P02", "57P03", "53300", "3D000"})
 
+
+_CONFIGURATION_CLASSES: Final = ("28", "3D")
+"""invalid_authorization_specification, invalid_catalog_name: waiting will not help."""
+READ_ONLY_STATE: Final = "25006"
+"""read_only_sql_transaction: a write reached a node that takes none."""
+
+READ_BACKOFF_FIRST: Final = 0.05
+READ_BACKOFF_MAX: Final = 0.5
+"""Seconds between a waiting read's attempts: doubling from the first to the most, jittered."""
+REPLICA_POLL_INTERVAL: Final = 0.05
+"""Seconds: a standby's state is observed again, when a read needs it, at most this often."""
+REPLICA_RETRY_FIRST: Final = 1.0
+REPLICA_RETRY_MAX: Final = 30.0
+COMMIT_REPORTING_LSN: Final = b"COMMIT; SELECT pg_current_wal_insert_lsn()::text"
 
 RETRYABLE_STATES: Final = frozenset({"40001", "40P01"})
 """serialization_failure, deadlock_detected: the transaction was rolled back whole."""
