@@ -809,10 +809,21 @@ class ReplicaSettings:
     """
 
     nodes: tuple[ConnectionSettings, ...] = ()
-    """Each standby's libpq keywords, already over those of ``connection``
-    (see :func:`inherit_connection`)."""
+    """Each standby's libpq keywords as written; :meth:`connections` puts them
+    over those of the connection in use."""
     max_lag: datetime.timedelta = datetime.timedelta(seconds=1)
     """A standby further behind the primary than this is skipped."""
+
+    def connections(self, base: ConnectionSettings) -> tuple[ConnectionSettings, ...]:
+        """Each standby's connection over ``base`` (the plugin's, or a CLI's ``--url``)."""
+        found = []
+        for index, node in enumerate(self.nodes):
+            if not {"host", "hostaddr"} & set(node.params) and "," in base.params.get("host", ""):
+                raise ConfigurationError(
+                    f"replicas[{index}] must name its host: the connection's host is a list"
+                )
+            found.append(inherit_connection(base, node))
+        return tuple(found)
 
 
 def parse_replicas(section: Mapping[str, Any], where: str) -> ReplicaSettings:
@@ -829,16 +840,16 @@ def parse_replicas(section: Mapping[str, Any], where: str) -> ReplicaSettings:
             here = f"{where}.replicas[{index}]"
             if not isinstance(entry, Mapping) or not entry:
                 raise ConfigurationError(f"{here} must be a non-empty map of libpq keywords")
-            node = _parse_connection(entry, here)
-            if not {"host", "hostaddr"} & set(node.params) and "," in base.params.get("host", ""):
-                raise ConfigurationError(
-                    f"{here} must name its host: the connection's host is a list"
-                )
-            nodes.append(inherit_connection(base, node))
-    return ReplicaSettings(
+            nodes.append(_parse_connection(entry, here))
+    replicas = ReplicaSettings(
         nodes=tuple(nodes),
         max_lag=_duration_setting(section.get("max_replica_lag"), f"{where}.max_replica_lag", "1s"),
     )
+    try:
+        replicas.connections(base)
+    except ConfigurationError as error:
+        raise ConfigurationError(f"{where}.{error}") from None
+    return replicas
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ true only while a writable primary answers.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,6 +20,7 @@ import pytest
 from omejdn_pg.postgres import topology
 from omejdn_pg.settings import ConnectionSettings
 from tests.cluster import Cluster, cluster_or_skip
+from tests.helpers import ok, omejdn_pg
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +115,40 @@ def test_readiness_needs_a_writable_primary(cluster: Cluster) -> None:
         primary.query("ALTER SYSTEM RESET default_transaction_read_only")
         primary.query("SELECT pg_reload_conf()")
     assert topology.readiness(primary.settings("omejdn")).ready
+
+
+def test_the_check_command_reports_nodes_and_probes_readiness(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    primary, standby = cluster.nodes
+    both = (
+        f"postgresql://postgres@127.0.0.1:{standby.port},127.0.0.1:{primary.port}/omejdn"
+        "?target_session_attrs=read-write"
+    )
+    # The replica comes from the plugin file, the connection from --url.
+    plugins = tmp_path / "plugins.yml"
+    plugins.write_text(
+        "plugins:\n  postgres_backend:\n"
+        f"    replicas: [{{host: 127.0.0.1, port: {standby.port}}}]\n"
+    )
+    env = {"OMEJDN_PLUGINS": str(plugins)}
+    report = json.loads(ok(omejdn_pg("--url", both, "check", "--json", env=env)).stdout)
+    assert [(n["node"], n["source"], n["role"], n["in_use"]) for n in report["nodes"]] == [
+        (f"127.0.0.1:{standby.port}", "connection", "standby", False),
+        (f"127.0.0.1:{primary.port}", "connection", "primary", True),
+        (f"127.0.0.1:{standby.port}", "replica", "standby", False),
+    ]
+    human = ok(omejdn_pg("--url", both, "check", env=env)).stdout
+    assert "REPLAY LAG" in human
+    assert "standby" in human
+    ready = ok(omejdn_pg("--url", both, "check", "--ready"))
+    assert ready.stdout.startswith(f"ready: writable primary 127.0.0.1:{primary.port}")
+    only_standby = f"postgresql://postgres@127.0.0.1:{standby.port}/omejdn"
+    refused = omejdn_pg("--url", only_standby, "check", "--ready")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: not ready: no writable primary answered")
+    probe = json.loads(omejdn_pg("--url", only_standby, "check", "--ready", "--json").stdout)
+    assert probe["ready"] is False
 
 
 def test_split_hosts_follows_libpq_lists() -> None:

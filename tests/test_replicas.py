@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy import text
 
 from omejdn_pg.entities import User
+from omejdn_pg.errors import InvalidValue, StorageError, StorageUnavailable
 from omejdn_pg.host.facade import Host
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.repositories.config import ConfigRepository
@@ -97,7 +98,8 @@ def store(section: str, data: Any) -> Any:
 def test_a_caught_up_standby_serves_point_reads_and_get_all(cluster: Cluster) -> None:
     primary, standby = cluster.nodes
     settings = backend(cluster)
-    assert settings.replicas.nodes[0].params["dbname"] == "omejdn"  # inherited
+    replica = settings.replicas.connections(settings.connection)[0]
+    assert replica.params["dbname"] == "omejdn"  # inherited
     with Host.from_settings(settings) as host:
         database = database_of(host)
         host.users.add(User(username="alice", password=HASH, attributes={"n": 1}))
@@ -112,7 +114,7 @@ def test_a_caught_up_standby_serves_point_reads_and_get_all(cluster: Cluster) ->
         assert [u.username for u in host.users.all()] == ["alice"]
         assert host.config.read("omejdn") == {"issuer": "https://id.example"}
         assert database.router is not None
-        name = settings.replicas.nodes[0].describe()
+        name = settings.replicas.connections(settings.connection)[0].describe()
         assert database.router.served[name] - served[name] == 3
         # The writes went to the primary (the standby takes none).
         assert (
@@ -267,6 +269,45 @@ def test_a_session_token_carries_read_your_writes_to_another_process(cluster: Cl
             database.dispose()
 
 
+def test_the_commit_that_reports_its_position_keeps_the_write_rules(cluster: Cluster) -> None:
+    """With replicas, COMMIT and the LSN query travel as one message: a connection lost
+    there is still an unknown outcome, a COMMIT refused is still a clean failure."""
+    primary = cluster.nodes[0]
+    database = Database.for_backend(backend(cluster))
+    try:
+        primary.query(
+            "CREATE TABLE IF NOT EXISTS deferred (n int UNIQUE DEFERRABLE INITIALLY DEFERRED)",
+            dbname="omejdn",
+        )
+
+        def lose_the_connection(conn: Any) -> None:
+            ConfigRepository(conn).store("lost", {"n": 1})
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            primary.query("SELECT pg_terminate_backend(%s)", (pid,))
+
+        with pytest.raises(StorageUnavailable, match="outcome of the write is unknown"):
+            database.write(lose_the_connection)
+        assert primary.value("SELECT to_regclass('configuration_lost')", dbname="omejdn") is None
+
+        before = database.session_token()
+
+        def duplicate(conn: Any) -> None:
+            conn.execute(text("INSERT INTO deferred VALUES (1), (1)"))  # checked at COMMIT
+
+        with pytest.raises(StorageError, match="duplicate key") as refused:
+            database.write(duplicate)
+        assert not isinstance(refused.value, StorageUnavailable)
+        assert primary.value("SELECT count(*) FROM deferred", dbname="omejdn") == 0
+        assert database.session_token() == before
+        database.write(store("after", {"n": 2}))
+        assert database.read(load("after")) == {"n": 2}
+        assert database.session_token() != before
+        with pytest.raises(InvalidValue), database.consistent_after("not-an-lsn"):
+            pass
+    finally:
+        database.dispose()
+
+
 @contextmanager
 def statements_unlogged() -> Iterator[None]:
     """SQLAlchemy's statement log off for a block (conftest turns it on for the whole
@@ -316,7 +357,7 @@ def test_no_stale_read_in_10000_write_then_read_pairs_under_delayed_apply(
         cluster.wait_replayed()
         cluster.set_apply_delay(standby, "200ms")
         assert database.router is not None
-        name = settings.replicas.nodes[0].describe()
+        name = settings.replicas.connections(settings.connection)[0].describe()
         started = time.monotonic()
         # One process, several request threads: each checks its own writes.
         results = run_together(

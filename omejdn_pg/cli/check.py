@@ -1,7 +1,11 @@
 """``omejdn-pg check``: can this database be used, and what does it hold.
 
 The only command besides the listings that sends SQL of its own, and only to
-count rows: one ``count`` per table, on one connection of one engine.
+count rows: one ``count`` per table, on one connection of one engine. The
+servers behind the configuration (each host of a multi-host connection and
+each replica: role, replay lag, the node in use) are asked by
+``postgres.topology`` on connections of their own; ``--ready`` asks only
+whether a writable primary answers, for a readiness probe.
 """
 
 from __future__ import annotations
@@ -21,12 +25,21 @@ SCHEMA_HINT = "run `omejdn-pg migrate upgrade`"
 
 
 @click.command(cls=Command)
-def check() -> None:
-    """Connect and report: server version, schema revision, pending migrations, row counts.
+@click.option(
+    "--ready",
+    is_flag=True,
+    help="Only probe: exit 0 when a writable primary answers, 1 otherwise (readiness probe).",
+)
+def check(ready: bool) -> None:
+    """Connect and report: server version, schema revision, pending migrations, row counts,
+    and each server's role, replay lag and whether it is the one in use.
 
     Exits with status 1 when the database is unreachable or its schema is not at head.
     """
     cli = current()
+    if ready:
+        probe(cli)
+        return
     report = build_report(cli)
     fmt = cli.output_format()
     if fmt == "table":
@@ -43,9 +56,24 @@ def check() -> None:
         )
 
 
+def probe(cli: CliContext) -> None:
+    """``check --ready``: a writable primary answers, or exit status 1 saying why not."""
+    from omejdn_pg.postgres import topology
+
+    answer = topology.readiness(cli.connection())
+    fmt = cli.output_format()
+    if fmt != "table":
+        print_document(answer.as_dict(), fmt)
+    elif answer.ready:
+        click.echo(f"ready: {answer.reason}")
+    if not answer.ready:
+        raise Failure(f"not ready: {answer.reason}")
+
+
 def build_report(cli: CliContext) -> dict[str, Any]:
-    """What ``check`` prints, read on one engine."""
+    """What ``check`` prints, read on one engine; the servers' roles on connections of their own."""
     from omejdn_pg.postgres import migrate as migrations
+    from omejdn_pg.postgres import topology
 
     cli.ensure_schema()
     connection = cli.connection()
@@ -65,6 +93,7 @@ def build_report(cli: CliContext) -> dict[str, Any]:
         "head": head,
         "pending": pending,
         "rows": facts["counts"],
+        "nodes": topology.inspect_backend(cli.target().settings).as_dict()["nodes"],
         "ok": not pending and revision == head,
     }
 
@@ -105,3 +134,12 @@ def print_report(report: dict[str, Any]) -> None:
         for name, count in report["rows"].items()
     ]
     print_table(["table", "count", "of"], rows)
+    print_table(["node", "from", "role", "replay lag", "in use"], node_rows(report["nodes"]))
+
+
+def node_rows(nodes: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """``check``'s table of servers: node, where it is configured, role, lag, in use."""
+    from omejdn_pg.postgres import topology
+
+    found = topology.Topology(tuple(topology.NodeStatus(**node) for node in nodes))
+    return list(topology.describe(found))

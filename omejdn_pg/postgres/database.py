@@ -65,7 +65,13 @@ from sqlalchemy import Connection, Engine, RootTransaction, create_engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from omejdn_pg.errors import OmejdnPgError, SchemaOutOfDate, StorageError, StorageUnavailable
+from omejdn_pg.errors import (
+    InvalidValue,
+    OmejdnPgError,
+    SchemaOutOfDate,
+    StorageError,
+    StorageUnavailable,
+)
 from omejdn_pg.postgres.schema import metadata
 from omejdn_pg.postgres.topology import STANDBY_STATE, format_lsn, parse_lsn
 from omejdn_pg.settings import (
@@ -138,13 +144,17 @@ def behind_pooler(dbapi_connection: psycopg.Connection[Any]) -> bool:
     the server's own, passed through. One round trip, once per new connection.
     """
     reported = dbapi_connection.info.backend_pid
+    idle = dbapi_connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     autocommit = dbapi_connection.autocommit
-    dbapi_connection.autocommit = True
+    if idle:
+        # No BEGIN before the probe, no ROLLBACK after it: one round trip.
+        dbapi_connection.autocommit = True
     try:
         with dbapi_connection.cursor() as cursor:
             row = cursor.execute(b"SELECT pg_backend_pid()", prepare=False).fetchone()
     finally:
-        dbapi_connection.autocommit = autocommit
+        if idle:
+            dbapi_connection.autocommit = autocommit
     return row is None or row[0] != reported
 
 
@@ -379,6 +389,17 @@ class ReplicaRouter:
             self._scope.reset(token)
 
 
+def _bounded_connect(node: ConnectionSettings) -> ConnectionSettings:
+    """A replica's connection with a ``connect_timeout`` (libpq's default is none).
+
+    A standby is an option, not a necessity: a read must not hang for minutes
+    on one that went silent when the primary would have answered at once.
+    """
+    if "connect_timeout" in node.params:
+        return node
+    return node.with_params(connect_timeout=str(REPLICA_CONNECT_TIMEOUT))
+
+
 # --- the database ------------------------------------------------------------------
 
 
@@ -401,8 +422,6 @@ class Database:
         self._batch: ContextVar[Connection | None] = ContextVar(f"batch-{id(self)}", default=None)
         self.failover = failover or FailoverSettings()
         self.router = ReplicaRouter(replicas, max_replica_lag) if replicas else None
-        self.primary_reads = 0
-        """Reads the primary served (for tests and the bench; not locked, approximate)."""
         self._answered = False
 
     @classmethod
@@ -418,7 +437,9 @@ class Database:
     ) -> Database:
         nodes = [
             Replica(node, build_engine(node, pool, timeouts, prepare=prepare))
-            for node in (replicas.nodes if replicas is not None else ())
+            for node in map(
+                _bounded_connect, replicas.connections(connection) if replicas is not None else ()
+            )
         ]
         return cls(
             build_engine(connection, pool, timeouts, prepare=prepare),
@@ -474,7 +495,13 @@ class Database:
         if self.router is None:
             yield
             return
-        with self.router.scope(parse_lsn(token) or 0 if token else 0):
+        required = 0
+        if token:
+            try:
+                required = parse_lsn(token) or 0
+            except ValueError:
+                raise InvalidValue(f"not a session token: {token[:40]!r}") from None
+        with self.router.scope(required):
             yield
 
     # --- the unit of work -----------------------------------------------------
@@ -490,12 +517,13 @@ class Database:
         batch = self._batch.get()
         if batch is not None:
             return self._in_batch(batch, operation)
-        replica = self.router.choose() if self.router is not None and not on_primary else None
-        if replica is not None:
+        router = self.router
+        replica = router.choose() if router is not None and not on_primary else None
+        if router is not None and replica is not None:
             try:
                 with replica.autocommit.connect() as conn:
                     result = operation(conn)
-                self.router.count(replica)  # type: ignore[union-attr]
+                router.count(replica)
                 return result
             except OmejdnPgError:
                 raise
@@ -516,7 +544,6 @@ class Database:
                 with self._autocommit.connect() as conn:
                     result = operation(conn)
                 self._answered = True
-                self.primary_reads += 1
                 return result
             except exc.DBAPIError as error:
                 if attempt == 1 and error.connection_invalidated:
@@ -767,6 +794,8 @@ READ_BACKOFF_MAX: Final = 0.5
 """Seconds between a waiting read's attempts: doubling from the first to the most, jittered."""
 REPLICA_POLL_INTERVAL: Final = 0.05
 """Seconds: a standby's state is observed again, when a read needs it, at most this often."""
+REPLICA_CONNECT_TIMEOUT: Final = 2
+"""Seconds a connection to a replica may take unless its settings say otherwise."""
 REPLICA_RETRY_FIRST: Final = 1.0
 REPLICA_RETRY_MAX: Final = 30.0
 COMMIT_REPORTING_LSN: Final = b"COMMIT; SELECT pg_current_wal_insert_lsn()::text"

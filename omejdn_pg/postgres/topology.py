@@ -219,7 +219,8 @@ def inspect(
 
 def inspect_backend(settings: BackendSettings, *, timeout: float = 3.0) -> Topology:
     """:func:`inspect` of the plugin's connection and its ``replicas:``."""
-    return inspect(settings.connection, settings.replicas.nodes, timeout=timeout)
+    replicas = settings.replicas.connections(settings.connection)
+    return inspect(settings.connection, replicas, timeout=timeout)
 
 
 def _probe(connection: ConnectionSettings, source: str, timeout: float) -> NodeStatus:
