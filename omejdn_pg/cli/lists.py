@@ -57,9 +57,15 @@ def listing_options(noun: str, filter_help: str) -> Callable[[F], F]:
                 click.option(
                     "--search", metavar="TEXT", help=f"Only {noun} whose name contains TEXT."
                 ),
-                click.option("--limit", type=click.IntRange(min=0), help="Show at most N."),
                 click.option(
-                    "--offset", type=click.IntRange(min=0), default=0, help="Skip the first N."
+                    "--limit", type=click.IntRange(min=0), metavar="N", help="Show at most N."
+                ),
+                click.option(
+                    "--offset",
+                    type=click.IntRange(min=0),
+                    default=0,
+                    metavar="N",
+                    help="Skip the first N.",
                 ),
             ]
         ):
