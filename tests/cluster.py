@@ -601,3 +601,43 @@ def pgbouncer_or_skip(server: ConnectionSettings, **options: Any) -> Iterator[Pg
         pytest.skip(f"no PgBouncer: {error}")
     with bouncer:
         yield bouncer
+
+
+# --- measuring, for the reported (never asserted) latency rows ------------------------
+
+
+def compare_latency(
+    calls: dict[str, Any], *, rounds: int = 20, per_round: int = 100, warmup: int = 50
+) -> dict[str, tuple[float, float]]:
+    """Median and 95th percentile (seconds) of each labelled call, measured interleaved.
+
+    Rounds alternate between the calls, so a machine that gets busier halfway
+    through slows every label alike instead of whichever ran last.
+    """
+    import statistics
+
+    samples: dict[str, list[float]] = {label: [] for label in calls}
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    for _ in range(rounds):
+        for label, call in calls.items():
+            for _ in range(per_round):
+                started = time.perf_counter()
+                call()
+                samples[label].append(time.perf_counter() - started)
+    result = {}
+    for label, values in samples.items():
+        values.sort()
+        result[label] = (statistics.median(values), values[int(0.95 * (len(values) - 1))])
+    return result
+
+
+def latency_line(title: str, measured: dict[str, tuple[float, float]], baseline: str) -> str:
+    """``title: label median/p95 (ratio to baseline)`` for each label, in microseconds."""
+    base = measured[baseline][0]
+    parts = [
+        f"{label} median {median * 1e6:.0f} us p95 {p95 * 1e6:.0f} us (x{median / base:.2f})"
+        for label, (median, p95) in measured.items()
+    ]
+    return f"{title}: " + "; ".join(parts)

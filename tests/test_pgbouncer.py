@@ -12,9 +12,8 @@ latency of a point read through PgBouncer against the same read direct.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from omejdn_pg.keys import KeySet, generate_key
 from omejdn_pg.postgres.database import Database, behind_pooler
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.settings import ConnectionSettings, parse_backend_section
-from tests.cluster import PgBouncer, pgbouncer_or_skip
+from tests.cluster import PgBouncer, compare_latency, latency_line, pgbouncer_or_skip
 
 from .conftest import PlainSQL
 
@@ -236,39 +235,26 @@ def test_point_read_latency_through_pgbouncer_and_direct(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Reported, never asserted: USER_GET through PgBouncer against the same read direct."""
-    reads = 2000
-    medians = {}
-    for label, connection in (("direct", database), ("pgbouncer", through(bouncer, database))):
-        section = {
-            "connection": dict(connection.params),
-            "passwords": {"bcrypt_rounds": 4},
-            "cache": False,
-        }
-        folder = tmp_path / label
-        folder.mkdir()
-        with PluginLoader.from_files([plugin_file(folder, section)], base_dir=folder) as loader:
-            if label == "direct":
-                loader.fire(
-                    events.USER_CREATE,
-                    user=User(
-                        username="alice", password=HASH, attributes={"email": "a@example.org"}
-                    ),
-                    user_backend="postgres",
-                )
-            for _ in range(50):
-                loader.fire(events.USER_GET, username="alice")
-            samples = []
-            for _ in range(reads):
-                started = time.perf_counter()
-                loader.fire(events.USER_GET, username="alice")
-                samples.append(time.perf_counter() - started)
-        samples.sort()
-        medians[label] = (statistics.median(samples), samples[int(0.95 * len(samples))])
-    direct, pooled = medians["direct"], medians["pgbouncer"]
-    with capsys.disabled():
-        print(
-            f"\npoint read (USER_GET, {reads} reads): direct median {direct[0] * 1e6:.0f} us "
-            f"p95 {direct[1] * 1e6:.0f} us; through PgBouncer (transaction pooling, prepares off) "
-            f"median {pooled[0] * 1e6:.0f} us p95 {pooled[1] * 1e6:.0f} us; "
-            f"ratio {pooled[0] / direct[0]:.2f}"
+    loaders = {}
+    with ExitStack() as stack:
+        for label, connection in (("direct", database), ("pgbouncer", through(bouncer, database))):
+            section = {
+                "connection": dict(connection.params),
+                "passwords": {"bcrypt_rounds": 4},
+                "cache": False,
+            }
+            folder = tmp_path / label
+            folder.mkdir()
+            loaders[label] = stack.enter_context(
+                PluginLoader.from_files([plugin_file(folder, section)], base_dir=folder)
+            )
+        alice = User(username="alice", password=HASH, attributes={"email": "a@example.org"})
+        loaders["direct"].fire(events.USER_CREATE, user=alice, user_backend="postgres")
+        measured = compare_latency(
+            {
+                label: (lambda loader=loader: loader.fire(events.USER_GET, username="alice"))
+                for label, loader in loaders.items()
+            }
         )
+    with capsys.disabled():
+        print("\n" + latency_line("point read (USER_GET)", measured, "direct"))

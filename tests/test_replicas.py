@@ -30,7 +30,7 @@ from omejdn_pg.host.facade import Host
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.repositories.config import ConfigRepository
 from omejdn_pg.settings import BackendSettings, parse_backend_section
-from tests.cluster import Cluster, cluster_or_skip
+from tests.cluster import Cluster, cluster_or_skip, compare_latency, latency_line
 from tests.helpers import run_together
 
 APP = "omejdn-replica-test"
@@ -492,3 +492,31 @@ def test_another_process_reads_are_bounded_by_max_replica_lag(
             f"worst staleness {worst * 1000:.0f} ms; delay 1.2s/max lag 400ms -> "
             f"{share_skipped:.0%} on the standby, worst {worst_skipped * 1000:.0f} ms"
         )
+
+
+@pytest.mark.slow
+def test_point_read_latency_on_the_standby_and_the_primary(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Reported, never asserted: USER_GET served by the standby against the primary."""
+    primary, standby = cluster.nodes
+    routed = backend(cluster)
+    direct = parse_backend_section(
+        {"connection": dict(routed.connection.params), "passwords": {"bcrypt_rounds": 4}},
+        "direct",
+    )
+    with Host.from_settings(direct) as on_primary, Host.from_settings(routed) as on_standby:
+        on_primary.users.add(User(username="reader", password=HASH, attributes={"n": 1}))
+        cluster.wait_replayed()
+        time.sleep(0.06)
+        assert where(database_of(on_standby)) == standby.port
+        measured = compare_latency(
+            {
+                "primary": lambda: on_primary.users.find("reader"),
+                "standby": lambda: on_standby.users.find("reader"),
+            }
+        )
+        assert where(database_of(on_standby)) == standby.port
+        assert where(database_of(on_primary)) == primary.port
+    with capsys.disabled():
+        print("\n" + latency_line("point read (USER_GET)", measured, "primary"))
