@@ -492,15 +492,18 @@ def test_keys(url: str, examples: Path, tmp_path: Path) -> None:
         omejdn_pg("--url", url, "keys", "generate", "omejdn", "omejdn")
     )
     listed = json.loads(ok(omejdn_pg("--url", url, "keys", "list", "--json")).stdout)
-    assert [(k["target"], k["key"], k["certificates"]) for k in listed] == [
-        ("es256", "EC P-256", 0),
-        ("omejdn", "RSA 2048", 1),
+    assert [(k["target"], k["key"], k["certificates"], k["state"]) for k in listed] == [
+        ("es256", "EC P-256", 0, "active"),
+        ("omejdn", "RSA 2048", 1, "active"),
     ]
     jwks = json.loads(ok(omejdn_pg("--url", url, "keys", "jwks")).stdout)
     assert sorted(k["kty"] for k in jwks["keys"]) == ["EC", "RSA"]
     assert all("d" not in k for k in jwks["keys"])
 
     source = examples / "keys" / "omejdn"
+    rsa_key = next(p for p in source.glob("omejdn.*.key") if p.with_suffix(".cert").exists())
+    rsa_cert = rsa_key.with_suffix(".cert")
+    ec_key = next(p for p in source.glob("omejdn.*.key") if not p.with_suffix(".cert").exists())
     ok(
         omejdn_pg(
             "--url",
@@ -511,15 +514,13 @@ def test_keys(url: str, examples: Path, tmp_path: Path) -> None:
             "omejdn",
             "--force",
             "--key",
-            str(source / "omejdn.key"),
+            str(rsa_key),
             "--cert",
-            str(source / "omejdn.cert"),
+            str(rsa_cert),
         )
     )
     with_cert = json.loads(ok(omejdn_pg("--url", url, "keys", "list", "omejdn", "--json")).stdout)
-    expected = KeyMaterial.from_pem(
-        (source / "omejdn.key").read_bytes(), (source / "omejdn.cert").read_bytes()
-    )
+    expected = KeyMaterial.from_pem(rsa_key.read_bytes(), rsa_cert.read_bytes())
     assert expected.kid in [k["kid"] for k in with_cert]
 
     bad = tmp_path / "bad.key"
@@ -534,8 +535,8 @@ def test_keys(url: str, examples: Path, tmp_path: Path) -> None:
         "x",
         "y",
         "--key",
-        str(source / "es256.key"),
+        str(ec_key),
         "--cert",
-        str(source / "omejdn.cert"),
+        str(rsa_cert),
     )
     assert "does not match" in one_error_line(mismatched)

@@ -73,6 +73,17 @@ def config_get(section: str) -> None:
     print_document(data, cli.output_format("yaml"))
 
 
+@config.command("create")
+@click.argument("section")
+@click.option("--list", "list_section", is_flag=True, help="A list section (default: a mapping).")
+@click.option("--replace", is_flag=True, help="Replace a section of the other shape (its content).")
+def config_create(section: str, list_section: bool, replace: bool) -> None:
+    """Provision an empty SECTION ahead of its first write (as the schema owner), for a
+    server whose role may not create tables."""
+    created = current().host().config.create(section, list_section=list_section, replace=replace)
+    click.echo(f"section {section} " + ("created" if created else "exists already"))
+
+
 @config.command("set")
 @click.argument("section")
 @click.argument("source", default="-", metavar="[FILE]")

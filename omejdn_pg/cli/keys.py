@@ -1,9 +1,11 @@
-"""``omejdn-pg keys``: keys and certificates — list, generate, import, jwks.
+"""``omejdn-pg keys``: key sets and their lifecycle — list, generate, import, jwks, rotate,
+activate, retire, delete, maintain, rewrap.
 
-Moved from the former single-module CLI with its behaviour unchanged; key
-material is read and stored through the host facade's ``keys``. The key
-libraries are imported inside the commands, so loading this module for
-``--help`` costs nothing.
+Keys travel as JWK Sets through the host facade, exactly as Omejdn's core
+stores and loads them; the lifecycle (rotate, activate, retire, maintain) and
+sealing (rewrap) are kept in PostgreSQL and reached through the facade's
+lifecycle calls. The key libraries are imported inside the commands, so
+loading this module for ``--help`` costs nothing.
 """
 
 from __future__ import annotations
@@ -13,82 +15,125 @@ from typing import TYPE_CHECKING, Any, Final
 import click
 
 from omejdn_pg.cli.context import Group, current
-from omejdn_pg.cli.output import print_document, print_table, read_text_source, stream
+from omejdn_pg.cli.output import Column, print_document, read_text_source, stream
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric import ec
+    import datetime
 
-    from omejdn_pg.entities import KeyMaterial
     from omejdn_pg.host.facade import Host
+    from omejdn_pg.keys import Key
 
 EC_CURVE_NAMES: Final = ("P-256", "P-384", "P-521")
-
-
-def ec_curves() -> dict[str, ec.EllipticCurve]:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    return {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
+ALGS: Final = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+KEY_FIELDS: Final = (
+    "target_type",
+    "target",
+    "kid",
+    "key",
+    "alg",
+    "use",
+    "state",
+    "private",
+    "certificates",
+    "not_after",
+    "created_at",
+    "activate_at",
+    "retired_at",
+    "destroy_at",
+    "problem",
+)
 
 
 @click.group(cls=Group)
 def keys() -> None:
-    """Keys and certificates: list, generate, import, jwks."""
+    """Key sets and their lifecycle: list, generate, import, jwks, rotate, maintain, ..."""
 
 
-def key_view(target_type: str, target: str, material: KeyMaterial) -> dict[str, Any]:
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+def _when(moment: datetime.datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment is not None else None
 
-    from omejdn_pg.cli.certificates import certificate_view
 
-    pk = material.pk
-    if isinstance(pk, rsa.RSAPublicKey):
-        kind = f"RSA {pk.key_size}"
-    elif isinstance(pk, ec.EllipticCurvePublicKey):
-        names = {curve.name: label for label, curve in ec_curves().items()}
-        kind = f"EC {names.get(pk.curve.name, pk.curve.name)}"
-    else:
-        kind = None
-    view: dict[str, Any] = {
+def key_view(target_type: str, target: str, key: Key) -> dict[str, Any]:
+    """One key's fixed set of fields, null when absent; never a private member."""
+    family = key.family
+    kind = f"RSA {key.public_key.key_size}" if family == "RSA" else family.replace("-", " ", 1)
+    return {
         "target_type": target_type,
         "target": target,
-        "kid": material.kid,
+        "kid": key.kid,
         "key": kind,
-        "private": material.sk is not None,
-        "certificates": len(material.certs),
+        "alg": key.alg,
+        "use": key.use,
+        "state": key.state,
+        "private": key.is_private,
+        "certificates": len(key.certificates),
+        "not_after": _when(key.certificates[0].not_valid_after_utc) if key.certificates else None,
+        "created_at": _when(key.created_at),
+        "activate_at": _when(key.activate_at),
+        "retired_at": _when(key.retired_at),
+        "destroy_at": _when(key.destroy_at),
+        "problem": key.certificate_problem(),
     }
-    if material.certs:
-        view["certificate"] = certificate_view(material.certs[0])
-    return view
+
+
+def stored_keys(host: Host, target_type: str, target: str) -> list[Key]:
+    """The target's keys with their lifecycle (PostgreSQL), else as the files answer."""
+    from omejdn_pg.errors import ConfigurationError
+
+    try:
+        return list(host.keys.stored(target_type, target))
+    except ConfigurationError:
+        return list(host.keys.load(target_type, target))
+
+
+KEY_COLUMNS: Final = (
+    Column("type", lambda r: r["target_type"]),
+    Column("target", lambda r: r["target"]),
+    Column("state", lambda r: r["state"]),
+    Column("key", lambda r: r["key"]),
+    Column("alg", lambda r: r["alg"]),
+    Column("use", lambda r: r["use"]),
+    Column("private", lambda r: "yes" if r["private"] else "no"),
+    Column("certs", lambda r: r["certificates"]),
+    Column("not after", lambda r: (r["not_after"] or "")[:10]),
+    Column(
+        "next change",
+        lambda r: (
+            f"active {r['activate_at'][:16]}"
+            if r["state"] == "next" and r["activate_at"]
+            else f"gone {r['destroy_at'][:16]}"
+            if r["state"] == "retired" and r["destroy_at"]
+            else ""
+        ),
+    ),
+    Column("kid", lambda r: r["kid"]),
+    Column("problem", lambda r: r["problem"] or ""),
+)
 
 
 @keys.command("list")
 @click.argument("target_type", required=False)
 def keys_list(target_type: str | None) -> None:
-    """List key targets (optionally of one TARGET_TYPE, e.g. omejdn or clients)."""
+    """List every key (optionally of one TARGET_TYPE) with its state and dates."""
     cli = current()
     host = cli.host()
     with host.snapshot():
-        views = [key_view(tt, t, host.keys.load(tt, t)) for tt, t in host.keys.targets(target_type)]
-    fmt = cli.output_format()
-    if fmt != "table":
-        stream(fmt, views, [])
-        return
-    print_table(
-        ["type", "target", "key", "private", "certs", "not after", "kid"],
-        [
-            (
-                v["target_type"],
-                v["target"],
-                v["key"] or "",
-                "yes" if v["private"] else "no",
-                v["certificates"],
-                v.get("certificate", {}).get("not_after", "")[:10],
-                v["kid"],
-            )
-            for v in views
-        ],
-    )
-    cli.note(f"{len(views)} key target(s)")
+        views = [
+            key_view(tt, t, key)
+            for tt, t in host.keys.targets(target_type)
+            for key in stored_keys(host, tt, t)
+        ]
+    count = stream(cli.output_format(), views, KEY_COLUMNS)
+    cli.note(f"{count} key(s)")
+
+
+def _private_key(curve: str | None, rsa_bits: int) -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if curve:
+        curves = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
+        return ec.generate_private_key(curves[curve])
+    return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
 
 
 @keys.command("generate")
@@ -99,7 +144,7 @@ def keys_list(target_type: str | None) -> None:
 @click.option("--self-signed", is_flag=True, help="Add a self-signed certificate.")
 @click.option("--subject", metavar="CN", help="Certificate common name (default: TARGET).")
 @click.option("--days", type=click.IntRange(1, 36500), default=365, show_default=True)
-@click.option("--force", is_flag=True, help="Replace existing key material of the target.")
+@click.option("--force", is_flag=True, help="Replace the target's existing key set.")
 def keys_generate(
     target_type: str,
     target: str,
@@ -110,31 +155,29 @@ def keys_generate(
     days: int,
     force: bool,
 ) -> None:
-    """Generate a key for TARGET_TYPE/TARGET (RSA 2048 unless --ec), e.g. `omejdn omejdn`."""
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    """Make TARGET_TYPE/TARGET hold one new key (RSA 2048 unless --ec), e.g. `omejdn omejdn`.
 
+    To add a key to a set that signs already, use `keys rotate`.
+    """
     from omejdn_pg.cli.certificates import self_signed_certificate
-    from omejdn_pg.entities import KeyMaterial
+    from omejdn_pg.keys import Key
 
     host = current().host()
     ensure_replaceable(host, target_type, target, force)
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-    if curve:
-        key = ec.generate_private_key(ec_curves()[curve])
-    else:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
-    certs = [self_signed_certificate(key, subject or target, days)] if self_signed else []
-    material = KeyMaterial(sk=key, certs=certs)
-    host.keys.store(target_type, target, material)
-    click.echo(f"generated {target_type}/{target}: kid {material.kid}")
+    private = _private_key(curve, rsa_bits)
+    certs = [self_signed_certificate(private, subject or target, days)] if self_signed else []
+    key = Key(private.public_key(), private, certs)
+    host.keys.store(target_type, target, [key])
+    click.echo(f"generated {target_type}/{target}: kid {key.kid}")
 
 
 def ensure_replaceable(host: Host, target_type: str, target: str, force: bool) -> None:
     from omejdn_pg.errors import AlreadyExists
 
-    if not force and not host.keys.load(target_type, target).is_empty:
+    if not force and host.keys.load(target_type, target):
         raise AlreadyExists(
-            f"{target_type}/{target} has key material already (use --force to replace it)"
+            f"{target_type}/{target} has keys already (use --force to replace the whole set, "
+            "or `keys rotate` to add one)"
         )
 
 
@@ -143,32 +186,144 @@ def ensure_replaceable(host: Host, target_type: str, target: str, force: bool) -
 @click.argument("target")
 @click.option("--key", "key_file", metavar="FILE", help="PEM private (or public) key.")
 @click.option("--cert", "cert_file", metavar="FILE", help="PEM certificate chain.")
-@click.option("--force", is_flag=True, help="Replace existing key material of the target.")
+@click.option("--kid", help="The key's kid (default: its RFC 7638 thumbprint).")
+@click.option("--alg", type=click.Choice(ALGS), help="The key's alg (default: by key type).")
+@click.option("--use", "use", type=click.Choice(("sig", "enc")), help="The key's use.")
+@click.option("--force", is_flag=True, help="Replace the target's existing key set.")
 def keys_import(
-    target_type: str, target: str, key_file: str | None, cert_file: str | None, force: bool
+    target_type: str,
+    target: str,
+    key_file: str | None,
+    cert_file: str | None,
+    kid: str | None,
+    alg: str | None,
+    use: str | None,
+    force: bool,
 ) -> None:
-    """Store a PEM key and/or certificate chain for TARGET_TYPE/TARGET."""
-    from omejdn_pg.entities import KeyMaterial
-    from omejdn_pg.errors import InvalidValue
+    """Make a PEM key and/or certificate chain the one key of TARGET_TYPE/TARGET."""
+    from omejdn_pg.keys import Key
 
     if key_file is None and cert_file is None:
         raise click.UsageError("give --key FILE, --cert FILE or both")
     key_text, key_name = read_text_source(key_file) if key_file else (None, "")
     cert_text, cert_name = read_text_source(cert_file) if cert_file else (None, "")
-    material = KeyMaterial.from_pem(
-        key_text, cert_text, what=" and ".join(n for n in (key_name, cert_name) if n)
+    params = {name: value for name, value in (("kid", kid), ("alg", alg), ("use", use)) if value}
+    key = Key.from_pem(
+        key_text, cert_text, params, what=" and ".join(n for n in (key_name, cert_name) if n)
     )
-    if material.is_empty:
-        raise InvalidValue("the files hold no key and no certificate")
     host = current().host()
     ensure_replaceable(host, target_type, target, force)
-    host.keys.store(target_type, target, material)
-    click.echo(f"imported {target_type}/{target}: kid {material.kid}")
+    host.keys.store(target_type, target, [key])
+    click.echo(f"imported {target_type}/{target}: kid {key.kid}")
 
 
 @keys.command("jwks")
 @click.argument("target_type", default="omejdn")
 def keys_jwks(target_type: str) -> None:
-    """Print the public keys of TARGET_TYPE (default: omejdn) as a JWK Set."""
+    """Print the public keys of TARGET_TYPE (default: omejdn) as a JWK Set: what
+    /jwks.json publishes — next, active and retired keys, no private member."""
     cli = current()
     print_document(cli.host().keys.jwks(target_type), cli.output_format("json"))
+
+
+def _duration(value: str | None, option: str) -> datetime.timedelta | None:
+    from omejdn_pg.settings import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value, option)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@keys.command("rotate")
+@click.argument("target_type")
+@click.argument("target")
+@click.option(
+    "--alg", type=click.Choice(ALGS), help="The new key's algorithm (default: the signer's)."
+)
+@click.option(
+    "--publish-for",
+    metavar="DURATION",
+    help="Publish the new key this long before it signs (e.g. 2d, 36h; default: "
+    "the key_lifecycle.publish_for setting, 2 days).",
+)
+def keys_rotate(target_type: str, target: str, alg: str | None, publish_for: str | None) -> None:
+    """Add a `next` key to TARGET_TYPE/TARGET: published now, signing once its publish
+    window has passed and `keys maintain` has run."""
+    cli = current()
+    key = cli.host().keys.rotate(
+        target_type, target, alg, publish_for=_duration(publish_for, "--publish-for")
+    )
+    when = key.activate_at.isoformat(timespec="seconds") if key.activate_at else "now"
+    click.echo(f"{target_type}/{target}: {key.kid} ({key.alg}) is {key.state}, signs from {when}")
+
+
+@keys.command("activate")
+@click.argument("target_type")
+@click.argument("target")
+@click.argument("kid")
+def keys_activate(target_type: str, target: str, kid: str) -> None:
+    """Make key KID sign now; the active keys of its family retire."""
+    current().host().keys.activate(target_type, target, kid)
+    click.echo(f"{target_type}/{target}: {kid} is active")
+
+
+@keys.command("retire")
+@click.argument("target_type")
+@click.argument("target")
+@click.argument("kid")
+@click.option("--force", is_flag=True, help="Even the last active signing key.")
+def keys_retire(target_type: str, target: str, kid: str, force: bool) -> None:
+    """Stop signing with key KID; it stays published for its retirement window."""
+    current().host().keys.retire(target_type, target, kid, force=force)
+    click.echo(f"{target_type}/{target}: {kid} is retired")
+
+
+@keys.command("delete")
+@click.argument("target_type")
+@click.argument("target")
+@click.argument("kid", required=False)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def keys_delete(target_type: str, target: str, kid: str | None, yes: bool) -> None:
+    """Delete key KID of TARGET_TYPE/TARGET, or (without KID) the target's whole set."""
+    from omejdn_pg.cli.prompts import confirm
+
+    what = f"key {kid} of {target_type}/{target}" if kid else f"every key of {target_type}/{target}"
+    if not confirm(f"Delete {what}?", yes):
+        click.echo("nothing deleted")
+        return
+    current().host().keys.delete(target_type, target, kid)
+    click.echo(f"deleted {what}")
+
+
+@keys.command("maintain")
+def keys_maintain() -> None:
+    """Advance every lifecycle transition that is due: next keys whose publish window
+    has passed become active (retiring the keys they replace), retired keys whose window
+    has ended are deleted. Idempotent; safe to run from several instances at once."""
+    cli = current()
+    changes = cli.host().keys.maintain()
+    for change in changes:
+        click.echo(str(change))
+    cli.note(f"{len(changes)} change(s)")
+
+
+@keys.command("rewrap")
+@click.option("--check", is_flag=True, help="Only count what each key-encryption key seals.")
+def keys_rewrap(check: bool) -> None:
+    """Seal every private key under the first configured key-encryption key (one
+    transaction); afterwards the old key-encryption keys can be removed."""
+    cli = current()
+    host = cli.host()
+    counts = host.keys.sealing_report() if check else host.keys.rewrap()
+    fmt = cli.output_format()
+    if fmt != "table":
+        print_document(counts, fmt)
+        return
+    verb = "seals" if check else "re-sealed from"
+    for origin, count in counts.items():
+        click.echo(f"{origin}: {count} private key(s)" if check else f"{verb} {origin}: {count}")
+    if not counts:
+        cli.note("no private key is sealed or to be sealed" if check else "nothing to re-seal")

@@ -8,7 +8,7 @@ engine and one connection however many calls it makes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import click
 
@@ -21,20 +21,28 @@ if TYPE_CHECKING:
     from omejdn_pg.settings import ConnectionSettings
 
 
+GRANT_HELP: Final = (
+    "After upgrading, provision Omejdn's known sections and give ROLE DML rights only "
+    "(run as the schema owner; the server then runs as ROLE)."
+)
+
+
 @click.group(cls=Group, invoke_without_command=True)
+@click.option("--grant", "grant_role", metavar="ROLE", help=GRANT_HELP)
 @click.pass_context
-def migrate(ctx: click.Context) -> None:
+def migrate(ctx: click.Context, grant_role: str | None) -> None:
     """Schema migrations (Alembic, shipped in the package).
 
     Without a subcommand: upgrade to the newest revision, as `migrate upgrade`.
     """
     if ctx.invoked_subcommand is None:
-        ctx.invoke(migrate_upgrade, revision="head")
+        ctx.invoke(migrate_upgrade, revision="head", grant_role=grant_role)
 
 
 @migrate.command("upgrade")
 @click.argument("revision", default="head")
-def migrate_upgrade(revision: str) -> None:
+@click.option("--grant", "grant_role", metavar="ROLE", help=GRANT_HELP)
+def migrate_upgrade(revision: str, grant_role: str | None = None) -> None:
     """Upgrade the schema to REVISION (default: head)."""
     from omejdn_pg.postgres import migrate as migrations
 
@@ -45,6 +53,14 @@ def migrate_upgrade(revision: str) -> None:
         click.echo(f"{where}: already at {revision_text(after)}, nothing to do")
     else:
         click.echo(f"{where}: upgraded from {revision_text(before)} to {revision_text(after)}")
+    if grant_role is not None:
+        database = migrations.connect(connection)
+        try:
+            provisioned = migrations.grant(database, grant_role)
+        finally:
+            database.dispose()
+        made = ", ".join(provisioned) or "none needed"
+        click.echo(f"{where}: {grant_role} may read and write; sections provisioned: {made}")
 
 
 @migrate.command("downgrade")

@@ -217,13 +217,47 @@ def apply_user_edits(
 @users.command("passwd")
 @click.argument("username")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin (one line).")
-def users_passwd(username: str, password_stdin: bool) -> None:
+@click.option("--force", is_flag=True, help="Also for an external user (who then has both).")
+def users_passwd(username: str, password_stdin: bool, force: bool) -> None:
     """Set a user's password; prompted for (hidden, twice) or read from stdin."""
+    from omejdn_pg.cli.output import Failure
+
     host = current().host()
     user: User = find(host.users, "user", username)
+    if user.extern and not force:
+        raise Failure(
+            f"{username} is an external user (vouched for by {user.extern!r}); "
+            "a local password would let them in without the provider: use --force to set one"
+        )
     password = read_password(password_stdin, "New password")
     host.users.update_password(user, password)
     click.echo(f"password of {username} changed")
+
+
+@users.command("hash-report")
+def users_hash_report() -> None:
+    """Count stored password hashes by scheme and cost (never showing one), and how many
+    the next successful login upgrades under the configured password policy."""
+    cli = current()
+    host = cli.host()
+    policy = host.postgres.policy if host.postgres is not None else None
+    report = host.users.hash_report(policy)
+    fmt = cli.output_format()
+    document = {
+        "kinds": report.kinds,
+        "total": report.total,
+        "upgraded_at_next_login": report.upgrading,
+        "refused_too_costly": report.refused,
+    }
+    if fmt != "table":
+        print_document(document, fmt)
+        return
+    for kind, count in report.kinds.items():
+        click.echo(f"{kind}: {count}")
+    share = f"{100 * report.upgrading / report.total:.0f}%" if report.total else "0%"
+    click.echo(f"{report.upgrading} of {report.total} ({share}) upgraded at their next login")
+    if report.refused:
+        click.echo(f"{report.refused} above the bcrypt cost limit: their logins always fail")
 
 
 @users.command("delete")
