@@ -221,8 +221,12 @@ class PostgresBackendPlugin:
         if found.token is None:
             return answer(self.database.read(fetch))
         # Only an AUTOCOMMIT read is kept: inside a batch or snapshot the view
-        # may be one that never commits.
-        fetched, autocommit = self.database.read(lambda conn: (fetch(conn), in_autocommit(conn)))
+        # may be one that never commits. A fill is read on the primary: the
+        # counters it is checked against are the primary's, and a lagging
+        # standby could otherwise refill a value just invalidated.
+        fetched, autocommit = self.database.read(
+            lambda conn: (fetch(conn), in_autocommit(conn)), on_primary=True
+        )
         value = answer(fetched)
         if autocommit and (keep_none or value is not None):
             cache.fill(key, value, found.token)
