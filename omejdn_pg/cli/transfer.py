@@ -82,10 +82,12 @@ from typing import Any, Final, Protocol
 
 from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import (
+    AlreadyExists,
     InvalidInput,
     InvalidKeyMaterial,
     InvalidSectionName,
     InvalidValue,
+    NotFound,
     TransferError,
 )
 from omejdn_pg.host.facade import Host
@@ -580,6 +582,10 @@ def _change(
     return Change(kind, name, Action.UNCHANGED)
 
 
+MAX_IMPORT_ATTEMPTS: Final = 3
+"""Plans tried when concurrent writers keep changing what an import is about to write."""
+
+
 def import_deployment(
     path: Path,
     host: Host,
@@ -599,18 +605,26 @@ def import_deployment(
     report = Report(dry_run=dry_run, notes=list(deployment.notes))
     # Plan outside the transaction: hashing and verifying plaintext passwords (bcrypt,
     # a quarter second each) must not hold a transaction and a pooled connection.
-    report.changes = plan_import(deployment, host, policy)
-    if on_plan is not None:
-        on_plan(report.changed)
-    if not dry_run and report.changed:
-        # A change stored between plan and batch makes a write fail (e.g. AlreadyExists),
-        # and the batch rolls the whole import back.
-        with host.batch():
-            for change in report.changed:
-                assert change.apply is not None
-                change.apply(host)
-                if progress is not None:
-                    progress(change)
+    for attempt in range(1, MAX_IMPORT_ATTEMPTS + 1):
+        report.changes = plan_import(deployment, host, policy)
+        if on_plan is not None:
+            on_plan(report.changed)
+        if dry_run or not report.changed:
+            break
+        try:
+            with host.batch():
+                for change in report.changed:
+                    assert change.apply is not None
+                    change.apply(host)
+                    if progress is not None:
+                        progress(change)
+            break
+        except (AlreadyExists, NotFound):
+            # Someone stored a change between the plan and the batch (another
+            # import of an overlapping directory, say): the batch rolled back
+            # whole, so plan again against what is stored now.
+            if attempt == MAX_IMPORT_ATTEMPTS:
+                raise
     report.seconds = time.perf_counter() - started
     return report
 
