@@ -26,7 +26,17 @@ from typing import Any, Final
 
 from rich.console import Console
 
-from bench import RESULTS_SCHEMA, growth, hosting, importing, plot, profiling, report, seed
+from bench import (
+    RESULTS_SCHEMA,
+    growth,
+    hosting,
+    importing,
+    plot,
+    profiling,
+    report,
+    seed,
+    topologies,
+)
 from bench import server as servers
 from bench.cases import Case, Cases, first
 from bench.floor import Floor
@@ -369,6 +379,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             startup = None
         results["import"] = {**main_import, "startup_s": startup}
         results["growth"] = {"get_all": listing, "import": imports}
+        phase("topologies", "USER_GET on a standby and through PgBouncer")
+        results["topologies"] = topologies.measure(quick=args.quick)
+        for label, row in results["topologies"]["rows"].items():
+            log.print(
+                f"bench: USER_GET {label}: {row['p50_us']} µs p50, {row['ratio']}x the primary",
+                markup=False,
+            )
+        for label, reason in results["topologies"]["skipped"].items():
+            log.print(f"bench: no {label} row: {reason}", markup=False)
     phase.end()
     results["phases"] = phase.seconds
     results["seconds"] = round(time.perf_counter() - phase.began, 1)

@@ -119,6 +119,16 @@ def test_every_event_has_numbers_beside_its_floor(results: dict[str, Any]) -> No
         assert rows[name]["sql"], f"{name}: the captured SQL is recorded"
 
 
+def test_reads_beyond_one_server_are_measured_or_say_why(results: dict[str, Any]) -> None:
+    beyond = results["topologies"]
+    # Each topology row holds numbers, or says why this machine could not run it.
+    assert {"standby", "pgbouncer"} <= set(beyond["rows"]) | set(beyond["skipped"])
+    for label, row in beyond["rows"].items():
+        assert positive(row["p50_us"]), label
+        assert positive(row["ratio"]), label
+    assert all(beyond["skipped"].values())
+
+
 def test_cached_rows_are_measured_or_labelled_placeholders(results: dict[str, Any]) -> None:
     cached = results["cached"]
     assert {row["name"] for row in cached["rows"]} >= {"USER_GET", "CLIENT_GET"}
