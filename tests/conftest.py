@@ -153,6 +153,20 @@ def db(database: ConnectionSettings) -> Iterator[Database]:
 
 
 @pytest.fixture
+def app_role(server: ConnectionSettings, database: ConnectionSettings) -> Iterator[str]:
+    """A login role of its own for the test, with no privileges until a test grants some."""
+    role = f"omejdn_app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    yield role
+    # Its privileges live in the test database: drop them there, then the role.
+    with psycopg.connect(database.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
 def plain_sql(database: ConnectionSettings) -> PlainSQL:
     return PlainSQL(database)
 

@@ -368,6 +368,16 @@ def omejdn_pg(
     return result
 
 
+def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    """The single ``error:`` line of a failed run (exit ``code``), with no traceback."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     assert result.returncode == 0, result.stderr
     return result

@@ -26,17 +26,7 @@ from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.postgres import database as database_module
 from omejdn_pg.postgres import migrate
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
-from tests.helpers import ok, omejdn_pg
-
-
-def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
-    """The single ``error:`` line of a failed run."""
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    assert "Traceback" not in result.stderr
-    return lines[0]
+from tests.helpers import ok, omejdn_pg, one_error_line
 
 
 @pytest.fixture

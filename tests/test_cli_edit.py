@@ -8,7 +8,6 @@ the fields a command names change, every other field stays as it was.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,9 @@ import yaml
 
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.settings import ConnectionSettings
-from tests.helpers import PlainSQL, ok, omejdn_pg
+from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
 
 SECRET = "s3cret-client-value"
-
-
-def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
-    """The single ``error:`` line of a failed run (as in test_cli)."""
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    return lines[0]
 
 
 @pytest.fixture

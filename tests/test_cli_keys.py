@@ -4,28 +4,15 @@ as a subprocess against a real PostgreSQL."""
 from __future__ import annotations
 
 import json
-import subprocess
-import uuid
-from collections.abc import Iterator
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from omejdn_pg.sealing import generate_secret, sealed_by
 from omejdn_pg.settings import ConnectionSettings
-from tests.helpers import PlainSQL, ok, omejdn_pg
+from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
 from tests.secrets import watch
 
 OMEJDN_HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"  # "mypassword"
-
-
-def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -128,18 +115,6 @@ def test_rewrap_under_a_new_key_encryption_key(
     line = one_error_line(missing)
     assert "KEK_NEW is not set" in line
     assert old not in line
-
-
-@pytest.fixture
-def app_role(server: ConnectionSettings, database: ConnectionSettings) -> Iterator[str]:
-    role = f"omejdn_cli_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    yield role
-    with psycopg.connect(database.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_migrate_grant_and_config_create(

@@ -21,16 +21,7 @@ import pytest
 import yaml
 
 from omejdn_pg.settings import ConnectionSettings
-from tests.helpers import CLEAN_ENV, PlainSQL, ok, omejdn_pg
-
-
-def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
-    """The single ``error:`` line of a failed run (as in test_cli)."""
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    return lines[0]
+from tests.helpers import CLEAN_ENV, PlainSQL, ok, omejdn_pg, one_error_line
 
 
 @pytest.fixture

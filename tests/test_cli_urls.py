@@ -8,7 +8,6 @@ in once against the test database with the SQLAlchemy form.
 
 from __future__ import annotations
 
-import subprocess
 from urllib.parse import quote
 
 import pytest
@@ -16,19 +15,10 @@ import pytest
 from omejdn_pg.errors import ConfigurationError
 from omejdn_pg.postgres import migrate
 from omejdn_pg.settings import ConnectionSettings
-from tests.helpers import REPO, ok, omejdn_pg, python_m
+from tests.helpers import REPO, ok, omejdn_pg, one_error_line, python_m
 
 SECRET = "Pw-7#secret"
 QUOTED = quote(SECRET, safe="")
-
-
-def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
-    """The single ``error:`` line of a failed run (as in test_cli)."""
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    return lines[0]
 
 
 EXPECTED = {

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from omejdn_pg import Client, PluginLoader, User
 from omejdn_pg.errors import MigrationError, PermissionDenied
@@ -22,19 +20,6 @@ from omejdn_pg.settings import ConnectionSettings
 from tests.helpers import PlainSQL
 
 from .test_events import OMEJDN_HASH, plugin_yaml
-
-
-@pytest.fixture
-def app_role(server: ConnectionSettings, database: ConnectionSettings) -> Iterator[str]:
-    role = f"omejdn_app_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    yield role
-    # Its privileges live in the test database: drop them there, then the role.
-    with psycopg.connect(database.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 @pytest.fixture
