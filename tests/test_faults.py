@@ -123,8 +123,8 @@ class Killer:
         self.kills = 0
 
     def __call__(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if conn.get_isolation_level() == "AUTOCOMMIT":
-            return  # a read, not the write under test
+        if cursor.connection.autocommit:
+            return  # a read (outside any transaction), not the write under test
         self.count += 1
         if self.count == self.at and self.left > 0:
             self.left -= 1

@@ -94,5 +94,12 @@ def test_installed_wheel_migrates_from_anywhere(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1"
         ).fetchall()
         version = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-    assert [t for (t,) in tables] == ["alembic_version", "attributes", "clients", "keys", "users"]
+    assert [t for (t,) in tables] == [
+        "alembic_version",
+        "attributes",
+        "clients",
+        "keys",
+        "omejdn_pg_changes",
+        "users",
+    ]
     assert version == [(migrate.head(),)]
