@@ -438,12 +438,7 @@ def parse_backend_section(section: object, source: str) -> BackendSettings:
         return BackendSettings(source=source)
     if not isinstance(section, Mapping):
         raise ConfigurationError(f"{where} must be a mapping with keys {', '.join(_PLUGIN_KEYS)}")
-    unknown = sorted(set(map(str, section)) - set(_PLUGIN_KEYS))
-    if unknown:
-        raise ConfigurationError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(_PLUGIN_KEYS)}"
-        )
+    refuse_unknown_keys(section, _PLUGIN_KEYS, where)
     return BackendSettings(
         connection=_parse_connection(section.get("connection"), f"{where}.connection"),
         handlers=_parse_handlers(section.get("handlers"), f"{where}.handlers"),
@@ -470,6 +465,17 @@ def parse_backend_section(section: object, source: str) -> BackendSettings:
     )
 
 
+def refuse_unknown_keys(value: Mapping[Any, Any], allowed: Iterable[str], where: str) -> None:
+    """A ConfigurationError naming the keys of ``value`` outside ``allowed``, and those."""
+    allowed = list(allowed)
+    unknown = sorted(set(map(str, value)) - set(allowed))
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+
+
 def _parse_choice(value: object, where: str, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ConfigurationError(f"{where} is {value!r}; allowed: {', '.join(allowed)}")
@@ -486,12 +492,7 @@ def _parse_key_lifecycle(value: object, where: str) -> KeyLifecycleSettings:
         raise ConfigurationError(
             f"{where} must be a mapping with keys {', '.join(_LIFECYCLE_KEYS)}"
         )
-    unknown = sorted(set(map(str, value)) - set(_LIFECYCLE_KEYS))
-    if unknown:
-        raise ConfigurationError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(_LIFECYCLE_KEYS)}"
-        )
+    refuse_unknown_keys(value, _LIFECYCLE_KEYS, where)
     defaults = KeyLifecycleSettings()
     durations = {}
     for name in _LIFECYCLE_KEYS:
@@ -625,11 +626,7 @@ def _parse_numbers(value: object, where: str, fields: Mapping[str, type]) -> dic
         return {}
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"{where} must be a mapping with keys {', '.join(fields)}")
-    unknown = sorted(set(map(str, value)) - set(fields))
-    if unknown:
-        raise ConfigurationError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(fields)}"
-        )
+    refuse_unknown_keys(value, fields, where)
     parsed: dict[str, Any] = {}
     for name, kind in fields.items():
         if name not in value:
@@ -718,12 +715,7 @@ def parse_cache(value: object, where: str) -> CacheSettings:
         raise ConfigurationError(
             f"{where} must be true, false or a mapping with keys {', '.join(_CACHE_KEYS)}"
         )
-    unknown = sorted(set(map(str, value)) - set(_CACHE_KEYS))
-    if unknown:
-        raise ConfigurationError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(_CACHE_KEYS)}"
-        )
+    refuse_unknown_keys(value, _CACHE_KEYS, where)
     groups = set(CACHE_DEFAULT_GROUPS)
     for group in HANDLER_GROUPS:
         switch = value.get(group)
@@ -867,11 +859,7 @@ def parse_failover(value: object, where: str) -> FailoverSettings:
         return FailoverSettings()
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"{where} must be a mapping with key read_wait")
-    unknown = sorted(set(map(str, value)) - {"read_wait"})
-    if unknown:
-        raise ConfigurationError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: read_wait"
-        )
+    refuse_unknown_keys(value, ("read_wait",), where)
     return FailoverSettings(
         read_wait=_duration_setting(value.get("read_wait"), f"{where}.read_wait", "5s")
     )
