@@ -735,10 +735,19 @@ class _Listener:
             self._cache._on_down(reason)
             if self._established:
                 delay = _FIRST_RETRY  # it was working: reconnect at once
-            if self._established or not in_outage:
+            if self._established:
+                # It reconnects at once; should that fail for longer than the
+                # bound, the first read that finds the cache stale warns.
+                log.info(
+                    "read cache: listener lost its connection to %s (%s); reconnecting, "
+                    "reads go to the database meanwhile",
+                    self._cache.connection.describe(),
+                    reason,
+                )
+            elif not in_outage:
                 log.warning(
-                    "read cache: listener %s %s (%s); reads go to the database until it is back",
-                    "lost its connection to" if self._established else "cannot listen on",
+                    "read cache: listener cannot listen on %s (%s); "
+                    "reads go to the database until it can",
                     self._cache.connection.describe(),
                     reason,
                 )
