@@ -719,7 +719,8 @@ class _Listener:
 
     def _run(self) -> None:
         delay = _FIRST_RETRY
-        in_outage = False
+        outage_since: float | None = None
+        warned = False
         while not self._stop.is_set():
             self._established = False
             try:
@@ -733,25 +734,33 @@ class _Listener:
             finally:
                 self.connected = False
             self._cache._on_down(reason)
+            now = time.monotonic()
             if self._established:
                 delay = _FIRST_RETRY  # it was working: reconnect at once
-            if self._established:
-                # It reconnects at once; should that fail for longer than the
-                # bound, the first read that finds the cache stale warns.
-                log.info(
-                    "read cache: listener lost its connection to %s (%s); reconnecting, "
-                    "reads go to the database meanwhile",
-                    self._cache.connection.describe(),
-                    reason,
-                )
-            elif not in_outage:
+                outage_since, warned = now, False
+            elif outage_since is None:
+                outage_since = now
+            where = self._cache.connection.describe()
+            # A short outage (a reconnect, a server restart, a process ending
+            # under a dropped database) is worth an INFO line; one that outlasts
+            # the staleness bound leaves the cache off, which an operator must see.
+            if not warned and now - outage_since > self._cache.max_staleness:
+                warned = True
                 log.warning(
-                    "read cache: listener cannot listen on %s (%s); "
+                    "read cache: listener cannot listen on %s for %.0fs (%s); "
                     "reads go to the database until it can",
-                    self._cache.connection.describe(),
+                    where,
+                    now - outage_since,
                     reason,
                 )
-            in_outage = True
+            elif self._established or now == outage_since:
+                log.info(
+                    "read cache: listener %s %s (%s); reconnecting, reads go to the database "
+                    "meanwhile",
+                    "lost its connection to" if self._established else "cannot listen on",
+                    where,
+                    reason,
+                )
             self._maybe_log_stats()
             self._stop.wait(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
             delay = min(delay * 2, _LAST_RETRY)
