@@ -500,7 +500,10 @@ def listener_role(server: ConnectionSettings, database: ConnectionSettings) -> I
 
 
 def test_a_listener_that_cannot_reconnect_steps_aside(
-    listener_role: str, open_loader: Callable[..., PluginLoader], plain_sql: PlainSQL
+    listener_role: str,
+    open_loader: Callable[..., PluginLoader],
+    plain_sql: PlainSQL,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     reader = open_loader(
         f"{{max_staleness: {BOUND}, listen_connection: {{user: {listener_role}}}}}", wait=False
@@ -523,6 +526,13 @@ def test_a_listener_that_cannot_reconnect_steps_aside(
     assert not stats["serving"]
     assert not stats["listener_connected"]
     assert stats["step_asides"] >= 1
+    # An outage longer than the bound is said at WARNING: the cache is off.
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelname == "WARNING" and r.getMessage().startswith("read cache:")
+    ]
+    assert any("reads go to the database" in message for message in warnings), warnings
     statements = count_statements(plugin(reader).database.engine)
     for _ in range(5):
         assert section(reader) == {"n": 2}
