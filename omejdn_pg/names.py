@@ -1,4 +1,4 @@
-"""Names that become file names: key targets and client ids.
+"""Names that become file or table names: key targets, client ids, section names.
 
 Omejdn's file layout stores a key as ``keys/<target_type>/<target>.key`` and
 a client's keys under target type ``clients`` with the client id as target,
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from omejdn_pg.errors import InvalidValue
+from omejdn_pg.errors import InvalidSectionName, InvalidValue
 
 MAX_NAME_LENGTH: Final = 200
 _FORBIDDEN: Final = re.compile(r"[/\\\x00-\x1f\x7f]")
@@ -47,3 +47,26 @@ def is_file_name(value: object) -> bool:
     except InvalidValue:
         return False
     return True
+
+
+SECTION_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,48}")
+"""A configuration section name: it names a table (``configuration_<section>``, at most
+63 bytes) and a file (``config/<section>.yml``)."""
+
+
+def validate_section_name(section: object) -> str:
+    """Return ``section`` if it is a valid section name, else raise InvalidSectionName.
+
+    This runs before any SQL is built or any file is named, so a hostile name
+    never reaches the database or the file system, even though identifiers
+    are also quoted when used.
+    """
+    if not isinstance(section, str) or SECTION_NAME.fullmatch(section) is None:
+        shown = repr(section)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        raise InvalidSectionName(
+            f"invalid configuration section name {shown}: "
+            "expected 1 to 49 characters of a-z, 0-9 and _, starting with a letter"
+        )
+    return section

@@ -26,7 +26,6 @@ fixed tables and must never try to drop a section it does not know.
 from __future__ import annotations
 
 import datetime
-import re
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -45,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from omejdn_pg.errors import InvalidSectionName
+from omejdn_pg.names import validate_section_name as validate_section_name
 
 NAMING_CONVENTION: Final = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -160,24 +159,6 @@ class KeyRecord(Base):
 # --- configuration_<section> tables -------------------------------------------
 
 SECTION_PREFIX: Final = "configuration_"
-_SECTION_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,48}")
-
-
-def validate_section_name(section: object) -> str:
-    """Return ``section`` if it is a valid section name, else raise InvalidSectionName.
-
-    This runs before any SQL is built, so a hostile name never reaches the
-    database even though identifiers are also quoted when used.
-    """
-    if not isinstance(section, str) or _SECTION_NAME.fullmatch(section) is None:
-        shown = repr(section)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        raise InvalidSectionName(
-            f"invalid configuration section name {shown}: "
-            "expected 1 to 49 characters of a-z, 0-9 and _, starting with a letter"
-        )
-    return section
 
 
 def section_table_name(section: str) -> str:

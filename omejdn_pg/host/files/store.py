@@ -95,9 +95,9 @@ from typing import Any, Final, Generic, TypeVar
 import yaml
 
 from omejdn_pg.entities import Client, KeyMaterial, User
-from omejdn_pg.errors import InvalidKeyMaterial, InvalidSectionName, InvalidValue
+from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.keys import Key, KeySet, jwk_thumbprint, load_certificate_chain
-from omejdn_pg.names import check_file_name, is_file_name
+from omejdn_pg.names import check_file_name, is_file_name, validate_section_name
 
 USERS_SECTION: Final = "users"
 CLIENTS_SECTION: Final = "clients"
@@ -116,7 +116,6 @@ _JOURNAL: Final = ".journal"
 _ORPHAN_AGE: Final = 600.0
 """Seconds after which a temporary file no journal names is a crash's leftover."""
 _THUMBPRINT: Final = re.compile(r"[A-Za-z0-9_-]{43}")
-_SECTION_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,48}")
 """Omejdn's section names as the PostgreSQL backend allows them (``configuration_<name>``
 must be a table name); the file backend may not import that one, so the rule is repeated."""
 _DERIVED: Final = ("x5t", "x5t#S256")
@@ -718,19 +717,6 @@ def _fsync_dir(folder: Path) -> None:
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def validate_section_name(section: object) -> str:
-    """``section`` if it can name a section (and its file), else InvalidSectionName."""
-    if not isinstance(section, str) or _SECTION_NAME.fullmatch(section) is None:
-        shown = repr(section)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        raise InvalidSectionName(
-            f"invalid configuration section name {shown}: "
-            "expected 1 to 49 characters of a-z, 0-9 and _, starting with a letter"
-        )
-    return section
 
 
 def _check_json_types(value: object, where: str, depth: int = 0) -> None:
