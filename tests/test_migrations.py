@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -60,6 +61,74 @@ def test_one_head_and_a_linear_history() -> None:
     assert revisions[-1] == migrate.head()
     assert revisions[0] == "0001"
     assert all(message for _, message in migrate.history())
+
+
+def test_the_revisions_written_down_for_the_schema_check_are_the_scripts() -> None:
+    """The start-up check compares with ``migrate.REVISIONS`` instead of parsing the
+    scripts; a new migration must be added there too, or every check is wrong."""
+    scripts = ScriptDirectory.from_config(migrate.alembic_config())
+    assert migrate.HEAD == scripts.get_current_head() == migrate.head()
+    assert list(migrate.REVISIONS) == [revision for revision, _ in migrate.history()]
+
+
+def test_the_schema_check_reads_the_revision_as_alembic_does(
+    empty_database: ConnectionSettings, sql: PlainSQL
+) -> None:
+    engine = build_engine(empty_database)
+    try:
+        for revision in [None, *migrate.REVISIONS]:
+            if revision is not None:
+                migrate.upgrade(empty_database, revision)
+            with engine.connect() as conn:
+                expected = MigrationContext.configure(conn).get_current_revision()
+                assert expected == revision
+                assert migrate.current(conn) == revision
+        sql.execute("DELETE FROM alembic_version")
+        with engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() is None
+            assert migrate.current(conn) is None
+    finally:
+        engine.dispose()
+
+
+def test_the_schema_check_names_an_older_revision_and_the_fix(
+    empty_database: ConnectionSettings,
+) -> None:
+    older = migrate.REVISIONS[-2]
+    migrate.upgrade(empty_database, older)
+    engine = build_engine(empty_database)
+    try:
+        with (
+            engine.connect() as conn,
+            pytest.raises(
+                SchemaOutOfDate,
+                match=rf"at schema revision {older}, this omejdn_pg needs {migrate.HEAD}; "
+                r"run `omejdn-pg migrate",
+            ),
+        ):
+            migrate.check_schema(conn)
+    finally:
+        engine.dispose()
+
+
+def test_the_schema_check_loads_no_alembic(database: ConnectionSettings) -> None:
+    """What ``omejdn-pg users list`` and the plugin's start-up pay for the check."""
+    code = f"""
+import sys
+from omejdn_pg.postgres import migrate
+from omejdn_pg.settings import ConnectionSettings
+database = migrate.connect(ConnectionSettings({dict(database.params)!r}))
+try:
+    database.read(migrate.check_schema)
+finally:
+    database.dispose()
+print(sorted({{name.split(".")[0] for name in sys.modules}} & {{"alembic", "mako"}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_the_root_alembic_ini_uses_the_root_scripts() -> None:

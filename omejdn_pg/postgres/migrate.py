@@ -21,6 +21,13 @@ URL string.
 The trade-off: the connection string is resolved here, not in ``alembic.ini``
 (``sqlalchemy.url`` is deliberately unused), so the same resolution order
 serves the ``alembic`` command, the CLI and the plugin.
+
+The start-up check (:func:`check_schema`, and :func:`current`) does not load
+Alembic: it reads ``alembic_version`` with plain SQL and compares it with
+:data:`REVISIONS`, the packaged revisions written down here — importing
+Alembic and parsing the scripts costs more than a short command's whole work.
+Alembic is imported by the functions that run or inspect the scripts; a test
+holds :data:`REVISIONS` equal to what the scripts say, so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -32,16 +39,10 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from alembic.config import Config
-from alembic.runtime.environment import NameFilterParentNames, NameFilterType
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
 from sqlalchemy import Connection
 
-from alembic import command
 from omejdn_pg.errors import (
     MigrationError,
     OmejdnPgError,
@@ -54,6 +55,14 @@ from omejdn_pg.postgres.repositories.config import KNOWN_SECTIONS, ConfigReposit
 from omejdn_pg.postgres.schema import is_section_table
 from omejdn_pg.settings import ConnectionSettings, PoolSettings, StaticConfiguration
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.runtime.environment import NameFilterParentNames, NameFilterType
+    from alembic.script import ScriptDirectory
+
+REVISIONS: Final = ("0001", "0002", "0003")
+"""The packaged revisions, oldest first; the last is the one this package needs."""
+HEAD: Final = REVISIONS[-1]
 URL_ENV: Final = "OMEJDN_PG_URL"
 CONNECTION_ATTRIBUTE: Final = "connection"
 """``Config.attributes`` key of an open connection for ``env.py`` to use."""
@@ -114,6 +123,8 @@ def alembic_config(connection_settings: ConnectionSettings | None = None) -> Con
     ``connection_settings``, if given, is what ``env.py`` connects with when no
     connection is passed in ``cfg.attributes["connection"]``.
     """
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", script_location())
     if connection_settings is not None:
@@ -133,11 +144,15 @@ def upgrade(target: Target, revision: str = "head") -> None:
     in place; a row it cannot convert raises MigrationError naming the table and
     key, and nothing is changed.
     """
+    from alembic import command
+
     _run(target, lambda cfg: command.upgrade(cfg, revision))
 
 
 def downgrade(target: Target, revision: str = "base") -> None:
     """Migrate the database down to ``revision``; ``base`` drops the four tables and their data."""
+    from alembic import command
+
     _run(target, lambda cfg: command.downgrade(cfg, revision))
 
 
@@ -155,7 +170,9 @@ def current(target: Target) -> str | None:
 
 
 def head() -> str:
-    """The revision this version of the package expects."""
+    """The head revision of the packaged scripts, as Alembic reads them (see :data:`HEAD`)."""
+    from alembic.util.exc import CommandError
+
     try:
         revision = _scripts().get_current_head()
     except CommandError as error:
@@ -238,20 +255,18 @@ def check_schema(conn: Connection) -> None:
     first query that meets a missing column.
     """
     found = _current(conn)
-    expected = head()
-    if found == expected:
+    if found == HEAD:
         return
     where = _describe(conn)
     if found is None:
         raise SchemaOutOfDate(
-            f"the database {where} has no omejdn_pg schema (revision {expected} is needed); "
+            f"the database {where} has no omejdn_pg schema (revision {HEAD} is needed); "
             + MIGRATE_HINT
         )
-    known = {revision for revision, _ in history()}
-    if found in known:
+    if found in REVISIONS:
         raise SchemaOutOfDate(
             f"the database {where} is at schema revision {found}, "
-            f"this omejdn_pg needs {expected}; {MIGRATE_HINT}"
+            f"this omejdn_pg needs {HEAD}; {MIGRATE_HINT}"
         )
     raise SchemaOutOfDate(_unknown_revision(found, f"the database {where}"))
 
@@ -271,6 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("revision", nargs="?", default="head", help="target revision (head)")
     args = parser.parse_args(argv)
+    # Alembic is loaded before logging is set up: its import announces each of its
+    # plugins at INFO, which is noise here, not progress.
+    import alembic.command  # noqa: F401
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         settings = connection_settings(args.url)
@@ -315,6 +334,8 @@ def _run_in_transaction(database: Database, operation: Callable[[Config], None])
 
 
 def _command(operation: Callable[[Config], None], cfg: Config) -> None:
+    from alembic.util.exc import CommandError
+
     try:
         operation(cfg)
     except CommandError as error:
@@ -322,12 +343,25 @@ def _command(operation: Callable[[Config], None], cfg: Config) -> None:
 
 
 def _current(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
+    """What Alembic's ``get_current_revision`` answers, read without Alembic.
+
+    The version table is looked up along the search path, as Alembic finds it;
+    with none the database was never migrated. Several rows (branches, which
+    these scripts do not have) are reported as one unknown revision.
+    """
+    if conn.exec_driver_sql(f"SELECT to_regclass('{VERSION_TABLE}')").scalar() is None:
+        return None
+    rows = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalars().all()
+    if not rows:
+        return None
+    return rows[0] if len(rows) == 1 else ", ".join(sorted(rows))
 
 
 @functools.cache
 def _scripts() -> ScriptDirectory:
     """The packaged scripts, parsed once per process: they cannot change under it."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
 
 
