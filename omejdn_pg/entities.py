@@ -10,28 +10,62 @@ Attributes are accepted as a mapping (Omejdn 2) or as a list of
 ``{key, value}`` (older files) and are always kept as a mapping: the Ruby
 plugin's habit of returning the list form is what made an update of a read
 user destroy its attributes.
+
+The key names are re-exported lazily and the password hasher is imported by
+``User.from_dict`` alone: a reader that only carries users and clients
+(``omejdn-pg users list``) does not load cryptography and the hashing
+libraries, which cost more than the listing's whole first page.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omejdn_pg import passwords
 from omejdn_pg.errors import InvalidValue, PasswordRejected
 
-# The key vocabulary lives in omejdn_pg.keys; these names were defined here
-# before it existed and stay importable from here.
-from omejdn_pg.keys import CHAIN_SEPARATOR as CHAIN_SEPARATOR
-from omejdn_pg.keys import Key as Key
-from omejdn_pg.keys import KeyMaterial as KeyMaterial
-from omejdn_pg.keys import KeySet as KeySet
-from omejdn_pg.keys import PrivateKey as PrivateKey
-from omejdn_pg.keys import PublicKey as PublicKey
-from omejdn_pg.keys import jwk_thumbprint as jwk_thumbprint
-from omejdn_pg.keys import load_certificate_chain as load_certificate_chain
-from omejdn_pg.keys import load_key_pem as load_key_pem
+if TYPE_CHECKING:
+    # The key vocabulary lives in omejdn_pg.keys; these names were defined here
+    # before it existed and stay importable from here (see __getattr__).
+    from omejdn_pg.keys import CHAIN_SEPARATOR as CHAIN_SEPARATOR
+    from omejdn_pg.keys import Key as Key
+    from omejdn_pg.keys import KeyMaterial as KeyMaterial
+    from omejdn_pg.keys import KeySet as KeySet
+    from omejdn_pg.keys import PrivateKey as PrivateKey
+    from omejdn_pg.keys import PublicKey as PublicKey
+    from omejdn_pg.keys import jwk_thumbprint as jwk_thumbprint
+    from omejdn_pg.keys import load_certificate_chain as load_certificate_chain
+    from omejdn_pg.keys import load_key_pem as load_key_pem
+
+_KEY_NAMES = frozenset(
+    {
+        "CHAIN_SEPARATOR",
+        "Key",
+        "KeyMaterial",
+        "KeySet",
+        "PrivateKey",
+        "PublicKey",
+        "jwk_thumbprint",
+        "load_certificate_chain",
+        "load_key_pem",
+    }
+)
+"""The names of :mod:`omejdn_pg.keys` that stay importable from here."""
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _KEY_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from omejdn_pg import keys
+
+    value = getattr(keys, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_KEY_NAMES])
 
 
 def normalize_attributes(attributes: object, owner: str = "attributes") -> dict[str, Any]:
@@ -94,6 +128,8 @@ class User:
         consent = data.get("consent") or {}
         if not isinstance(consent, Mapping):
             raise InvalidValue(f"user {username!r}: 'consent' must be a mapping")
+        from omejdn_pg import passwords
+
         try:
             password_hash = passwords.string_to_pass_hash(password) if password else None
         except PasswordRejected as error:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import psycopg
-import yaml
 from psycopg.conninfo import make_conninfo
 
 from omejdn_pg.errors import ConfigurationError
@@ -645,6 +644,9 @@ def _string_list(value: object, where: str) -> list[str]:
 
 
 def _load_yaml_mapping(path: Path) -> Mapping[str, Any]:
+    # Imported here: a command given --url (``users list``) reads no plugin file.
+    import yaml
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
