@@ -6,6 +6,11 @@ libraries ended up in ``sys.modules``. The CLI modules' own imports are
 checked with the package's ``__init__`` bypassed (a stand-in package object),
 so a heavy import in ``omejdn_pg/__init__.py`` — the public surface, outside
 the CLI — is told apart from one in the CLI. No database is needed.
+
+Likewise ``users list`` and ``clients list``, whose first line an operator
+waits for: they need the driver and SQLAlchemy, but not Alembic, the key or
+password libraries, nor the facade — checked on a real database from what
+``-X importtime`` says the command imported.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import textwrap
 
 import pytest
 
-from tests.helpers import REPO
+from omejdn_pg.settings import ConnectionSettings
+from tests.helpers import REPO, PlainSQL, ok, omejdn_pg
 
 HEAVY = ("sqlalchemy", "alembic", "cryptography", "rich", "psycopg", "yaml", "passlib")
 """What a command pays for only when it touches data (yaml: when it reads or prints YAML)."""
@@ -100,3 +106,50 @@ def test_importing_the_console_script_loads_nothing_heavy() -> None:
     assert surface["heavy"] == []
     found = imported_after("from omejdn_pg.cli.app import run; run(['--help'])", bypass_init=False)
     assert found["heavy"] == []
+
+
+NOT_FOR_A_LISTING = ("alembic", "mako", "cryptography", "passlib", "bcrypt", "argon2")
+"""What a listing never uses: migrations, keys, password hashing."""
+NOR_OF_THE_PACKAGE = (
+    "omejdn_pg.keys",
+    "omejdn_pg.passwords",
+    "omejdn_pg.sealing",
+    "omejdn_pg.host.facade",
+    "omejdn_pg.host.bootstrap",
+    "omejdn_pg.postgres.plugin",
+)
+"""The facade and the plugin: the CLI's own host has PostgreSQL alone, a listing reads it."""
+
+
+def imported_by(result: subprocess.CompletedProcess[str]) -> set[str]:
+    """The modules a run under ``PYTHONPROFILEIMPORTTIME`` reported importing."""
+    found = set()
+    for line in result.stderr.splitlines():
+        if line.startswith("import time:") and not line.endswith("imported package"):
+            found.add(line.rpartition("|")[2].strip())
+    assert "sqlalchemy" in found, result.stderr  # the report is there at all
+    return found
+
+
+@pytest.mark.parametrize("noun", ["users", "clients"])
+def test_a_listing_loads_neither_migrations_nor_keys_nor_password_hashing(
+    noun: str, database: ConnectionSettings
+) -> None:
+    sql = PlainSQL(database)
+    sql.execute(
+        "INSERT INTO users (username, password) VALUES ('ann', '$2b$04$' || repeat('a', 53))"
+    )
+    sql.execute(
+        "INSERT INTO clients (client_id, key, value) VALUES ('web', 'client_id', '\"web\"')"
+    )
+    result = ok(
+        omejdn_pg(
+            "--url", database.conninfo(), noun, "list", "--json",
+            env={"PYTHONPROFILEIMPORTTIME": "1"},
+        )
+    )  # fmt: skip
+    key = "username" if noun == "users" else "client_id"
+    assert [row[key] for row in json.loads(result.stdout)] == ["ann" if noun == "users" else "web"]
+    modules = imported_by(result)
+    assert sorted({m.split(".")[0] for m in modules} & set(NOT_FOR_A_LISTING)) == []
+    assert sorted(modules & set(NOR_OF_THE_PACKAGE)) == []

@@ -12,9 +12,12 @@ Where the database is, first match wins: ``--url``, ``$OMEJDN_PG_URL``, the
 ``postgres_backend`` section of the plugin files (``--config``, default
 ``$OMEJDN_PLUGINS``), else the embedded PostgreSQL, started and migrated on
 demand. A command opens one engine (one :class:`Database`) and builds the
-:class:`Host` over it; both are closed with the command. The trade-off: a
-command that needs no database still pays nothing, but one that does pays the
-driver's import on its first database call, not before.
+:class:`Host` over it when it first asks for the host; both are closed with
+the command. A listing asks for the Database alone, so it pays neither for
+the facade nor for what the facade imports (the plugin, the key and password
+libraries). The trade-off: a command that needs no database still pays
+nothing, but one that does pays the driver's import on its first database
+call, not before.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class CliContext:
         self._target: Target | None = None
         self._host: Host | None = host
         self._owns_host = host is None
+        self._database: Database | None = None
         self._migrated = False
 
     # --- what the operator sees on stderr ----------------------------------------
@@ -120,7 +124,6 @@ class CliContext:
         return self._target
 
     def _resolve(self) -> Target:
-        from omejdn_pg.cli import embedded
         from omejdn_pg.errors import ConfigurationError
         from omejdn_pg.settings import HANDLER_GROUPS, PLUGIN_NAME, ConnectionSettings
 
@@ -138,6 +141,8 @@ class CliContext:
             return Target(dataclasses.replace(base, connection=connection), source)
         if section_present:
             return Target(base, static.source)
+        from omejdn_pg.cli import embedded
+
         path = embedded.data_dir()
         status, started = embedded.start(path)
         where = f"{path} ({embedded.url(status.connection())})"
@@ -161,11 +166,11 @@ class CliContext:
         reuse opens no connection); if it is missing, it is created here and
         ``operation`` runs again.
         """
-        from omejdn_pg.cli import embedded
-
         status = self.target().embedded
         if status is None:
             return operation()
+        from omejdn_pg.cli import embedded
+
         return embedded.with_database(status, operation)
 
     def ensure_schema(self) -> None:
@@ -195,26 +200,48 @@ class CliContext:
         """The host facade over this invocation's database (one engine), schema checked."""
         if self._host is None:
             from omejdn_pg.host.facade import Host
-            from omejdn_pg.postgres import migrate
 
-            self.ensure_schema()
-            host = Host.from_settings(self.target().settings)
-            try:
-                self.first_contact(lambda: postgres_of(host).read(migrate.check_schema))
-            except BaseException:
-                host.close()
-                raise
-            self._host = host
+            self._host = Host.from_settings(self.target().settings, database=self.database())
         return self._host
 
     def database(self) -> Database:
-        """The one Database (engine) the host's PostgreSQL backend uses."""
-        return postgres_of(self.host())
+        """The one Database (engine) of this invocation, schema checked; builds no host.
+
+        With a host handed in, the Database its PostgreSQL backend uses.
+        """
+        if self._host is not None:
+            return postgres_of(self._host)
+        if self._database is None:
+            from omejdn_pg.postgres import migrate
+            from omejdn_pg.postgres.database import Database
+
+            self.ensure_schema()
+            database = Database.for_backend(self.target().settings)
+            try:
+                self.first_contact(lambda: database.read(migrate.check_schema))
+            except BaseException:
+                database.dispose()
+                raise
+            self._database = database
+        return self._database
+
+    def postgres_alone(self) -> bool:
+        """Whether PostgreSQL is the host's only backend, for users and clients alike.
+
+        True of the CLI's own host (``Host.from_settings`` with no default file
+        plugin), so a command may read PostgreSQL without building it; a host
+        handed in may have other backends and must be asked.
+        """
+        return self._owns_host
 
     def close(self) -> None:
         if self._host is not None and self._owns_host:
             self._host.close()
             self._host = None
+        if self._database is not None:
+            # Already disposed with the host if one was built over it; disposing twice is safe.
+            self._database.dispose()
+            self._database = None
 
 
 def postgres_of(host: Host) -> Database:

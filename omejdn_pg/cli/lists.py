@@ -9,7 +9,9 @@ its records come first, then PostgreSQL's, and ``--limit``/``--offset`` page
 over the two as one list. The trade-off: with another backend active, its
 event also makes PostgreSQL answer a full listing that is thrown away (the
 facade has no way to ask one backend alone); with PostgreSQL alone, as in the
-CLI's own host, nothing is read twice.
+CLI's own host, nothing is read twice, and the host is not even built: the
+listing needs the database connection only, and building the facade would
+load the plugin, the key and the password libraries before the first row.
 """
 
 from __future__ import annotations
@@ -137,9 +139,12 @@ def show_listing(
     """Stream the records ``criteria`` selects in the output format; the count on stderr."""
     from omejdn_pg.settings import BACKEND_NAME
 
-    host = cli.host()
-    postgres_serves = BACKEND_NAME in host.loader.backends[source.group]
-    others = _other_backends(host, source, postgres_serves)
+    if cli.postgres_alone():
+        postgres_serves, others = True, []
+    else:
+        host = cli.host()
+        postgres_serves = BACKEND_NAME in host.loader.backends[source.group]
+        others = _other_backends(host, source, postgres_serves)
     selected = [r for r in others if matches(source.name(r), source.fields(r), criteria)]
     local, rest = split_page(selected, criteria)
     fmt = cli.output_format()

@@ -51,7 +51,6 @@ from omejdn_pg.errors import (
     StorageUnavailable,
 )
 from omejdn_pg.postgres.database import Database
-from omejdn_pg.postgres.repositories.config import KNOWN_SECTIONS, ConfigRepository
 from omejdn_pg.postgres.schema import is_section_table
 from omejdn_pg.settings import ConnectionSettings, PoolSettings, StaticConfiguration
 
@@ -229,6 +228,8 @@ def _grant(conn: Connection, role: str) -> list[str]:
         raise MigrationError(f"role {role!r} does not exist; create it first (CREATE ROLE ...)")
     if _current(conn) != head():
         raise SchemaOutOfDate(f"grant needs the schema at revision {head()}; {MIGRATE_HINT}")
+    from omejdn_pg.postgres.repositories.config import KNOWN_SECTIONS, ConfigRepository
+
     repository = ConfigRepository(conn)
     provisioned = [
         section for section, shape in KNOWN_SECTIONS.items() if repository.provision(section, shape)
