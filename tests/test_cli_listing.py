@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
+from omejdn_pg.cli.clients import client_record
 from omejdn_pg.cli.context import CliContext
 from omejdn_pg.cli.lists import json_equal, value_matches
-from omejdn_pg.cli.users import USER_FIELDS
+from omejdn_pg.cli.users import USER_FIELDS, user_record
 from omejdn_pg.entities import Client, User
 from omejdn_pg.host.facade import Host
 from omejdn_pg.postgres.database import Database, count_statements
@@ -201,6 +202,54 @@ def test_first_row_within_half_a_second_and_one_statement(
     assert counts.total == MANY
     listings = [s for s in statements if "FROM users" in s]
     assert len(listings) == 2, statements  # the listing and the count; never one per row
+
+
+def test_the_listing_shows_what_the_server_reads(
+    url: str, database: ConnectionSettings, plain_sql: PlainSQL
+) -> None:
+    """The CLI lists PostgreSQL without building its host; what it prints is what the
+    server's own reads (USER_GET_ALL, CLIENT_GET_ALL) give, row by row."""
+    plain_sql.execute(
+        "INSERT INTO users (username, password, extern, consent) VALUES "
+        "('ann', '$2b$04$' || repeat('a', 53), NULL, '{\"web\": [\"openid\"]}'), "
+        "('bea', NULL, 'true', '{}'), ('cy', NULL, 'https://idp.example', '{}')"
+    )
+    plain_sql.execute(
+        "INSERT INTO attributes (type, identifier, key, value) VALUES "
+        "('user', 'ann', 'email', '\"ann@example.org\"'), ('user', 'ann', 'age', '42'), "
+        "('user', 'cy', 'groups', '[\"a\", \"b\"]'), ('client', 'web', 'tier', '\"gold\"')"
+    )
+    plain_sql.execute(
+        "INSERT INTO clients (client_id, key, value) VALUES "
+        "('web', 'client_id', '\"web\"'), ('web', 'client_name', '\"Web\"'), "
+        "('web', 'client_secret', '\"s3cret-value\"'), "
+        "('web', 'scope', '[\"openid\", \"profile\"]'), "
+        "('cli', 'client_id', '\"cli\"'), ('cli', 'token_endpoint_auth_method', '\"none\"')"
+    )
+    users = json.loads(ok(omejdn_pg("--url", url, "users", "list", "-o", "json")).stdout)
+    clients = json.loads(ok(omejdn_pg("--url", url, "clients", "list", "-o", "json")).stdout)
+    host = Host.from_settings(BackendSettings(connection=database))
+    try:
+        server_users = sorted(host.users.all(), key=lambda user: user.username)
+        server_clients = sorted(host.clients.all(), key=lambda client: client.client_id)
+    finally:
+        host.close()
+    assert users == [user_record(user) for user in server_users]
+    assert clients == [client_record(client, show_secret=False) for client in server_clients]
+    assert [u["username"] for u in users] == ["ann", "bea", "cy"]
+    assert users[0]["attributes"] == {"email": "ann@example.org", "age": 42}
+    assert users[0]["consent"] == {"web": ["openid"]}
+    assert [u["extern"] for u in users] == [None, True, "https://idp.example"]
+    assert clients[1]["client_secret"] == "********"
+
+    table = ok(omejdn_pg("--url", url, "users", "list", "-v"))
+    assert [line.split() for line in table.stdout.splitlines()] == [
+        ["USERNAME", "PASSWORD", "EXTERN", "ATTRIBUTES"],
+        ["ann", "set", "age=42,", "email=ann@example.org"],
+        ["bea", "-", "true"],
+        ["cy", "-", "https://idp.example", 'groups=["a","b"]'],
+    ]
+    assert "3 of 3 users" in table.stderr
 
 
 # --- clients --------------------------------------------------------------------------

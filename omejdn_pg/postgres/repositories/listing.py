@@ -62,6 +62,9 @@ _attributes: Final = cast(Table, AttributeRecord.__table__)
 _USER_ATTRIBUTES: Final = OwnedAttributes(USER_OWNER, identifier_bind="name")
 _CLIENT_ATTRIBUTES: Final = OwnedAttributes(CLIENT_OWNER, identifier_bind="id")
 _NOT_METADATA: Final = "backend"
+_EXTERN_TRUE: Final = "true"
+"""``extern: true`` in the TEXT column, as :data:`.users.EXTERN_TRUE` writes it; not imported
+from there, since that module loads the password hasher, which a listing never needs."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ def users(conn: Connection, criteria: Criteria = Criteria()) -> Iterator[User]:
             username=row.username,
             password=row.password,
             attributes=dict(row.attributes or {}),
-            extern=row.extern,
+            extern=True if row.extern == _EXTERN_TRUE else row.extern,
             consent=dict(row.consent or {}),
             backend=BACKEND_NAME,
         )
