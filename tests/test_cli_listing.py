@@ -26,7 +26,7 @@ from omejdn_pg.entities import Client, User
 from omejdn_pg.host.facade import Host
 from omejdn_pg.postgres.database import Database, count_statements
 from omejdn_pg.postgres.repositories import listing
-from omejdn_pg.settings import BackendSettings, ConnectionSettings
+from omejdn_pg.settings import BackendSettings, ConnectionSettings, PoolSettings
 from tests.helpers import CLEAN_ENV, PlainSQL, ok, omejdn_pg
 
 MANY = 20_000
@@ -250,6 +250,26 @@ def test_the_listing_shows_what_the_server_reads(
         ["cy", "-", "https://idp.example", 'groups=["a","b"]'],
     ]
     assert "3 of 3 users" in table.stderr
+
+
+def test_the_listing_compiles_nothing_and_leaves_the_connection_as_it_was(
+    database: ConnectionSettings, plain_sql: PlainSQL
+) -> None:
+    """JIT is off for the listing's own transaction only: the pooled connection that
+    serves the next read has the session's setting again."""
+    seed_many(plain_sql)
+    db = Database.connect(database.with_params(options="-c jit=on"), PoolSettings(size=1))
+    try:
+        assert db.read(lambda conn: conn.exec_driver_sql("SHOW jit").scalar()) == "on"
+        with db.snapshot() as conn:
+            rows = listing.users(conn)
+            assert next(rows).username == "user00001"
+            assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
+            rows.close()
+            assert listing.count_users(conn).total == MANY
+        assert db.read(lambda conn: conn.exec_driver_sql("SHOW jit").scalar()) == "on"
+    finally:
+        db.dispose()
 
 
 # --- clients --------------------------------------------------------------------------
