@@ -6,10 +6,14 @@ are checked with plain SQL: plaintext must never reach the database.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import bcrypt
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from passlib.context import CryptContext
 from sqlalchemy import Connection, event
 
 from omejdn_pg.entities import User
@@ -117,6 +121,76 @@ def test_a_cheaper_bcrypt_hash_needs_update() -> None:
 def test_plaintext_and_malformed_hashes_are_not_hashes(not_a_hash: str) -> None:
     assert not FAST.is_hash(not_a_hash)
     assert FAST.verify(not_a_hash, not_a_hash) == (False, None)
+
+
+# --- is_hash: a cheap match that accepts exactly what passlib's parser accepts ----------
+
+_PARSER = CryptContext(schemes=["bcrypt", "argon2"])
+_BCRYPT64 = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def parsed_as_hash(value: str) -> bool:
+    """The reference: passlib identifies the scheme and parses the whole string."""
+    handler = _PARSER.identify(value, required=False, resolve=True)
+    if handler is None:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # passlib warns about (and repairs) padding bits
+        try:
+            handler.from_string(value)
+        except (ValueError, TypeError, NotImplementedError):
+            return False
+    return True
+
+
+def near_bcrypt() -> st.SearchStrategy[str]:
+    """Strings shaped like bcrypt hashes, and every way of getting one part wrong."""
+    ident = st.sampled_from(["$2$", "$2a$", "$2b$", "$2y$", "$2x$", "$2c$", "$2", "$2b", "$3a$"])
+    cost = st.one_of(
+        st.integers(0, 40).map(lambda n: f"{n:02d}"),
+        st.integers(0, 40).map(str),
+        st.sampled_from(["", " 4", "+4", "1_2", "\u0661\u0662", "12 ", "4a"]),
+    )
+    alphabet = st.one_of(st.sampled_from(_BCRYPT64), st.sampled_from("$+-_=\n \x00\u00e9\u0661"))
+    body = st.one_of(
+        st.text(st.sampled_from(_BCRYPT64), min_size=0, max_size=60),
+        st.text(alphabet, min_size=20, max_size=56),
+        st.builds(
+            lambda salt, checksum: salt + checksum,
+            st.text(st.sampled_from(_BCRYPT64), min_size=22, max_size=22),
+            st.sampled_from(["", "\n", "$"])
+            | st.text(st.sampled_from(_BCRYPT64), min_size=30, max_size=32),
+        ),
+    )
+    return st.builds(lambda i, c, b: f"{i}{c}${b}", ident, cost, body)
+
+
+def near_argon2() -> st.SearchStrategy[str]:
+    head = st.sampled_from(["$argon2id$", "$argon2i$", "$argon2d$", "$argon2x$", "$argon2"])
+    params = st.sampled_from(
+        ["v=19$m=65536,t=3,p=4$", "m=512,t=2,p=2$", "v=19$m=8,t=1,p=1,keyid=abc$", "m=1,t=1$"]
+    )
+    tail = st.text(st.sampled_from(_BCRYPT64 + "+$"), max_size=60)
+    return st.builds(lambda h, p, t: h + p + t, head, params, tail)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(near_bcrypt(), near_argon2(), st.text(max_size=80)))
+@example(OMEJDN_HASH)
+@example(OMEJDN_HASH[:29])  # a salt without its checksum: passlib parses it
+@example("$2$04$" + "a" * 53)
+@example("$2b$04$" + "a" * 21 + "b" + "c" * 31)  # padding bits set: repaired, accepted
+@example(OMEJDN_HASH + "\n")
+@example(bcrypt_hash("pw"))
+@example("$argon2id$v=19$m=8,t=1,p=1,keyid=abc$c2FsdHNhbHQ$aGFzaGhhc2g")
+def test_is_hash_accepts_exactly_what_passlib_parses(value: str) -> None:
+    for policy in (FAST, ARGON2):
+        assert policy.is_hash(value) is parsed_as_hash(value), value
+
+
+def test_is_hash_knows_argon2_hashes() -> None:
+    assert ARGON2.is_hash(ARGON2.hash("pw"))
+    assert FAST.is_hash(ARGON2.hash("pw"))
 
 
 def test_no_hash_never_verifies() -> None:
