@@ -2,7 +2,8 @@
 
 The run, in order: start (or reach) the server; seed the main database; time
 every case against its floor, interleaved; USER_GET under 1, 4 and 8 threads;
-profile USER_GET and CLIENT_GET; grow a second database for USER_GET_ALL; run
+profile USER_GET and CLIENT_GET; time how soon a write here is served by the read
+cache of another process; grow a second database for USER_GET_ALL; run
 ``omejdn-pg import`` at each size. Only then are the tables printed and the
 files written, so a run that fails leaves no partial result behind.
 
@@ -35,6 +36,7 @@ from bench import (
     profiling,
     report,
     seed,
+    staleness,
     topologies,
 )
 from bench import server as servers
@@ -72,6 +74,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-calls", type=int, help="calls profiled per point read (5000; quick 300)"
     )
+    parser.add_argument(
+        "--writes", type=int, help="writes timed for cross-process staleness (200; quick 20)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder ({RESULTS})")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -79,6 +84,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args.repeat = args.repeat or (150 if quick else 2000)
     args.seconds = args.seconds or (0.5 if quick else 3.0)
     args.profile_calls = args.profile_calls or (300 if quick else 5000)
+    args.writes = args.writes or (20 if quick else 200)
     sizes = args.growth or ("200,1000" if quick else "1000,10000,100000")
     args.growth = sorted({int(n) for n in sizes.split(",") if n.strip()} | {args.users})
     args.threads = [int(n) for n in args.threads.split(",") if n.strip()]
@@ -292,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "threads": args.threads,
             "growth_sizes": args.growth,
             "profile_calls": args.profile_calls,
+            "staleness_writes": args.writes,
         },
     }
     with servers.start() as server:
@@ -355,6 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     found = profiling.profile(rotating, args.profile_calls)
                     found["layers"] = profiling.layers(database_handle, fixed, floor, args.repeat)
                     results["profile"][name] = found
+                phase("staleness", f"{args.writes} writes seen by another process's cache")
+                results["staleness"] = (
+                    staleness.measure(database, args.writes, workdir)
+                    if hosting.has_cache()
+                    else None
+                )
             finally:
                 floor.close()
         finally:

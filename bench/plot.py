@@ -31,12 +31,20 @@ def draw(results: dict[str, Any], out: Path, stamp: str, quick: bool) -> Path:
     _ratios(ratios, results["latency"] + [{**r, "name": f"{r['name']} (cached)"} for r in cached])
     _growth(growth, results["growth"])
     parameters, server, machine = results["parameters"], results["server"], results["machine"]
-    figure.suptitle(
+    title = (
         f"omejdn_pg bench {results['started_at'][:10]} · {parameters['users']:,} users · "
         f"PostgreSQL {server['server_version']} ({server['transport']}) · "
-        f"{machine['cpu']}, {machine['cores']} cores · commit {machine['commit']}",
-        fontsize=10,
+        f"{machine['cpu']}, {machine['cores']} cores · commit {machine['commit']}"
     )
+    # A delay, not a ratio to a floor: it has no bar of its own, so it goes in the title.
+    found = results.get("staleness")
+    if found:
+        title += (
+            f"\na write seen by another process's cache: p50 {found['p50_s'] * 1e3:.1f} ms, "
+            f"p99 {found['p99_s'] * 1e3:.1f} ms, max {found['max_s'] * 1e3:.1f} ms "
+            f"over {found['writes']} writes (bound {found['max_staleness_s'] * 1e3:.0f} ms)"
+        )
+    figure.suptitle(title, fontsize=10)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if quick else ""
     path = out / f"{stamp}{suffix}.png"

@@ -145,6 +145,24 @@ def print_tables(results: dict[str, Any], console: Console | None = None) -> Non
     console.print(table)
     console.print(f"cached rows: {results['cached']['note']}", style="dim", markup=False)
 
+    found = results.get("staleness")
+    if found:
+        reader = found["reader"]
+        table = Table(
+            title="Cross-process staleness: a write here, until another process's cache "
+            "serves it (requirement: p99 within 100 ms)"
+        )
+        for column in ("writes", "p50", "p99", "max", "bound", "notices", "reader hits"):
+            table.add_column(column, justify="right", style="bold" if column == "p99" else "")
+        table.add_row(
+            str(found["writes"]),
+            *(f"{found[key] * 1e3:.1f} ms" for key in ("p50_s", "p99_s", "max_s")),
+            f"{found['max_staleness_s'] * 1e3:.0f} ms",
+            str(reader["notices"]),
+            f"{reader['hits']:,}",
+        )
+        console.print(table)
+
     tp = results["throughput"]
     table = Table(title=f"Throughput of {tp['event']} (ops/s; errors must be 0)")
     for column in ("threads", "pool", "omejdn_pg", "errors", "floor (1 conn/thread)", "errors "):

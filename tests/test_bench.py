@@ -142,6 +142,17 @@ def test_cached_rows_are_measured_or_labelled_placeholders(results: dict[str, An
                 assert row[key] is None, (row["name"], key)
 
 
+def test_a_write_is_timed_until_another_process_sees_it(results: dict[str, Any]) -> None:
+    found = results["staleness"]
+    assert found["writes"] == results["parameters"]["staleness_writes"] > 0
+    for key in ("p50_s", "p99_s", "max_s"):
+        assert is_number(found[key]), key  # a notice may overtake the commit's reply: < 0
+    assert found["p50_s"] <= found["p99_s"] <= found["max_s"]
+    assert positive(found["max_staleness_s"])
+    assert positive(found["reader"]["hits"])
+    assert is_number(found["reader"]["notices"])
+
+
 def test_threads_ran_without_errors(results: dict[str, Any]) -> None:
     rows = results["throughput"]["rows"]
     assert [row["threads"] for row in rows if row["pool"].startswith("default")] == [1, 4, 8]
