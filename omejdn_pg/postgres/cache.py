@@ -181,11 +181,6 @@ class Announcements:
         return counter
 
 
-def in_autocommit(conn: Connection) -> bool:
-    """Whether ``conn`` runs each statement as its own transaction (``Database.read``)."""
-    return bool(getattr(conn.connection.driver_connection, "autocommit", False))
-
-
 def encode_key(parts: Iterable[str]) -> str:
     """A key as notices carry it: parts escaped (``%`` ``/`` ``:`` ``*``) and joined by ``/``."""
     return "/".join(_escape(part) for part in parts)

@@ -72,6 +72,8 @@ from omejdn_pg.errors import (
     StorageError,
     StorageUnavailable,
 )
+from omejdn_pg.postgres.readpool import DirectReader, ReadPool, node_read_only
+from omejdn_pg.postgres.repositories.common import ConnectionReader, Reader
 from omejdn_pg.postgres.schema import metadata
 from omejdn_pg.postgres.topology import STANDBY_STATE, format_lsn, parse_lsn
 from omejdn_pg.settings import (
@@ -108,13 +110,7 @@ def build_engine(
     :func:`behind_pooler` finds is not talking to PostgreSQL directly.
     """
     pool = pool or PoolSettings()
-    connect_args: dict[str, Any] = dict(connection.params)
-    if timeouts is not None:
-        connect_args["options"] = " ".join(
-            part for part in (connect_args.get("options", ""), timeouts.options()) if part
-        )
-    if prepare is False:
-        connect_args["prepare_threshold"] = None
+    connect_args = connect_arguments(connection, timeouts, prepare=prepare)
     engine = create_engine(
         "postgresql+psycopg://",
         connect_args=connect_args,
@@ -130,6 +126,23 @@ def build_engine(
     if prepare is None:
         event.listen(engine, "connect", _no_prepares_behind_a_pooler)
     return engine
+
+
+def connect_arguments(
+    connection: ConnectionSettings,
+    timeouts: TimeoutSettings | None = None,
+    *,
+    prepare: bool | None = None,
+) -> dict[str, Any]:
+    """What ``psycopg.connect`` is called with, for the engine and the read pool alike."""
+    connect_args: dict[str, Any] = dict(connection.params)
+    if timeouts is not None:
+        connect_args["options"] = " ".join(
+            part for part in (connect_args.get("options", ""), timeouts.options()) if part
+        )
+    if prepare is False:
+        connect_args["prepare_threshold"] = None
+    return connect_args
 
 
 def behind_pooler(dbapi_connection: psycopg.Connection[Any]) -> bool:
@@ -167,20 +180,9 @@ def _no_prepares_behind_a_pooler(dbapi_connection: Any, record: ConnectionPoolEn
 
 
 def reports_read_only(dbapi_connection: Any) -> bool:
-    """Whether the server last reported itself read-only on this connection (no round trip).
-
-    PostgreSQL 14+ sends ``in_hot_standby`` and ``default_transaction_read_only``
-    at startup and again after any statement during which they changed (a
-    promotion, a primary fenced by ``ALTER SYSTEM ... ; pg_reload_conf()``).
-    Older servers send neither; for them a refused write (25006) is the signal.
-    """
-    if dbapi_connection.closed:
-        return False
-    info = dbapi_connection.info
-    return bool(
-        info.parameter_status("in_hot_standby") == "on"
-        or info.parameter_status("default_transaction_read_only") == "on"
-    )
+    """Whether the server last reported itself read-only on this connection (no round trip);
+    see :func:`~omejdn_pg.postgres.readpool.node_read_only`."""
+    return not dbapi_connection.closed and node_read_only(dbapi_connection.pgconn)
 
 
 class ReadOnlyGuard:
@@ -217,6 +219,12 @@ class ReadOnlyGuard:
             event.listen(engine, "checkout", guard.checked_out)
             event.listen(engine, "handle_error", _read_only_is_a_lost_connection)
         return guard
+
+    def found_read_only(self) -> None:
+        """A connection (of any pool sharing this guard) heard its node turn read-only."""
+        self.since = time.monotonic()
+        self.discarded += 1
+        log.info("discarding the connections to a node that became read-only")
 
     def connected(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         record.info["connected"] = time.monotonic()
@@ -414,10 +422,13 @@ class Database:
         replicas: Sequence[Replica] = (),
         max_replica_lag: datetime.timedelta = ReplicaSettings.max_lag,
         failover: FailoverSettings | None = None,
+        direct_reads: ReadPool | None = None,
     ) -> None:
         self.engine = engine
         self.connection = connection or ConnectionSettings()
         self.read_only_guard = ReadOnlyGuard.install(engine)
+        self.direct_reads = direct_reads
+        """The primary's read pool for :meth:`query`; None: those reads use the engine."""
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._batch: ContextVar[Connection | None] = ContextVar(f"batch-{id(self)}", default=None)
         self.failover = failover or FailoverSettings()
@@ -441,12 +452,23 @@ class Database:
                 _bounded_connect, replicas.connections(connection) if replicas is not None else ()
             )
         ]
+        engine = build_engine(connection, pool, timeouts, prepare=prepare)
+        guard = ReadOnlyGuard.install(engine)
+        direct_reads = ReadPool(
+            connect_arguments(connection, timeouts, prepare=prepare),
+            pool or PoolSettings(),
+            prepare=prepare,
+            behind_pooler=behind_pooler,
+            read_only_since=lambda: guard.since,
+            found_read_only=guard.found_read_only,
+        )
         return cls(
-            build_engine(connection, pool, timeouts, prepare=prepare),
+            engine,
             connection,
             replicas=nodes,
             max_replica_lag=replicas.max_lag if replicas is not None else ReplicaSettings.max_lag,
             failover=failover,
+            direct_reads=direct_reads,
         )
 
     @classmethod
@@ -465,6 +487,8 @@ class Database:
         return f"Database({self.connection.describe()})"
 
     def dispose(self) -> None:
+        if self.direct_reads is not None:
+            self.direct_reads.dispose()
         self.engine.dispose()
         for replica in self.router.replicas if self.router is not None else ():
             replica.engine.dispose()
@@ -517,36 +541,89 @@ class Database:
         batch = self._batch.get()
         if batch is not None:
             return self._in_batch(batch, operation)
-        router = self.router
-        replica = router.choose() if router is not None and not on_primary else None
-        if router is not None and replica is not None:
-            try:
-                with replica.autocommit.connect() as conn:
-                    result = operation(conn)
-                router.count(replica)
-                return result
-            except OmejdnPgError:
-                raise
-            except exc.SQLAlchemyError as error:
-                # Whatever went wrong there, the primary's answer is the authority.
-                if isinstance(error, exc.DBAPIError) and (
-                    _connection_lost(error) or _is_unavailable(error.orig)
-                ):
-                    replica.failed(error)
-                log.info("a read failed on replica %s; asking the primary", replica.name)
-        return self._read_primary(operation)
+        replica = self._replica(on_primary)
+        if replica is not None:
+            answered = self._on_replica(replica, operation)
+            if answered:
+                return answered[0]
+        return self._read_primary(lambda: self._on_engine(operation))
 
-    def _read_primary(self, operation: Callable[[Connection], T]) -> T:
+    def query(self, operation: Callable[[Reader], T], *, on_primary: bool = False) -> T:
+        """:meth:`read` for an operation written against a :class:`Reader`: the hot path.
+
+        On the primary it runs on the direct read path (:mod:`~omejdn_pg.postgres.readpool`):
+        one of its autocommit connections, statements compiled once and prepared.
+        In a batch or snapshot, and on a replica, it runs as :meth:`read` does.
+        Its statements are announced to the engine's ``before_cursor_execute``
+        listeners (with no SQLAlchemy connection or context), so whatever traces
+        the engine sees every statement this Database sends.
+        """
+        batch = self._batch.get()
+        if batch is not None:
+            return self._in_batch(batch, lambda conn: operation(ConnectionReader(conn)))
+        replica = self._replica(on_primary)
+        if replica is not None:
+            answered = self._on_replica(replica, lambda conn: operation(ConnectionReader(conn)))
+            if answered:
+                return answered[0]
+        pool = self.direct_reads
+        if pool is None:
+            return self._read_primary(
+                lambda: self._on_engine(lambda conn: operation(ConnectionReader(conn)))
+            )
+
+        def direct() -> T:
+            pooled = pool.checkout()
+            try:
+                listeners = self.engine.dispatch.before_cursor_execute
+                return operation(DirectReader(pooled.conn, listeners if listeners else None))
+            finally:
+                pool.checkin(pooled)
+
+        return self._read_primary(direct)
+
+    @property
+    def in_unit_of_work(self) -> bool:
+        """Whether this thread's reads join a batch or snapshot (a view that may never commit)."""
+        return self._batch.get() is not None
+
+    def _replica(self, on_primary: bool) -> Replica | None:
+        router = self.router
+        return router.choose() if router is not None and not on_primary else None
+
+    def _on_replica(self, replica: Replica, operation: Callable[[Connection], T]) -> list[T]:
+        """``[result]`` if ``replica`` answered; ``[]``: ask the primary."""
+        assert self.router is not None
+        try:
+            with replica.autocommit.connect() as conn:
+                result = operation(conn)
+            self.router.count(replica)
+            return [result]
+        except OmejdnPgError:
+            raise
+        except exc.SQLAlchemyError as error:
+            # Whatever went wrong there, the primary's answer is the authority.
+            if isinstance(error, exc.DBAPIError) and (
+                _connection_lost(error) or _is_unavailable(error.orig)
+            ):
+                replica.failed(error)
+            log.info("a read failed on replica %s; asking the primary", replica.name)
+            return []
+
+    def _on_engine(self, operation: Callable[[Connection], T]) -> T:
+        with self._autocommit.connect() as conn:
+            return operation(conn)
+
+    def _read_primary(self, attempt: Callable[[], T]) -> T:
         deadline: float | None = None
         pause = READ_BACKOFF_FIRST
-        for attempt in itertools.count(1):
+        for number in itertools.count(1):
             try:
-                with self._autocommit.connect() as conn:
-                    result = operation(conn)
+                result = attempt()
                 self._answered = True
                 return result
             except exc.DBAPIError as error:
-                if attempt == 1 and error.connection_invalidated:
+                if number == 1 and error.connection_invalidated:
                     log.info("retrying a read on a fresh connection after a disconnect")
                     continue
                 if self._may_wait(error):

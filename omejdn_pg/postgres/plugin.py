@@ -47,13 +47,24 @@ from omejdn_pg.postgres.cache import (
     Miss,
     ReadCache,
     group_of,
-    in_autocommit,
 )
 from omejdn_pg.postgres.database import Database
-from omejdn_pg.postgres.repositories.clients import ClientRepository
-from omejdn_pg.postgres.repositories.config import ConfigRepository
-from omejdn_pg.postgres.repositories.keys import KeyRepository, public_jwks, signing_jwks
-from omejdn_pg.postgres.repositories.users import UserRepository
+from omejdn_pg.postgres.repositories.clients import ClientRepository, all_clients, find_client
+from omejdn_pg.postgres.repositories.common import Reader
+from omejdn_pg.postgres.repositories.config import ConfigRepository, load_section
+from omejdn_pg.postgres.repositories.keys import (
+    KeyRepository,
+    load_all_keys,
+    load_keys,
+    public_jwks,
+    signing_jwks,
+)
+from omejdn_pg.postgres.repositories.users import (
+    UserRepository,
+    all_users,
+    find_user,
+    stored_password,
+)
 from omejdn_pg.sealing import Keyring
 from omejdn_pg.settings import BACKEND_NAME, BackendSettings, CacheSettings
 
@@ -205,30 +216,28 @@ class PostgresBackendPlugin:
     def _cached(
         self,
         key: CacheKey,
-        fetch: Callable[[Connection], R],
+        fetch: Callable[[Reader], R],
         answer: Callable[[R], T],
         *,
         keep_none: bool = True,
     ) -> T:
-        """``answer(fetch(conn))``, from the cache when it can vouch for it."""
+        """``answer(fetch(reader))``, from the cache when it can vouch for it."""
         cache = self.cache
         group = group_of(key)
         if cache is None or group not in cache.groups:
-            return answer(self.database.read(fetch))
+            return answer(self.database.query(fetch))
         found = cache.get(key, group)
         if not isinstance(found, Miss):
             return cast(T, found)
-        if found.token is None:
-            return answer(self.database.read(fetch))
-        # Only an AUTOCOMMIT read is kept: inside a batch or snapshot the view
-        # may be one that never commits. A fill is read on the primary: the
-        # counters it is checked against are the primary's, and a lagging
-        # standby could otherwise refill a value just invalidated.
-        fetched, autocommit = self.database.read(
-            lambda conn: (fetch(conn), in_autocommit(conn)), on_primary=True
-        )
-        value = answer(fetched)
-        if autocommit and (keep_none or value is not None):
+        # Only a read outside any transaction is kept: inside a batch or
+        # snapshot the view may be one that never commits.
+        if found.token is None or self.database.in_unit_of_work:
+            return answer(self.database.query(fetch))
+        # A fill is read on the primary: the counters it is checked against are
+        # the primary's, and a lagging standby could otherwise refill a value
+        # just invalidated.
+        value = answer(self.database.query(fetch, on_primary=True))
+        if keep_none or value is not None:
             cache.fill(key, value, found.token)
         return value
 
@@ -265,13 +274,13 @@ class PostgresBackendPlugin:
     def user_get(self, username: str, **_: Any) -> User | None:
         return self._cached(
             (USER, username),
-            lambda conn: self._users(conn).get(username),
+            lambda reader: find_user(reader, username),
             _same,
             keep_none=False,
         )
 
     def user_get_all(self, **_: Any) -> list[User]:
-        return self.database.read(lambda conn: self._users(conn).all())
+        return self.database.query(all_users)
 
     def user_create(self, user: User, user_backend: str | None = None, **_: Any) -> None:
         if user_backend != BACKEND_NAME:
@@ -305,9 +314,7 @@ class PostgresBackendPlugin:
             return None
         # Fetch, verify with no connection held, then upgrade a weak hash by a
         # compare-and-set that commits on its own.
-        exists, stored = self.database.read(
-            lambda conn: self._users(conn).stored_password(user.username)
-        )
+        exists, stored = self.database.query(lambda reader: stored_password(reader, user.username))
         if not exists or stored is None:
             return False
         matches, replacement = self.policy.verify(password, stored)
@@ -333,13 +340,15 @@ class PostgresBackendPlugin:
     def client_get(self, client_id: str, **_: Any) -> Client | None:
         return self._cached(
             (CLIENT, client_id),
-            lambda conn: self._clients(conn).get(client_id),
+            lambda reader: find_client(reader, client_id, jwks=self.jwks, keyring=self.keyring),
             _same,
             keep_none=False,
         )
 
     def client_get_all(self, **_: Any) -> list[Client]:
-        return self.database.read(lambda conn: self._clients(conn).all())
+        return self.database.query(
+            lambda reader: all_clients(reader, jwks=self.jwks, keyring=self.keyring)
+        )
 
     def client_create(self, client: Client, client_backend: str | None = None, **_: Any) -> None:
         if client_backend != BACKEND_NAME:
@@ -392,9 +401,7 @@ class PostgresBackendPlugin:
         )
 
     def configuration_load(self, section: str, fallback: Any = None, **_: Any) -> Any:
-        return self._cached(
-            (CONFIG, section), lambda conn: ConfigRepository(conn).load(section), _same
-        )
+        return self._cached((CONFIG, section), lambda reader: load_section(reader, section), _same)
 
     # --- keys: JWK Sets (Omejdn's current core) -----------------------------------
 
@@ -414,7 +421,7 @@ class PostgresBackendPlugin:
         """
         return self._cached(
             (KEYS, target_type, target),
-            lambda conn: self.keys(conn).load(target_type, target),
+            lambda reader: load_keys(reader, target_type, target, self.keyring),
             _signing_jwks_or_none,
         )
 
@@ -422,7 +429,7 @@ class PostgresBackendPlugin:
         """Every key of ``target_type``, next and retired ones included, without private members."""
         return self._cached(
             (KEYS_ALL, target_type),
-            lambda conn: self.keys(conn).load_all(target_type),
+            lambda reader: load_all_keys(reader, target_type, self.keyring),
             _public_jwks,
         )
 
@@ -456,13 +463,15 @@ class PostgresBackendPlugin:
 
     def key_material_load(self, target_type: str, target: str, **_: Any) -> KeyMaterial:
         """The target's signing key (the first of its set) as key material; empty if none."""
-        keys = self.database.read(lambda conn: self.keys(conn).load(target_type, target))
+        keys = self.database.query(
+            lambda reader: load_keys(reader, target_type, target, self.keyring)
+        )
         return KeyMaterial.from_key(keys[0]) if keys else KeyMaterial()
 
     def key_material_load_all(self, target_type: str, **_: Any) -> list[KeyMaterial]:
         """One material per key, so next and retired keys are published too; only active
         keys carry their private key."""
-        sets = self.database.read(lambda conn: self.keys(conn).load_all(target_type))
+        sets = self.database.query(lambda reader: load_all_keys(reader, target_type, self.keyring))
         return [
             KeyMaterial.from_key(key if key.state == "active" else key.public())
             for _target, keys in sets

@@ -37,7 +37,6 @@ import psycopg
 from cryptography import x509
 from sqlalchemy import (
     Connection,
-    Row,
     Select,
     Table,
     Text,
@@ -58,6 +57,8 @@ from omejdn_pg.keys import Key, KeySet
 from omejdn_pg.names import check_file_name
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
 from omejdn_pg.postgres.repositories.common import (
+    ConnectionReader,
+    Reader,
     check_json,
     check_text,
     json_column,
@@ -150,14 +151,13 @@ class ClientRepository:
 
     def get(self, client_id: str) -> Client | None:
         """The client, or None; one statement (none for an id nothing can be stored under)."""
-        if not storable_text(client_id):
-            return None
-        row = self.conn.execute(_GET, {"id": client_id}).one_or_none()
-        return None if row is None else self._to_client(row)
+        return find_client(
+            ConnectionReader(self.conn), client_id, jwks=self.jwks, keyring=self.keys.keyring
+        )
 
     def all(self) -> list[Client]:
         """Every client, ordered by client_id; one statement whatever their number."""
-        return [self._to_client(row) for row in self.conn.execute(_ALL)]
+        return all_clients(ConnectionReader(self.conn), jwks=self.jwks, keyring=self.keys.keyring)
 
     # --- writes ------------------------------------------------------------------
 
@@ -268,25 +268,49 @@ class ClientRepository:
             "keys": keys,
         }
 
-    def _to_client(self, row: Row[Any]) -> Client:
-        fields: dict[str, Any] = dict(row.metadata or {})
-        fields.pop(_NOT_METADATA, None)
-        fields.pop("client_id", None)
-        if self.jwks and row.keys:
-            keys = keys_from_rows(
-                CLIENT_CERTIFICATE_TARGET_TYPE,
-                row.client_id,
-                (_KeyRow(r) for r in row.keys),
-                self.keys.keyring,
-            )
-            fields[JWKS_FIELD] = keys.to_jwks(private=False)
-        # The key column is the authority on which client this is; client_id first
-        # keeps exported YAML readable.
-        return Client(
-            metadata={"client_id": row.client_id, **fields},
-            attributes=dict(row.attributes or {}),
-            backend=BACKEND_NAME,
+
+# --- reads, on any Reader (a connection, or the primary's direct read path) --------
+
+
+def find_client(
+    reader: Reader, client_id: str, *, jwks: bool = True, keyring: Keyring | None = None
+) -> Client | None:
+    """The client, or None; one statement (none for an id nothing can be stored under).
+
+    ``jwks``: the client's key set is its ``jwks`` metadata (Omejdn's current core).
+    """
+    if not storable_text(client_id):
+        return None
+    rows = reader.rows(_GET, {"id": client_id})
+    return _to_client(rows[0], jwks, keyring) if rows else None
+
+
+def all_clients(
+    reader: Reader, *, jwks: bool = True, keyring: Keyring | None = None
+) -> list[Client]:
+    """Every client, ordered by client_id; one statement whatever their number."""
+    return [_to_client(row, jwks, keyring) for row in reader.rows(_ALL)]
+
+
+def _to_client(row: Any, jwks: bool, keyring: Keyring | None) -> Client:
+    fields: dict[str, Any] = dict(row.metadata or {})
+    fields.pop(_NOT_METADATA, None)
+    fields.pop("client_id", None)
+    if jwks and row.keys:
+        keys = keys_from_rows(
+            CLIENT_CERTIFICATE_TARGET_TYPE,
+            row.client_id,
+            (_KeyRow(r) for r in row.keys),
+            keyring,
         )
+        fields[JWKS_FIELD] = keys.to_jwks(private=False)
+    # The key column is the authority on which client this is; client_id first
+    # keeps exported YAML readable.
+    return Client(
+        metadata={"client_id": row.client_id, **fields},
+        attributes=dict(row.attributes or {}),
+        backend=BACKEND_NAME,
+    )
 
 
 def check_client_id(value: object) -> str:

@@ -1,4 +1,5 @@
-"""What every repository shares: value checks, JSON columns of either type, write locks.
+"""What every repository shares: value checks, JSON columns of either type, write locks,
+and the :class:`Reader` its reads run on.
 
 Columns created by Omejdn's Ruby plugin hold JSON as TEXT; ours are JSONB. A
 read casts the column (``CAST(col AS jsonb)`` accepts both), and a write binds
@@ -12,11 +13,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol
 
 from sqlalchemy import ColumnElement, Connection, cast, func, select
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.sql.base import Executable
 
 from omejdn_pg.errors import InvalidValue
 
@@ -25,6 +28,55 @@ MAX_JSON_DEPTH: Final = 100
 """Deeper JSON is refused: Omejdn's documents are a few levels deep, and a hostile
 document nested thousands deep would exhaust the interpreter's stack."""
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+DIALECT: Final = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+"""The dialect statements are compiled for when they bypass an engine."""
+
+
+class Reader(Protocol):
+    """Where a repository's reads run: a SQLAlchemy connection (:class:`ConnectionReader`),
+    or the primary's direct read path (:class:`~omejdn_pg.postgres.readpool.DirectReader`).
+
+    Rows come back with their columns as attributes; a driver error is raised as
+    SQLAlchemy's wrapper of it (``error.orig`` is psycopg's) on either.
+    """
+
+    def rows(
+        self,
+        statement: Executable,
+        params: Mapping[str, Any] | None = None,
+        *,
+        may_fail: bool = False,
+    ) -> Sequence[Any]:
+        """Every row of ``statement``. ``may_fail``: a failure is expected now and then
+        (a table that does not exist) and must not abort an enclosing transaction."""
+        ...
+
+
+class ConnectionReader:
+    """Reads on a SQLAlchemy connection, inside whatever transaction it has."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def rows(
+        self,
+        statement: Executable,
+        params: Mapping[str, Any] | None = None,
+        *,
+        may_fail: bool = False,
+    ) -> Sequence[Any]:
+        if may_fail and not in_autocommit(self.conn):
+            # A failed statement would abort the caller's transaction.
+            with self.conn.begin_nested():
+                return self.conn.execute(statement, params).all()
+        return self.conn.execute(statement, params).all()
+
+
+def in_autocommit(conn: Connection) -> bool:
+    """Whether every statement on ``conn`` is its own transaction (``Database.read``)."""
+    return bool(getattr(conn.connection.driver_connection, "autocommit", False))
 
 
 def json_column(column: ColumnElement[Any]) -> ColumnElement[Any]:

@@ -81,7 +81,14 @@ from sqlalchemy.schema import DropTable
 from sqlalchemy.types import TypeEngine
 
 from omejdn_pg.errors import InvalidSectionName, InvalidValue, PermissionDenied, StorageError
-from omejdn_pg.postgres.repositories.common import check_json, dumps, lock_for_update
+from omejdn_pg.postgres.repositories.common import (
+    DIALECT,
+    ConnectionReader,
+    Reader,
+    check_json,
+    dumps,
+    lock_for_update,
+)
 from omejdn_pg.postgres.schema import (
     SECTION_PREFIX,
     dict_section_table,
@@ -222,33 +229,7 @@ class ConfigRepository:
 
     def load(self, section: str) -> dict[str, Any] | list[Any] | None:
         """The section's content, or None if it was never written; one statement."""
-        name = section_table_name(section)
-        query, parameters = _load_query(name), {"regclass": self._regclass_text(name)}
-        try:
-            if _autocommit(self.conn):
-                row = self.conn.execute(query, parameters).one()
-            else:
-                # A failed statement would abort the caller's transaction.
-                with self.conn.begin_nested():
-                    row = self.conn.execute(query, parameters).one()
-        except sa_exc.ProgrammingError as error:
-            if isinstance(error.orig, psycopg.errors.UndefinedTable):
-                return None
-            raise
-        columns, rows = row
-        if columns is None:
-            # Dropped between parsing and execution by a concurrent delete.
-            return None
-        if not rows and self._provisioned(name):
-            return None
-        return _content(section, _layout(section, columns), rows or [])
-
-    def _provisioned(self, name: str) -> bool:
-        """Whether the (empty) table was provisioned and never written; asked only when empty."""
-        comment = self.conn.execute(
-            select(func.obj_description(func.to_regclass(self._regclass_text(name)), "pg_class"))
-        ).scalar_one()
-        return bool(comment == PROVISIONED)
+        return load_section(ConnectionReader(self.conn), section)
 
     def sections(self) -> list[str]:
         """Names of the sections that exist (visible on the search path), sorted."""
@@ -282,9 +263,36 @@ class ConfigRepository:
         return True
 
     def _regclass_text(self, name: str) -> str:
-        """``name`` as to_regclass() must see it: quoted, resolved on the search path
-        exactly like the unqualified table name in the statements."""
-        return self.conn.dialect.identifier_preparer.quote_identifier(name)
+        return regclass_text(name)
+
+
+def regclass_text(name: str) -> str:
+    """``name`` as to_regclass() must see it: quoted, resolved on the search path
+    exactly like the unqualified table name in the statements."""
+    return DIALECT.identifier_preparer.quote_identifier(name)
+
+
+# --- reads, on any Reader (a connection, or the primary's direct read path) --------
+
+
+def load_section(reader: Reader, section: str) -> dict[str, Any] | list[Any] | None:
+    """The section's content, or None if it was never written; one statement."""
+    name = section_table_name(section)
+    regclass = {"regclass": regclass_text(name)}
+    try:
+        rows = reader.rows(_load_query(name), regclass, may_fail=True)
+    except sa_exc.ProgrammingError as error:
+        if isinstance(error.orig, psycopg.errors.UndefinedTable):
+            return None
+        raise
+    columns, content = rows[0]
+    if columns is None:
+        # Dropped between parsing and execution by a concurrent delete.
+        return None
+    if not content and reader.rows(_COMMENT, regclass)[0][0] == PROVISIONED:
+        # Provisioned (an empty table) and never written; asked only when empty.
+        return None
+    return _content(section, _layout(section, columns), content or [])
 
 
 # --- statements ----------------------------------------------------------------
@@ -304,6 +312,12 @@ _COLUMNS: Final = select(
     ~_PG_ATTRIBUTE.c.attisdropped,
 )
 """``{column: type}`` of the table named by ``:regclass``, or NULL if there is none."""
+
+
+_COMMENT: Final = select(
+    func.obj_description(func.to_regclass(bindparam("regclass", type_=Text)), "pg_class")
+)
+"""The comment of the table named by ``:regclass`` (NULL if none)."""
 
 
 @lru_cache(maxsize=1024)
@@ -414,8 +428,3 @@ def _decode(section: str, layout: _Layout, value: Any, where: str) -> Any:
         raise StorageError(
             f"configuration section {section!r}: {where} is not valid JSON"
         ) from error
-
-
-def _autocommit(conn: Connection) -> bool:
-    """Whether every statement on ``conn`` is its own transaction (``Database.read``)."""
-    return bool(getattr(conn.connection.driver_connection, "autocommit", False))

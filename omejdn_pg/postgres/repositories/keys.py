@@ -46,7 +46,13 @@ from omejdn_pg import lifecycle
 from omejdn_pg.errors import InvalidKeyMaterial
 from omejdn_pg.keys import Key, KeySet
 from omejdn_pg.names import check_file_name
-from omejdn_pg.postgres.repositories.common import check_json, check_text, lock_for_update
+from omejdn_pg.postgres.repositories.common import (
+    ConnectionReader,
+    Reader,
+    check_json,
+    check_text,
+    lock_for_update,
+)
 from omejdn_pg.postgres.schema import (
     CERTIFICATES,
     CLIENT_CERTIFICATE_TARGET_TYPE,
@@ -105,20 +111,11 @@ class KeyRepository:
 
     def load(self, target_type: str, target: str) -> KeySet:
         """The target's keys in lifecycle order, in one statement; empty if none."""
-        target_type, target = check_target(target_type, target)
-        rows = self.conn.execute(_LOAD, {"target_type": target_type, "target": target})
-        return keys_from_rows(target_type, target, rows, self.keyring)
+        return load_keys(ConnectionReader(self.conn), target_type, target, self.keyring)
 
     def load_all(self, target_type: str) -> list[tuple[str, KeySet]]:
         """Every target of ``target_type`` with its keys, ordered by target, in one statement."""
-        target_type = check_text(target_type, "target_type")
-        grouped: dict[str, list[Any]] = {}
-        for row in self.conn.execute(_LOAD_ALL, {"target_type": target_type}):
-            grouped.setdefault(row.target, []).append(row)
-        return [
-            (target, keys_from_rows(target_type, target, rows, self.keyring))
-            for target, rows in grouped.items()
-        ]
+        return load_all_keys(ConnectionReader(self.conn), target_type, self.keyring)
 
     def targets(self, target_type: str | None = None) -> list[tuple[str, str]]:
         """``(target_type, target)`` of every stored key set, sorted."""
@@ -267,6 +264,32 @@ class KeyRepository:
                 origin = sealed_by(value) or "plaintext"
                 counts[origin] = counts.get(origin, 0) + 1
         return dict(sorted(counts.items()))
+
+
+# --- reads, on any Reader (a connection, or the primary's direct read path) --------
+
+
+def load_keys(
+    reader: Reader, target_type: str, target: str, keyring: Keyring | None = None
+) -> KeySet:
+    """The target's keys in lifecycle order, in one statement; empty if none."""
+    target_type, target = check_target(target_type, target)
+    rows = reader.rows(_LOAD, {"target_type": target_type, "target": target})
+    return keys_from_rows(target_type, target, rows, keyring)
+
+
+def load_all_keys(
+    reader: Reader, target_type: str, keyring: Keyring | None = None
+) -> list[tuple[str, KeySet]]:
+    """Every target of ``target_type`` with its keys, ordered by target, in one statement."""
+    target_type = check_text(target_type, "target_type")
+    grouped: dict[str, list[Any]] = {}
+    for row in reader.rows(_LOAD_ALL, {"target_type": target_type}):
+        grouped.setdefault(row.target, []).append(row)
+    return [
+        (target, keys_from_rows(target_type, target, rows, keyring))
+        for target, rows in grouped.items()
+    ]
 
 
 def _is_private_pem(value: str) -> bool:

@@ -1,0 +1,315 @@
+"""The primary's read path: autocommit driver connections that run precompiled reads.
+
+Every point read an identity server makes (a client per token request, a user
+per login, the signing keys, a configuration section) is one short statement,
+so what surrounds that statement is most of its cost. Through SQLAlchemy a
+read checks a connection out of the engine's pool (with its events), switches
+it to AUTOCOMMIT and back, and walks the execution path: together 2 to 4 times the
+round trip itself on a local server. Here a read takes an idle psycopg
+connection that is *always* in autocommit (so nothing is switched and nothing
+but the statement is sent), runs SQL compiled once per statement, prepared on
+the server from its first execution, and hands the rows back as named tuples.
+
+Why not SQLAlchemy's pool with an AUTOCOMMIT engine, or ``psycopg_pool``:
+measured on one statement against a local server, SQLAlchemy's checkout costs
+~35 µs a read and psycopg_pool's ~20 µs of CPU (its bookkeeping and worker
+threads); a LIFO list under a lock costs ~1 µs. The pool keeps SQLAlchemy's
+rules: ``pool.size`` idle connections at most, ``max_overflow`` more while
+busy, ``timeout`` to wait for one, ``recycle`` to replace old ones; it is made
+lazily, so a process that reads from one thread holds one read connection.
+
+The failure rules are the engine pool's too. A connection that broke is
+discarded with every idle one older than it (a restart or a failover broke
+them all), and the caller retries on a fresh one; a connection whose node
+reported itself read-only (:func:`~omejdn_pg.postgres.database.reports_read_only`)
+is discarded with every other one made before, as the engine's
+:class:`~omejdn_pg.postgres.database.ReadOnlyGuard` does, sharing its clock.
+
+Reads inside a batch or a snapshot, and reads a replica serves, stay on
+SQLAlchemy connections (:class:`~omejdn_pg.postgres.repositories.common.ConnectionReader`):
+they join a transaction or another server, where none of this applies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import psycopg
+from psycopg.rows import RowMaker, namedtuple_row
+from sqlalchemy import exc
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
+
+from omejdn_pg.postgres.repositories.common import DIALECT
+from omejdn_pg.settings import PoolSettings
+
+
+class CompiledRead:
+    """A statement compiled once to the driver's SQL, with its constant bound values."""
+
+    __slots__ = ("_make_row", "constants", "required", "sql")
+
+    def __init__(self, statement: Executable) -> None:
+        if not isinstance(statement, ClauseElement):
+            raise TypeError(f"not a SQL statement: {statement!r}")
+        compiled = statement.compile(dialect=DIALECT)
+        assert isinstance(compiled, SQLCompiler)
+        for name, bind in compiled.binds.items():
+            if bind.type.bind_processor(DIALECT) is not None:
+                # A value the driver cannot take as it is (say, a JSON document):
+                # such statements go through SQLAlchemy's execution.
+                raise TypeError(f"bound value {name!r} needs conversion; not a direct read")
+        self.sql: Final = compiled.string
+        self.constants: Final = dict(compiled.params)
+        self.required: Final = frozenset(
+            name for name in self.constants if compiled.binds[name].required
+        )
+        self._make_row: RowMaker[Any] | None = None
+
+    def values(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        given = params or {}
+        missing = self.required - given.keys()
+        if missing:
+            raise TypeError(f"no value for {', '.join(sorted(missing))}")
+        return {**self.constants, **given}
+
+    def row_factory(self, cursor: psycopg.Cursor[Any]) -> RowMaker[Any]:
+        """Named tuples, their class made once: a statement always has the same columns."""
+        make_row = self._make_row
+        if make_row is None:
+            make_row = namedtuple_row(cursor)
+            if cursor.pgresult is not None and cursor.pgresult.nfields:
+                self._make_row = make_row
+        return make_row
+
+
+_compiled: dict[Executable, CompiledRead] = {}
+_MAX_COMPILED: Final = 4096
+"""Statements per table name (configuration sections) are many; the rest are fixed."""
+
+
+def node_read_only(pgconn: psycopg.pq.abc.PGconn) -> bool:
+    """Whether the server last reported itself read-only on this connection (no round trip).
+
+    PostgreSQL 14+ sends ``in_hot_standby`` and ``default_transaction_read_only``
+    at startup and again after any statement during which they changed (a
+    promotion, a primary fenced by ``ALTER SYSTEM ... ; pg_reload_conf()``).
+    Older servers send neither; for them a refused write (25006) is the signal.
+    """
+    return (
+        pgconn.parameter_status(b"in_hot_standby") == b"on"
+        or pgconn.parameter_status(b"default_transaction_read_only") == b"on"
+    )
+
+
+def compiled(statement: Executable) -> CompiledRead:
+    found = _compiled.get(statement)
+    if found is None:
+        if len(_compiled) >= _MAX_COMPILED:
+            _compiled.clear()
+        found = _compiled[statement] = CompiledRead(statement)
+    return found
+
+
+class StatementListener(Protocol):
+    def __call__(
+        self,
+        conn: None,
+        cursor: psycopg.Cursor[Any],
+        statement: str,
+        parameters: Mapping[str, Any],
+        context: None,
+        executemany: bool,
+    ) -> object: ...
+
+
+class DirectReader:
+    """Runs reads on one autocommit driver connection (a :class:`ReadPool`'s)."""
+
+    __slots__ = ("conn", "listeners")
+
+    def __init__(self, conn: psycopg.Connection[Any], listeners: StatementListener | None) -> None:
+        self.conn = conn
+        self.listeners = listeners
+
+    def rows(
+        self,
+        statement: Executable,
+        params: Mapping[str, Any] | None = None,
+        *,
+        may_fail: bool = False,
+    ) -> Sequence[Any]:
+        """Every row of ``statement`` as named tuples.
+
+        A driver error comes back as SQLAlchemy's wrapper of it (``.orig`` is
+        psycopg's), as on a SQLAlchemy connection, so callers handle one kind.
+        ``may_fail`` needs no savepoint here: no transaction is open.
+        """
+        read = compiled(statement)
+        values = read.values(params)
+        try:
+            cursor = self.conn.cursor(row_factory=read.row_factory)
+            if self.listeners is not None:
+                self.listeners(None, cursor, read.sql, values, None, False)
+            cursor.execute(read.sql, values)
+            return cursor.fetchall()
+        except psycopg.Error as error:
+            raise exc.DBAPIError.instance(
+                read.sql,
+                None,
+                error,
+                psycopg.Error,
+                hide_parameters=True,
+                connection_invalidated=bool(self.conn.broken or self.conn.closed),
+            ) from error
+
+
+@dataclass
+class _Pooled:
+    conn: psycopg.Connection[Any]
+    connected: float
+
+
+class ReadPool:
+    """Autocommit psycopg connections for reads, newest first."""
+
+    def __init__(
+        self,
+        connect_args: Mapping[str, Any],
+        pool: PoolSettings,
+        *,
+        prepare: bool | None,
+        behind_pooler: Callable[[psycopg.Connection[Any]], bool],
+        read_only_since: Callable[[], float],
+        found_read_only: Callable[[], None],
+    ) -> None:
+        self._connect_args = dict(connect_args)
+        self._size = pool.size
+        self._limit = pool.size + pool.max_overflow
+        self._timeout = pool.timeout
+        self._recycle = pool.recycle
+        self._prepare = prepare
+        self._behind_pooler = behind_pooler
+        self._read_only_since = read_only_since
+        self._found_read_only = found_read_only
+        self._idle: list[_Pooled] = []
+        self._open = 0
+        """Connections made and not yet closed, idle or checked out."""
+        self._broken_since = float("-inf")
+        self._available = threading.Condition(threading.Lock())
+        self.discarded = 0
+
+    def __repr__(self) -> str:
+        return f"ReadPool(open={self._open}, idle={len(self._idle)})"
+
+    def checkout(self) -> _Pooled:
+        """An idle connection still fit to use, or a new one; waits ``pool.timeout`` at most."""
+        stale: list[_Pooled] = []
+        try:
+            with self._available:
+                deadline: float | None = None
+                while True:
+                    while self._idle:
+                        pooled = self._idle.pop()
+                        if self._fit(pooled):
+                            return pooled
+                        stale.append(pooled)
+                        self._open -= 1
+                    if self._open < self._limit:
+                        self._open += 1
+                        break
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + self._timeout
+                    if now >= deadline or not self._available.wait(deadline - now):
+                        raise exc.TimeoutError(
+                            f"no free read connection within {self._timeout:g} s"
+                        )
+        finally:
+            self._close(stale)
+        try:
+            return _Pooled(self._connect(), time.monotonic())
+        except BaseException:
+            with self._available:
+                self._open -= 1
+                self._available.notify()
+            raise
+
+    def checkin(self, pooled: _Pooled) -> None:
+        """Back to the idle list, or closed: broken, read-only, in a transaction, or overflow."""
+        pgconn = pooled.conn.pgconn
+        if (
+            pgconn.status == psycopg.pq.ConnStatus.OK
+            and pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            and not node_read_only(pgconn)
+        ):
+            with self._available:
+                if len(self._idle) < self._size:
+                    self._idle.append(pooled)
+                    self._available.notify()
+                    return
+                self._open -= 1
+                self._available.notify()
+            self._close([pooled])
+            return
+        self._discard(pooled)
+
+    def _discard(self, pooled: _Pooled) -> None:
+        """Close ``pooled`` and every idle connection that shares its fate."""
+        conn = pooled.conn
+        if conn.broken or conn.closed:
+            with self._available:
+                # A restart or a failover breaks every connection made before it.
+                self._broken_since = time.monotonic()
+        elif node_read_only(conn.pgconn):
+            # Every connection made so far points at that node.
+            self._found_read_only()
+        with self._available:
+            stale = [pooled, *(idle for idle in self._idle if not self._fit(idle))]
+            self._idle = [idle for idle in self._idle if self._fit(idle)]
+            self._open -= len(stale)
+            self._available.notify_all()
+        self._close(stale)
+
+    def dispose(self) -> None:
+        """Close every idle connection; checked-out ones are closed when they come back."""
+        with self._available:
+            stale, self._idle = self._idle, []
+            self._open -= len(stale)
+            self._broken_since = time.monotonic()
+        self._close(stale)
+
+    def _fit(self, pooled: _Pooled) -> bool:
+        connected = pooled.connected
+        if connected <= self._broken_since or connected <= self._read_only_since():
+            return False
+        if time.monotonic() - connected > self._recycle:
+            return False
+        return not pooled.conn.closed
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(
+                **self._connect_args, autocommit=True, row_factory=namedtuple_row
+            )
+        except psycopg.Error as error:
+            raise exc.DBAPIError.instance(
+                "connect", None, error, psycopg.Error, hide_parameters=True
+            ) from error
+        # Prepared from the first execution: these statements are the hot ones.
+        # Behind a pooler that cannot keep them (PgBouncer before 1.21), never.
+        prepare = self._prepare if self._prepare is not None else not self._behind_pooler(conn)
+        conn.prepare_threshold = 0 if prepare else None
+        return conn
+
+    def _close(self, stale: list[_Pooled]) -> None:
+        for pooled in stale:
+            self.discarded += 1
+            with contextlib.suppress(psycopg.Error):  # already gone: that is all we wanted
+                pooled.conn.close()

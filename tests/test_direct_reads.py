@@ -1,0 +1,259 @@
+"""The primary's direct read path: what the hot events send, and how its pool behaves."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from omejdn_pg.entities import Client, User
+from omejdn_pg.errors import StorageUnavailable
+from omejdn_pg.host import events
+from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.plugin import PostgresBackendPlugin
+from omejdn_pg.postgres.readpool import ReadPool
+from omejdn_pg.postgres.repositories.clients import ClientRepository
+from omejdn_pg.postgres.repositories.config import ConfigRepository
+from omejdn_pg.postgres.repositories.users import UserRepository, find_user
+from omejdn_pg.settings import ConnectionSettings, PoolSettings
+from tests.helpers import PlainSQL
+
+HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
+APP = "omejdn-pg-direct-reads"
+
+
+def seeded(database: ConnectionSettings, pool: PoolSettings | None = None) -> Database:
+    db = Database.connect(database.with_params(application_name=APP), pool)
+
+    def seed(conn: Any) -> None:
+        UserRepository(conn).create(
+            User(username="alice", password=HASH, attributes={"email": "a@example.org"})
+        )
+        ClientRepository(conn).create(Client(metadata={"client_id": "app", "name": "App"}))
+        ConfigRepository(conn).store("omejdn", {"issuer": "https://id.example"})
+
+    db.write(seed)
+    return db
+
+
+def plugin_on(db: Database) -> PostgresBackendPlugin:
+    plugin = PostgresBackendPlugin()
+    plugin.attach(db)
+    return plugin
+
+
+def read_pool(db: Database) -> ReadPool:
+    assert db.direct_reads is not None
+    return db.direct_reads
+
+
+def traced(db: Database, call: Callable[[], object]) -> list[str]:
+    """The frontend messages libpq sends on the read pool's (one idle) connection."""
+    pool = read_pool(db)
+    pooled = pool.checkout()
+    pool.checkin(pooled)
+    with tempfile.TemporaryFile() as trace:
+        pooled.conn.pgconn.trace(trace.fileno())
+        pooled.conn.pgconn.set_trace_flags(3)  # no timestamps, regress mode
+        try:
+            call()
+        finally:
+            pooled.conn.pgconn.untrace()
+        trace.seek(0)
+        lines = trace.read().decode("utf-8", "replace").splitlines()
+    return [line.split("\t")[2].split()[0] for line in lines if line.startswith("F\t")]
+
+
+def backends(plain_sql: PlainSQL) -> list[int]:
+    pids: list[int] = [
+        row[0]
+        for row in plain_sql.rows(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (APP,)
+        )
+    ]
+    return pids
+
+
+@pytest.mark.parametrize(
+    ("event", "context"),
+    [
+        (events.USER_GET, {"username": "alice"}),
+        (events.CLIENT_GET, {"client_id": "app"}),
+        (events.CONFIGURATION_LOAD, {"section": "omejdn"}),
+        (events.KEYS_LOAD, {"target_type": "jwks", "target": "omejdn"}),
+    ],
+)
+def test_a_hot_read_is_one_prepared_round_trip_with_no_transaction(
+    database: ConnectionSettings, event: str, context: dict[str, Any]
+) -> None:
+    db = seeded(database)
+    try:
+        handler = {
+            events.USER_GET: plugin_on(db).user_get,
+            events.CLIENT_GET: plugin_on(db).client_get,
+            events.CONFIGURATION_LOAD: plugin_on(db).configuration_load,
+            events.KEYS_LOAD: plugin_on(db).keys_load,
+        }[event]
+        first = traced(db, lambda: handler(**context))
+        again = traced(db, lambda: handler(**context))
+    finally:
+        db.dispose()
+    # Prepared on first use (psycopg sends that Parse on its own Sync), then only
+    # Bind/Execute: one round trip.
+    assert first.count("Parse") == 1, first
+    assert "Parse" not in again, again
+    assert again.count("Sync") == 1, again
+    assert "Query" not in first + again  # no BEGIN, COMMIT or ROLLBACK (simple protocol)
+
+
+def test_the_direct_path_answers_what_a_connection_answers(database: ConnectionSettings) -> None:
+    db = seeded(database)
+    try:
+        plugin = plugin_on(db)
+        on_connection = db.read(lambda conn: UserRepository(conn).get("alice"))
+        assert plugin.user_get("alice") == on_connection
+        assert on_connection is not None
+        assert on_connection.attributes == {"email": "a@example.org"}
+        assert plugin.client_get("app") == db.read(lambda conn: ClientRepository(conn).get("app"))
+        assert plugin.configuration_load("omejdn") == {"issuer": "https://id.example"}
+        assert plugin.configuration_load("never_written") is None
+        assert plugin.user_get("nobody") is None
+        assert [user.username for user in plugin.user_get_all()] == ["alice"]
+    finally:
+        db.dispose()
+
+
+def test_statement_listeners_see_direct_reads(database: ConnectionSettings) -> None:
+    db = seeded(database)
+    try:
+        statements = count_statements(db.engine)
+        assert plugin_on(db).user_get("alice") is not None
+        assert len(statements) == 1
+        assert "FROM users" in statements[0]
+    finally:
+        db.dispose()
+
+
+def test_reads_after_every_connection_was_killed_succeed_on_fresh_ones(
+    database: ConnectionSettings, plain_sql: PlainSQL
+) -> None:
+    db = seeded(database, PoolSettings(size=4))
+    try:
+        plugin = plugin_on(db)
+        hold = [read_pool(db).checkout() for _ in range(3)]
+        for pooled in hold:
+            read_pool(db).checkin(pooled)
+        before = set(backends(plain_sql))
+        assert len(before) >= 3
+        plain_sql.rows(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (APP,),
+        )
+        # The first read meets a dead connection, is retried once on a fresh one,
+        # and the other dead idle connections are dropped instead of being tried.
+        discarded = read_pool(db).discarded
+        assert plugin.user_get("alice") is not None
+        assert read_pool(db).discarded - discarded == 3
+        assert plugin.user_get("alice") is not None
+        after = set(backends(plain_sql))
+        assert after
+        assert not after & before
+        assert len(after) == 1
+    finally:
+        db.dispose()
+
+
+def test_a_read_that_meets_its_connection_killed_is_answered_on_a_fresh_one(
+    database: ConnectionSettings, plain_sql: PlainSQL
+) -> None:
+    db = seeded(database, PoolSettings(size=1, max_overflow=0))
+    try:
+        plugin = plugin_on(db)
+        assert plugin.user_get("alice") is not None
+        pooled = read_pool(db).checkout()
+        pid = pooled.conn.info.backend_pid
+        read_pool(db).checkin(pooled)
+        plain_sql.value("SELECT pg_terminate_backend(%s)", (pid,))
+        found = plugin.user_get("alice")
+        assert found is not None
+        assert found.username == "alice"
+        assert pid not in backends(plain_sql)
+    finally:
+        db.dispose()
+
+
+def test_idle_read_connections_are_bounded_by_the_pool_size(
+    database: ConnectionSettings, plain_sql: PlainSQL
+) -> None:
+    db = seeded(database, PoolSettings(size=2, max_overflow=6))
+    try:
+        plugin = plugin_on(db)
+        start = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def reader() -> None:
+            try:
+                start.wait()
+                for _ in range(200):
+                    assert plugin.user_get("alice") is not None
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=reader) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        pool = read_pool(db)
+        assert len(pool._idle) <= 2
+        # Writes use the engine's pool; what is left open for reads is at most the size.
+        read_backends = len(backends(plain_sql)) - db.engine.pool.checkedin()  # type: ignore[attr-defined]
+        assert read_backends <= 2
+    finally:
+        db.dispose()
+
+
+def test_an_exhausted_read_pool_says_so_after_its_timeout(database: ConnectionSettings) -> None:
+    db = seeded(database, PoolSettings(size=1, max_overflow=0, timeout=0.2))
+    try:
+        plugin = plugin_on(db)
+        held = read_pool(db).checkout()
+        try:
+            with pytest.raises(StorageUnavailable, match=r"no free connection .* pool timeout"):
+                plugin.user_get("alice")
+        finally:
+            read_pool(db).checkin(held)
+        assert plugin.user_get("alice") is not None
+    finally:
+        db.dispose()
+
+
+def test_old_read_connections_are_recycled(
+    database: ConnectionSettings, plain_sql: PlainSQL
+) -> None:
+    db = seeded(database, PoolSettings(size=1, recycle=0))
+    try:
+        plugin = plugin_on(db)
+        assert plugin.user_get("alice") is not None
+        first = set(backends(plain_sql))
+        assert plugin.user_get("alice") is not None
+        assert set(backends(plain_sql)) - first
+    finally:
+        db.dispose()
+
+
+def test_reads_inside_a_batch_see_the_batch(database: ConnectionSettings) -> None:
+    db = seeded(database)
+    try:
+        plugin = plugin_on(db)
+        with db.batch():
+            plugin.user_create(User(username="bob", password=HASH), user_backend="postgres")
+            assert plugin.user_get("bob") is not None
+            assert db.query(lambda reader: find_user(reader, "bob")) is not None
+        assert plugin.user_get("bob") is not None
+    finally:
+        db.dispose()
