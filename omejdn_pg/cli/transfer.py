@@ -66,6 +66,7 @@ exported as public keys, which never sign: the file layout has no lifecycle.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import json
 import os
@@ -74,7 +75,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -101,9 +102,11 @@ from omejdn_pg.host.files.store import (
 from omejdn_pg.keys import Key, KeySet
 from omejdn_pg.names import check_file_name
 from omejdn_pg.passwords import PasswordPolicy, default_policy
+from omejdn_pg.postgres.repositories.bulk import UserImport
 from omejdn_pg.postgres.repositories.common import check_json
 from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.postgres.schema import validate_section_name
+from omejdn_pg.settings import BACKEND_NAME
 
 KINDS: Final = ("users", "clients", "config", "keys")
 JWKS_FIELD: Final = "jwks"
@@ -179,6 +182,8 @@ class Deployment:
     client_keys: dict[str, KeySet] = field(default_factory=dict)
     key_files: dict[tuple[str, str, str], Path] = field(default_factory=dict)
     """``(target_type, target, kid)`` -> the file that holds the key, for messages."""
+    user_records: dict[str, User] = field(default_factory=dict)
+    """The users whose password needs no hashing (a hash, or none), as read; never mutated."""
 
 
 def read_deployment(path: Path) -> Deployment:
@@ -199,7 +204,7 @@ def read_deployment(path: Path) -> Deployment:
             section_names.append(validate_section_name(file.stem))
         except InvalidSectionName as exc:
             raise InvalidSectionName(f"{file}: {exc}") from exc
-    users = _user_entries(store)
+    users, user_records = _user_entries(store)
     clients, written_jwks = _clients(store)
     sections: dict[str, Any] = {}
     for name in section_names:
@@ -233,7 +238,9 @@ def read_deployment(path: Path) -> Deployment:
                 )
         elif written is not None:
             client_keys[client_id] = written
-    return Deployment(path, users, clients, sections, keys, notes, client_keys, key_files)
+    return Deployment(
+        path, users, clients, sections, keys, notes, client_keys, key_files, user_records
+    )
 
 
 def _entries(store: FileStore, section: str) -> list[Mapping[str, Any]]:
@@ -249,11 +256,13 @@ def _entries(store: FileStore, section: str) -> list[Mapping[str, Any]]:
     return data
 
 
-def _user_entries(store: FileStore) -> list[Mapping[str, Any]]:
-    """Users as written (passwords possibly plaintext), checked but not hashed yet."""
+def _user_entries(store: FileStore) -> tuple[list[Mapping[str, Any]], dict[str, User]]:
+    """Users as written (passwords possibly plaintext), checked but not hashed yet; and
+    those whose password needs no hashing, as users."""
     file = store.section_path(USERS_SECTION)
     entries = _entries(store, USERS_SECTION)
     seen: set[str] = set()
+    records: dict[str, User] = {}
     for index, item in enumerate(entries):
         where = f"{file}: entry {index + 1}"
         username = item.get("username")
@@ -265,14 +274,21 @@ def _user_entries(store: FileStore) -> list[Mapping[str, Any]]:
         password = item.get("password")
         if password is not None and not isinstance(password, str):
             raise InvalidValue(f"{where}: user {username!r}: 'password' must be a string")
-        # Validate everything but the password now, so a bad entry fails before any hashing.
+        # Validate everything but a plaintext password now, so a bad entry fails
+        # before any hashing; a user with a hash (or none) is complete already.
+        complete = not password or default_policy().is_hash(password)
         try:
-            user = User.from_dict({k: v for k, v in item.items() if k != "password"})
+            user = User.from_dict(
+                item if complete else {k: v for k, v in item.items() if k != "password"}
+            )
         except InvalidInput as exc:
             raise type(exc)(f"{file}: {exc}") from exc
         _check_json(user.attributes, file, f"user {username!r}: attributes")
         _check_json(user.consent, file, f"user {username!r}: consent")
-    return entries
+        if complete:
+            user.backend = None
+            records[username] = user
+    return entries, records
 
 
 def _clients(store: FileStore) -> tuple[list[Client], dict[str, KeySet]]:
@@ -412,7 +428,7 @@ def plan_import(
     """The changes that make the store hold ``deployment`` (and the unchanged rest)."""
     policy = policy or default_policy()
     return [
-        *_plan_users(deployment.users, host, policy),
+        *_plan_users(deployment, host, policy),
         *_plan_clients(deployment, host),
         *_plan_sections(deployment.sections, host),
         *_plan_keys(deployment, host),
@@ -435,27 +451,111 @@ def _creating_backend(host: Host, group: str) -> Callable[[], str | None]:
     return backend
 
 
-def _plan_users(
-    entries: Iterable[Mapping[str, Any]], host: Host, policy: PasswordPolicy
-) -> list[Change]:
+def _plan_users(deployment: Deployment, host: Host, policy: PasswordPolicy) -> list[Change]:
+    entries, records = deployment.users, deployment.user_records
+    bulk = host.users.bulk()
+    if bulk is not None:
+        return _plan_users_in_bulk(entries, records, host, policy, bulk)
     stored = {u.username: u for u in host.users.all()}
     backend = _creating_backend(host, "user")
     changes = []
     for item in entries:
         existing = stored.get(item["username"])
-        data = dict(item)
-        password = data.get("password")
-        if password and not policy.is_hash(password):
-            # Omejdn hashes a plaintext password on load; keep the stored hash if it matches.
-            known = existing is not None and policy.verify(password, existing.password)[0]
-            data["password"] = existing.password if known and existing else policy.hash(password)
-        user = User.from_dict(data)
-        user.backend = None
+        stored_hash = existing.password if existing is not None else None
+        user = _planned_user(item, records, existing is not None, stored_hash, policy)
         if existing is None:
             changes.append(_add_user(user, backend()))
             continue
         changes.append(_record_change("users", user.username, user, existing, lambda h: h.users))
     return changes
+
+
+def _plan_users_in_bulk(
+    entries: Sequence[Mapping[str, Any]],
+    records: Mapping[str, User],
+    host: Host,
+    policy: PasswordPolicy,
+    bulk: UserImport,
+) -> list[Change]:
+    """Users PostgreSQL holds, or will hold, compared and written set-wise (see
+    :mod:`omejdn_pg.postgres.repositories.bulk`); users of other backends one by one."""
+    elsewhere = {u.username: u for u in host.users.elsewhere()}
+    plaintext = [
+        item["username"]
+        for item in entries
+        if item["username"] not in elsewhere and _is_plaintext(item.get("password"), policy)
+    ]
+    hashes = bulk.stored_passwords(plaintext)
+    changes: dict[str, Change] = {}
+    users: list[User] = []
+    for item in entries:
+        name = item["username"]
+        existing = elsewhere.get(name)
+        if existing is not None:
+            user = _planned_user(item, records, True, existing.password, policy)
+            changes[name] = _record_change("users", name, user, existing, lambda h: h.users)
+        else:
+            users.append(_planned_user(item, records, name in hashes, hashes.get(name), policy))
+    plan = bulk.plan(users)
+    created = plan.comparison.created
+    backend = _creating_backend(host, "user")
+    if created and backend() != BACKEND_NAME:
+        # New users go to another backend, one USER_CREATE each.
+        plan = dataclasses.replace(
+            plan, comparison=dataclasses.replace(plan.comparison, created=frozenset())
+        )
+    write = _Once(lambda _host: bulk.write(plan))
+    for user in users:
+        name = user.username
+        if name in plan.comparison.created:
+            changes[name] = Change("users", name, Action.CREATE, write)
+        elif name in created:
+            changes[name] = _add_user(user, backend())
+        elif name in plan.comparison.updated:
+            changes[name] = Change("users", name, Action.UPDATE, write)
+        else:
+            changes[name] = Change("users", name, Action.UNCHANGED)
+    return [changes[item["username"]] for item in entries]
+
+
+class _Once:
+    """One write for many changes: the first of them to be applied runs it."""
+
+    def __init__(self, write: Callable[[Host], None]) -> None:
+        self._write = write
+        self._done = False
+
+    def __call__(self, host: Host) -> None:
+        if not self._done:
+            self._done = True
+            self._write(host)
+
+
+def _is_plaintext(password: object, policy: PasswordPolicy) -> bool:
+    return isinstance(password, str) and bool(password) and not policy.is_hash(password)
+
+
+def _planned_user(
+    item: Mapping[str, Any],
+    records: Mapping[str, User],
+    stored: bool,
+    stored_hash: str | None,
+    policy: PasswordPolicy,
+) -> User:
+    """``item`` as the import stores it; a plaintext password hashed, unless the stored
+    user's hash (``stored_hash``, if ``stored``) verifies it."""
+    record = records.get(item["username"])
+    if record is not None:
+        return dataclasses.replace(record)  # a write may set its backend
+    data = dict(item)
+    password = data.get("password")
+    if isinstance(password, str) and _is_plaintext(password, policy):
+        # Omejdn hashes a plaintext password on load; keep the stored hash if it matches.
+        known = stored and policy.verify(password, stored_hash)[0]
+        data["password"] = stored_hash if known else policy.hash(password)
+    user = User.from_dict(data)
+    user.backend = None
+    return user
 
 
 def _add_user(user: User, backend: str | None) -> Change:

@@ -31,9 +31,10 @@ from omejdn_pg.host.events import EventBus
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.keys import Key, KeySet, generate_key
 from omejdn_pg.passwords import PasswordPolicy, describe_hash, too_costly
-from omejdn_pg.postgres.cache import publish_change
+from omejdn_pg.postgres.cache import USER, publish_change
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
+from omejdn_pg.postgres.repositories.bulk import UserImport
 from omejdn_pg.postgres.repositories.config import ConfigRepository, Shape
 from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.sealing import Keyring
@@ -82,8 +83,9 @@ class HashReport:
 
 
 class Users:
-    def __init__(self, loader: EventBus) -> None:
+    def __init__(self, loader: EventBus, postgres: PostgresBackendPlugin | None = None) -> None:
         self._loader = loader
+        self._postgres = postgres
 
     @property
     def backend_default(self) -> str | None:
@@ -95,6 +97,29 @@ class Users:
 
     def all(self) -> list[User]:
         return [u for answer in self._loader.fire(events.USER_GET_ALL) for u in answer or ()]
+
+    def bulk(self) -> UserImport | None:
+        """PostgreSQL's set-wise import of many users (no event has it: Omejdn's core
+        writes one user at a time); None unless PostgreSQL serves users."""
+        postgres = self._postgres
+        if postgres is None or self._own_get_all() not in self._loader.handlers(
+            events.USER_GET_ALL
+        ):
+            return None
+        return UserImport(postgres.database, postgres.policy, lambda: postgres.changed(USER, None))
+
+    def elsewhere(self) -> list[User]:
+        """Every user of the backends other than PostgreSQL (their USER_GET_ALL)."""
+        own = self._own_get_all()
+        return [
+            user
+            for handler in self._loader.handlers(events.USER_GET_ALL)
+            if handler != own
+            for user in handler() or ()
+        ]
+
+    def _own_get_all(self) -> Callable[..., Any] | None:
+        return self._postgres.user_get_all if self._postgres is not None else None
 
     def add(self, user: User, backend: str | None = None) -> None:
         """Create ``user`` in ``backend``, by default the one Omejdn would choose."""
@@ -462,7 +487,7 @@ class Host:
         self.loader = loader
         plugin = loader.plugins.get(PLUGIN_NAME)
         self.postgres = plugin if isinstance(plugin, PostgresBackendPlugin) else None
-        self.users = Users(loader)
+        self.users = Users(loader, self.postgres)
         self.clients = Clients(loader)
         self.config = Config(loader, self.postgres)
         self.keys = Keys(loader, self.postgres)
