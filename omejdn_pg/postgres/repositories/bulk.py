@@ -57,7 +57,7 @@ attributes (JSON documents)."""
 _CREATE_STAGING: Final = text(
     f"""
     CREATE TEMPORARY TABLE {STAGING} (
-        username text PRIMARY KEY,
+        username text NOT NULL,
         password text,
         extern text,
         consent jsonb NOT NULL,
@@ -130,6 +130,9 @@ _INSERT_ATTRIBUTES: Final = text(
     FROM {STAGING} AS s, jsonb_each(s.attributes) AS e
     """
 )
+_STORED_NAMES: Final = text(
+    "SELECT username FROM users WHERE username = ANY(CAST(:names AS text[]))"
+)
 _STORED_PASSWORDS: Final = text(
     "SELECT username, password FROM users WHERE username = ANY(CAST(:names AS text[]))"
 )
@@ -149,8 +152,7 @@ def checked_rows(
     """``users`` checked as USER_CREATE checks them (:meth:`UserRepository.checked`: the
     first bad one raises its error) and encoded for COPY; each also kept in ``into``.
 
-    A generator, so that COPY sends each row as soon as it is checked and the
-    server stores the first users while this process still checks the last.
+    A generator, so that a COPY can send each row as soon as it is checked.
     """
     checker = UserRepository(conn, policy)
     for user in users:
@@ -250,18 +252,33 @@ class UserImport:
         return self.database.read(lambda conn: BulkUsers(conn).stored_passwords(names))
 
     def plan(self, users: Sequence[User]) -> Plan:
-        """Check ``users`` and compare them with the stored ones, in a transaction of
-        its own that writes nothing (its staging table goes with it)."""
-        if not users:
-            return Plan({}, Comparison(frozenset(), frozenset()))
+        """Check ``users`` and compare them with the stored ones.
 
-        def compare(conn: Connection) -> Plan:
-            rows: dict[str, Row] = {}
+        Names nobody stores are new without further ado: one statement finds
+        which names are stored, and only those users are staged and compared,
+        in a transaction of its own that writes nothing (its staging table goes
+        with it). A first import so stages its users once, for the write.
+        """
+        rows: dict[str, Row] = {}
+
+        def stored_names(conn: Connection) -> set[str]:
+            for _row in checked_rows(conn, users, self.policy, rows):
+                pass
+            found = conn.execute(_STORED_NAMES, {"names": list(rows)}).scalars()
+            return set(found)
+
+        stored = self.database.read(stored_names, on_primary=True) if users else set()
+        created = frozenset(rows.keys() - stored)
+        if not stored:
+            return Plan(rows, Comparison(created, frozenset()))
+
+        def compare(conn: Connection) -> Comparison:
             bulk = BulkUsers(conn)
-            bulk.copy(checked_rows(conn, users, self.policy, rows))
-            return Plan(rows, bulk.compare())
+            bulk.copy(rows[name] for name in sorted(stored))
+            return bulk.compare()
 
-        return self.database.write(compare)
+        found = self.database.write(compare)
+        return Plan(rows, Comparison(created | found.created, found.updated))
 
     def write(self, plan: Plan) -> None:
         """Write what ``plan`` found changed, announced to every read cache; inside a
