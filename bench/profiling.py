@@ -1,12 +1,13 @@
 """Where a point read's time goes: layers peeled off one by one, and cProfile.
 
-:func:`layers` times the same read four ways, interleaved and unprofiled:
-the floor (raw psycopg), then through the pool (``Database.read`` handing the
-raw driver connection the same SQL), then through SQLAlchemy's
-``Connection.exec_driver_sql`` (execution context and result, no statement
-compilation), then the event itself (the package's Core statement from the
-compiled cache, repository, entity, plugin adapter, ``loader.fire``). Each
-step's increment is what that layer costs, in microseconds.
+:func:`layers` times the same read three ways, interleaved and unprofiled:
+the floor (raw psycopg), then through the direct read path (``Database.query``
+handing its pooled autocommit connection the same SQL), then the event itself
+(the statement compiled once, repository, entity, plugin adapter,
+``loader.fire``). Each step's increment is what that layer costs, in
+microseconds. Two more rows, for comparison and outside the chain, run the
+same SQL the way reads went before the direct path: SQLAlchemy's pool with
+``Database.read`` and the raw driver call, then ``Connection.exec_driver_sql``.
 
 :func:`profile` runs cProfile over many calls and charges each function's own
 time (``tottime``) to the layer its file belongs to — omejdn_pg, SQLAlchemy,
@@ -27,11 +28,12 @@ import pstats
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from bench.floor import Floor, capture
 from bench.timing import interleave
 from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.readpool import DirectReader
 
 Call = Callable[[], object]
 _REPOSITORY: Final = str(Path(__file__).resolve().parents[1]) + "/"
@@ -133,6 +135,13 @@ def layers(database: Database, event: Call, floor: Floor, calls: int) -> list[di
     statement = captured[0]
     sql, params = statement.sql, statement.params
 
+    def direct() -> object:
+        return database.query(
+            lambda reader: (
+                cast(DirectReader, reader).conn.execute(sql, params, prepare=True).fetchall()
+            )
+        )
+
     def pooled() -> object:
         return database.read(
             lambda conn: conn.connection.driver_connection.execute(  # type: ignore[union-attr]
@@ -143,17 +152,23 @@ def layers(database: Database, event: Call, floor: Floor, calls: int) -> list[di
     def driver_sql() -> object:
         return database.read(lambda conn: conn.exec_driver_sql(sql, params).fetchall())
 
-    sides = [
+    chain = [
         ("raw psycopg, prepared (the floor)", floor.read(captured)),
-        ("+ the pool: Database.read, raw driver call", pooled),
-        ("+ SQLAlchemy Connection.exec_driver_sql", driver_sql),
-        ("+ Core statement, repository, entity, plugin, loader.fire", event),
+        ("+ the direct read path: Database.query, raw driver call", direct),
+        ("+ compiled statement, repository, entity, plugin, loader.fire", event),
     ]
+    compared = [
+        ("(compare) SQLAlchemy's pool: Database.read, raw driver call", pooled),
+        ("(compare) + SQLAlchemy Connection.exec_driver_sql", driver_sql),
+    ]
+    sides = chain + compared
     measured = interleave([side for _, side in sides], calls, blocks=20, warmup=50)
     rows: list[dict[str, Any]] = []
     previous = 0.0
-    for (name, _), latency in zip(sides, measured, strict=True):
+    for index, ((name, _), latency) in enumerate(zip(sides, measured, strict=True)):
         median = latency.median_us
+        if index == len(chain):
+            previous = measured[0].median_us  # the comparison adds to the floor
         rows.append(
             {"layer": name, "median_us": round(median, 1), "adds_us": round(median - previous, 1)}
         )

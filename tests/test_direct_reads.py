@@ -12,11 +12,13 @@ import pytest
 from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import StorageUnavailable
 from omejdn_pg.host import events
+from omejdn_pg.keys import KeySet, generate_key
 from omejdn_pg.postgres.database import Database, count_statements
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.readpool import ReadPool
 from omejdn_pg.postgres.repositories.clients import ClientRepository
 from omejdn_pg.postgres.repositories.config import ConfigRepository
+from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.postgres.repositories.users import UserRepository, find_user
 from omejdn_pg.settings import ConnectionSettings, PoolSettings
 from tests.helpers import PlainSQL
@@ -255,5 +257,45 @@ def test_reads_inside_a_batch_see_the_batch(database: ConnectionSettings) -> Non
             assert plugin.user_get("bob") is not None
             assert db.query(lambda reader: find_user(reader, "bob")) is not None
         assert plugin.user_get("bob") is not None
+    finally:
+        db.dispose()
+
+
+def test_a_signing_set_answer_is_a_fresh_copy_and_follows_every_change(
+    database: ConnectionSettings,
+) -> None:
+    db = seeded(database)
+    try:
+        plugin = plugin_on(db)
+        first_key, second_key = generate_key("RS256"), generate_key("ES256")
+        plugin.keys_store("jwks", "omejdn", KeySet([first_key]).to_jwks(private=True))
+        answer = plugin.keys_load("jwks", "omejdn")
+        assert answer is not None
+        assert [jwk["kid"] for jwk in answer["keys"]] == [first_key.kid]
+        assert "d" in answer["keys"][0]
+        answer["keys"][0]["kid"] = "tampered"
+        answer["keys"].append({"kty": "oct"})
+        again = plugin.keys_load("jwks", "omejdn")
+        assert again is not None
+        assert [jwk["kid"] for jwk in again["keys"]] == [first_key.kid]
+
+        # Written behind the plugin's back (plain SQL would do the same): the next
+        # load reads the new rows and answers from them.
+        db.write(
+            lambda conn: KeyRepository(conn).store(
+                "jwks", "omejdn", KeySet([second_key, first_key])
+            )
+        )
+        changed = plugin.keys_load("jwks", "omejdn")
+        assert changed is not None
+        assert [jwk["kid"] for jwk in changed["keys"]] == [second_key.kid, first_key.kid]
+        published = plugin.keys_load_all("jwks")
+        assert sorted(jwk["kid"] for jwk in published["keys"]) == sorted(
+            [first_key.kid, second_key.kid]
+        )
+        assert all("d" not in jwk for jwk in published["keys"])
+        db.write(lambda conn: KeyRepository(conn).delete("jwks", "omejdn"))
+        assert plugin.keys_load("jwks", "omejdn") is None
+        assert plugin.keys_load_all("jwks") == {"keys": []}
     finally:
         db.dispose()

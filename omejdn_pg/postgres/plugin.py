@@ -53,11 +53,10 @@ from omejdn_pg.postgres.repositories.clients import ClientRepository, all_client
 from omejdn_pg.postgres.repositories.common import Reader
 from omejdn_pg.postgres.repositories.config import ConfigRepository, load_section
 from omejdn_pg.postgres.repositories.keys import (
+    JwksAnswers,
     KeyRepository,
     load_all_keys,
     load_keys,
-    public_jwks,
-    signing_jwks,
 )
 from omejdn_pg.postgres.repositories.users import (
     UserRepository,
@@ -87,6 +86,7 @@ class PostgresBackendPlugin:
         self.cache: ReadCache | None = None
         """The read cache, once :meth:`start_cache` (``init``) started it."""
         self._announcements = Announcements()
+        self._jwks_answers = JwksAnswers()
 
     def __repr__(self) -> str:
         where = self.settings.connection.describe() if self.settings else "not initialised"
@@ -421,16 +421,16 @@ class PostgresBackendPlugin:
         """
         return self._cached(
             (KEYS, target_type, target),
-            lambda reader: load_keys(reader, target_type, target, self.keyring),
-            _signing_jwks_or_none,
+            lambda reader: self._jwks_answers.signing(reader, target_type, target, self.keyring),
+            _same,
         )
 
     def keys_load_all(self, target_type: str, **_: Any) -> dict[str, Any]:
         """Every key of ``target_type``, next and retired ones included, without private members."""
         return self._cached(
             (KEYS_ALL, target_type),
-            lambda reader: load_all_keys(reader, target_type, self.keyring),
-            _public_jwks,
+            lambda reader: self._jwks_answers.public(reader, target_type, self.keyring),
+            _same,
         )
 
     # --- keys: one key_material per target (the core before JWKS) ----------------
@@ -481,14 +481,6 @@ class PostgresBackendPlugin:
 
 def _same(value: T) -> T:
     return value
-
-
-def _signing_jwks_or_none(keys: KeySet) -> dict[str, Any] | None:
-    return signing_jwks(keys) if keys else None
-
-
-def _public_jwks(sets: list[tuple[str, KeySet]]) -> dict[str, Any]:
-    return public_jwks(key for _target, keys in sets for key in keys)
 
 
 def _check_schema(conn: Connection) -> None:

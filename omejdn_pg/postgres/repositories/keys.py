@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import marshal
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
@@ -469,3 +470,76 @@ def public_jwks(keys: Iterable[Key]) -> dict[str, Any]:
 def signing_jwks(keys: Iterable[Key]) -> dict[str, Any]:
     """KEYS_LOAD's answer: active keys with their private members, the others without."""
     return {"keys": [key.to_jwk(private=key.state == "active") for key in keys]}
+
+
+class JwksAnswers:
+    """KEYS_LOAD and KEYS_LOAD_ALL answers, converted once per stored content.
+
+    A token request loads the signing keys, and turning their rows into a JWK
+    Set (parse the PEM, check the key against its certificate, encode every
+    RSA number in base64url) costs a third of the read. The rows are still
+    read every time, so a changed key is seen at once; only when a target's
+    rows are exactly what they were last time is the answer computed then
+    reused, as a fresh copy each time (``marshal``: a caller may mutate it).
+    One entry per target, the most recent content only; an answer is reused
+    only with the keyring it was opened with.
+    """
+
+    def __init__(self, max_targets: int = 1024) -> None:
+        self._max_targets = max_targets
+        self._answers: dict[tuple[str, ...], tuple[object, list[Any], bytes]] = {}
+
+    def signing(
+        self, reader: Reader, target_type: str, target: str, keyring: Keyring | None = None
+    ) -> dict[str, Any] | None:
+        """The target's set with the active keys' private members; None if it has no key."""
+        target_type, target = check_target(target_type, target)
+        rows = reader.rows(_LOAD, {"target_type": target_type, "target": target})
+        if not rows:
+            return None
+
+        def convert() -> dict[str, Any] | None:
+            keys = keys_from_rows(target_type, target, rows, keyring)
+            return signing_jwks(keys) if keys else None
+
+        answer: dict[str, Any] | None = self._answer((target_type, target), keyring, rows, convert)
+        return answer
+
+    def public(
+        self, reader: Reader, target_type: str, keyring: Keyring | None = None
+    ) -> dict[str, Any]:
+        """Every key of ``target_type``, next and retired ones included, without private members."""
+        target_type = check_text(target_type, "target_type")
+        rows = reader.rows(_LOAD_ALL, {"target_type": target_type})
+
+        def convert() -> dict[str, Any]:
+            grouped: dict[str, list[Any]] = {}
+            for row in rows:
+                grouped.setdefault(row.target, []).append(row)
+            return public_jwks(
+                key
+                for target, owned in grouped.items()
+                for key in keys_from_rows(target_type, target, owned, keyring)
+            )
+
+        answer: dict[str, Any] = self._answer((target_type,), keyring, rows, convert)
+        return answer
+
+    def _answer(
+        self,
+        target: tuple[str, ...],
+        keyring: Keyring | None,
+        rows: Sequence[Any],
+        convert: Callable[[], Any],
+    ) -> Any:
+        # The rows hold every column the answer is computed from; they are
+        # tuples of immutable values (params, a dict, is copied before use).
+        content = list(rows)
+        found = self._answers.get(target)
+        if found is not None and found[0] is keyring and found[1] == content:
+            return marshal.loads(found[2])  # noqa: S302 - bytes this process made
+        answer = convert()
+        if len(self._answers) >= self._max_targets:
+            self._answers.clear()
+        self._answers[target] = (keyring, content, marshal.dumps(answer))
+        return answer
