@@ -11,6 +11,7 @@ imported changes. Users of another backend still go through their events.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from omejdn_pg.errors import InvalidInput, StorageError
 from omejdn_pg.host import events
 from omejdn_pg.host.facade import Host
 from omejdn_pg.host.files.store import FileStore
+from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import count_statements
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
@@ -289,8 +291,6 @@ def _name(host: Host, username: str) -> Any:
 
 
 def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    import time
-
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -320,3 +320,23 @@ def test_users_of_the_file_backend_are_updated_there(
     assert in_files["user00001"]["password"] == OTHER_HASH
     assert plain_sql.rows("SELECT username FROM users") == [("user00003",)]
     assert loads == ["asked"]  # every other backend's users, asked once
+
+
+def test_a_role_that_may_not_create_temporary_tables_imports_one_by_one(
+    database: ConnectionSettings, app_role: str, deployment: Path, plain_sql: PlainSQL
+) -> None:
+    migrate.grant(database, app_role)
+    dbname = plain_sql.value("SELECT current_database()")
+    plain_sql.execute(f'REVOKE TEMPORARY ON DATABASE "{dbname}" FROM PUBLIC')
+    write_users(deployment, [user(i) for i in range(20)])
+    settings = BackendSettings(connection=database.with_params(user=app_role))
+    with Host.from_settings(settings) as host:
+        assert host.users.bulk() is not None
+        assert host.postgres is not None
+        statements = count_statements(host.postgres.database.engine)
+
+        report = transfer.import_deployment(deployment, host)
+
+    assert report.counts()["users"] == {"create": 20, "update": 0, "unchanged": 0}
+    assert plain_sql.value("SELECT count(*) FROM users") == 20
+    assert not any("TEMPORARY TABLE" in statement for statement in statements)

@@ -463,7 +463,9 @@ def _plan_users(deployment: Deployment, host: Host, policy: PasswordPolicy) -> l
     entries, records = deployment.users, deployment.user_records
     bulk = host.users.bulk()
     if bulk is not None:
-        return _plan_users_in_bulk(entries, records, host, policy, bulk)
+        planned = _plan_users_in_bulk(entries, records, host, policy, bulk)
+        if planned is not None:
+            return planned
     stored = {u.username: u for u in host.users.all()}
     backend = _creating_backend(host, "user")
     changes = []
@@ -484,9 +486,12 @@ def _plan_users_in_bulk(
     host: Host,
     policy: PasswordPolicy,
     bulk: UserImport,
-) -> list[Change]:
+) -> list[Change] | None:
     """Users PostgreSQL holds, or will hold, compared and written set-wise (see
-    :mod:`omejdn_pg.postgres.repositories.bulk`); users of other backends one by one."""
+    :mod:`omejdn_pg.postgres.repositories.bulk`); users of other backends one by one.
+    None if PostgreSQL cannot stage them."""
+    if not bulk.may_stage():
+        return None
     elsewhere = {u.username: u for u in host.users.elsewhere()}
     plaintext = [
         item["username"]

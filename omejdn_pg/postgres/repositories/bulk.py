@@ -22,9 +22,10 @@ are touched only after the user rows are locked (see
 :mod:`omejdn_pg.postgres.repositories.users`).
 
 The trade-offs: the staging table is a TEMP table (``ON COMMIT DROP``), which
-needs the TEMPORARY privilege on the database (PUBLIC has it unless revoked);
-and a plan stages the users once to compare and the write stages the changed
-ones again, because the plan holds no transaction while the caller hashes
+needs the TEMPORARY privilege on the database (PUBLIC has it unless revoked;
+without it :meth:`UserImport.may_stage` says so and the import goes one by one);
+and stored users that may have changed are staged twice, once to compare and
+once to write, because the plan holds no transaction while the caller hashes
 plaintext passwords or shows what would change.
 """
 
@@ -133,6 +134,7 @@ _INSERT_ATTRIBUTES: Final = text(
 _STORED_NAMES: Final = text(
     "SELECT username FROM users WHERE username = ANY(CAST(:names AS text[]))"
 )
+_MAY_STAGE: Final = text("SELECT has_database_privilege(current_database(), 'TEMPORARY')")
 _STORED_PASSWORDS: Final = text(
     "SELECT username, password FROM users WHERE username = ANY(CAST(:names AS text[]))"
 )
@@ -250,6 +252,13 @@ class UserImport:
         if not names:
             return {}
         return self.database.read(lambda conn: BulkUsers(conn).stored_passwords(names))
+
+    def may_stage(self) -> bool:
+        """Whether this role may create the temporary staging table (else the caller
+        goes one by one)."""
+        return bool(
+            self.database.read(lambda conn: conn.execute(_MAY_STAGE).scalar_one(), on_primary=True)
+        )
 
     def plan(self, users: Sequence[User]) -> Plan:
         """Check ``users`` and compare them with the stored ones.
