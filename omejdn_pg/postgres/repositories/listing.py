@@ -6,8 +6,10 @@ filter the database evaluates, and a count. So each listing here is ONE
 statement — every filter an EXISTS probe of the attribute (for clients also
 the metadata) rows, with bound parameters only; attributes folded into one
 jsonb object per row in SQL; LIMIT and OFFSET in SQL — run through a
-server-side cursor that fetches :data:`BATCH` rows at a time (``yield_per``),
-never one statement per row. A server-side cursor lives in a transaction, so
+server-side cursor whose fetches start small and grow to :data:`BATCH` rows
+(``stream_results`` with ``max_row_buffer``: 5, 25, 125, then 500), so the
+first page is on screen before a whole batch is decoded, and never one
+statement per row. A server-side cursor lives in a transaction, so
 the caller runs a listing inside ``Database.snapshot()``: one REPEATABLE READ
 view for the rows and for the count read after them, so the two agree.
 
@@ -60,7 +62,7 @@ from omejdn_pg.postgres.schema import (
 from omejdn_pg.settings import BACKEND_NAME
 
 BATCH: Final = 500
-"""Rows fetched per round trip of the server-side cursor."""
+"""Rows fetched per round trip of the server-side cursor, once past the first few fetches."""
 
 _users: Final = cast(Table, UserRecord.__table__)
 _fields: Final = cast(Table, ClientFieldRecord.__table__)
@@ -163,7 +165,9 @@ def _without_jit(conn: Connection) -> None:
 
 def _stream(conn: Connection, statement: Select[Any], params: dict[str, Any]) -> Iterator[Any]:
     _without_jit(conn)
-    result = conn.execute(statement, params, execution_options={"yield_per": BATCH})
+    result = conn.execute(
+        statement, params, execution_options={"stream_results": True, "max_row_buffer": BATCH}
+    )
     try:
         yield from result
     finally:
