@@ -5,25 +5,27 @@ renders help, and lists every command) and reports which of the heavy
 libraries ended up in ``sys.modules``. The CLI modules' own imports are
 checked with the package's ``__init__`` bypassed (a stand-in package object),
 so a heavy import in ``omejdn_pg/__init__.py`` — the public surface, outside
-the CLI — is told apart from one in the CLI. No database is needed.
+the CLI — is told apart from one in the CLI. These need no database.
 
 Likewise ``users list`` and ``clients list``, whose first line an operator
 waits for: they need the driver and SQLAlchemy, but not Alembic, the key or
-password libraries, nor the facade — checked on a real database from what
-``-X importtime`` says the command imported.
+password libraries, nor the facade — checked on a real database, from what is
+in ``sys.modules`` when the command's process exits.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
 from omejdn_pg.settings import ConnectionSettings
-from tests.helpers import REPO, PlainSQL, ok, omejdn_pg
+from tests.helpers import CLEAN_ENV, REPO, PlainSQL
 
 HEAVY = ("sqlalchemy", "alembic", "cryptography", "rich", "psycopg", "yaml", "passlib")
 """What a command pays for only when it touches data (yaml: when it reads or prints YAML)."""
@@ -153,14 +155,31 @@ NOR_OF_THE_PACKAGE = (
 """The facade and the plugin: the CLI's own host has PostgreSQL alone, a listing reads it."""
 
 
-def imported_by(result: subprocess.CompletedProcess[str]) -> set[str]:
-    """The modules a run under ``PYTHONPROFILEIMPORTTIME`` reported importing."""
-    found = set()
-    for line in result.stderr.splitlines():
-        if line.startswith("import time:") and not line.endswith("imported package"):
-            found.add(line.rpartition("|")[2].strip())
-    assert "sqlalchemy" in found, result.stderr  # the report is there at all
-    return found
+def listed_and_loaded(*args: str) -> tuple[Any, set[str]]:
+    """``omejdn-pg ARGS`` run as ``python -m omejdn_pg`` runs it: its JSON output, and
+    every module in ``sys.modules`` when the process exits."""
+    script = textwrap.dedent(
+        f"""
+        import atexit, json, runpy, sys
+        atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.__stderr__))
+        sys.argv = ["omejdn-pg", *{list(args)!r}]
+        runpy.run_module("omejdn_pg", run_name="__main__", alter_sys=True)
+        """
+    )
+    environment = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=environment,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    modules = set(json.loads(result.stderr.strip().splitlines()[-1]))
+    assert "sqlalchemy" in modules  # the report is there at all
+    return json.loads(result.stdout), modules
 
 
 @pytest.mark.parametrize("noun", ["users", "clients"])
@@ -174,14 +193,8 @@ def test_a_listing_loads_neither_migrations_nor_keys_nor_password_hashing(
     sql.execute(
         "INSERT INTO clients (client_id, key, value) VALUES ('web', 'client_id', '\"web\"')"
     )
-    result = ok(
-        omejdn_pg(
-            "--url", database.conninfo(), noun, "list", "--json",
-            env={"PYTHONPROFILEIMPORTTIME": "1"},
-        )
-    )  # fmt: skip
+    rows, modules = listed_and_loaded("--url", database.conninfo(), noun, "list", "--json")
     key = "username" if noun == "users" else "client_id"
-    assert [row[key] for row in json.loads(result.stdout)] == ["ann" if noun == "users" else "web"]
-    modules = imported_by(result)
+    assert [row[key] for row in rows] == ["ann" if noun == "users" else "web"]
     assert sorted({m.split(".")[0] for m in modules} & set(NOT_FOR_A_LISTING)) == []
     assert sorted(modules & set(NOR_OF_THE_PACKAGE)) == []
