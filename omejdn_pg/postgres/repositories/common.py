@@ -28,6 +28,8 @@ MAX_JSON_DEPTH: Final = 100
 """Deeper JSON is refused: Omejdn's documents are a few levels deep, and a hostile
 document nested thousands deep would exhaust the interpreter's stack."""
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+EXTERN_TRUE: Final = "true"
+"""How ``extern: true`` (an external user without a named issuer) is kept in the TEXT column."""
 DIALECT: Final = PGDialect_psycopg()  # type: ignore[no-untyped-call]
 """The dialect statements are compiled for when they bypass an engine."""
 
@@ -72,6 +74,11 @@ class ConnectionReader:
             with self.conn.begin_nested():
                 return self.conn.execute(statement, params).all()
         return self.conn.execute(statement, params).all()
+
+
+def read_extern(stored: str | None) -> str | bool | None:
+    """A user's ``extern`` as Omejdn has it: an issuer, True, or None."""
+    return True if stored == EXTERN_TRUE else stored
 
 
 def in_autocommit(conn: Connection) -> bool:

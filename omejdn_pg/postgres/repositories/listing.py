@@ -51,7 +51,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import InvalidValue
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes
-from omejdn_pg.postgres.repositories.common import check_json, check_text, json_column
+from omejdn_pg.postgres.repositories.common import (
+    check_json,
+    check_text,
+    json_column,
+    read_extern,
+)
 from omejdn_pg.postgres.schema import (
     CLIENT_OWNER,
     USER_OWNER,
@@ -70,9 +75,6 @@ _attributes: Final = cast(Table, AttributeRecord.__table__)
 _USER_ATTRIBUTES: Final = OwnedAttributes(USER_OWNER, identifier_bind="name")
 _CLIENT_ATTRIBUTES: Final = OwnedAttributes(CLIENT_OWNER, identifier_bind="id")
 _NOT_METADATA: Final = "backend"
-_EXTERN_TRUE: Final = "true"
-"""``extern: true`` in the TEXT column, as :data:`.users.EXTERN_TRUE` writes it; not imported
-from there, since that module loads the password hasher, which a listing never needs."""
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,7 @@ def users(conn: Connection, criteria: Criteria = Criteria()) -> Iterator[User]:
             username=row.username,
             password=row.password,
             attributes=dict(row.attributes or {}),
-            extern=True if row.extern == _EXTERN_TRUE else row.extern,
+            extern=read_extern(row.extern),
             consent=dict(row.consent or {}),
             backend=BACKEND_NAME,
         )

@@ -53,11 +53,13 @@ from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
 from omejdn_pg.passwords import PasswordPolicy, default_policy
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
 from omejdn_pg.postgres.repositories.common import (
+    EXTERN_TRUE,
     ConnectionReader,
     Reader,
     check_json,
     check_text,
     json_column,
+    read_extern,
     storable_text,
 )
 from omejdn_pg.postgres.schema import USER_OWNER, UserRecord
@@ -321,7 +323,7 @@ def all_users(reader: Reader) -> list[User]:
             username=username,
             password=password,
             attributes=attributes.get(username) or {},
-            extern=True if extern == EXTERN_TRUE else extern,
+            extern=read_extern(extern),
             consent={} if consent is None or consent == "{}" else loads(consent) or {},
             backend=BACKEND_NAME,
         )
@@ -337,16 +339,12 @@ def stored_password(reader: Reader, username: str) -> tuple[bool, str | None]:
     return (True, rows[0].password) if rows else (False, None)
 
 
-EXTERN_TRUE: Final = "true"
-"""How ``extern: true`` (an external user without a named issuer) is kept in the TEXT column."""
-
-
 def _to_user(row: Any) -> User:
     return User(
         username=row.username,
         password=row.password,
         attributes=dict(row.attributes or {}),
-        extern=True if row.extern == EXTERN_TRUE else row.extern,
+        extern=read_extern(row.extern),
         consent=dict(row.consent or {}),
         backend=BACKEND_NAME,
     )
