@@ -74,6 +74,23 @@ class PlainSQL:
             conn.cursor().executemany(query.encode(), rows)
 
 
+def write_plugins(path: Path, connection: ConnectionSettings, cache: str) -> Path:
+    """A plugin file serving every group from PostgreSQL at ``connection``, with ``cache``."""
+    params = "".join(f"         {k}: '{v}'\n" for k, v in connection.params.items())
+    path.write_text(
+        "plugins:\n"
+        "   postgres_backend:\n"
+        "      connection:\n"
+        f"{params}"
+        "      passwords: {bcrypt_rounds: 4}\n"
+        f"      cache: {cache}\n"
+        "deactivate_defaults: [config, keys, client, user]\n"
+        "user_backend_default: postgres\n"
+        "client_backend_default: postgres\n"
+    )
+    return path
+
+
 def schema_differences(settings: ConnectionSettings) -> list[Any]:
     """What Alembic's autogenerate finds between the database and the models."""
     engine = build_engine(settings)

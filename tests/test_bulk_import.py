@@ -30,7 +30,7 @@ from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import count_statements
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
-from tests.helpers import PlainSQL
+from tests.helpers import PlainSQL, write_plugins
 
 HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
 OTHER_HASH = bcrypt.hashpw(b"other", bcrypt.gensalt(4)).decode()
@@ -224,20 +224,6 @@ def test_a_dry_run_plans_the_same_and_writes_nothing(
     assert report.counts()["users"] == {"create": COUNT, "update": 0, "unchanged": 0}
     assert plain_sql.value("SELECT count(*) FROM users") == 0
     assert plain_sql.value("SELECT count(*) FROM pg_tables WHERE tablename LIKE '%staged%'") == 0
-
-
-def write_plugins(path: Path, connection: ConnectionSettings, cache: str) -> Path:
-    params = "".join(f"         {k}: '{v}'\n" for k, v in connection.params.items())
-    path.write_text(
-        "plugins:\n"
-        "   postgres_backend:\n"
-        "      connection:\n"
-        f"{params}"
-        f"      cache: {cache}\n"
-        "deactivate_defaults: [config, keys, client, user]\n"
-        "user_backend_default: postgres\n"
-    )
-    return path
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from omejdn_pg.postgres.cache import CHANNEL, LISTENER_APPLICATION_NAME, ReadCac
 from omejdn_pg.postgres.database import count_statements
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.settings import ConnectionSettings
-from tests.helpers import PlainSQL
+from tests.helpers import PlainSQL, write_plugins
 
 BOUND = 0.5
 """``max_staleness`` of the caches under test, in seconds."""
@@ -42,22 +42,6 @@ CACHE = f"{{max_staleness: {BOUND}}}"
 EVERYTHING = f"{{max_staleness: {BOUND}, client: true, user: true}}"
 OFF = "false"
 HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
-
-
-def write_plugins(path: Path, connection: ConnectionSettings, cache: str) -> Path:
-    params = "".join(f"         {k}: '{v}'\n" for k, v in connection.params.items())
-    path.write_text(
-        "plugins:\n"
-        "   postgres_backend:\n"
-        "      connection:\n"
-        f"{params}"
-        "      passwords: {bcrypt_rounds: 4}\n"
-        f"      cache: {cache}\n"
-        "deactivate_defaults: [config, keys, client, user]\n"
-        "user_backend_default: postgres\n"
-        "client_backend_default: postgres\n"
-    )
-    return path
 
 
 def plugin(loader: PluginLoader) -> PostgresBackendPlugin:
