@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -27,7 +28,9 @@ HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
 APP = "omejdn-pg-direct-reads"
 
 
-def seeded(database: ConnectionSettings, pool: PoolSettings | None = None) -> Database:
+@contextmanager
+def seeded(database: ConnectionSettings, pool: PoolSettings | None = None) -> Iterator[Database]:
+    """A database with alice, the client app and section omejdn; disposed after the block."""
     db = Database.connect(database.with_params(application_name=APP), pool)
 
     def seed(conn: Any) -> None:
@@ -38,7 +41,10 @@ def seeded(database: ConnectionSettings, pool: PoolSettings | None = None) -> Da
         ConfigRepository(conn).store("omejdn", {"issuer": "https://id.example"})
 
     db.write(seed)
-    return db
+    try:
+        yield db
+    finally:
+        db.dispose()
 
 
 def plugin_on(db: Database) -> PostgresBackendPlugin:
@@ -91,8 +97,7 @@ def backends(plain_sql: PlainSQL) -> list[int]:
 def test_a_hot_read_is_one_prepared_round_trip_with_no_transaction(
     database: ConnectionSettings, event: str, context: dict[str, Any]
 ) -> None:
-    db = seeded(database)
-    try:
+    with seeded(database) as db:
         handler = {
             events.USER_GET: plugin_on(db).user_get,
             events.CLIENT_GET: plugin_on(db).client_get,
@@ -101,8 +106,6 @@ def test_a_hot_read_is_one_prepared_round_trip_with_no_transaction(
         }[event]
         first = traced(db, lambda: handler(**context))
         again = traced(db, lambda: handler(**context))
-    finally:
-        db.dispose()
     # Prepared on first use (psycopg sends that Parse on its own Sync), then only
     # Bind/Execute: one round trip.
     assert first.count("Parse") == 1, first
@@ -112,8 +115,7 @@ def test_a_hot_read_is_one_prepared_round_trip_with_no_transaction(
 
 
 def test_the_direct_path_answers_what_a_connection_answers(database: ConnectionSettings) -> None:
-    db = seeded(database)
-    try:
+    with seeded(database) as db:
         plugin = plugin_on(db)
         on_connection = db.read(lambda conn: UserRepository(conn).get("alice"))
         assert plugin.user_get("alice") == on_connection
@@ -124,26 +126,20 @@ def test_the_direct_path_answers_what_a_connection_answers(database: ConnectionS
         assert plugin.configuration_load("never_written") is None
         assert plugin.user_get("nobody") is None
         assert [user.username for user in plugin.user_get_all()] == ["alice"]
-    finally:
-        db.dispose()
 
 
 def test_statement_listeners_see_direct_reads(database: ConnectionSettings) -> None:
-    db = seeded(database)
-    try:
+    with seeded(database) as db:
         statements = count_statements(db.engine)
         assert plugin_on(db).user_get("alice") is not None
         assert len(statements) == 1
         assert "FROM users" in statements[0]
-    finally:
-        db.dispose()
 
 
 def test_reads_after_every_connection_was_killed_succeed_on_fresh_ones(
     database: ConnectionSettings, plain_sql: PlainSQL
 ) -> None:
-    db = seeded(database, PoolSettings(size=4))
-    try:
+    with seeded(database, PoolSettings(size=4)) as db:
         plugin = plugin_on(db)
         hold = [read_pool(db).checkout() for _ in range(3)]
         for pooled in hold:
@@ -164,15 +160,12 @@ def test_reads_after_every_connection_was_killed_succeed_on_fresh_ones(
         assert after
         assert not after & before
         assert len(after) == 1
-    finally:
-        db.dispose()
 
 
 def test_a_read_that_meets_its_connection_killed_is_answered_on_a_fresh_one(
     database: ConnectionSettings, plain_sql: PlainSQL
 ) -> None:
-    db = seeded(database, PoolSettings(size=1, max_overflow=0))
-    try:
+    with seeded(database, PoolSettings(size=1, max_overflow=0)) as db:
         plugin = plugin_on(db)
         assert plugin.user_get("alice") is not None
         pooled = read_pool(db).checkout()
@@ -183,15 +176,12 @@ def test_a_read_that_meets_its_connection_killed_is_answered_on_a_fresh_one(
         assert found is not None
         assert found.username == "alice"
         assert pid not in backends(plain_sql)
-    finally:
-        db.dispose()
 
 
 def test_idle_read_connections_are_bounded_by_the_pool_size(
     database: ConnectionSettings, plain_sql: PlainSQL
 ) -> None:
-    db = seeded(database, PoolSettings(size=2, max_overflow=6))
-    try:
+    with seeded(database, PoolSettings(size=2, max_overflow=6)) as db:
         plugin = plugin_on(db)
         start = threading.Barrier(8)
         errors: list[BaseException] = []
@@ -215,13 +205,10 @@ def test_idle_read_connections_are_bounded_by_the_pool_size(
         # Writes use the engine's pool; what is left open for reads is at most the size.
         read_backends = len(backends(plain_sql)) - db.engine.pool.checkedin()  # type: ignore[attr-defined]
         assert read_backends <= 2
-    finally:
-        db.dispose()
 
 
 def test_an_exhausted_read_pool_says_so_after_its_timeout(database: ConnectionSettings) -> None:
-    db = seeded(database, PoolSettings(size=1, max_overflow=0, timeout=0.2))
-    try:
+    with seeded(database, PoolSettings(size=1, max_overflow=0, timeout=0.2)) as db:
         plugin = plugin_on(db)
         held = read_pool(db).checkout()
         try:
@@ -230,42 +217,33 @@ def test_an_exhausted_read_pool_says_so_after_its_timeout(database: ConnectionSe
         finally:
             read_pool(db).checkin(held)
         assert plugin.user_get("alice") is not None
-    finally:
-        db.dispose()
 
 
 def test_old_read_connections_are_recycled(
     database: ConnectionSettings, plain_sql: PlainSQL
 ) -> None:
-    db = seeded(database, PoolSettings(size=1, recycle=0))
-    try:
+    with seeded(database, PoolSettings(size=1, recycle=0)) as db:
         plugin = plugin_on(db)
         assert plugin.user_get("alice") is not None
         first = set(backends(plain_sql))
         assert plugin.user_get("alice") is not None
         assert set(backends(plain_sql)) - first
-    finally:
-        db.dispose()
 
 
 def test_reads_inside_a_batch_see_the_batch(database: ConnectionSettings) -> None:
-    db = seeded(database)
-    try:
+    with seeded(database) as db:
         plugin = plugin_on(db)
         with db.batch():
             plugin.user_create(User(username="bob", password=HASH), user_backend="postgres")
             assert plugin.user_get("bob") is not None
             assert db.query(lambda reader: find_user(reader, "bob")) is not None
         assert plugin.user_get("bob") is not None
-    finally:
-        db.dispose()
 
 
 def test_a_signing_set_answer_is_a_fresh_copy_and_follows_every_change(
     database: ConnectionSettings,
 ) -> None:
-    db = seeded(database)
-    try:
+    with seeded(database) as db:
         plugin = plugin_on(db)
         first_key, second_key = generate_key("RS256"), generate_key("ES256")
         plugin.keys_store("jwks", "omejdn", KeySet([first_key]).to_jwks(private=True))
@@ -297,5 +275,3 @@ def test_a_signing_set_answer_is_a_fresh_copy_and_follows_every_change(
         db.write(lambda conn: KeyRepository(conn).delete("jwks", "omejdn"))
         assert plugin.keys_load("jwks", "omejdn") is None
         assert plugin.keys_load_all("jwks") == {"keys": []}
-    finally:
-        db.dispose()
