@@ -18,7 +18,8 @@ from omejdn_pg import Client, PluginLoader, User
 from omejdn_pg.errors import InvalidInput, InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host import events
 from omejdn_pg.keys import MAX_RSA_BITS, Key, KeySet, generate_key
-from omejdn_pg.postgres.repositories.common import MAX_JSON_DEPTH
+from omejdn_pg.postgres.repositories.common import MAX_JSON_DEPTH, check_json
+from omejdn_pg.postgres.repositories.common import _check as thorough_check
 from omejdn_pg.settings import ConnectionSettings
 from tests.helpers import PROPERTY_SETTINGS, PlainSQL, make_chain
 
@@ -197,3 +198,48 @@ def test_a_huge_json_document_for_a_client_is_refused_or_stored_whole(
     (found,) = loader.fire(events.CLIENT_GET, client_id="c")
     assert found.metadata == metadata
     assert json.loads(json.dumps(found.metadata)) == metadata
+
+
+_TEXT = st.text(alphabet=st.sampled_from(["a", "é", "\x00", "\ud800", "\udfff", "z"]), max_size=4)
+_JSON_LIKE = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | _TEXT,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.tuples(inner)
+        | st.dictionaries(_TEXT | st.integers(), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def _refusal(value: object) -> str | None:
+    try:
+        check_json(value, "field")
+    except InvalidValue as error:
+        return str(error)
+    return None
+
+
+@PROPERTY_SETTINGS
+@given(_JSON_LIKE)
+def test_the_quick_json_check_refuses_exactly_what_the_thorough_one_refuses(value: Any) -> None:
+    # check_json takes a quick walk first and the thorough one only when that
+    # walk is unsure; the thorough walk alone is the definition.
+    try:
+        thorough_check(value, "field", 0)
+        thorough = None
+    except InvalidValue as error:
+        thorough = str(error)
+    assert _refusal(value) == thorough
+
+
+def test_json_nested_to_the_limit_is_taken_and_one_deeper_is_refused() -> None:
+    at_limit: Any = "leaf"
+    for _ in range(MAX_JSON_DEPTH):
+        at_limit = [at_limit]
+    assert _refusal(at_limit) is None
+    assert "nested deeper" in (_refusal([at_limit]) or "")

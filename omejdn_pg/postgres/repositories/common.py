@@ -28,6 +28,8 @@ MAX_JSON_DEPTH: Final = 100
 """Deeper JSON is refused: Omejdn's documents are a few levels deep, and a hostile
 document nested thousands deep would exhaust the interpreter's stack."""
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+"""What no text column or jsonb string can hold: U+0000 and lone surrogates."""
 EXTERN_TRUE: Final = "true"
 """How ``extern: true`` (an external user without a named issuer) is kept in the TEXT column."""
 DIALECT: Final = PGDialect_psycopg()  # type: ignore[no-untyped-call]
@@ -97,7 +99,37 @@ def check_json(value: object, field: str) -> None:
     jsonb cannot hold U+0000 (in a key or a string) nor NaN/Infinity, and only
     JSON types serialise at all; the driver's error for these names nothing.
     """
-    _check(value, field, depth=0)
+    if not _plainly_json(value, 0):
+        # The slower walk names what is wrong, and accepts what the quick one
+        # leaves to it (tuples, other mappings).
+        _check(value, field, depth=0)
+
+
+def _plainly_json(value: object, depth: int) -> bool:
+    """Whether ``value`` is surely storable: built-in JSON types and clean text only.
+
+    An import checks every attribute of every user; this walk builds no field
+    names and runs one search per string, a quarter of the cost of :func:`_check`.
+    Everything it accepts, ``_check`` accepts.
+    """
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is None
+    if value is None or isinstance(value, int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if depth >= MAX_JSON_DEPTH:
+        return False
+    if type(value) is dict:
+        for key, item in value.items():
+            if not isinstance(key, str) or _UNSTORABLE.search(key) is not None:
+                return False
+            if not _plainly_json(item, depth + 1):
+                return False
+        return True
+    if type(value) is list:
+        return all(_plainly_json(item, depth + 1) for item in value)
+    return False
 
 
 def _check(value: object, where: str, depth: int) -> None:
@@ -149,6 +181,8 @@ def check_text(value: object, field: str) -> str:
     """A non-empty identifier or key PostgreSQL can store in a TEXT column."""
     if not isinstance(value, str) or not value:
         raise InvalidValue(f"{field} must be a non-empty string, got {value!r}")
+    if _UNSTORABLE.search(value) is None:
+        return value
     if "\x00" in value:
         raise InvalidValue(f"{field} contains the character U+0000, which PostgreSQL cannot store")
     _check_surrogates(value, field)
