@@ -21,7 +21,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.sql.base import Executable
 
+from omejdn_pg.entities import User
 from omejdn_pg.errors import InvalidValue
+from omejdn_pg.settings import BACKEND_NAME
 
 LOCK_NAMESPACE: Final = "omejdn_pg"
 MAX_JSON_DEPTH: Final = 100
@@ -81,6 +83,19 @@ class ConnectionReader:
 def read_extern(stored: str | None) -> str | bool | None:
     """A user's ``extern`` as Omejdn has it: an issuer, True, or None."""
     return True if stored == EXTERN_TRUE else stored
+
+
+def user_from_row(row: Any) -> User:
+    """A user from a row of the users' read (username, password, extern, consent and the
+    attributes folded into one object); shared by point reads and listings."""
+    return User(
+        username=row.username,
+        password=row.password,
+        attributes=dict(row.attributes or {}),
+        extern=read_extern(row.extern),
+        consent=dict(row.consent or {}),
+        backend=BACKEND_NAME,
+    )
 
 
 def in_autocommit(conn: Connection) -> bool:

@@ -55,7 +55,7 @@ from omejdn_pg.postgres.repositories.common import (
     check_json,
     check_text,
     json_column,
-    read_extern,
+    user_from_row,
 )
 from omejdn_pg.postgres.schema import (
     CLIENT_OWNER,
@@ -204,14 +204,7 @@ def users(conn: Connection, criteria: Criteria = Criteria()) -> Iterator[User]:
         .order_by(_users.c.username)
     )
     for row in _stream(conn, _paged(statement, criteria), _params(criteria)):
-        yield User(
-            username=row.username,
-            password=row.password,
-            attributes=dict(row.attributes or {}),
-            extern=read_extern(row.extern),
-            consent=dict(row.consent or {}),
-            backend=BACKEND_NAME,
-        )
+        yield user_from_row(row)
 
 
 def count_users(conn: Connection, criteria: Criteria = Criteria()) -> Counts:

@@ -61,6 +61,7 @@ from omejdn_pg.postgres.repositories.common import (
     json_column,
     read_extern,
     storable_text,
+    user_from_row,
 )
 from omejdn_pg.postgres.schema import USER_OWNER, UserRecord
 from omejdn_pg.settings import BACKEND_NAME
@@ -310,7 +311,7 @@ def find_user(reader: Reader, username: str) -> User | None:
     if not storable_text(username):
         return None
     rows = reader.rows(_GET, {"name": username})
-    return _to_user(rows[0]) if rows else None
+    return user_from_row(rows[0]) if rows else None
 
 
 def all_users(reader: Reader) -> list[User]:
@@ -337,14 +338,3 @@ def stored_password(reader: Reader, username: str) -> tuple[bool, str | None]:
         return False, None
     rows = reader.rows(_GET_PASSWORD, {"name": username})
     return (True, rows[0].password) if rows else (False, None)
-
-
-def _to_user(row: Any) -> User:
-    return User(
-        username=row.username,
-        password=row.password,
-        attributes=dict(row.attributes or {}),
-        extern=read_extern(row.extern),
-        consent=dict(row.consent or {}),
-        backend=BACKEND_NAME,
-    )
