@@ -184,12 +184,7 @@ def _check(value: object, where: str, depth: int) -> None:
 
 def storable_text(value: object) -> bool:
     """Whether ``value`` could name a stored row at all; a lookup of anything else finds nothing."""
-    return (
-        isinstance(value, str)
-        and bool(value)
-        and "\x00" not in value
-        and _SURROGATE.search(value) is None
-    )
+    return isinstance(value, str) and bool(value) and _UNSTORABLE.search(value) is None
 
 
 def check_text(value: object, field: str) -> str:

@@ -173,7 +173,7 @@ class ConfigRepository:
         shape, payload = _payload(section, data)
 
         lock_for_update(self.conn, "config", section)
-        columns = self.conn.execute(_COLUMNS, {"regclass": self._regclass_text(name)}).scalar_one()
+        columns = self.conn.execute(_COLUMNS, {"regclass": regclass_text(name)}).scalar_one()
         layout = _layout(section, columns) if columns is not None else None
         if layout is None or layout.shape != shape:
             self._create(section, shape, replace=layout is not None)
@@ -191,7 +191,7 @@ class ConfigRepository:
         """
         name = section_table_name(section)
         lock_for_update(self.conn, "config", section)
-        columns = self.conn.execute(_COLUMNS, {"regclass": self._regclass_text(name)}).scalar_one()
+        columns = self.conn.execute(_COLUMNS, {"regclass": regclass_text(name)}).scalar_one()
         if columns is not None:
             layout = _layout(section, columns)
             if layout.shape == shape:
@@ -255,15 +255,12 @@ class ConfigRepository:
         name = section_table_name(section)
         lock_for_update(self.conn, "config", section)
         exists = self.conn.execute(
-            select(func.to_regclass(self._regclass_text(name)).is_not(None))
+            select(func.to_regclass(regclass_text(name)).is_not(None))
         ).scalar_one()
         if not exists:
             return False
         self.conn.execute(DropTable(dict_section_table(section), if_exists=True))
         return True
-
-    def _regclass_text(self, name: str) -> str:
-        return regclass_text(name)
 
 
 def regclass_text(name: str) -> str:
