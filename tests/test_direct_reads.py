@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import StorageUnavailable
@@ -275,3 +276,122 @@ def test_a_signing_set_answer_is_a_fresh_copy_and_follows_every_change(
         db.write(lambda conn: KeyRepository(conn).delete("jwks", "omejdn"))
         assert plugin.keys_load("jwks", "omejdn") is None
         assert plugin.keys_load_all("jwks") == {"keys": []}
+
+
+def test_long_listings_stream_in_chunks_and_answer_what_point_reads_answer(
+    database: ConnectionSettings, plain_sql: PlainSQL
+) -> None:
+    # More rows than several chunks of the stream and of the parser, with the
+    # edges mixed in: no attributes, consent, extern by issuer and as true,
+    # names that sort differently bytewise and by collation.
+    with seeded(database) as db:
+        plain_sql.execute(
+            "INSERT INTO users (username, password, extern, consent) "
+            "SELECT 'u' || n, CASE WHEN n %% 5 = 0 THEN NULL ELSE %s END, "
+            "CASE n %% 7 WHEN 0 THEN 'https://idp.example' WHEN 1 THEN 'true' END, "
+            "CASE WHEN n %% 3 = 0 THEN jsonb_build_object('app', jsonb_build_array('openid'))"
+            " ELSE '{}' END FROM generate_series(1, 1234) AS n",
+            (HASH,),
+        )
+        plain_sql.execute(
+            "INSERT INTO attributes (type, identifier, key, value) "
+            "SELECT 'user', 'u' || n, k, to_jsonb(n * k::int) "
+            "FROM generate_series(1, 1234) AS n, generate_series(1, n % 4) AS k "
+        )
+        plain_sql.execute(
+            "INSERT INTO clients (client_id, key, value) "
+            "SELECT 'c' || n, 'name', to_jsonb('C' || n) FROM generate_series(1, 450) AS n"
+        )
+        plain_sql.execute(
+            "INSERT INTO attributes (type, identifier, key, value) "
+            "SELECT 'client', 'c' || n, 'tier', '\"gold\"' FROM generate_series(1, 450, 2) AS n"
+        )
+        plugin = plugin_on(db)
+        for index in range(0, 450, 90):
+            key = generate_key("ES256")
+            plugin.client_update(
+                Client(
+                    metadata={
+                        "client_id": f"c{index + 1}",
+                        "name": f"C{index + 1}",
+                        "jwks": KeySet([key]).to_jwks(private=False),
+                    },
+                    backend="postgres",
+                )
+            )
+        names = [row[0] for row in plain_sql.rows("SELECT username FROM users ORDER BY username")]
+        client_ids = [
+            row[0] for row in plain_sql.rows("SELECT DISTINCT client_id FROM clients ORDER BY 1")
+        ]
+
+        listed = plugin.user_get_all()
+        assert [user.username for user in listed] == names
+        assert listed == [plugin.user_get(name) for name in names]
+        assert listed == db.read(lambda conn: UserRepository(conn).all())
+        assert next(u for u in listed if u.username == "u3").consent == {"app": ["openid"]}
+        assert next(u for u in listed if u.username == "u8").extern is True
+        assert next(u for u in listed if u.username == "u4").attributes == {}
+
+        clients = plugin.client_get_all()
+        assert [client.client_id for client in clients] == client_ids
+        assert clients == [plugin.client_get(client_id) for client_id in client_ids]
+        assert clients == db.read(lambda conn: ClientRepository(conn).all())
+        assert sum("jwks" in client.metadata for client in clients) == 5
+
+
+def test_a_stream_left_midway_does_not_leave_its_connection_to_the_next_read(
+    database: ConnectionSettings,
+) -> None:
+    with seeded(database) as db:
+
+        def first_row_then_fail(reader: Any) -> None:
+            rows = reader.stream(text("SELECT n FROM generate_series(1, 100000) AS n"))
+            assert next(rows) == (1,)
+            raise RuntimeError("the caller gave up")
+
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match="gave up"):
+                db.query(first_row_then_fail)
+            plugin = plugin_on(db)
+            assert [user.username for user in plugin.user_get_all()] == ["alice"]
+            assert db.query(
+                lambda reader: [row[0] for row in reader.stream(text("SELECT 1 UNION SELECT 2"))]
+            ) == [1, 2]
+
+
+def test_a_client_key_set_answer_is_a_fresh_copy_and_follows_every_change(
+    database: ConnectionSettings,
+) -> None:
+    with seeded(database) as db:
+        plugin = plugin_on(db)
+        first_key, second_key = generate_key("ES256"), generate_key("RS256")
+        plugin.client_create(
+            Client(
+                metadata={"client_id": "jwt", "jwks": KeySet([first_key]).to_jwks(private=False)}
+            ),
+            client_backend="postgres",
+        )
+        for read in (
+            lambda: plugin.client_get("jwt"),
+            lambda: next(c for c in plugin.client_get_all() if c.client_id == "jwt"),
+        ):
+            answer = read()
+            assert answer is not None
+            assert [jwk["kid"] for jwk in answer.metadata["jwks"]["keys"]] == [first_key.kid]
+            answer.metadata["jwks"]["keys"][0]["kid"] = "tampered"
+            answer.metadata["jwks"]["keys"].append({"kty": "oct"})
+            again = read()
+            assert again is not None
+            assert [jwk["kid"] for jwk in again.metadata["jwks"]["keys"]] == [first_key.kid]
+
+        # Replaced behind the plugin's back: the next reads answer from the new rows.
+        db.write(lambda conn: KeyRepository(conn).store("clients", "jwt", KeySet([second_key])))
+        changed = plugin.client_get("jwt")
+        assert changed is not None
+        assert [jwk["kid"] for jwk in changed.metadata["jwks"]["keys"]] == [second_key.kid]
+        listed = next(c for c in plugin.client_get_all() if c.client_id == "jwt")
+        assert listed.metadata["jwks"] == changed.metadata["jwks"]
+        db.write(lambda conn: KeyRepository(conn).delete("clients", "jwt"))
+        gone = plugin.client_get("jwt")
+        assert gone is not None
+        assert "jwks" not in gone.metadata

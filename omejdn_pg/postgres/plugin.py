@@ -87,6 +87,7 @@ class PostgresBackendPlugin:
         """The read cache, once :meth:`start_cache` (``init``) started it."""
         self._announcements = Announcements()
         self._jwks_answers = JwksAnswers()
+        self._client_jwks = JwksAnswers(max_targets=4096)
 
     def __repr__(self) -> str:
         where = self.settings.connection.describe() if self.settings else "not initialised"
@@ -340,14 +341,18 @@ class PostgresBackendPlugin:
     def client_get(self, client_id: str, **_: Any) -> Client | None:
         return self._cached(
             (CLIENT, client_id),
-            lambda reader: find_client(reader, client_id, jwks=self.jwks, keyring=self.keyring),
+            lambda reader: find_client(
+                reader, client_id, jwks=self.jwks, keyring=self.keyring, answers=self._client_jwks
+            ),
             _same,
             keep_none=False,
         )
 
     def client_get_all(self, **_: Any) -> list[Client]:
         return self.database.query(
-            lambda reader: all_clients(reader, jwks=self.jwks, keyring=self.keyring)
+            lambda reader: all_clients(
+                reader, jwks=self.jwks, keyring=self.keyring, answers=self._client_jwks
+            )
         )
 
     def client_create(self, client: Client, client_backend: str | None = None, **_: Any) -> None:

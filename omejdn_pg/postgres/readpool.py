@@ -35,12 +35,12 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import psycopg
-from psycopg.rows import RowMaker, namedtuple_row
+from psycopg.rows import RowMaker, namedtuple_row, tuple_row
 from sqlalchemy import exc
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -88,6 +88,11 @@ class CompiledRead:
                 self._make_row = make_row
         return make_row
 
+
+STREAM_CHUNK: Final = 500
+"""Rows per chunk of a streamed listing: small enough that the first chunk arrives early."""
+CHUNKED_ROWS: Final = psycopg.pq.version() >= 170000
+"""Whether this libpq can hand rows over in chunks (``PQsetChunkedRowsMode``, libpq 17)."""
 
 _compiled: dict[Executable, CompiledRead] = {}
 _MAX_COMPILED: Final = 4096
@@ -160,14 +165,42 @@ class DirectReader:
             cursor.execute(read.sql, values)
             return cursor.fetchall()
         except psycopg.Error as error:
-            raise exc.DBAPIError.instance(
-                read.sql,
-                None,
-                error,
-                psycopg.Error,
-                hide_parameters=True,
-                connection_invalidated=bool(self.conn.broken or self.conn.closed),
-            ) from error
+            raise self._wrapped(read, error) from error
+
+    def stream(
+        self, statement: Executable, params: Mapping[str, Any] | None = None
+    ) -> Iterator[Any]:
+        """The rows of ``statement``, as plain tuples, in chunks of :data:`STREAM_CHUNK`
+        as the server sends them.
+
+        A long listing's rows are then turned into objects here while the server
+        still computes the rest of them. The statement is not prepared (chunked
+        rows cannot be); it is sent once per listing, not once per row. With a
+        libpq older than 17 (no chunked rows) the rows come all at once.
+        """
+        read = compiled(statement)
+        values = read.values(params)
+        try:
+            cursor = self.conn.cursor(row_factory=tuple_row)
+            if self.listeners is not None:
+                self.listeners(None, cursor, read.sql, values, None, False)
+            if not CHUNKED_ROWS:
+                cursor.execute(read.sql, values)
+                yield from cursor.fetchall()
+                return
+            yield from cursor.stream(read.sql, values, size=STREAM_CHUNK)
+        except psycopg.Error as error:
+            raise self._wrapped(read, error) from error
+
+    def _wrapped(self, read: CompiledRead, error: psycopg.Error) -> exc.StatementError:
+        return exc.DBAPIError.instance(
+            read.sql,
+            None,
+            error,
+            psycopg.Error,
+            hide_parameters=True,
+            connection_invalidated=bool(self.conn.broken or self.conn.closed),
+        )
 
 
 @dataclass

@@ -23,6 +23,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     ScalarSelect,
+    Subquery,
     Table,
     Text,
     bindparam,
@@ -78,6 +79,21 @@ class OwnedAttributes:
             .where(_attributes.c.type == self.owner_type)
             .where(_attributes.c.identifier == identifier)
             .scalar_subquery()
+        )
+
+    def per_owner(self) -> Subquery:
+        """Each owner's attributes as one JSON object in text (``identifier``, ``attributes``),
+        in identifier order when read along the primary key: for a listing's merge join."""
+        return (
+            select(
+                _attributes.c.identifier,
+                func.json_object_agg(_attributes.c.key, json_column(_attributes.c.value))
+                .cast(Text)
+                .label("attributes"),
+            )
+            .where(_attributes.c.type == self.owner_type)
+            .group_by(_attributes.c.identifier)
+            .subquery("owned")
         )
 
     def remove(self, conn: Connection, identifier: str) -> None:

@@ -30,7 +30,9 @@ as it is until its next write moves it into ``keys``.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+import itertools
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, cast
 
 import psycopg
@@ -65,7 +67,12 @@ from omejdn_pg.postgres.repositories.common import (
     lock_for_update,
     storable_text,
 )
-from omejdn_pg.postgres.repositories.keys import KEY_COLUMNS, KeyRepository, keys_from_rows
+from omejdn_pg.postgres.repositories.keys import (
+    KEY_COLUMNS,
+    JwksAnswers,
+    KeyRepository,
+    keys_from_rows,
+)
 from omejdn_pg.postgres.schema import (
     CLIENT_CERTIFICATE_TARGET_TYPE,
     CLIENT_OWNER,
@@ -111,8 +118,47 @@ def _select_clients() -> Select[Any]:
     ).group_by(_clients.c.client_id)
 
 
+def _listing() -> Select[Any]:
+    """Every client as text JSON columns, in client_id order.
+
+    Each part is grouped along its primary key (metadata, attributes, key rows)
+    and merge-joined on client_id, so clients stream out while the server still
+    folds the rest, and the parser takes a chunk's documents in one go.
+    """
+    metadata = (
+        select(
+            _clients.c.client_id,
+            func.json_object_agg(_clients.c.key, json_column(_clients.c.value))
+            .cast(Text)
+            .label("metadata"),
+        )
+        .group_by(_clients.c.client_id)
+        .subquery("metadata")
+    )
+    attributes = _ATTRIBUTES.per_owner()
+    key_row = func.json_build_object(
+        *(part for column in KEY_COLUMNS for part in (column.name, column))
+    )
+    keys = (
+        select(_keys.c.target, func.json_agg(key_row).cast(Text).label("keys"))
+        .where(_keys.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE)
+        .group_by(_keys.c.target)
+        .subquery("key_rows")
+    )
+    return (
+        select(metadata.c.client_id, metadata.c.metadata, attributes.c.attributes, keys.c["keys"])
+        .select_from(
+            metadata.outerjoin(
+                attributes, attributes.c.identifier == metadata.c.client_id
+            ).outerjoin(keys, keys.c.target == metadata.c.client_id)
+        )
+        .order_by(metadata.c.client_id)
+    )
+
+
 _GET: Final = _select_clients().where(_clients.c.client_id == bindparam("id"))
-_ALL: Final = _select_clients().order_by(_clients.c.client_id)
+_ALL: Final = _listing()
+_DECODED_TOGETHER: Final = 200
 
 _EXISTS: Final = select(exists().where(_clients.c.client_id == bindparam("id")))
 _DELETE_METADATA: Final = (
@@ -273,42 +319,82 @@ class ClientRepository:
 
 
 def find_client(
-    reader: Reader, client_id: str, *, jwks: bool = True, keyring: Keyring | None = None
+    reader: Reader,
+    client_id: str,
+    *,
+    jwks: bool = True,
+    keyring: Keyring | None = None,
+    answers: JwksAnswers | None = None,
 ) -> Client | None:
     """The client, or None; one statement (none for an id nothing can be stored under).
 
     ``jwks``: the client's key set is its ``jwks`` metadata (Omejdn's current core).
+    ``answers``: where that set is kept, converted once per stored content of its keys.
     """
     if not storable_text(client_id):
         return None
     rows = reader.rows(_GET, {"id": client_id})
-    return _to_client(rows[0], jwks, keyring) if rows else None
+    if not rows:
+        return None
+    row = rows[0]
+    return _client(row.client_id, row.metadata, row.attributes, row.keys, jwks, keyring, answers)
 
 
 def all_clients(
-    reader: Reader, *, jwks: bool = True, keyring: Keyring | None = None
+    reader: Reader,
+    *,
+    jwks: bool = True,
+    keyring: Keyring | None = None,
+    answers: JwksAnswers | None = None,
 ) -> list[Client]:
     """Every client, ordered by client_id; one statement whatever their number."""
-    return [_to_client(row, jwks, keyring) for row in reader.rows(_ALL)]
+    found: list[Client] = []
+    rows = reader.stream(_ALL)
+    while chunk := list(itertools.islice(rows, _DECODED_TOGETHER)):
+        # One parse of the chunk's documents: the parser's cost per call is most
+        # of what a small document costs.
+        documents = iter(
+            json.loads(
+                f"[{','.join([document or 'null' for row in chunk for document in row[1:]])}]"
+            )
+        )
+        # Each row's three documents, in order: metadata, attributes, key rows.
+        found.extend(
+            _client(row[0], metadata, attributes, key_rows, jwks, keyring, answers)
+            for row, metadata, attributes, key_rows in zip(
+                chunk, documents, documents, documents, strict=True
+            )
+        )
+    return found
 
 
-def _to_client(row: Any, jwks: bool, keyring: Keyring | None) -> Client:
-    fields: dict[str, Any] = dict(row.metadata or {})
+def _client(
+    client_id: str,
+    metadata: Mapping[str, Any] | None,
+    attributes: Mapping[str, Any] | None,
+    key_rows: Sequence[Mapping[str, Any]] | None,
+    jwks: bool,
+    keyring: Keyring | None,
+    answers: JwksAnswers | None = None,
+) -> Client:
+    fields: dict[str, Any] = dict(metadata or {})
     fields.pop(_NOT_METADATA, None)
     fields.pop("client_id", None)
-    if jwks and row.keys:
-        keys = keys_from_rows(
-            CLIENT_CERTIFICATE_TARGET_TYPE,
-            row.client_id,
-            (_KeyRow(r) for r in row.keys),
-            keyring,
+    if jwks and key_rows:
+
+        def convert() -> dict[str, Any]:
+            rows = (_KeyRow(row) for row in key_rows)
+            keys = keys_from_rows(CLIENT_CERTIFICATE_TARGET_TYPE, client_id, rows, keyring)
+            return keys.to_jwks(private=False)
+
+        fields[JWKS_FIELD] = (
+            answers.client(client_id, key_rows, keyring, convert) if answers else convert()
         )
-        fields[JWKS_FIELD] = keys.to_jwks(private=False)
     # The key column is the authority on which client this is; client_id first
     # keeps exported YAML readable.
     return Client(
-        metadata={"client_id": row.client_id, **fields},
-        attributes=dict(row.attributes or {}),
+        metadata={"client_id": client_id, **fields},
+        attributes=dict(attributes or {}),
         backend=BACKEND_NAME,
     )
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from sqlalchemy import ColumnElement, Connection, cast, func, select
@@ -57,6 +57,15 @@ class Reader(Protocol):
         (a table that does not exist) and must not abort an enclosing transaction."""
         ...
 
+    def stream(
+        self, statement: Executable, params: Mapping[str, Any] | None = None
+    ) -> Iterator[Any]:
+        """The rows of ``statement`` (indexed by column position) in the order the server
+        sends them, for a caller that
+        turns each into an object: where the driver can, the first rows arrive while
+        the server still computes the rest, so both work at once."""
+        ...
+
 
 class ConnectionReader:
     """Reads on a SQLAlchemy connection, inside whatever transaction it has."""
@@ -78,6 +87,12 @@ class ConnectionReader:
             with self.conn.begin_nested():
                 return self.conn.execute(statement, params).all()
         return self.conn.execute(statement, params).all()
+
+    def stream(
+        self, statement: Executable, params: Mapping[str, Any] | None = None
+    ) -> Iterator[Any]:
+        # Batches, snapshots and replicas are not the hot path: rows come buffered.
+        return iter(self.conn.execute(statement, params))
 
 
 def read_extern(stored: str | None) -> str | bool | None:

@@ -38,7 +38,7 @@ import dataclasses
 import datetime
 import logging
 import marshal
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from sqlalchemy import Connection, Table, bindparam, delete, insert, or_, select
@@ -487,7 +487,7 @@ class JwksAnswers:
 
     def __init__(self, max_targets: int = 1024) -> None:
         self._max_targets = max_targets
-        self._answers: dict[tuple[str, ...], tuple[object, list[Any], bytes]] = {}
+        self._answers: dict[tuple[str, ...], tuple[object, Sequence[Any], bytes]] = {}
 
     def signing(
         self, reader: Reader, target_type: str, target: str, keyring: Keyring | None = None
@@ -502,7 +502,9 @@ class JwksAnswers:
             keys = keys_from_rows(target_type, target, rows, keyring)
             return signing_jwks(keys) if keys else None
 
-        answer: dict[str, Any] | None = self._answer((target_type, target), keyring, rows, convert)
+        answer: dict[str, Any] | None = self._answer(
+            (target_type, target), keyring, list(rows), convert
+        )
         return answer
 
     def public(
@@ -522,19 +524,33 @@ class JwksAnswers:
                 for key in keys_from_rows(target_type, target, owned, keyring)
             )
 
-        answer: dict[str, Any] = self._answer((target_type,), keyring, rows, convert)
+        answer: dict[str, Any] = self._answer((target_type,), keyring, list(rows), convert)
+        return answer
+
+    def client(
+        self,
+        client_id: str,
+        key_rows: Sequence[Mapping[str, Any]],
+        keyring: Keyring | None,
+        convert: Callable[[], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """A client's public JWK Set (its ``jwks`` metadata) from its key rows as read.
+
+        The listing reads every client's keys; a token request for a client that
+        authenticates with ``private_key_jwt`` reads its one client.
+        """
+        answer: dict[str, Any] = self._answer(("client", client_id), keyring, key_rows, convert)
         return answer
 
     def _answer(
         self,
         target: tuple[str, ...],
         keyring: Keyring | None,
-        rows: Sequence[Any],
+        content: Sequence[Any],
         convert: Callable[[], Any],
     ) -> Any:
-        # The rows hold every column the answer is computed from; they are
-        # tuples of immutable values (params, a dict, is copied before use).
-        content = list(rows)
+        # The rows hold every column the answer is computed from, and nothing
+        # changes them afterwards (params, a dict, is copied before use).
         found = self._answers.get(target)
         if found is not None and found[0] is keyring and found[1] == content:
             return marshal.loads(found[2])  # noqa: S302 - bytes this process made
