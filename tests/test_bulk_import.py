@@ -3,13 +3,17 @@
 What an operator checks after ``omejdn-pg import``: every user stored (plain
 SQL), their values coming back through an export, a second run changing
 nothing (and writing nothing), a bad user anywhere in the file failing the
-import with its field named and nothing written, a failure at the very end
-rolling everything back, and a server process with a read cache seeing the
-imported changes. Users of another backend still go through their events.
+import with the file, the user and the field named, before any password is
+hashed and with nothing written, a failure at the very end rolling everything
+back, a user another writer stores meanwhile making the import plan again, the
+Ruby plugin's TEXT values, and a server process with a read cache seeing the
+imported changes. Every user is checked once. Users of another backend still
+go through their events.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -21,15 +25,18 @@ import pytest
 import yaml
 
 from omejdn_pg import PluginLoader
-from omejdn_pg.cli import transfer
-from omejdn_pg.errors import InvalidInput, StorageError
+from omejdn_pg.cli import transfer, transfer_commands
+from omejdn_pg.entities import User
+from omejdn_pg.errors import AlreadyExists, InvalidInput, StorageError
 from omejdn_pg.host import events
 from omejdn_pg.host.facade import Host
 from omejdn_pg.host.files.store import FileStore
+from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import count_statements
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
-from omejdn_pg.settings import BackendSettings, ConnectionSettings
+from omejdn_pg.postgres.repositories.users import UserRepository
+from omejdn_pg.settings import BackendSettings, ConnectionSettings, PasswordSettings
 from tests.helpers import PlainSQL, write_plugins
 
 HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
@@ -187,9 +194,130 @@ def test_a_bad_user_in_the_middle_names_the_field_and_writes_nothing(
     with pytest.raises(InvalidInput, match=message) as raised:
         transfer.import_deployment(deployment, host)
 
+    assert str(raised.value).startswith(f"{config / 'users.yml'}: ")
     assert HASH not in str(raised.value)
     assert plain_sql.value("SELECT count(*) FROM users") == 0
     assert plain_sql.value("SELECT count(*) FROM attributes") == 0
+
+
+def test_every_user_is_checked_once(
+    deployment: Path, host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[str] = []
+    original = UserRepository.checked
+
+    def counting(self: UserRepository, user: User) -> dict[str, Any]:
+        checked.append(user.username)
+        return original(self, user)
+
+    values: list[object] = []
+    monkeypatch.setattr(UserRepository, "checked", counting)
+    monkeypatch.setattr(transfer, "check_json", lambda value, _field: values.append(value))
+
+    transfer.import_deployment(deployment, host)
+
+    assert sorted(checked) == [f"user{i:05d}" for i in range(COUNT)]
+    assert values == []  # no second check of the same values while reading the file
+
+
+def test_a_bad_user_fails_before_any_password_is_hashed(
+    deployment: Path, host: Host, plain_sql: PlainSQL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = [user(i) for i in range(COUNT)]
+    users[3]["password"] = "plaintext, hashed on the way in"
+    users[900] = user(900, attributes={"note": "a\u0000b"})
+    write_users(deployment, users)
+    policy = PasswordPolicy(PasswordSettings(bcrypt_rounds=4))
+    hashed: list[str] = []
+    monkeypatch.setattr(policy, "hash", lambda password: hashed.append(password) or HASH)
+
+    with pytest.raises(InvalidInput, match=r"users\.yml: user 'user00900': attributes\.note"):
+        transfer.import_deployment(deployment, host, policy=policy)
+
+    assert hashed == []
+    assert plain_sql.value("SELECT count(*) FROM users") == 0
+
+
+def test_a_user_stored_meanwhile_makes_the_import_plan_again(
+    deployment: Path, host: Host, plain_sql: PlainSQL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = transfer.plan_import
+    plans: list[int] = []
+
+    def overtaken(*args: Any, **kwargs: Any) -> list[transfer.Change]:
+        plan = original(*args, **kwargs)
+        plans.append(len(plan))
+        if len(plans) == 1:
+            # Another writer stores one of the new users after the plan was made.
+            plain_sql.execute(
+                "INSERT INTO users (username, password) VALUES ('user00042', %s)", (OTHER_HASH,)
+            )
+        return plan
+
+    monkeypatch.setattr(transfer, "plan_import", overtaken)
+
+    report = transfer.import_deployment(deployment, host)
+
+    assert len(plans) == 2
+    assert report.counts()["users"] == {"create": COUNT - 1, "update": 1, "unchanged": 0}
+    assert plain_sql.value("SELECT count(*) FROM users") == COUNT
+    assert plain_sql.value("SELECT password FROM users WHERE username = 'user00042'") == HASH
+    assert stored_attributes(plain_sql, "user00042") == user(42)["attributes"]
+
+
+def test_a_user_stored_meanwhile_every_time_is_named(
+    deployment: Path, host: Host, plain_sql: PlainSQL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = transfer.plan_import
+    taken = iter(["user00042", "user00043", "user00044"])
+
+    def overtaken(*args: Any, **kwargs: Any) -> list[transfer.Change]:
+        plan = original(*args, **kwargs)
+        plain_sql.execute(
+            "INSERT INTO users (username, password) VALUES (%s, %s)", (next(taken), OTHER_HASH)
+        )
+        return plan
+
+    monkeypatch.setattr(transfer, "plan_import", overtaken)
+
+    with pytest.raises(AlreadyExists, match="user 'user00044' exists already"):
+        transfer.import_deployment(deployment, host)
+
+    assert plain_sql.rows("SELECT username FROM users ORDER BY 1") == [
+        ("user00042",),
+        ("user00043",),
+        ("user00044",),
+    ]
+    assert plain_sql.value("SELECT count(*) FROM attributes") == 0
+
+
+def test_attributes_of_the_ruby_plugins_text_layout_read_back_the_same(
+    deployment: Path, host: Host, plain_sql: PlainSQL
+) -> None:
+    # Omejdn's Ruby plugin keeps values as JSON text, not jsonb.
+    plain_sql.execute("ALTER TABLE attributes ALTER COLUMN value TYPE text")
+
+    transfer.import_deployment(deployment, host)
+
+    for index in (0, 7, COUNT - 1):
+        found = host.users.find(f"user{index:05d}")
+        assert found is not None
+        assert found.attributes == user(index)["attributes"]
+    groups = plain_sql.value(
+        "SELECT value FROM attributes WHERE identifier = 'user00007' AND key = 'groups'"
+    )
+    assert json.loads(groups) == ["staff", {"level": 0}]
+    assert transfer.import_deployment(deployment, host).changed == []
+
+
+def test_the_import_command_pauses_the_garbage_collector_only_while_it_imports() -> None:
+    assert gc.isenabled()
+    with transfer_commands.collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), transfer_commands.collector_paused():
+        raise RuntimeError("an import failed")
+    assert gc.isenabled()
 
 
 def test_a_failure_after_the_users_rolls_back_every_user(

@@ -110,7 +110,7 @@ from omejdn_pg.host.files.store import (
 from omejdn_pg.keys import Key, KeySet
 from omejdn_pg.names import check_file_name
 from omejdn_pg.passwords import PasswordPolicy, default_policy
-from omejdn_pg.postgres.repositories.bulk import UserImport
+from omejdn_pg.postgres.repositories.bulk import Row, UserImport
 from omejdn_pg.postgres.repositories.common import check_json
 from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.postgres.schema import validate_section_name
@@ -191,7 +191,8 @@ class Deployment:
     key_files: dict[tuple[str, str, str], Path] = field(default_factory=dict)
     """``(target_type, target, kid)`` -> the file that holds the key, for messages."""
     user_records: dict[str, User] = field(default_factory=dict)
-    """The users whose password needs no hashing (a hash, or none), as read; never mutated."""
+    """The users whose password needs no hashing (a hash, or none), as read; never mutated.
+    Their attributes and consent are checked where they are planned."""
 
 
 def read_deployment(path: Path) -> Deployment:
@@ -266,37 +267,52 @@ def _entries(store: FileStore, section: str) -> list[Mapping[str, Any]]:
 
 def _user_entries(store: FileStore) -> tuple[list[Mapping[str, Any]], dict[str, User]]:
     """Users as written (passwords possibly plaintext), checked but not hashed yet; and
-    those whose password needs no hashing, as users."""
+    those whose password needs no hashing, as users.
+
+    The values of those users (attributes and consent, the bulk of a users.yml)
+    are checked once, where they are planned (:func:`_plan_users`), by
+    PostgreSQL's own checks if it stages them; a user to hash is checked whole
+    now, so that a bad entry fails before any hashing.
+    """
     file = store.section_path(USERS_SECTION)
     entries = _entries(store, USERS_SECTION)
     seen: set[str] = set()
     records: dict[str, User] = {}
+    policy = default_policy()
     for index, item in enumerate(entries):
-        where = f"{file}: entry {index + 1}"
         username = item.get("username")
         if not isinstance(username, str) or not username:
-            raise InvalidValue(f"{where}: a user needs a non-empty string 'username'")
+            raise InvalidValue(
+                f"{file}: entry {index + 1}: a user needs a non-empty string 'username'"
+            )
         if username in seen:
-            raise InvalidValue(f"{where}: user {username!r} appears twice")
+            raise InvalidValue(f"{file}: entry {index + 1}: user {username!r} appears twice")
         seen.add(username)
         password = item.get("password")
         if password is not None and not isinstance(password, str):
-            raise InvalidValue(f"{where}: user {username!r}: 'password' must be a string")
-        # Validate everything but a plaintext password now, so a bad entry fails
-        # before any hashing; a user with a hash (or none) is complete already.
-        complete = not password or default_policy().is_hash(password)
+            raise InvalidValue(
+                f"{file}: entry {index + 1}: user {username!r}: 'password' must be a string"
+            )
+        # A user with a hash (or none) is complete already.
+        complete = not password or policy.is_hash(password)
         try:
             user = User.from_dict(
                 item if complete else {k: v for k, v in item.items() if k != "password"}
             )
         except InvalidInput as exc:
             raise type(exc)(f"{file}: {exc}") from exc
-        _check_json(user.attributes, file, f"user {username!r}: attributes")
-        _check_json(user.consent, file, f"user {username!r}: consent")
         if complete:
             user.backend = None
             records[username] = user
+        else:
+            _check_values(user, file)
     return entries, records
+
+
+def _check_values(user: User, file: Path) -> None:
+    """What PostgreSQL cannot store of ``user``'s attributes and consent, naming ``file``."""
+    _check_json(user.attributes, file, f"user {user.username!r}: attributes")
+    _check_json(user.consent, file, f"user {user.username!r}: consent")
 
 
 def _clients(store: FileStore) -> tuple[list[Client], dict[str, KeySet]]:
@@ -461,11 +477,12 @@ def _creating_backend(host: Host, group: str) -> Callable[[], str | None]:
 
 def _plan_users(deployment: Deployment, host: Host, policy: PasswordPolicy) -> list[Change]:
     entries, records = deployment.users, deployment.user_records
+    file = deployment.path / "config" / f"{USERS_SECTION}.yml"
     bulk = host.users.bulk()
-    if bulk is not None:
-        planned = _plan_users_in_bulk(entries, records, host, policy, bulk)
-        if planned is not None:
-            return planned
+    if bulk is not None and bulk.may_stage():
+        return _plan_users_in_bulk(entries, records, host, policy, bulk, file)
+    for record in records.values():
+        _check_values(record, file)
     stored = {u.username: u for u in host.users.all()}
     backend = _creating_backend(host, "user")
     changes = []
@@ -486,38 +503,49 @@ def _plan_users_in_bulk(
     host: Host,
     policy: PasswordPolicy,
     bulk: UserImport,
-) -> list[Change] | None:
+    file: Path,
+) -> list[Change]:
     """Users PostgreSQL holds, or will hold, compared and written set-wise (see
     :mod:`omejdn_pg.postgres.repositories.bulk`); users of other backends one by one.
-    None if PostgreSQL cannot stage them."""
-    if not bulk.may_stage():
-        return None
+
+    Every user is checked before any plaintext password is hashed: those of
+    other backends here, the staged ones by :meth:`UserImport.check` alone.
+    """
     elsewhere = {u.username: u for u in host.users.elsewhere()}
-    plaintext = [
-        item["username"]
-        for item in entries
-        if item["username"] not in records
-        and item["username"] not in elsewhere
-        and _is_plaintext(item.get("password"), policy)
-    ]
-    hashes = bulk.stored_passwords(plaintext)
-    changes: dict[str, Change] = {}
-    users: list[User] = []
+    staged: list[User] = []
+    to_hash: list[Mapping[str, Any]] = []
+    other: list[Mapping[str, Any]] = []
     for item in entries:
         name = item["username"]
-        existing = elsewhere.get(name)
-        if existing is not None:
-            user = _planned_user(item, records, True, existing.password, policy)
-            changes[name] = _record_change("users", name, user, existing, lambda h: h.users)
-        else:
+        record = records.get(name)
+        if name in elsewhere:
+            if record is not None:
+                _check_values(record, file)
+            other.append(item)
+        elif record is not None:
             # Only staged, never handed to a backend that could change it: no copy.
-            record = records.get(name)
-            users.append(
-                record
-                if record is not None
-                else _planned_user(item, records, name in hashes, hashes.get(name), policy)
-            )
-    plan = bulk.plan(users)
+            staged.append(record)
+        else:
+            to_hash.append(item)  # checked whole when it was read
+    rows: dict[str, Row] = {}
+    _check_staged(bulk, staged, rows, file)
+    hashes = bulk.stored_passwords(
+        [item["username"] for item in to_hash if _is_plaintext(item.get("password"), policy)]
+    )
+    hashed = [
+        _planned_user(
+            item, records, item["username"] in hashes, hashes.get(item["username"]), policy
+        )
+        for item in to_hash
+    ]
+    _check_staged(bulk, hashed, rows, file)
+    changes: dict[str, Change] = {}
+    for item in other:
+        name = item["username"]
+        existing = elsewhere[name]
+        user = _planned_user(item, records, True, existing.password, policy)
+        changes[name] = _record_change("users", name, user, existing, lambda h: h.users)
+    plan = bulk.plan(rows)
     created = plan.comparison.created
     backend = _creating_backend(host, "user")
     if created and backend() != BACKEND_NAME:
@@ -526,7 +554,7 @@ def _plan_users_in_bulk(
             plan, comparison=dataclasses.replace(plan.comparison, created=frozenset())
         )
     write = _Once(lambda _host: bulk.write(plan))
-    for user in users:
+    for user in (*staged, *hashed):
         name = user.username
         if name in plan.comparison.created:
             changes[name] = Change("users", name, Action.CREATE, write)
@@ -537,6 +565,18 @@ def _plan_users_in_bulk(
         else:
             changes[name] = Change("users", name, Action.UNCHANGED)
     return [changes[item["username"]] for item in entries]
+
+
+def _check_staged(
+    bulk: UserImport, users: Sequence[User], into: dict[str, Row], file: Path
+) -> None:
+    """:meth:`UserImport.check`, its refusal naming ``file`` (it names the user and field)."""
+    if not users:
+        return
+    try:
+        bulk.check(users, into)
+    except InvalidInput as exc:
+        raise type(exc)(f"{file}: {exc}") from exc
 
 
 class _Once:
