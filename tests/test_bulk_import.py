@@ -18,11 +18,13 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bcrypt
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from omejdn_pg import PluginLoader
 from omejdn_pg.cli import transfer, transfer_commands
@@ -35,9 +37,10 @@ from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import count_statements
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
+from omejdn_pg.postgres.repositories.attributes import checked_attributes
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings import BackendSettings, ConnectionSettings, PasswordSettings
-from tests.helpers import PlainSQL, write_plugins
+from tests.helpers import PROPERTY_SETTINGS, PlainSQL, write_plugins
 
 HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
 OTHER_HASH = bcrypt.hashpw(b"other", bcrypt.gensalt(4)).decode()
@@ -218,6 +221,33 @@ def test_every_user_is_checked_once(
 
     assert sorted(checked) == [f"user{i:05d}" for i in range(COUNT)]
     assert values == []  # no second check of the same values while reading the file
+
+
+_TEXT = st.text(alphabet=st.sampled_from(["a", "é", "\x00", "\ud800", "z"]), max_size=3)
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _TEXT,
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(_TEXT, inner, max_size=2),
+    max_leaves=6,
+)
+
+
+def _answer(check: Callable[[], Any]) -> Any:
+    try:
+        return check()
+    except InvalidInput as error:
+        return str(error)
+
+
+@PROPERTY_SETTINGS
+@given(st.dictionaries(_TEXT | st.integers(), _VALUES, max_size=4) | st.lists(_VALUES, max_size=2))
+def test_an_imported_users_attributes_are_checked_as_one_create_checks_them(
+    attributes: Any,
+) -> None:
+    # The import's check of many users takes a quicker way through the usual
+    # attributes; what it accepts, and how it names a refusal, stay the same.
+    checker = UserRepository(cast(Any, None))
+    imported = _answer(lambda: checker.checked(User("u", attributes=attributes))["attribute_doc"])
+    assert imported == _answer(lambda: checked_attributes(attributes, "user 'u'"))
 
 
 def test_a_bad_user_fails_before_any_password_is_hashed(

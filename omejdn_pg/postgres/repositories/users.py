@@ -299,8 +299,9 @@ class UserRepository:
         consent = user.consent if user.consent is not None else {}
         if not isinstance(consent, Mapping):
             raise InvalidValue(f"{who}: consent must be a mapping, got {type(consent).__name__}")
-        check_json(consent, f"{who}: consent")
-        attributes = checked_attributes(user.attributes, who)
+        if consent:
+            check_json(consent, f"{who}: consent")
+        attributes = _checked_attributes(user.attributes, who)
         return {
             "name": username,
             "password_hash": password,
@@ -308,6 +309,42 @@ class UserRepository:
             "consent_doc": dict(consent),
             "attribute_doc": attributes,
         }
+
+
+def _checked_attributes(attributes: object, who: str) -> dict[str, Any]:
+    """:func:`checked_attributes`' answer, quickly for the usual attributes (an import
+    checks every user's): a dict of names and scalar values.
+
+    Its names and string values are searched at once, as one text, for what
+    PostgreSQL cannot store; any other value is checked in one list, a level
+    deeper than alone. So it accepts nothing the check per name and value would
+    refuse, and leaves to that check whatever it does not accept, which then
+    names the attribute as it always has.
+    """
+    if type(attributes) is not dict or "" in attributes:
+        return checked_attributes(attributes, who)
+    if not attributes:
+        return {}
+    texts: list[Any] = list(attributes)
+    others: list[Any] = []
+    for value in attributes.values():
+        kind = type(value)
+        if kind is str:
+            texts.append(value)
+        elif value is not None and kind is not bool and kind is not int:
+            others.append(value)
+    try:
+        joined = "".join(texts)
+    except TypeError:  # a name that is not a string
+        return checked_attributes(attributes, who)
+    # ASCII text holds no surrogate, and asking costs nothing (CPython knows).
+    clean = "\x00" not in joined and (joined.isascii() or storable_text(joined))
+    if clean and others:
+        try:
+            check_json(others, who)
+        except InvalidValue:
+            clean = False
+    return dict(attributes) if clean else checked_attributes(attributes, who)
 
 
 # --- reads, on any Reader (a connection, or the primary's direct read path) --------
