@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -378,3 +380,23 @@ def test_where_new_users_go_is_read_once_per_import(
     assert loads.count("omejdn") == 2  # users, clients
     assert plain_sql.value("SELECT count(*) FROM users") == 30
     assert plain_sql.value("SELECT count(DISTINCT client_id) FROM clients") == 30
+
+
+def test_a_deployment_written_as_json_is_read_without_the_yaml_parser(tmp_path: Path) -> None:
+    """One JSON value per line, as generated users.yml files are: the JSON parser reads
+    it, and the import does not pay for importing PyYAML."""
+    config = tmp_path / "config"
+    config.mkdir()
+    users = [{"username": f"u{i}", "attributes": {"n": i, "ok": True}} for i in range(3)]
+    (config / "users.yml").write_text("".join(f"- {json.dumps(u)}\n" for u in users))
+    code = (
+        "import sys; from pathlib import Path; from omejdn_pg.cli import transfer; "
+        f"found = transfer.read_deployment(Path({str(tmp_path)!r})); "
+        "print(len(found.users), 'yaml' in sys.modules)"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert result.stdout.split() == ["3", "False"], result.stderr

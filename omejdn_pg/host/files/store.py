@@ -89,10 +89,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
-
-import yaml
 
 from omejdn_pg.entities import Client, KeyMaterial, User
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
@@ -121,9 +120,26 @@ must be a table name); the file backend may not import that one, so the rule is 
 _DERIVED: Final = ("x5t", "x5t#S256")
 _DESCRIBED: Final = ("kid", "use", "alg")
 
-# libyaml's parser is several times faster on a users.yml of thousands of entries.
-_Loader: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper: Final = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+@cache
+def _loader() -> Any:
+    """libyaml's safe loader where there is one: several times faster on a users.yml of
+    thousands of entries. PyYAML is imported only for a file that needs it — one
+    written as JSON (:func:`json_form`) does not — or for writing one."""
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _dump(data: Any) -> str:
+    """``data`` as Omejdn's block-style YAML, keys in their order."""
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(
+        data, Dumper=dumper, sort_keys=False, allow_unicode=True, default_flow_style=False
+    )
+
 
 _Signature = tuple[int, int, int]
 _Entity = TypeVar("_Entity", User, Client)
@@ -256,9 +272,7 @@ class FileStore:
 
     def write_section(self, section: str, data: Any) -> None:
         path = self.section_path(section)
-        text = yaml.dump(
-            data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False
-        )
+        text = _dump(data)
         if self.private:
             mode = 0o600
         else:
@@ -466,13 +480,7 @@ class FileStore:
             files.append((f"{name}.cert", key.certs_pem("").encode("ascii"), 0o644))
         descriptor = {"kid": key.kid, "use": key.use, "alg": key.alg}
         descriptor.update((k, v) for k, v in key.params.items() if k not in _DESCRIBED)
-        text = yaml.dump(
-            descriptor,
-            Dumper=_Dumper,
-            sort_keys=False,
-            allow_unicode=True,
-            default_flow_style=False,
-        )
+        text = _dump(descriptor)
         files.append((f"{name}.yml", text.encode("utf-8"), 0o644))
         return files
 
@@ -762,7 +770,7 @@ class _NotLikeYaml(Exception):
 def _yaml_number(literal: str) -> Any:
     """What YAML makes of a JSON number with a fraction or exponent: PyYAML's YAML 1.1
     float needs a dot and a signed exponent, so ``1e5`` is the string ``'1e5'``."""
-    for tag, pattern in _Loader.yaml_implicit_resolvers.get(literal[0], ()):
+    for tag, pattern in _loader().yaml_implicit_resolvers.get(literal[0], ()):
         if pattern.match(literal):
             if tag == _YAML_FLOAT:
                 return float(literal)
@@ -839,8 +847,10 @@ def load_yaml(text: str, path: Path) -> Any:
     found = json_form(text)
     if found is not _NOT_JSON:
         return found
+    import yaml
+
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}:" if mark is not None else ""
