@@ -117,6 +117,9 @@ def json_texts(draw: st.DrawFn) -> str:
 @example('{"a"' + " " * 1100 + ": 1}")
 @example("- [1, 2]\n- {}\n")
 @example('- {"a": 1}, {"b": 2}\n')
+@example('- {"a": 1}   \n- [2] \n')
+@example('- {"a": 1} #\n- {"b": 2}\n')
+@example('- {"a": 1}\n-  {"b": 2}\n')
 @example("[1, NaN, Infinity]")
 @example("\ufeff[1]")
 def test_json_is_read_as_yaml_reads_it(text: str) -> None:

@@ -810,15 +810,21 @@ def json_form(text: str) -> Any:
             return _NOT_JSON
     if "\\u" in body and _SURROGATE_ESCAPE.search(body):
         return _NOT_JSON
+    # Each value where it starts, not in a copy of its line after "- ".
+    decode, start = _JSON.raw_decode, 2 if many else 0
     try:
-        values = [_JSON.decode(line[2:] if many else line) for line in lines]
+        decoded = [decode(line, start) for line in lines]
     except (ValueError, RecursionError, _NotLikeYaml):
         return _NOT_JSON
-    for line, value in zip(lines, values, strict=True):
+    for line, (value, end) in zip(lines, decoded, strict=True):
+        # After the value, as JSON allows, only whitespace: spaces, on a printable line.
+        if end != len(line) and line[end:].strip(" "):
+            return _NOT_JSON
         if len(line) > _SHORT_LINE and (
             _SPACED_COLON.search(line) is not None or not _keys_within(value, _LONGEST_KEY)
         ):
             return _NOT_JSON
+    values = [value for value, _end in decoded]
     return values if many else values[0]
 
 

@@ -67,8 +67,8 @@ STAGING: Final = "omejdn_pg_staged_users"
 CHANGE_GROUP: Final = "user"
 
 Row = tuple[str, str | None, str | None, str, dict[str, Any]]
-"""A checked user: username, password hash, extern, consent (its JSON document) and
-attributes (checked, encoded only where they are sent)."""
+"""A checked user: username, password hash, extern, consent (as JSON text) and
+attributes (checked; encoded only where they are sent)."""
 
 _CREATE_STAGING: Final = text(
     f"""
