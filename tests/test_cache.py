@@ -203,6 +203,11 @@ def test_answers_are_copies(open_loader: Callable[..., PluginLoader]) -> None:
     cached = one(loader, events.USER_GET, username="alice")
     assert cached.attributes == {"groups": ["a"]}
     assert cached.password == HASH
+    assert cached == User(
+        username="alice", password=HASH, attributes={"groups": ["a"]}, backend="postgres"
+    )
+    assert type(cached) is User
+    assert type(one(loader, events.CLIENT_GET, client_id="app")) is Client
 
 
 def test_users_and_clients_are_not_cached_by_default(

@@ -78,6 +78,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy import exc as sa_exc
 
+from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import SchemaOutOfDate
 from omejdn_pg.postgres.schema import CHANGE_GROUPS, CLIENT_CERTIFICATE_TARGET_TYPE, KeyRecord
 from omejdn_pg.settings import CacheSettings, ConnectionSettings
@@ -292,12 +293,34 @@ _Entry = tuple[Callable[[Any], Any], Any]
 def _freeze(value: Any) -> _Entry:
     if value is None:
         return _no_value, None
+    kind = type(value)
     try:
+        if kind in _BY_STATE:
+            # What pickle would do (a new instance given the old one's __dict__),
+            # with the state in marshal's form: a cached login then costs half.
+            return _BY_STATE[kind], marshal.dumps(vars(value), _MARSHAL_VERSION)
         # Version 2 writes no back-references: it loads fastest, and a shared
         # sub-object comes back as two copies, as JSON would.
         return marshal.loads, marshal.dumps(value, _MARSHAL_VERSION)
-    except ValueError:
+    except (ValueError, TypeError):  # a value marshal cannot hold; no __dict__
         return pickle.loads, pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+
+def _thawing(kind: type[Any]) -> Callable[[bytes], Any]:
+    new = object.__new__
+
+    def thaw(state: bytes) -> Any:
+        instance = new(kind)
+        instance.__dict__ = marshal.loads(state)  # noqa: S302 - bytes this process made
+        return instance
+
+    return thaw
+
+
+_BY_STATE: Final[Mapping[type[Any], Callable[[bytes], Any]]] = {
+    kind: _thawing(kind) for kind in (User, Client)
+}
+"""The entities cached by their state: plain dataclasses, whose fields are JSON values."""
 
 
 class ReadCache:
