@@ -30,8 +30,6 @@ as it is until its next write moves it into ``keys``.
 from __future__ import annotations
 
 import datetime
-import itertools
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, cast
 
@@ -66,6 +64,7 @@ from omejdn_pg.postgres.repositories.common import (
     json_column,
     lock_for_update,
     storable_text,
+    with_documents,
 )
 from omejdn_pg.postgres.repositories.keys import (
     KEY_COLUMNS,
@@ -158,7 +157,6 @@ def _listing() -> Select[Any]:
 
 _GET: Final = _select_clients().where(_clients.c.client_id == bindparam("id"))
 _ALL: Final = _listing()
-_DECODED_TOGETHER: Final = 200
 
 _EXISTS: Final = select(exists().where(_clients.c.client_id == bindparam("id")))
 _DELETE_METADATA: Final = (
@@ -348,24 +346,10 @@ def all_clients(
     answers: JwksAnswers | None = None,
 ) -> list[Client]:
     """Every client, ordered by client_id; one statement whatever their number."""
-    found: list[Client] = []
-    rows = reader.stream(_ALL)
-    while chunk := list(itertools.islice(rows, _DECODED_TOGETHER)):
-        # One parse of the chunk's documents: the parser's cost per call is most
-        # of what a small document costs.
-        documents = iter(
-            json.loads(
-                f"[{','.join([document or 'null' for row in chunk for document in row[1:]])}]"
-            )
-        )
-        # Each row's three documents, in order: metadata, attributes, key rows.
-        found.extend(
-            _client(row[0], metadata, attributes, key_rows, jwks, keyring, answers)
-            for row, metadata, attributes, key_rows in zip(
-                chunk, documents, documents, documents, strict=True
-            )
-        )
-    return found
+    return [
+        _client(row[0], metadata, attributes, key_rows, jwks, keyring, answers)
+        for row, (metadata, attributes, key_rows) in with_documents(reader.stream(_ALL), 1)
+    ]
 
 
 def _client(

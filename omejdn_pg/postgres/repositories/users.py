@@ -29,8 +29,6 @@ in value, not in Python type. Key order within objects is not kept either.
 
 from __future__ import annotations
 
-import itertools
-import json
 from collections.abc import Mapping
 from typing import Any, Final, cast
 
@@ -63,6 +61,7 @@ from omejdn_pg.postgres.repositories.common import (
     read_extern,
     storable_text,
     user_from_row,
+    with_documents,
 )
 from omejdn_pg.postgres.schema import USER_OWNER, UserRecord
 from omejdn_pg.settings import BACKEND_NAME
@@ -108,7 +107,6 @@ def _listing() -> Select[Any]:
 
 
 _ALL: Final = _listing()
-_DECODED_TOGETHER: Final = 500
 
 # An UPDATE takes the row lock a SELECT ... FOR UPDATE would, and tells in the
 # same round trip whether the user exists.
@@ -360,27 +358,17 @@ def find_user(reader: Reader, username: str) -> User | None:
 
 def all_users(reader: Reader) -> list[User]:
     """Every user, ordered by username; one statement whatever their number."""
-    loads = json.loads
-    users: list[User] = []
-    rows = reader.stream(_ALL)
-    while chunk := list(itertools.islice(rows, _DECODED_TOGETHER)):
-        # One parse of many documents costs a third of one parse each: the
-        # parser's fixed cost per call is most of a user's few attributes.
-        documents = loads(f"[{','.join([row[4] or '{}' for row in chunk])}]")
-        users.extend(
-            User(
-                username=username,
-                password=password,
-                attributes=attributes,
-                extern=read_extern(extern),
-                consent={} if consent is None or consent == "{}" else loads(consent) or {},
-                backend=BACKEND_NAME,
-            )
-            for (username, password, extern, consent, _), attributes in zip(
-                chunk, documents, strict=True
-            )
+    return [
+        User(
+            username=row[0],
+            password=row[1],
+            attributes=attributes or {},
+            extern=read_extern(row[2]),
+            consent=consent or {},
+            backend=BACKEND_NAME,
         )
-    return users
+        for row, (consent, attributes) in with_documents(reader.stream(_ALL), 3)
+    ]
 
 
 def stored_password(reader: Reader, username: str) -> tuple[bool, str | None]:
