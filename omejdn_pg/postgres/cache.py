@@ -46,9 +46,10 @@ How that holds, using nothing but PostgreSQL:
   epoch compare) and only from an AUTOCOMMIT read, never from inside a batch
   or snapshot, whose view may never commit.
 
-Values are stored serialised (``marshal`` for plain JSON-like data, which
-loads in a microsecond or two, else ``pickle``), so every hit is a fresh copy
-a caller may mutate. Entries are bounded by ``max_entries`` (least recently
+Every hit is a fresh copy a caller may mutate: a JSON-shaped value (or a
+User's or Client's fields) is kept as the cache's own copy whose containers
+are copied on each hit while its strings and numbers are shared; anything
+else is kept pickled. Entries are bounded by ``max_entries`` (least recently
 used first). Negative answers are kept for configuration and keys (a small,
 host-chosen key space) but not for users and clients, whose names come from
 the network.
@@ -61,6 +62,7 @@ function in their transaction, or the group must stay uncached.
 
 from __future__ import annotations
 
+import functools
 import logging
 import marshal
 import pickle
@@ -283,44 +285,81 @@ class Miss:
     """Hand it to :meth:`ReadCache.fill` with the value read; None: do not fill."""
 
 
-def _no_value(_: object) -> None:
-    return None
+Copier = Callable[[], Any]
+"""Returns a fresh copy of a cached answer on every call."""
+
+_SHARED: Final = frozenset({str, int, float, bool, type(None)})
+"""Immutable JSON values: every copy may hold the same object."""
 
 
-_Entry = tuple[Callable[[Any], Any], Any]
+def _copier(owned: Any) -> Copier:
+    """Fresh copies of ``owned``, a JSON value that only the cache holds.
+
+    Containers are copied (each with its own C-level ``copy``, then the nested
+    ones replaced by their copies); strings and numbers are shared, since
+    nothing can change them. A signing set is then copied in ~0.5 µs where
+    rebuilding it from serialised bytes took 1.6 µs. Anything other than
+    dicts, lists and JSON scalars is refused (TypeError).
+    """
+    kind = type(owned)
+    if kind in _SHARED:
+        return lambda: owned
+    if kind is dict:
+        members: Iterable[tuple[Any, Any]] = owned.items()
+    elif kind is list:
+        members = enumerate(owned)
+    else:
+        raise TypeError(f"not a JSON value: {kind.__name__}")
+    nested: list[tuple[Any, Copier]] = []
+    for where, inner in members:
+        inner_kind = type(inner)
+        if inner_kind is dict or inner_kind is list:
+            nested.append((where, _copier(inner)))
+        elif inner_kind not in _SHARED:
+            raise TypeError(f"not a JSON value: {inner_kind.__name__}")
+    shallow: Copier = owned.copy
+    if not nested:
+        return shallow
+    replaced = tuple(nested)
+
+    def copy() -> Any:
+        fresh = shallow()
+        for where, inner_copy in replaced:
+            fresh[where] = inner_copy()
+        return fresh
+
+    return copy
 
 
-def _freeze(value: Any) -> _Entry:
-    if value is None:
-        return _no_value, None
-    kind = type(value)
-    try:
-        if kind in _BY_STATE:
-            # What pickle would do (a new instance given the old one's __dict__),
-            # with the state in marshal's form: a cached login then costs half.
-            return _BY_STATE[kind], marshal.dumps(vars(value), _MARSHAL_VERSION)
-        # Version 2 writes no back-references: it loads fastest, and a shared
-        # sub-object comes back as two copies, as JSON would.
-        return marshal.loads, marshal.dumps(value, _MARSHAL_VERSION)
-    except (ValueError, TypeError):  # a value marshal cannot hold; no __dict__
-        return pickle.loads, pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-
-
-def _thawing(kind: type[Any]) -> Callable[[bytes], Any]:
+def _entity_copier(kind: type[Any], state: Copier) -> Copier:
+    """Copies of a dataclass instance, made as pickle makes them: a new
+    instance given a copy of the state."""
     new = object.__new__
 
-    def thaw(state: bytes) -> Any:
+    def copy() -> Any:
         instance = new(kind)
-        instance.__dict__ = marshal.loads(state)  # noqa: S302 - bytes this process made
+        instance.__dict__ = state()
         return instance
 
-    return thaw
+    return copy
 
 
-_BY_STATE: Final[Mapping[type[Any], Callable[[bytes], Any]]] = {
-    kind: _thawing(kind) for kind in (User, Client)
-}
+_ENTITIES: Final = frozenset({User, Client})
 """The entities cached by their state: plain dataclasses, whose fields are JSON values."""
+
+
+def _freeze(value: Any) -> Copier:
+    """A copier of ``value`` as it is now: later changes to ``value`` do not reach it."""
+    kind = type(value)
+    try:
+        state = vars(value) if kind in _ENTITIES else value
+        # The cache's own copy, via marshal (version 2 writes no back-references,
+        # so a shared sub-object becomes two, as JSON would make it).
+        owned = marshal.loads(marshal.dumps(state, _MARSHAL_VERSION))  # noqa: S302 - our bytes
+        copier = _copier(owned)
+    except (ValueError, TypeError):  # not plain JSON-shaped data: pickle copies it
+        return functools.partial(pickle.loads, pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+    return _entity_copier(kind, copier) if kind in _ENTITIES else copier
 
 
 class ReadCache:
@@ -338,7 +377,7 @@ class ReadCache:
         self.max_staleness = settings.max_staleness
         self.connection = listener_connection(connection, settings)
         self._lock = threading.Lock()
-        self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, Copier] = OrderedDict()
         self._epoch = 0
         """Bumped by every invalidation: a fill that read before one is not kept."""
         self._fresh_until = 0.0
@@ -444,8 +483,7 @@ class ReadCache:
             )
         if entry is None:
             return Miss(token)
-        loads, blob = entry
-        return loads(blob)
+        return entry()
 
     def fill(self, key: CacheKey, value: Any, token: int | None) -> None:
         """Keep ``value`` (read after :meth:`get` gave ``token``) unless something changed since."""
