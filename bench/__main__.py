@@ -42,6 +42,7 @@ from bench import (
 from bench import server as servers
 from bench.cases import Case, Cases, first
 from bench.floor import Floor
+from bench.placement import Placement, unplaced
 from bench.timing import Call, interleave, throughput
 from omejdn_pg import Client, Host
 from omejdn_pg.host import events
@@ -301,8 +302,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "staleness_writes": args.writes,
         },
     }
-    with servers.start() as server:
+    placement = Placement.split()
+    with servers.start(placement=placement) as server:
         results["server"] = server.describe()
+        if not server.embedded:
+            placement = None
+            results["placement"] = unplaced(f"${servers.DSN_ENV} names a server not ours to place")
+        elif placement is None:
+            results["placement"] = unplaced("one core: nothing to split")
+        else:
+            placement.pin_bench()
+            results["placement"] = {
+                **placement.describe(),
+                "backend_cores": server.backend_cores(),
+            }
         phase("seed users", f"{args.users:,} by COPY")
         hashes = seed.PasswordHashes.make()
         database = server.database("main")
@@ -393,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["import"] = {**main_import, "startup_s": startup}
         results["growth"] = {"get_all": listing, "import": imports}
         phase("topologies", "USER_GET on a standby and through PgBouncer")
-        results["topologies"] = topologies.measure(quick=args.quick)
+        results["topologies"] = topologies.measure(quick=args.quick, placement=placement)
         for label, row in results["topologies"]["rows"].items():
             log.print(
                 f"bench: USER_GET {label}: {row['p50_us']} µs p50, {row['ratio']}x the primary",

@@ -93,6 +93,14 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _placed(results: dict[str, Any]) -> str:
+    placement = results.get("placement") or {}
+    if not placement.get("bench_cores"):
+        return ""
+    cores = ", ".join(str(core) for core in placement["server_cores"])
+    return f" (bench on core {placement['bench_cores'][0]}, servers on {cores})"
+
+
 def print_tables(results: dict[str, Any], console: Console | None = None) -> None:
     if console is None:
         console = Console()
@@ -103,7 +111,7 @@ def print_tables(results: dict[str, Any], console: Console | None = None) -> Non
     head = (
         f"{parameters['users']:,} users, {parameters['clients']:,} clients · "
         f"PostgreSQL {server['server_version']} ({server['kind']}, {server['transport']}) · "
-        f"{results['machine']['cpu']}, {results['machine']['cores']} cores"
+        f"{results['machine']['cpu']}, {results['machine']['cores']} cores{_placed(results)}"
     )
     table = Table(title=f"Latency, omejdn_pg vs the floor (raw psycopg, same SQL) · {head}")
     for column in ("case", "stmts", "ours p50", "ours p99", "floor p50", "floor p99"):

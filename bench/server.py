@@ -24,6 +24,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from bench.placement import Placement, starting_servers
 from omejdn_pg.postgres import migrate
 from omejdn_pg.settings import ConnectionSettings
 
@@ -73,6 +74,11 @@ class Server:
         for name in reversed(list(self.created)):
             self.drop(self.admin.with_params(dbname=name))
 
+    def backend_cores(self) -> list[int]:
+        """The cores a new backend of this server (on this machine) may run on."""
+        with psycopg.connect(self.admin.conninfo(), autocommit=True) as conn:
+            return sorted(os.sched_getaffinity(conn.info.backend_pid))
+
     def describe(self) -> dict[str, Any]:
         """What the figures depend on: the server, its durability settings, the transport."""
         with psycopg.connect(self.admin.conninfo(), autocommit=True) as conn:
@@ -88,8 +94,9 @@ class Server:
 
 
 @contextmanager
-def start(dsn: str | None = None) -> Iterator[Server]:
-    """The server named by ``dsn`` (or ``$OMEJDN_PG_BENCH_DSN``), else a new embedded one."""
+def start(dsn: str | None = None, placement: Placement | None = None) -> Iterator[Server]:
+    """The server named by ``dsn`` (or ``$OMEJDN_PG_BENCH_DSN``), else a new embedded one,
+    on ``placement``'s server cores."""
     dsn = dsn or os.environ.get(DSN_ENV)
     if dsn:
         server = Server(ConnectionSettings.from_url(dsn), embedded=False)
@@ -101,7 +108,8 @@ def start(dsn: str | None = None) -> Iterator[Server]:
     import pgserver
 
     data_dir = Path(tempfile.mkdtemp(prefix="omejdn-pg-bench-"))
-    embedded = pgserver.get_server(data_dir, cleanup_mode="delete")  # type: ignore[attr-defined]
+    with starting_servers(placement):
+        embedded = pgserver.get_server(data_dir, cleanup_mode="delete")  # type: ignore[attr-defined]
     try:
         server = Server(ConnectionSettings.from_url(embedded.get_uri()), embedded=True)
         server.execute(sql.SQL("ALTER SYSTEM SET synchronous_commit = off"))

@@ -18,6 +18,7 @@ from typing import Any
 
 import bcrypt
 
+from bench.placement import Placement, starting_servers
 from omejdn_pg import User
 from omejdn_pg.host.facade import Host
 from omejdn_pg.settings import parse_backend_section
@@ -27,14 +28,15 @@ def _section(connection: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"connection": connection, "passwords": {"bcrypt_rounds": 4}, "cache": False, **extra}
 
 
-def measure(*, quick: bool) -> dict[str, Any]:
+def measure(*, quick: bool, placement: Placement | None = None) -> dict[str, Any]:
     """``{"rows": {label: {p50_us, p95_us, ratio}}, "skipped": {label: reason}}``."""
     from tests.cluster import Cluster, PgBouncer, RigUnavailable, compare_latency
 
     rounds, per_round = (4, 25) if quick else (20, 100)
     skipped: dict[str, str] = {}
     try:
-        cluster = Cluster.create(1)
+        with starting_servers(placement):
+            cluster = Cluster.create(1)
     except RigUnavailable as error:
         return {"rows": {}, "skipped": {"standby": str(error), "pgbouncer": str(error)}}
     with cluster, ExitStack() as stack:
@@ -55,12 +57,13 @@ def measure(*, quick: bool) -> dict[str, Any]:
             )
         )
         try:
-            bouncer = stack.enter_context(
-                PgBouncer(
-                    primary.settings("postgres"),
-                    extra={"ignore_startup_parameters": "options"},
+            with starting_servers(placement):
+                bouncer = stack.enter_context(
+                    PgBouncer(
+                        primary.settings("postgres"),
+                        extra={"ignore_startup_parameters": "options"},
+                    )
                 )
-            )
             pooled = dict(bouncer.settings("bench").params)
             hosts["pgbouncer"] = stack.enter_context(
                 Host.from_settings(parse_backend_section(_section(pooled), "bench"))

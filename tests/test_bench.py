@@ -103,6 +103,21 @@ def test_the_run_is_described(results: dict[str, Any]) -> None:
     assert positive(results["seeding"]["rest_s"])
 
 
+def test_the_bench_and_its_embedded_server_run_on_cores_of_their_own(
+    results: dict[str, Any],
+) -> None:
+    placement = results["placement"]
+    if results["server"]["kind"] != "embedded (pgserver)" or len(os.sched_getaffinity(0)) < 2:
+        assert placement["bench_cores"] is None
+        assert placement["reason"]
+        return
+    assert placement["bench_cores"]
+    assert placement["server_cores"]
+    assert not set(placement["bench_cores"]) & set(placement["server_cores"])
+    # A backend forked while the bench ran had the servers' cores, not the bench's.
+    assert placement["backend_cores"] == placement["server_cores"]
+
+
 def test_every_event_has_numbers_beside_its_floor(results: dict[str, Any]) -> None:
     rows = {row["name"]: row for row in results["latency"]}
     assert list(rows) == LATENCY_ROWS
