@@ -46,13 +46,13 @@ How that holds, using nothing but PostgreSQL:
   epoch compare) and only from an AUTOCOMMIT read, never from inside a batch
   or snapshot, whose view may never commit.
 
-Every hit is a fresh copy a caller may mutate: a JSON-shaped value (or a
-User's or Client's fields) is kept as the cache's own copy whose containers
-are copied on each hit while its strings and numbers are shared; anything
-else is kept pickled. Entries are bounded by ``max_entries`` (least recently
-used first). Negative answers are kept for configuration and keys (a small,
-host-chosen key space) but not for users and clients, whose names come from
-the network.
+Every hit is a fresh copy a caller may mutate: a User or Client is kept as
+marshal's bytes of its fields, a configuration section or key set as the
+cache's own copy whose containers are copied on each hit while its strings
+and numbers are shared, anything else pickled. Entries are bounded by
+``max_entries`` (least recently used first). Negative answers are kept for
+configuration and keys (a small, host-chosen key space) but not for users and
+clients, whose names come from the network.
 
 What it cannot see: a writer that bypasses this package and neither calls
 ``omejdn_pg_changed`` nor touches ``keys`` (a Ruby Omejdn storing a
@@ -331,14 +331,15 @@ def _copier(owned: Any) -> Copier:
     return copy
 
 
-def _entity_copier(kind: type[Any], state: Copier) -> Copier:
-    """Copies of a dataclass instance, made as pickle makes them: a new
-    instance given a copy of the state."""
+def _entity_copier(kind: type[Any], state: bytes) -> Copier:
+    """Copies of a dataclass instance, made as pickle makes them: a new instance
+    given its state, here rebuilt from marshal's bytes."""
     new = object.__new__
+    loads = marshal.loads
 
     def copy() -> Any:
         instance = new(kind)
-        instance.__dict__ = state()
+        instance.__dict__ = loads(state)
         return instance
 
     return copy
@@ -349,17 +350,25 @@ _ENTITIES: Final = frozenset({User, Client})
 
 
 def _freeze(value: Any) -> Copier:
-    """A copier of ``value`` as it is now: later changes to ``value`` do not reach it."""
+    """A copier of ``value`` as it is now: later changes to ``value`` do not reach it.
+
+    Users and clients are many, each read now and then, so a hit usually finds
+    its entry out of the CPU's caches: a compact blob that marshal rebuilds
+    touches fewer cache lines than a tree of shared objects (a cold client with
+    a JWK Set: 1.4 µs against 3 µs). Configuration sections and key sets are
+    few and read on every token request, so they stay hot, and copying only
+    their containers wins (a signing set: 0.5 µs against 1.9 µs).
+    """
     kind = type(value)
     try:
-        state = vars(value) if kind in _ENTITIES else value
-        # The cache's own copy, via marshal (version 2 writes no back-references,
-        # so a shared sub-object becomes two, as JSON would make it).
-        owned = marshal.loads(marshal.dumps(state, _MARSHAL_VERSION))  # noqa: S302 - our bytes
-        copier = _copier(owned)
+        if kind in _ENTITIES:
+            # Version 2 writes no back-references: it loads fastest, and a
+            # shared sub-object comes back as two copies, as JSON would.
+            return _entity_copier(kind, marshal.dumps(vars(value), _MARSHAL_VERSION))
+        owned = marshal.loads(marshal.dumps(value, _MARSHAL_VERSION))  # noqa: S302 - our bytes
+        return _copier(owned)
     except (ValueError, TypeError):  # not plain JSON-shaped data: pickle copies it
         return functools.partial(pickle.loads, pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
-    return _entity_copier(kind, copier) if kind in _ENTITIES else copier
 
 
 class ReadCache:
