@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from omejdn_pg import PluginLoader
-from omejdn_pg.cli import transfer, transfer_commands
+from omejdn_pg.cli import transfer
 from omejdn_pg.entities import User
 from omejdn_pg.errors import AlreadyExists, InvalidInput, StorageError
 from omejdn_pg.host import events
@@ -340,13 +340,28 @@ def test_attributes_of_the_ruby_plugins_text_layout_read_back_the_same(
     assert transfer.import_deployment(deployment, host).changed == []
 
 
-def test_the_import_command_pauses_the_garbage_collector_only_while_it_imports() -> None:
+def test_an_import_pauses_the_garbage_collector_only_while_it_imports(
+    deployment: Path, host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+    plan = transfer.plan_import
+
+    def planning(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return plan(*args, **kwargs)
+
+    monkeypatch.setattr(transfer, "plan_import", planning)
     assert gc.isenabled()
-    with transfer_commands.collector_paused():
-        assert not gc.isenabled()
+    transfer.import_deployment(deployment, host)
+    assert seen == [False]
     assert gc.isenabled()
-    with pytest.raises(RuntimeError), transfer_commands.collector_paused():
+
+    def failing(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("an import failed")
+
+    monkeypatch.setattr(transfer, "plan_import", failing)
+    with pytest.raises(RuntimeError):
+        transfer.import_deployment(deployment, host)
     assert gc.isenabled()
 
 

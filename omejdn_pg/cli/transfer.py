@@ -89,6 +89,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from omejdn_pg import collector
 from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import (
     AlreadyExists,
@@ -761,33 +762,35 @@ def import_deployment(
     ``on_plan`` sees the plan before anything is written (e.g. to size a
     progress bar); ``progress`` is called after each change is applied.
     """
-    started = time.perf_counter()
-    deployment = read_deployment(path)
-    report = Report(dry_run=dry_run, notes=list(deployment.notes))
-    # Plan outside the transaction: hashing and verifying plaintext passwords (bcrypt,
-    # a quarter second each) must not hold a transaction and a pooled connection.
-    for attempt in range(1, MAX_IMPORT_ATTEMPTS + 1):
-        report.changes = plan_import(deployment, host, policy)
-        if on_plan is not None:
-            on_plan(report.changed)
-        if dry_run or not report.changed:
-            break
-        try:
-            with host.batch():
-                for change in report.changed:
-                    assert change.apply is not None
-                    change.apply(host)
-                    if progress is not None:
-                        progress(change)
-            break
-        except (AlreadyExists, NotFound):
-            # Someone stored a change between the plan and the batch (another
-            # import of an overlapping directory, say): the batch rolled back
-            # whole, so plan again against what is stored now.
-            if attempt == MAX_IMPORT_ATTEMPTS:
-                raise
-    report.seconds = time.perf_counter() - started
-    return report
+    # The whole directory is held until the end: see omejdn_pg.collector.
+    with collector.paused():
+        started = time.perf_counter()
+        deployment = read_deployment(path)
+        report = Report(dry_run=dry_run, notes=list(deployment.notes))
+        # Plan outside the transaction: hashing and verifying plaintext passwords (bcrypt,
+        # a quarter second each) must not hold a transaction and a pooled connection.
+        for attempt in range(1, MAX_IMPORT_ATTEMPTS + 1):
+            report.changes = plan_import(deployment, host, policy)
+            if on_plan is not None:
+                on_plan(report.changed)
+            if dry_run or not report.changed:
+                break
+            try:
+                with host.batch():
+                    for change in report.changed:
+                        assert change.apply is not None
+                        change.apply(host)
+                        if progress is not None:
+                            progress(change)
+                break
+            except (AlreadyExists, NotFound):
+                # Someone stored a change between the plan and the batch (another
+                # import of an overlapping directory, say): the batch rolled back
+                # whole, so plan again against what is stored now.
+                if attempt == MAX_IMPORT_ATTEMPTS:
+                    raise
+        report.seconds = time.perf_counter() - started
+        return report
 
 
 # --- export -----------------------------------------------------------------------

@@ -14,7 +14,6 @@ of the store, paid only with ``-v``. What this module relies on of the engine:
 
 from __future__ import annotations
 
-import gc
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,30 +104,9 @@ def run_import(
         if progress is not None:
             progress.advance(task)
 
-    with collector_paused():
-        return transfer.import_deployment(
-            directory, host, dry_run=dry_run, policy=policy, on_plan=on_plan, progress=advance
-        )
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection meanwhile.
-
-    An import holds the whole directory — a few objects per attribute of every
-    user, none of them in a cycle — until it ends, and each of the collector's
-    full passes walks all of them again: a quarter of a 20,000-user import's
-    time. The command's process does nothing else meanwhile; what little cyclic
-    garbage the import leaves waits for its end.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+    return transfer.import_deployment(
+        directory, host, dry_run=dry_run, policy=policy, on_plan=on_plan, progress=advance
+    )
 
 
 def field_diffs(directory: Path, host: Host, policy: PasswordPolicy) -> Diffs:

@@ -51,6 +51,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
 
+from omejdn_pg import collector
 from omejdn_pg.entities import Client
 from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
 from omejdn_pg.keys import Key, KeySet
@@ -346,10 +347,11 @@ def all_clients(
     answers: JwksAnswers | None = None,
 ) -> list[Client]:
     """Every client, ordered by client_id; one statement whatever their number."""
-    return [
-        _client(row[0], metadata, attributes, key_rows, jwks, keyring, answers)
-        for row, (metadata, attributes, key_rows) in with_documents(reader.stream(_ALL), 1)
-    ]
+    with collector.paused():
+        return [
+            _client(row[0], metadata, attributes, key_rows, jwks, keyring, answers)
+            for row, (metadata, attributes, key_rows) in with_documents(reader.stream(_ALL), 1)
+        ]
 
 
 def _client(

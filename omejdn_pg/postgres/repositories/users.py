@@ -47,6 +47,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
 
+from omejdn_pg import collector
 from omejdn_pg.entities import User
 from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
 from omejdn_pg.passwords import PasswordPolicy, default_policy
@@ -358,17 +359,18 @@ def find_user(reader: Reader, username: str) -> User | None:
 
 def all_users(reader: Reader) -> list[User]:
     """Every user, ordered by username; one statement whatever their number."""
-    return [
-        User(
-            username=row[0],
-            password=row[1],
-            attributes=attributes or {},
-            extern=read_extern(row[2]),
-            consent=consent or {},
-            backend=BACKEND_NAME,
-        )
-        for row, (consent, attributes) in with_documents(reader.stream(_ALL), 3)
-    ]
+    with collector.paused():
+        return [
+            User(
+                username=row[0],
+                password=row[1],
+                attributes=attributes or {},
+                extern=read_extern(row[2]),
+                consent=consent or {},
+                backend=BACKEND_NAME,
+            )
+            for row, (consent, attributes) in with_documents(reader.stream(_ALL), 3)
+        ]
 
 
 def stored_password(reader: Reader, username: str) -> tuple[bool, str | None]:

@@ -1,0 +1,45 @@
+"""Pausing Python's cyclic garbage collector while a bulk result is built.
+
+A listing or an import makes a few objects per user (the User, its attribute
+and consent dicts, a row), none of them in a cycle, and keeps them all until it
+returns. The collector's full passes start each time the surviving objects
+have grown by a quarter, and every pass walks all of them again: a third of a
+100,000-user ``USER_GET_ALL`` (330 → 210 ms, the same when the work between
+listings is counted). Reference counting still frees everything as usual;
+only the cycle search waits, and the first collection after the pause finds
+whatever cycles other threads made meanwhile.
+
+The pause is shared: several threads may hold it at once, and the collector
+comes back when the last one lets go, and only if it was on when the first
+one began.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_lock = threading.Lock()
+_holders = 0
+_resume = False
+"""Whether the collector was on when the current pause began."""
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """No automatic cyclic collection inside (reference counting goes on)."""
+    global _holders, _resume
+    with _lock:
+        if _holders == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _holders += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _holders -= 1
+            if _holders == 0 and _resume:
+                gc.enable()
