@@ -15,6 +15,7 @@ from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import StorageUnavailable
 from omejdn_pg.host import events
 from omejdn_pg.keys import KeySet, generate_key
+from omejdn_pg.postgres import readpool
 from omejdn_pg.postgres.database import Database, count_statements
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.readpool import ReadPool
@@ -278,9 +279,18 @@ def test_a_signing_set_answer_is_a_fresh_copy_and_follows_every_change(
         assert plugin.keys_load_all("jwks") == {"keys": []}
 
 
+@pytest.mark.parametrize(
+    "chunked",
+    sorted({readpool.CHUNKED_ROWS, False}),
+    ids=lambda chunked: "chunked rows" if chunked else "all rows at once (libpq before 17)",
+)
 def test_long_listings_stream_in_chunks_and_answer_what_point_reads_answer(
-    database: ConnectionSettings, plain_sql: PlainSQL
+    database: ConnectionSettings,
+    plain_sql: PlainSQL,
+    monkeypatch: pytest.MonkeyPatch,
+    chunked: bool,
 ) -> None:
+    monkeypatch.setattr(readpool, "CHUNKED_ROWS", chunked)
     # More rows than several chunks of the stream and of the parser, with the
     # edges mixed in: no attributes, consent, extern by issuer and as true,
     # names that sort differently bytewise and by collation.
