@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from omejdn_pg.entities import User
 from omejdn_pg.errors import InvalidValue, StorageError, StorageUnavailable
@@ -124,6 +124,37 @@ def test_a_caught_up_standby_serves_point_reads_and_get_all(cluster: Cluster) ->
             >= 1
         )
         assert primary.value("SELECT count(*) FROM users", dbname="omejdn") == 1
+
+
+def test_point_reads_on_a_standby_take_its_own_prepared_read_path(cluster: Cluster) -> None:
+    """The hot path on a standby is the primary's: autocommit driver connections of
+    its own, statements prepared, no SQLAlchemy checkout."""
+    _primary, standby = cluster.nodes
+    with Host.from_settings(backend(cluster)) as host:
+        database = database_of(host)
+        host.users.add(User(username="bob", password=HASH, attributes={"n": 2}))
+        cluster.wait_replayed()
+        time.sleep(0.06)
+        assert where(database) == standby.port
+        assert database.router is not None
+        (replica,) = database.router.replicas
+        checkouts: list[object] = []
+        event.listen(replica.engine, "checkout", lambda *_: checkouts.append(1))
+        served = database.router.served[replica.name]
+        for _ in range(5):
+            bob = host.users.find("bob")
+            assert bob is not None
+            assert bob.attributes == {"n": 2}
+        assert database.router.served[replica.name] == served + 5
+        assert checkouts == []
+        # The standby itself ran them, on a connection that keeps them prepared.
+        last = standby.value(
+            "SELECT query FROM pg_stat_activity WHERE application_name = %s AND query LIKE %s",
+            (APP, "%FROM users%"),
+        )
+        assert "users" in last
+        assert replica.direct_reads is not None
+        assert "idle=1" in repr(replica.direct_reads)
 
 
 def test_after_a_write_the_primary_serves_until_the_standby_has_it(cluster: Cluster) -> None:
@@ -395,7 +426,7 @@ def test_no_stale_read_in_10000_write_then_read_pairs_under_delayed_apply(
 
 READER = """
 import json, sys, time
-from sqlalchemy import text
+from sqlalchemy import event, text
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.repositories.config import ConfigRepository
 from omejdn_pg.settings import parse_backend_section

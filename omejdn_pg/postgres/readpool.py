@@ -25,9 +25,12 @@ reported itself read-only (:func:`~omejdn_pg.postgres.database.reports_read_only
 is discarded with every other one made before, as the engine's
 :class:`~omejdn_pg.postgres.database.ReadOnlyGuard` does, sharing its clock.
 
-Reads inside a batch or a snapshot, and reads a replica serves, stay on
-SQLAlchemy connections (:class:`~omejdn_pg.postgres.repositories.common.ConnectionReader`):
-they join a transaction or another server, where none of this applies.
+A standby that serves reads has a pool of its own (``standby``): there a
+read-only node is what is expected, and whether the standby may serve at all
+is the router's decision, not the pool's. Reads inside a batch or a snapshot
+stay on SQLAlchemy connections
+(:class:`~omejdn_pg.postgres.repositories.common.ConnectionReader`): they join a
+transaction, where none of this applies.
 """
 
 from __future__ import annotations
@@ -221,8 +224,11 @@ class ReadPool:
         behind_pooler: Callable[[psycopg.Connection[Any]], bool],
         read_only_since: Callable[[], float],
         found_read_only: Callable[[], None],
+        standby: bool = False,
     ) -> None:
         self._connect_args = dict(connect_args)
+        self._standby = standby
+        """A standby's pool: read-only is what its node is, not a reason to discard."""
         self._size = pool.size
         self._limit = pool.size + pool.max_overflow
         self._timeout = pool.timeout
@@ -280,7 +286,7 @@ class ReadPool:
         if (
             pgconn.status == psycopg.pq.ConnStatus.OK
             and pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            and not node_read_only(pgconn)
+            and (self._standby or not node_read_only(pgconn))
         ):
             with self._available:
                 if len(self._idle) < self._size:
@@ -300,7 +306,7 @@ class ReadPool:
             with self._available:
                 # A restart or a failover breaks every connection made before it.
                 self._broken_since = time.monotonic()
-        elif node_read_only(conn.pgconn):
+        elif not self._standby and node_read_only(conn.pgconn):
             # Every connection made so far points at that node.
             self._found_read_only()
         with self._available:
