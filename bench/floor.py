@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Engine, event
 
+from omejdn_pg.postgres.database import connect_arguments
 from omejdn_pg.settings import ConnectionSettings
 
 
@@ -89,7 +90,9 @@ class Floor:
     """Raw psycopg on one persistent autocommit connection."""
 
     def __init__(self, settings: ConnectionSettings) -> None:
-        self.conn = psycopg.connect(settings.conninfo(), autocommit=True)
+        # Connected as the package connects (its startup options), so that a
+        # replayed write costs what the package's does, triggers included.
+        self.conn = psycopg.connect(**connect_arguments(settings), autocommit=True)
 
     def close(self) -> None:
         self.conn.close()

@@ -469,6 +469,66 @@ def test_hand_sql_on_keys_is_announced_by_the_trigger(
     eventually(lambda: load() is None)
 
 
+OTHER_HASH = "$2a$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW"
+
+
+def test_hand_sql_on_users_clients_and_attributes_is_announced_by_their_triggers(
+    open_loader: Callable[..., PluginLoader], plain_sql: PlainSQL
+) -> None:
+    """As a Ruby Omejdn sharing the database or psql would write: no omejdn_pg_changed()."""
+    reader = open_loader(EVERYTHING)
+    writer = open_loader(OFF)
+    alice = User("alice", HASH, attributes={"role": "staff"})
+    writer.fire(events.USER_CREATE, user=alice, user_backend="postgres")
+    app = Client(metadata={"client_id": "app", "client_name": "App"})
+    writer.fire(events.CLIENT_CREATE, client=app, client_backend="postgres")
+    user = lambda: one(reader, events.USER_GET, username="alice")  # noqa: E731
+    client = lambda: one(reader, events.CLIENT_GET, client_id="app")  # noqa: E731
+    assert warm(user, reader).password == HASH
+    assert warm(client, reader).metadata["client_name"] == "App"
+
+    plain_sql.execute("UPDATE users SET password = %s WHERE username = 'alice'", (OTHER_HASH,))
+    eventually(lambda: user().password == OTHER_HASH)
+    warm(user, reader)
+    plain_sql.execute(
+        "UPDATE attributes SET value = '\"admin\"' WHERE identifier = 'alice' AND key = 'role'"
+    )
+    eventually(lambda: user().attributes == {"role": "admin"})
+    plain_sql.execute(
+        "UPDATE clients SET value = '\"Renamed\"' WHERE client_id = 'app' AND key = 'client_name'"
+    )
+    eventually(lambda: client().metadata["client_name"] == "Renamed")
+    warm(client, reader)
+    plain_sql.execute("DELETE FROM clients WHERE client_id = 'app'")
+    eventually(lambda: client() is None)
+    warm(user, reader)
+    plain_sql.execute("TRUNCATE attributes")
+    eventually(lambda: user().attributes == {})
+
+
+def test_the_packages_own_writes_drop_only_what_they_changed(
+    open_loader: Callable[..., PluginLoader],
+) -> None:
+    """Its connections tell the triggers that they announce their own changes, key by key."""
+    reader = open_loader(EVERYTHING)
+    writer = open_loader(OFF)
+    for name in ("alice", "bob"):
+        writer.fire(events.USER_CREATE, user=User(name, HASH), user_backend="postgres")
+    alice = warm(lambda: one(reader, events.USER_GET, username="alice"), reader)
+    warm(lambda: one(reader, events.USER_GET, username="bob"), reader)
+
+    changed = User("alice", HASH, attributes={"role": "admin"}, backend="postgres")
+    writer.fire(events.USER_UPDATE, user=changed)
+    eventually(
+        lambda: one(reader, events.USER_GET, username="alice").attributes == {"role": "admin"}
+    )
+    assert alice.attributes == {}
+    time.sleep(0.2)  # any further notice of that commit has arrived by now
+    statements = count_statements(plugin(reader).database.engine)
+    assert one(reader, events.USER_GET, username="bob").username == "bob"
+    assert statements == []  # bob's entry was not flushed with alice's change
+
+
 # --- a listener that cannot hear ------------------------------------------------------------
 
 

@@ -54,10 +54,14 @@ and numbers are shared, anything else pickled. Entries are bounded by
 configuration and keys (a small, host-chosen key space) but not for users and
 clients, whose names come from the network.
 
-What it cannot see: a writer that bypasses this package and neither calls
-``omejdn_pg_changed`` nor touches ``keys`` (a Ruby Omejdn storing a
-configuration section, hand SQL on ``users``). Such writers must call the
-function in their transaction, or the group must stay uncached.
+Other writers (a Ruby Omejdn sharing the database, hand SQL) are heard through
+triggers: on ``keys`` per changed target, on ``users``, ``clients`` and
+``attributes`` as whole-group notices (revision 0004; they stay silent on this
+package's connections, whose startup option ``omejdn_pg.self_announcing`` says
+that they announce exactly what they changed). What it cannot see: a writer
+that bypasses this package and changes a configuration section (a table of its
+own, made at run time, with no trigger) without calling ``omejdn_pg_changed``;
+such a writer must call it in its transaction, or ``config`` must stay uncached.
 """
 
 from __future__ import annotations

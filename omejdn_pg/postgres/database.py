@@ -130,6 +130,12 @@ def build_engine(
     return engine
 
 
+SELF_ANNOUNCING_OPTION: Final = "-c omejdn_pg.self_announcing=on"
+"""Startup option of every connection of this package: its writes announce exactly what
+they changed (``omejdn_pg_changed``), so the tables' triggers (revision 0004), which
+announce other writers' changes by whole groups, stay silent for them."""
+
+
 def connect_arguments(
     connection: ConnectionSettings,
     timeouts: TimeoutSettings | None = None,
@@ -138,10 +144,15 @@ def connect_arguments(
 ) -> dict[str, Any]:
     """What ``psycopg.connect`` is called with, for the engine and the read pool alike."""
     connect_args: dict[str, Any] = dict(connection.params)
-    if timeouts is not None:
-        connect_args["options"] = " ".join(
-            part for part in (connect_args.get("options", ""), timeouts.options()) if part
+    connect_args["options"] = " ".join(
+        part
+        for part in (
+            connect_args.get("options", ""),
+            timeouts.options() if timeouts is not None else "",
+            SELF_ANNOUNCING_OPTION,
         )
+        if part
+    )
     if prepare is False:
         connect_args["prepare_threshold"] = None
     return connect_args
