@@ -420,6 +420,7 @@ class ReadCache:
         self._closed = False
         self._listener = _Listener(self)
         self._watch: _KeyWriteWatch | None = None
+        self._subscribers: list[Callable[[frozenset[str] | None], None]] = []
 
     def __repr__(self) -> str:
         return (
@@ -450,6 +451,31 @@ class ReadCache:
             self._serving = False
             self._entries.clear()
             self._epoch += 1
+
+    def subscribe(self, listener: Callable[[frozenset[str] | None], None]) -> Callable[[], None]:
+        """Call ``listener(groups)`` whenever entries of ``groups`` are dropped; returns the
+        unsubscribe. ``None`` means every group: a flush (a reconnect, a notice that may have
+        been missed), the cache stepping aside or closing. Called on the listener's or a
+        writer's thread with the cache's lock held, so it must only record and return; it
+        is not told when the cache stops serving for want of a heartbeat (ask
+        :attr:`serving`).
+        """
+        with self._lock:
+            self._subscribers.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._subscribers:
+                    self._subscribers.remove(listener)
+
+        return unsubscribe
+
+    def _tell_locked(self, groups: frozenset[str] | None) -> None:
+        for listener in self._subscribers:
+            try:
+                listener(groups)
+            except Exception:  # a subscriber never breaks invalidation
+                log.exception("read cache: a change subscriber failed")
 
     def wait_until_serving(self, timeout: float) -> bool:
         """Block until the listener has connected and polled (or ``timeout`` seconds pass)."""
@@ -542,6 +568,7 @@ class ReadCache:
         for entry in doomed:
             del self._entries[entry]
         self._counts["invalidations"] += len(doomed)
+        self._tell_locked(frozenset((group,)))
         return len(doomed)
 
     def _flush_locked(self, groups: Iterable[str] | None = None) -> None:
@@ -549,6 +576,7 @@ class ReadCache:
         self._counts["flushes"] += 1
         if groups is None:
             self._entries.clear()
+            self._tell_locked(None)
             return
         for group in groups:
             self._drop_locked(group, None)
@@ -574,6 +602,7 @@ class ReadCache:
             self._fresh_until = 0.0
             self._entries.clear()
             self._epoch += 1
+            self._tell_locked(None)
             return self._step_aside_locked()
 
     def _baseline(self, counters: Mapping[str, tuple[int, int]]) -> None:
