@@ -11,6 +11,7 @@ with plain SQL; exported files are read back byte by byte where it matters.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import json
 import shutil
@@ -32,17 +33,37 @@ from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host.facade import Host
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.keys import Key, KeySet, jwk_thumbprint
+from omejdn_pg.sealing import generate_secret, is_sealed
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
 from tests.helpers import PlainSQL, make_chain
+from tests.secrets import watch
 
 TRADITIONAL = serialization.PrivateFormat.TraditionalOpenSSL  # PKCS#1 / SEC1, as Ruby writes
 PKCS8 = serialization.PrivateFormat.PKCS8
 ALICE_HASH = bcrypt.hashpw(b"alice", bcrypt.gensalt(4, prefix=b"2a")).decode()
 
 
+KEK_ENV = "OMEJDN_PG_TEST_LAYOUT_KEK"
+
+
 @pytest.fixture
 def host(database: ConnectionSettings) -> Iterator[Host]:
     with Host.from_settings(BackendSettings(connection=database)) as facade:
+        yield facade
+
+
+@pytest.fixture(params=["unsealed", "sealed"])
+def any_host(
+    request: pytest.FixtureRequest, database: ConnectionSettings, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Host]:
+    """A host storing private keys as they are, or sealed under a key-encryption key."""
+    settings = BackendSettings(connection=database)
+    if request.param == "sealed":
+        monkeypatch.setenv(KEK_ENV, watch(generate_secret()))
+        settings = dataclasses.replace(
+            settings, key_encryption=({"id": "layout-kek", "env": KEK_ENV},)
+        )
+    with Host.from_settings(settings) as facade:
         yield facade
 
 
@@ -427,8 +448,11 @@ def test_a_stored_private_key_is_no_reason_to_write(
 
 
 def test_next_keys_export_as_public_keys_and_import_back_as_no_change(
-    host: Host, plain_sql: PlainSQL, tmp_path: Path
+    any_host: Host, plain_sql: PlainSQL, tmp_path: Path
 ) -> None:
+    """The re-import of an export, with private keys stored as they are and sealed: the
+    next key's private key in the files is what PostgreSQL holds, so no change."""
+    host = any_host
     signer = host.keys.signing_key()
     upcoming = host.keys.rotate("omejdn", "omejdn", "ES256")
     out = tmp_path / "out"
@@ -443,13 +467,24 @@ def test_next_keys_export_as_public_keys_and_import_back_as_no_change(
 
     # With the next key's private key in the files too, still no change: PostgreSQL
     # holds it, KEYS_LOAD only does not hand it out before the key is active.
-    pem = plain_sql.value(
+    stored = plain_sql.value(
         "SELECT value FROM keys WHERE kid = %s AND type LIKE '%%sk'", (upcoming.kid,)
     )
-    (out / "keys" / "omejdn" / f"omejdn.{upcoming.kid}.key").write_text(pem)
+    assert is_sealed(stored) == bool(host.postgres and host.postgres.keyring)
+    held = host.keys.stored("omejdn", "omejdn").by_kid(upcoming.kid)
+    assert held is not None
+    assert held.is_private
+    (out / "keys" / "omejdn" / f"omejdn.{upcoming.kid}.key").write_text(held.key_pem() or "")
     assert transfer.import_deployment(out, host).changed == []
     assert (
         plain_sql.value("SELECT state FROM keys WHERE kid = %s LIMIT 1", (upcoming.kid,)) == "next"
+    )
+    # Nothing was rewritten: a sealed value is the same bytes as before.
+    assert (
+        plain_sql.value(
+            "SELECT value FROM keys WHERE kid = %s AND type LIKE '%%sk'", (upcoming.kid,)
+        )
+        == stored
     )
 
 

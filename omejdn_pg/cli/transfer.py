@@ -113,7 +113,6 @@ from omejdn_pg.names import check_file_name
 from omejdn_pg.passwords import PasswordPolicy, default_policy
 from omejdn_pg.postgres.repositories.bulk import Row, UserImport
 from omejdn_pg.postgres.repositories.common import check_json
-from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.postgres.schema import validate_section_name
 from omejdn_pg.settings import BACKEND_NAME
 
@@ -415,7 +414,9 @@ def _hidden_private(host: Host, target_type: str, target: str) -> Callable[[], s
             postgres.settings is not None and "keys" not in postgres.settings.handlers
         ):
             return set()
-        stored = postgres.database.read(lambda conn: KeyRepository(conn).load(target_type, target))
+        # The plugin's repository: with key_encryption on, stored private keys are
+        # sealed and only its keyring opens them.
+        stored = postgres.database.read(lambda conn: postgres.keys(conn).load(target_type, target))
         return {key.kid for key in stored if key.is_private}
 
     return ask
