@@ -71,3 +71,7 @@ class MigrationError(OmejdnPgError):
 
 class TransferError(OmejdnPgError):
     """The directory cannot be imported or exported as it is; nothing was written."""
+
+
+class BackupError(TransferError):
+    """A backup file cannot be written or restored as it is; nothing was written."""

@@ -206,6 +206,15 @@ def sealed_by(value: str) -> str | None:
     return value[len(PREFIX) :].split("$", 1)[0]
 
 
+def check_sealed(value: str, what: str) -> str:
+    """The id of the KEK that sealed ``value``, after checking that the value is well
+    formed — without opening it (a backup is checked with no KEK at hand)."""
+    kek_id, wrapped, ciphertext = _parts(value, what)
+    if not kek_id or not wrapped or not ciphertext:
+        raise InvalidKeyMaterial(f"{what}: the sealed value is malformed")
+    return kek_id
+
+
 def generate_secret() -> str:
     """A new key-encryption key, base64url, for an environment variable or a file."""
     return base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)).decode("ascii")

@@ -37,6 +37,8 @@ COMMANDS: Final = {
     "check": "omejdn_pg.cli.check:check",
     "import": "omejdn_pg.cli.transfer_commands:import_",
     "export": "omejdn_pg.cli.transfer_commands:export",
+    "backup": "omejdn_pg.cli.backup:backup",
+    "restore": "omejdn_pg.cli.backup:restore",
     "users": "omejdn_pg.cli.users:users",
     "clients": "omejdn_pg.cli.clients:clients",
     "config": "omejdn_pg.cli.config:config",
