@@ -7,11 +7,12 @@ for the type checker alone. The layers, top to bottom:
 
 1. ``omejdn_pg`` (``__init__``, the public surface) and ``omejdn_pg.__main__``
 2. ``omejdn_pg.cli.*``
-3. ``omejdn_pg.host.facade``
-4. ``omejdn_pg.host.bootstrap``
-5. ``omejdn_pg.postgres.*`` and ``omejdn_pg.host.files.*``, which may not import each other
-6. ``omejdn_pg.host.events`` (and the ``omejdn_pg.host`` package itself)
-7. the vocabulary: every other top-level module (errors, entities, settings, ...)
+3. ``omejdn_pg.service.*``, the operations that compose the host and the backend
+4. ``omejdn_pg.host.facade``
+5. ``omejdn_pg.host.bootstrap``
+6. ``omejdn_pg.postgres.*`` and ``omejdn_pg.host.files.*``, which may not import each other
+7. ``omejdn_pg.host.events`` (and the ``omejdn_pg.host`` package itself)
+8. the vocabulary: every other top-level module (errors, entities, settings, ...)
 
 A module may import its own layer or any layer below it. These tests need no
 database.
@@ -59,15 +60,17 @@ def layer(name: str) -> int:
         return 0
     if within(name, f"{PACKAGE}.cli"):
         return 1
-    if name == f"{PACKAGE}.host.facade":
+    if within(name, f"{PACKAGE}.service"):
         return 2
-    if name == f"{PACKAGE}.host.bootstrap":
+    if name == f"{PACKAGE}.host.facade":
         return 3
-    if any(within(name, prefix) for prefix in BACKENDS.values()):
+    if name == f"{PACKAGE}.host.bootstrap":
         return 4
-    if within(name, f"{PACKAGE}.host"):
+    if any(within(name, prefix) for prefix in BACKENDS.values()):
         return 5
-    return 6
+    if within(name, f"{PACKAGE}.host"):
+        return 6
+    return 7
 
 
 def backend(name: str) -> str | None:
@@ -282,6 +285,9 @@ def test_no_private_names_of_other_modules() -> None:
         ("omejdn_pg.host.bootstrap", "omejdn_pg.host.files.plugins", True),
         ("omejdn_pg.host.bootstrap", "omejdn_pg.host.facade", False),
         ("omejdn_pg.__main__", "omejdn_pg.cli.app", True),
+        ("omejdn_pg.cli.backup", "omejdn_pg.service.backup", True),
+        ("omejdn_pg.service.backup", "omejdn_pg.postgres.database", True),
+        ("omejdn_pg.service.backup", "omejdn_pg.cli.output", False),
     ],
 )
 def test_the_layer_rule(source: str, target: str, allowed: bool) -> None:
