@@ -69,6 +69,11 @@ names would miss one; a ``.key`` with a private key is 0600; certificates,
 public keys and descriptors are 0644. Keys without their private members in
 what KEYS_LOAD answers (the lifecycle's ``next`` and ``retired`` keys) are
 exported as public keys, which never sign: the file layout has no lifecycle.
+What it cannot carry — lifecycle states, those private keys, sealing — is
+said in one warning line per kind (:mod:`omejdn_pg.service.layout_losses`),
+naming ``omejdn-pg backup``, which carries all of it. Import, for its part,
+never changes the state of a key it finds stored (KEYS_STORE keeps it), so
+importing an export back leaves retired keys retired and next keys next.
 """
 
 from __future__ import annotations
@@ -114,6 +119,7 @@ from omejdn_pg.passwords import PasswordPolicy, default_policy
 from omejdn_pg.postgres.repositories.bulk import Row, UserImport
 from omejdn_pg.postgres.repositories.common import check_json
 from omejdn_pg.postgres.schema import validate_section_name
+from omejdn_pg.service import layout_losses
 from omejdn_pg.settings import BACKEND_NAME
 
 KINDS: Final = ("users", "clients", "config", "keys")
@@ -805,6 +811,8 @@ class Snapshot:
     clients: list[Client]
     sections: dict[str, Any]
     keys: dict[Target, KeySet]
+    losses: list[str] = field(default_factory=list)
+    """What the file layout cannot carry, one warning line per kind."""
 
 
 def read_snapshot(host: Host) -> Snapshot:
@@ -817,7 +825,13 @@ def read_snapshot(host: Host) -> Snapshot:
             (target_type, target): host.keys.load(target_type, target)
             for target_type, target in host.keys.targets()
         }
-    return Snapshot(users, clients, sections, keys)
+        postgres = host.postgres
+        losses = []
+        if postgres is not None and (
+            postgres.settings is None or "keys" in postgres.settings.handlers
+        ):
+            losses = layout_losses.losses(postgres.database.read(layout_losses.stored_keys))
+    return Snapshot(users, clients, sections, keys, losses)
 
 
 def export_deployment(host: Host, path: Path, *, force: bool = False) -> Report:
@@ -913,16 +927,9 @@ def _write_snapshot(snapshot: Snapshot, store: FileStore) -> Report:
     for (target_type, target), key_set in sorted(keys.items()):
         if not key_set:
             continue
-        private = [key for key in key_set if key.is_private]
-        if private:
-            for key in key_set:
-                if not key.is_private:
-                    report.notes.append(
-                        f"keys {target_type}/{target}: key {key.kid} exported as its public "
-                        "key (KEYS_LOAD gives it without its private key: it does not sign)"
-                    )
         store.store_keys(target_type, target, key_set)
         report.changes.append(Change("keys", f"{target_type}/{target}", Action.CREATE))
+    report.notes += snapshot.losses
     return report
 
 
