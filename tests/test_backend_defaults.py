@@ -131,3 +131,70 @@ def test_the_omejdn_section_names_the_default_as_omejdn_reads_it(
         assert host.users.find("frank").backend == "postgres"  # type: ignore[union-attr]
     assert sql.rows("SELECT username FROM users") == [("frank",)]
     assert "erin" in (tmp_path / "config" / "users.yml").read_text()
+
+
+@pytest.mark.parametrize("named", ["yaml", None], ids=["yaml", "none"])
+def test_updates_and_password_events_addressed_to_an_inactive_backend_reach_the_sole_one(
+    database: ConnectionSettings, tmp_path: Path, named: str | None
+) -> None:
+    """Admin API v1 builds the user or client from the request body (``User.from_h``):
+    its ``backend`` is ``'yaml'`` or none. With PostgreSQL the only backend, the update,
+    the password change and the password check act on PostgreSQL's user, as a create
+    addressed the same way does; nothing is silently dropped."""
+    path = tmp_path / "plugins.yml"
+    path.write_text(seed_yaml(database, backend_defaults=False))
+    sql = PlainSQL(database)
+    with PluginLoader.from_files([path], base_dir=tmp_path) as loader:
+        loader.fire(
+            events.USER_CREATE, user=User(username="alice", password=OMEJDN_HASH), user_backend=None
+        )
+        portal = Client(metadata={"client_id": "portal"})
+        loader.fire(events.CLIENT_CREATE, client=portal, client_backend=None)
+        body = User(username="alice", password=OMEJDN_HASH, attributes={"a": 1}, backend=named)
+        loader.fire(events.USER_UPDATE, user=body)
+        assert sql.rows("SELECT key, value FROM attributes WHERE type = 'user'") == [("a", 1)]
+        assert body.backend == "postgres"  # the object names where it lives now
+
+        checked = User(username="alice", backend=named)
+        answers = loader.fire(
+            events.USER_AUTHENTICATION_PASSWORD_VERIFY, user=checked, password="mypassword"
+        )
+        assert answers == [True]
+        changed = User(username="alice", backend=named)
+        loader.fire(
+            events.USER_AUTHENTICATION_PASSWORD_CHANGE, user=changed, password="a-new-password"
+        )
+        assert sql.value("SELECT password FROM users WHERE username = 'alice'") != OMEJDN_HASH
+
+        client = Client(metadata={"client_id": "portal", "scope": ["x"]}, backend=named)
+        loader.fire(events.CLIENT_UPDATE, client=client)
+        assert sql.rows("SELECT value FROM clients WHERE key = 'scope'") == [(["x"],)]
+        loader.fire(events.CLIENT_DELETE, client_id="portal")
+        loader.fire(events.USER_DELETE, username="alice")
+    assert sql.rows("SELECT * FROM users") == []
+    assert sql.rows("SELECT * FROM clients") == []
+
+
+def test_an_update_addressed_to_an_inactive_backend_among_several_is_refused(
+    database: ConnectionSettings, tmp_path: Path
+) -> None:
+    path = tmp_path / "plugins.yml"
+    # Files for users stay active beside PostgreSQL: 'ldap' names neither.
+    path.write_text(
+        seed_yaml(database, backend_defaults=False).replace(
+            "deactivate_defaults: [config, keys, client, user]",
+            "deactivate_defaults: [config, keys]",
+        )
+    )
+    with PluginLoader.from_files([path], base_dir=tmp_path) as loader:
+        for event, context in (
+            (events.USER_UPDATE, {}),
+            (events.USER_AUTHENTICATION_PASSWORD_CHANGE, {"password": "a-new-password"}),
+            (events.USER_AUTHENTICATION_PASSWORD_VERIFY, {"password": "mypassword"}),
+        ):
+            with pytest.raises(
+                ConfigurationError,
+                match=r"names backend 'ldap', which is not active; "
+                r"active user backends: postgres, yaml",
+            ):
+                loader.fire(event, user=User(username="alice", backend="ldap"), **context)

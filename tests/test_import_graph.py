@@ -7,7 +7,8 @@ for the type checker alone. The layers, top to bottom:
 
 1. ``omejdn_pg`` (``__init__``, the public surface) and ``omejdn_pg.__main__``
 2. ``omejdn_pg.cli.*``
-3. ``omejdn_pg.service.*``, the operations that compose the host and the backend
+3. ``omejdn_pg.service.*``, the operations that compose the host and the backend, and
+   ``omejdn_pg.bridge.*``, the storage service of the Ruby Omejdn
 4. ``omejdn_pg.host.facade``
 5. ``omejdn_pg.host.bootstrap``
 6. ``omejdn_pg.postgres.*`` and ``omejdn_pg.host.files.*``, which may not import each other
@@ -60,7 +61,7 @@ def layer(name: str) -> int:
         return 0
     if within(name, f"{PACKAGE}.cli"):
         return 1
-    if within(name, f"{PACKAGE}.service"):
+    if within(name, f"{PACKAGE}.service") or within(name, f"{PACKAGE}.bridge"):
         return 2
     if name == f"{PACKAGE}.host.facade":
         return 3

@@ -44,6 +44,7 @@ COMMANDS: Final = {
     "config": "omejdn_pg.cli.config:config",
     "keys": "omejdn_pg.cli.keys:keys",
     "completion": "omejdn_pg.cli.completion:completion",
+    "serve": "omejdn_pg.cli.serve:serve",
 }
 """Each command's ``module:attribute``, imported only when it is needed."""
 

@@ -82,6 +82,35 @@ _CREATE_EVENTS: Final = {
 }
 
 
+_ADDRESSED_EVENTS: Final = {
+    USER_UPDATE: ("user", "user"),
+    USER_AUTHENTICATION_PASSWORD_CHANGE: ("user", "user"),
+    USER_AUTHENTICATION_PASSWORD_VERIFY: ("user", "user"),
+    CLIENT_UPDATE: ("client", "client"),
+    CLIENT_AUTHENTICATION_CERTIFICATE_GET: ("client", "client"),
+    CLIENT_AUTHENTICATION_CERTIFICATE_UPDATE: ("client", "client"),
+}
+"""Events that act on the user or client in the context only if its ``backend`` is theirs."""
+_KINDS: Final = {
+    USER_CREATE: "creates",
+    CLIENT_CREATE: "creates",
+    USER_UPDATE: "updates",
+    CLIENT_UPDATE: "updates",
+    USER_AUTHENTICATION_PASSWORD_CHANGE: "password changes",
+    USER_AUTHENTICATION_PASSWORD_VERIFY: "password checks",
+    CLIENT_AUTHENTICATION_CERTIFICATE_GET: "certificate reads",
+    CLIENT_AUTHENTICATION_CERTIFICATE_UPDATE: "certificate changes",
+}
+
+
+def _identity(subject: object) -> str:
+    for name in ("username", "client_id"):
+        value = getattr(subject, name, None)
+        if isinstance(value, str):
+            return value
+    return "?"
+
+
 class EventBus:
     """Registers handlers per event and fires events to all of them (Omejdn's PluginLoader)."""
 
@@ -98,7 +127,7 @@ class EventBus:
         self.backends: dict[str, set[str]] = {"user": set(), "client": set()}
         """Backend names serving users and clients, as their plugins declared them."""
         self._handlers: defaultdict[str, list[Handler]] = defaultdict(list)
-        self._redirected: set[tuple[str, str | None]] = set()
+        self._redirected: set[tuple[str, str | None, str]] = set()
 
     def register(self, event: str, handler: Handler) -> None:
         self._handlers[event].append(handler)
@@ -107,12 +136,12 @@ class EventBus:
         """Say that backend ``name`` now serves ``group`` (``user`` or ``client``)."""
         self.backends[group].add(name)
 
-    def _knows_every_creator(self, group: str, event: str) -> bool:
-        # A third-party plugin that handles creates without declaring its
-        # backend name could be the one a create is meant for: then no name
-        # can be judged unknown.
-        creators = len(self.handlers(event))
-        return creators > 0 and creators == len(self.backends[group])
+    def _knows_every_backend(self, group: str, event: str) -> bool:
+        # A third-party plugin that handles the event without declaring its
+        # backend name could be the one it is meant for: then no name can be
+        # judged unknown.
+        handlers = len(self.handlers(event))
+        return handlers > 0 and handlers == len(self.backends[group])
 
     def check_backend_defaults(self) -> None:
         """Refuse a static ``*_backend_default`` that names no active backend.
@@ -127,7 +156,7 @@ class EventBus:
             ("client", CLIENT_CREATE, configuration.client_backend_default),
         ):
             declared = self.backends[group]
-            known = self._knows_every_creator(group, event)
+            known = self._knows_every_backend(group, event)
             if name is not None and known and name not in declared:
                 raise ConfigurationError(
                     f"{configuration.source}: '{group}_backend_default' is {name!r}, "
@@ -144,25 +173,45 @@ class EventBus:
         when several are active: a create is never silently dropped.
         """
         event = USER_CREATE if group == "user" else CLIENT_CREATE
+        return self._route(group, name, event, f"a new {group} was addressed to")
+
+    def addressed_backend(self, event: str, group: str, name: str | None, who: str) -> str | None:
+        """The backend an update, password change or check of ``who`` (whose ``backend``
+        is ``name``) acts in: the rule of :meth:`creating_backend`.
+
+        Omejdn's admin API v1 builds the user or client from the request body
+        (``User.from_h``), so its ``backend`` is ``'yaml'`` or none whatever
+        backend holds it; with one active backend, that one is meant.
+        """
+        return self._route(group, name, event, f"{event}: {group} {who!r} names")
+
+    def _route(self, group: str, name: str | None, event: str, what: str) -> str | None:
         declared = self.backends[group]
-        if name in declared or not self._knows_every_creator(group, event):
+        if name in declared or not self._knows_every_backend(group, event):
             return name
         if len(declared) == 1:
             (only,) = declared
-            if (group, name) not in self._redirected:
-                self._redirected.add((group, name))
+            kind = _KINDS.get(event, event)
+            if (group, name, kind) not in self._redirected:
+                self._redirected.add((group, name, kind))
                 log.info(
-                    "%s creates addressed to %r are stored by %r, the only active %s backend",
+                    "%s %s addressed to %r are %s by %r, the only active %s backend",
                     group,
+                    kind,
                     name,
+                    "stored" if kind == "creates" else "handled",
                     only,
                     group,
                 )
             return only
+        hint = (
+            f" (set '{group}_backend_default' in the omejdn section or the plugin file)"
+            if event in _CREATE_EVENTS
+            else ""
+        )
         raise ConfigurationError(
-            f"a new {group} was addressed to backend {name!r}, which is not active; "
-            f"active {group} backends: {', '.join(sorted(declared))} "
-            f"(set '{group}_backend_default' in the omejdn section or the plugin file)"
+            f"{what} backend {name!r}, which is not active; "
+            f"active {group} backends: {', '.join(sorted(declared))}{hint}"
         )
 
     def handlers(self, event: str) -> tuple[Handler, ...]:
@@ -174,6 +223,15 @@ class EventBus:
         if create is not None:
             group, key = create
             context[key] = self.creating_backend(group, context.get(key))
+        addressed = _ADDRESSED_EVENTS.get(event)
+        if addressed is not None:
+            group, key = addressed
+            subject = context.get(key)
+            name = getattr(subject, "backend", None)
+            routed = self.addressed_backend(event, group, name, _identity(subject))
+            if routed != name and subject is not None:
+                # The object now names where it lives, as after a create.
+                subject.backend = routed
         return [handler(**context) for handler in self._handlers.get(event, ())]
 
     def close(self) -> None:

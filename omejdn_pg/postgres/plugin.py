@@ -5,9 +5,14 @@ one unit of work, entity out — so the rules (one transaction per event, one
 round trip per point read) live in the repositories and the Database, not here.
 
 Routing is what Omejdn expects of a backend among several: a create acts only
-when the event names this backend; update, delete, password change and verify
-act only on users and clients whose ``backend`` is ours; verify answers
-``None`` for everyone else so the host can ask the next backend.
+when the event names this backend; update, password change and verify act
+only on users and clients whose ``backend`` is ours; verify answers ``None``
+for everyone else so the host can ask the next backend. A name no active
+backend has (Omejdn's ``'yaml'`` default, admin API v1's body with none) is
+resolved by the loader before the adapters see it
+(:meth:`~omejdn_pg.host.events.EventBus.creating_backend`,
+:meth:`~omejdn_pg.host.events.EventBus.addressed_backend`): the sole active
+backend of the group, an error among several.
 
 The key events come in two forms (setting ``key_events``): JWK Sets, as
 Omejdn's current core fires them, or the one ``key_material`` per target of

@@ -1,0 +1,385 @@
+"""The storage service: a Unix socket where Omejdn's Ruby plugin fires storage events.
+
+One thread per connection, so no request waits behind another's round trip
+to PostgreSQL: a Ruby process keeps one connection per thread, and the host
+(the loader, the plugin adapters, the Database's pools, the read cache) is
+shared by all of them and safe to call from many threads. A thread costs a
+little memory per idle connection; a pool of workers would bound that but
+let a slow request hold up the requests queued behind it.
+
+Who may connect: the socket is made 0600 (0660 with a group), and every peer
+is checked again by its credentials (``SO_PEERCRED``): its uid must be
+allowed (this process's own and root by default), or its gid the socket's
+group. A refused peer gets one error line and is disconnected.
+
+Stopping (SIGTERM, SIGINT): the socket stops accepting and is removed, idle
+connections are closed from the reading side, requests under way finish and
+are answered, watch streams end; the host is closed last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import socket
+import stat
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+from omejdn_pg.bridge import protocol, watch
+from omejdn_pg.bridge.answers import answer
+from omejdn_pg.bridge.protocol import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    MAX_LINE,
+    PROTOCOL_VERSION,
+    STORAGE_ERROR,
+    ProtocolError,
+    Request,
+    RequestError,
+)
+from omejdn_pg.errors import ConfigurationError, OmejdnPgError, StorageUnavailable
+from omejdn_pg.host.facade import Host
+
+log = logging.getLogger(__name__)
+
+_PEERCRED: Final = struct.Struct("3i")
+HELLO: Final = "hello"
+WATCH: Final = "watch"
+
+
+class ServiceError(OmejdnPgError):
+    """The service cannot start (the socket path is taken, not a socket, not writable)."""
+
+
+def service_name() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"omejdn-pg {version('omejdn-pg')}"
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree never installed
+        return "omejdn-pg"
+
+
+def answers_at(path: str, timeout: float = 2.0) -> bool:
+    """Whether something accepts connections at ``path`` (a live service, not a stale file)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(timeout)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+class Service:
+    """The listening socket, its connections and their threads."""
+
+    def __init__(
+        self,
+        path: str,
+        host: Host,
+        *,
+        allowed_uids: frozenset[int] = frozenset(),
+        group: int | None = None,
+        interval: float = 1.0,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        self.path = path
+        self.host = host
+        self.allowed_uids = frozenset({os.getuid(), 0}) | allowed_uids
+        self.group = group
+        self.interval = interval
+        self.drain_timeout = drain_timeout
+        self.name = service_name()
+        self.stopping = threading.Event()
+        self._listener: socket.socket | None = None
+        self._inode: tuple[int, int] | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        self._lock = threading.Lock()
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        self.served = 0
+
+    # --- the socket ----------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Create the socket at ``path``, replacing a stale one; refuse a live one."""
+        path = self.path
+        try:
+            found = os.lstat(path)
+        except FileNotFoundError:
+            found = None
+        if found is not None:
+            if not stat.S_ISSOCK(found.st_mode):
+                raise ServiceError(f"{path} exists and is not a socket; not replacing it")
+            if answers_at(path):
+                raise ServiceError(f"another service answers at {path}")
+            log.info("removing the stale socket %s (nothing answers there)", path)
+            os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The mode is right from the start: no moment where others could connect.
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(path)
+        except OSError as exc:
+            listener.close()
+            raise ServiceError(f"cannot create the socket {path}: {exc.strerror}") from None
+        finally:
+            os.umask(old_umask)
+        if self.group is not None:
+            os.chown(path, -1, self.group)
+            os.chmod(path, 0o660)
+        listener.listen(128)
+        listener.setblocking(False)
+        made = os.lstat(path)
+        self._inode = (made.st_dev, made.st_ino)
+        self._listener = listener
+
+    def stop(self) -> None:
+        """Ask the service to stop (safe from a signal handler)."""
+        self.stopping.set()
+        # A full pipe means a wake-up is pending anyway.
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def serve(self) -> None:
+        """Accept connections until :meth:`stop`; then drain and clean up."""
+        listener = self._listener
+        if listener is None:
+            raise RuntimeError("Service.bind() has not run")
+        try:
+            while not self.stopping.is_set():
+                ready, _, _ = select.select([listener.fileno(), self._wake_r], [], [])
+                if listener.fileno() in ready and not self.stopping.is_set():
+                    self._accept(listener)
+        finally:
+            listener.close()
+            self._remove_socket()
+            self._drain()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _remove_socket(self) -> None:
+        # Only our own socket: a successor may already have replaced it.
+        try:
+            found = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if (found.st_dev, found.st_ino) == self._inode:
+            os.unlink(self.path)
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # e.g. EMFILE: say it, keep serving the others
+            log.error("accept failed: %s", exc.strerror)
+            return
+        conn.setblocking(True)
+        thread = threading.Thread(
+            target=self._connection, args=(conn,), name="omejdn-pg-bridge", daemon=True
+        )
+        with self._lock:
+            self._connections[conn] = thread
+        thread.start()
+
+    def _drain(self) -> None:
+        with self._lock:
+            connections = dict(self._connections)
+        for conn in connections:
+            # Wakes a thread waiting for its next request; one answering finishes first.
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RD)
+        for thread in connections.values():
+            thread.join(self.drain_timeout)
+        with self._lock:
+            left = len(self._connections)
+        if left:
+            log.error("stopped with %d request(s) unfinished after %gs", left, self.drain_timeout)
+
+    # --- one connection -----------------------------------------------------------------
+
+    def _peer_allowed(self, conn: socket.socket) -> bool:
+        pid, uid, gid = _PEERCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
+        if uid in self.allowed_uids or (self.group is not None and gid == self.group):
+            return True
+        log.warning("refused a peer: uid %d (pid %d) is not allowed", uid, pid)
+        message = f"uid {uid} may not use this storage service"
+        _send(conn, protocol.error(None, INVALID_REQUEST, message, "PermissionDenied"))
+        return False
+
+    def _connection(self, conn: socket.socket) -> None:
+        try:
+            if self._peer_allowed(conn):
+                with conn.makefile("rb") as reader:
+                    self._converse(conn, reader)
+        except OSError:
+            pass  # the peer went away: nothing to answer
+        except Exception:  # one connection's bug must not end the service
+            log.exception("a connection ended with an unexpected error")
+        finally:
+            conn.close()
+            with self._lock:
+                self._connections.pop(conn, None)
+
+    def _converse(self, conn: socket.socket, reader: BinaryIO) -> None:
+        greeted = False
+        while True:
+            line = reader.readline(MAX_LINE + 1)
+            if not line:
+                return
+            if len(line) > MAX_LINE:
+                log.warning("refused a request longer than %d bytes", MAX_LINE)
+                message = f"request longer than {MAX_LINE} bytes; closing the connection"
+                _send(conn, protocol.error(None, INVALID_REQUEST, message))
+                return
+            if not line.strip():
+                continue
+            try:
+                request = protocol.decode_request(line)
+            except RequestError as exc:
+                _send(conn, protocol.error(exc.request_id, exc.code, exc.message))
+                continue
+            except ProtocolError as exc:
+                log.warning("a malformed request: %s", exc.message)
+                _send(conn, protocol.error(None, exc.code, exc.message))
+                continue
+            if request.method == HELLO:
+                greeted = self._hello(conn, request)
+                if not greeted:
+                    return
+                continue
+            if not greeted:
+                message = (
+                    f"the first request must be hello (this service speaks {PROTOCOL_VERSION})"
+                )
+                _send(conn, protocol.error(request.id, INVALID_REQUEST, message))
+                return
+            if request.method == WATCH:
+                self._watch(conn, request)
+                return
+            _send(conn, self._answer(request))
+
+    def _hello(self, conn: socket.socket, request: Request) -> bool:
+        spoken = request.params.get("protocol")
+        if spoken != PROTOCOL_VERSION or isinstance(spoken, bool):
+            message = (
+                f"plugin speaks protocol {spoken}, this service speaks {PROTOCOL_VERSION}"
+                if spoken is not None
+                else f"hello without a protocol version; this service speaks {PROTOCOL_VERSION}"
+            )
+            log.warning("refused a client: %s", message)
+            _send(conn, protocol.error(request.id, INVALID_REQUEST, message))
+            return False
+        reply = {"protocol": PROTOCOL_VERSION, "service": self.name}
+        _send(conn, protocol.result(request.id, reply))
+        return True
+
+    def _answer(self, request: Request) -> bytes:
+        try:
+            value = answer(self.host, request.method, request.params)
+            encoded = protocol.result(request.id, value)
+        except ProtocolError as exc:
+            return protocol.error(request.id, exc.code, exc.message, exc.error_class)
+        except OmejdnPgError as exc:
+            log.warning("%s failed: %s: %s", request.method, type(exc).__name__, exc)
+            return protocol.error(request.id, STORAGE_ERROR, str(exc), type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - answered, never a dead connection
+            # Not the message: an unexpected error's text is not vetted for secrets.
+            log.error("%s failed: unexpected %s", request.method, type(exc).__name__)
+            message = f"internal error ({type(exc).__name__}); see the service's log"
+            return protocol.error(request.id, INTERNAL_ERROR, message, type(exc).__name__)
+        with self._lock:
+            self.served += 1
+        return encoded
+
+    def _watch(self, conn: socket.socket, request: Request) -> None:
+        postgres = self.host.postgres
+        cache = postgres.cache if postgres is not None else None
+        if cache is None:
+            refusal: OmejdnPgError = ConfigurationError(
+                "the service runs without a read cache (cache: false): nothing to watch, "
+                "keep nothing"
+            )
+        elif not cache.serving:
+            refusal = StorageUnavailable(
+                "the service's read cache is not serving (no heartbeat from its listener); "
+                "keep nothing and ask again later"
+            )
+        else:
+            _send(conn, protocol.result(request.id, {"watching": True}))
+
+            def send(method: str, params: dict[str, Any]) -> None:
+                _send(conn, protocol.notification(method, params))
+
+            why = watch.stream(cache, send, self.stopping, self.interval)
+            log.debug("a watch stream ended: %s", why)
+            return
+        message = str(refusal)
+        _send(conn, protocol.error(request.id, STORAGE_ERROR, message, type(refusal).__name__))
+
+
+def _send(conn: socket.socket, data: bytes) -> None:
+    conn.sendall(data)
+
+
+def install_stop_signals(service: Service) -> Callable[[], None]:
+    """SIGTERM and SIGINT stop ``service``; returns what puts the old handlers back."""
+    import signal
+
+    def handler(_signum: int, _frame: object) -> None:
+        service.stop()
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+    return restore
+
+
+def check(path: str, timeout: float = 5.0) -> str:
+    """Say hello at ``path``; the service's name and protocol, or :class:`ServiceError`."""
+    import json
+
+    if not Path(path).exists():
+        raise ServiceError(f"no socket at {path}")
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(timeout)
+    try:
+        try:
+            conn.connect(path)
+        except OSError as exc:
+            reason = "nothing answers" if exc.errno == errno.ECONNREFUSED else exc.strerror
+            raise ServiceError(f"{path}: {reason}") from None
+        params = {"protocol": PROTOCOL_VERSION, "client": f"{service_name()} check"}
+        try:
+            conn.sendall(protocol.request(1, HELLO, params))
+            with conn.makefile("rb") as reader:
+                line = reader.readline(MAX_LINE)
+        except OSError as exc:
+            raise ServiceError(f"{path}: no answer to hello ({exc.strerror or exc})") from None
+    finally:
+        conn.close()
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        raise ServiceError(f"{path}: the answer to hello is not JSON") from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("result"), dict):
+        error = reply.get("error") if isinstance(reply, dict) else None
+        said = error.get("message") if isinstance(error, dict) else "no result"
+        raise ServiceError(f"{path}: hello refused: {said}")
+    result = reply["result"]
+    return f"{result.get('service')} (protocol {result.get('protocol')})"
