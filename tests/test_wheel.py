@@ -55,6 +55,7 @@ def test_installed_wheel_migrates_from_anywhere(
         "omejdn_pg/alembic/env.py",
         "omejdn_pg/alembic/script.py.mako",
         "omejdn_pg/alembic/versions/0001_baseline.py",
+        "omejdn_pg/bridge/ruby/omejdn_pg.rb",  # Omejdn's plugin, for `omejdn-pg bridge install`
     } <= names
 
     venv = tmp_path / "venv"

@@ -45,6 +45,7 @@ COMMANDS: Final = {
     "keys": "omejdn_pg.cli.keys:keys",
     "completion": "omejdn_pg.cli.completion:completion",
     "serve": "omejdn_pg.cli.serve:serve",
+    "bridge": "omejdn_pg.cli.bridge:bridge",
 }
 """Each command's ``module:attribute``, imported only when it is needed."""
 
