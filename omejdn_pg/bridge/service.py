@@ -28,7 +28,6 @@ import socket
 import stat
 import struct
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -267,8 +266,9 @@ class Service:
                 _send(conn, protocol.error(request.id, INVALID_REQUEST, message))
                 return
             if request.method == WATCH:
-                self._watch(conn, request)
-                return
+                if self._watch(conn, request):
+                    return  # a stream ends with its connection
+                continue
             _send(conn, self._answer(request))
 
     def _hello(self, conn: socket.socket, request: Request) -> bool:
@@ -304,7 +304,8 @@ class Service:
             self.served += 1
         return encoded
 
-    def _watch(self, conn: socket.socket, request: Request) -> None:
+    def _watch(self, conn: socket.socket, request: Request) -> bool:
+        """Stream changes until the stream ends (True), or answer why not (False)."""
         postgres = self.host.postgres
         cache = postgres.cache if postgres is not None else None
         if cache is None:
@@ -325,29 +326,25 @@ class Service:
 
             why = watch.stream(cache, send, self.stopping, self.interval)
             log.debug("a watch stream ended: %s", why)
-            return
+            return True
         message = str(refusal)
         _send(conn, protocol.error(request.id, STORAGE_ERROR, message, type(refusal).__name__))
+        return False
 
 
 def _send(conn: socket.socket, data: bytes) -> None:
     conn.sendall(data)
 
 
-def install_stop_signals(service: Service) -> Callable[[], None]:
-    """SIGTERM and SIGINT stop ``service``; returns what puts the old handlers back."""
+def install_stop_signals(service: Service) -> None:
+    """SIGTERM and SIGINT stop ``service`` (again while it drains: no harm)."""
     import signal
 
     def handler(_signum: int, _frame: object) -> None:
         service.stop()
 
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def restore() -> None:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-    return restore
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
 
 
 def check(path: str, timeout: float = 5.0) -> str:

@@ -100,25 +100,21 @@ def serve(
         socket_path, host, allowed_uids=frozenset(allow_uids), group=gid, interval=interval
     )
     server.bind()
-    restore = service.install_stop_signals(server)
-    try:
-        if cache is not None and not cache.wait_until_serving(5.0):
-            logging.getLogger(service.__name__).warning(
-                "the read cache is not serving yet: watch streams are refused until it is"
-            )
-        log = logging.getLogger(service.__name__)
-        log.info(
-            "%s serving at %s (protocol %d, %s, read cache %s)",
-            server.name,
-            socket_path,
-            PROTOCOL_VERSION,
-            context.target().settings.connection.describe(),
-            "on" if cache is not None else "off",
-        )
-        server.serve()
-        log.info("stopped; %d request(s) answered", server.served)
-    finally:
-        restore()
+    # Kept to the end: a second SIGTERM while draining is the same request to stop.
+    service.install_stop_signals(server)
+    log = logging.getLogger(service.__name__)
+    if cache is not None and not cache.wait_until_serving(5.0):
+        log.warning("the read cache is not serving yet: watch streams are refused until it is")
+    log.info(
+        "%s serving at %s (protocol %d, %s, read cache %s)",
+        server.name,
+        socket_path,
+        PROTOCOL_VERSION,
+        context.target().settings.connection.describe(),
+        "on" if cache is not None else "off",
+    )
+    server.serve()
+    log.info("stopped; %d request(s) answered", server.served)
     return 0
 
 
