@@ -17,6 +17,7 @@ import io
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,17 +27,20 @@ import pytest
 
 from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import BackupError
+from omejdn_pg.host import events
+from omejdn_pg.host.bootstrap import PluginLoader
 from omejdn_pg.host.facade import Host
 from omejdn_pg.keys import KeySet, generate_key
 from omejdn_pg.postgres import migrate
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.config import ConfigRepository
 from omejdn_pg.sealing import generate_secret, is_sealed
 from omejdn_pg.service import backup as service
 from omejdn_pg.service.backup_format import read_backup
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
 from tests.conftest import create_database, drop_database
-from tests.helpers import PlainSQL
+from tests.helpers import PlainSQL, write_plugins
 from tests.secrets import watch
 
 KEK_ENV = "OMEJDN_PG_TEST_BACKUP_KEK"
@@ -228,6 +232,63 @@ def test_restore_announces_every_group_to_the_caches(
             target.dispose()
         heard = {notice.payload.split(":")[:2][0] for notice in listener.notifies(timeout=2)}
     assert {"config", "keys", "client", "user"} <= heard
+
+
+def test_a_running_servers_cached_answers_follow_a_restore(
+    db: Database, plain_sql: PlainSQL, other_database: ConnectionSettings, tmp_path: Path
+) -> None:
+    """A server on the target keeps configuration and keys in its read cache; after a
+    restore it answers what the backup holds within the cache's bound, not what it kept."""
+    with Host.from_settings(BackendSettings(connection=plain_sql.settings)) as source:
+        source.config.write("omejdn", {"issuer": "https://restored.example"})
+        restored_kid = source.keys.signing_key().kid
+    out = io.BytesIO()
+    service.backup(db, out)
+    backup = read_backup(out.getvalue(), "backup")
+
+    path = write_plugins(tmp_path / "plugins.yml", other_database, "{max_staleness: 0.5}")
+    loader = PluginLoader.from_files([path], base_dir=tmp_path)
+    try:
+        postgres = loader.plugins["postgres_backend"]
+        assert isinstance(postgres, PostgresBackendPlugin)
+        assert postgres.cache is not None
+        assert postgres.cache.wait_until_serving(10)
+        loader.fire(events.CONFIGURATION_STORE, section="omejdn", data={"issuer": "https://old"})
+        loader.fire(
+            events.KEYS_STORE,
+            target_type="omejdn",
+            target="omejdn",
+            jwks=KeySet([generate_key("ES256")]).to_jwks(private=True),
+        )
+
+        def answers() -> tuple[Any, list[str]]:
+            (section,) = loader.fire(events.CONFIGURATION_LOAD, section="omejdn", fallback=None)
+            (keys,) = loader.fire(events.KEYS_LOAD, target_type="omejdn", target="omejdn")
+            return section, [key["kid"] for key in keys["keys"]]
+
+        statements = count_statements(postgres.database.engine)
+        for _ in range(50):  # until both come from the cache
+            before = len(statements)
+            old = answers()
+            if len(statements) == before:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the answers were never served from the cache")
+        assert old[0] == {"issuer": "https://old"}
+
+        restorer = Database.connect(other_database)
+        try:
+            service.restore(restorer, backup, replace=True)
+        finally:
+            restorer.dispose()
+
+        deadline = time.monotonic() + 0.5 + 1.0
+        while answers() != ({"issuer": "https://restored.example"}, [restored_kid]):
+            assert time.monotonic() < deadline, answers()
+            time.sleep(0.005)
+    finally:
+        loader.close()
 
 
 # --- refusals: nothing is written --------------------------------------------------
