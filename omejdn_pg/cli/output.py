@@ -212,15 +212,13 @@ def parse_document(text: str, name: str, fmt: str = "auto") -> Any:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise Failure(f"{name}: line {exc.lineno}: invalid JSON: {exc.msg}") from exc
-    import yaml
+    from omejdn_pg.errors import InvalidValue
+    from omejdn_pg.host.files.reading import parse_yaml
 
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}:" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise Failure(f"{name}:{line} {problem}") from exc
+        return parse_yaml(text, name)  # aliases bounded, as in an imported file
+    except InvalidValue as exc:
+        raise Failure(str(exc)) from exc
 
 
 def parse_json(text: str) -> Any:
@@ -247,11 +245,12 @@ def parse_scalar(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         pass
-    import yaml
+    from omejdn_pg.errors import InvalidValue
+    from omejdn_pg.host.files.reading import parse_yaml
 
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = parse_yaml(text, "a --set value")
+    except InvalidValue:
         return text
     bracketed = text.strip().startswith(("[", "{"))
     if isinstance(value, list | dict) and not bracketed:

@@ -113,6 +113,7 @@ from omejdn_pg.host.files.store import (
     FileStore,
     KeyFiles,
 )
+from omejdn_pg.host.files.survey import check_section, ignored_files
 from omejdn_pg.keys import Key, KeySet
 from omejdn_pg.names import check_file_name
 from omejdn_pg.passwords import PasswordPolicy, default_policy
@@ -207,12 +208,12 @@ def read_deployment(path: Path) -> Deployment:
         raise TransferError(f"{path}: no such directory")
     if not path.is_dir():
         raise TransferError(f"{path}: not a directory")
-    store = FileStore(path)
+    store = FileStore(path, confined=True)
     if not store.config_dir.is_dir() and not store.keys_dir.is_dir():
         raise TransferError(
             f"{path}: not an Omejdn deployment directory (it has neither config/ nor keys/)"
         )
-    notes: list[str] = []
+    notes = ignored_files(path)
     section_names = []
     for file in sorted(store.config_dir.glob("*.yml")) if store.config_dir.is_dir() else []:
         try:
@@ -236,6 +237,7 @@ def read_deployment(path: Path) -> Deployment:
                 f"got {type(data).__name__}"
             )
         _check_json(data, file, f"section {name}")
+        check_section(name, data, file)
         sections[name] = data
     keys, key_files = _key_sets(store, notes)
     client_keys: dict[str, KeySet] = {}

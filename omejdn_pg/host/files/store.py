@@ -4,6 +4,11 @@ The same reader/writer serves the default plugins (a running deployment's
 files) and the import/export commands (a deployment directory), so what the
 one writes the other reads.
 
+Every file is read through :mod:`omejdn_pg.host.files.reading`: regular files
+only, each with a size limit, YAML with its aliases bounded; a store opened
+with ``confined=True`` (an import's directory) also refuses a file whose
+symbolic links lead out of the directory.
+
 Configuration
 -------------
 
@@ -89,12 +94,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
 from omejdn_pg.entities import Client, KeyMaterial, User
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
+from omejdn_pg.host.files.reading import (
+    KEY_FILE_LIMIT,
+    SECTION_LIMIT,
+    load_yaml,
+    read_file,
+    read_text,
+)
 from omejdn_pg.keys import Key, KeySet, jwk_thumbprint, load_certificate_chain
 from omejdn_pg.names import check_file_name, is_file_name, validate_section_name
 
@@ -119,16 +130,6 @@ _THUMBPRINT: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 must be a table name); the file backend may not import that one, so the rule is repeated."""
 _DERIVED: Final = ("x5t", "x5t#S256")
 _DESCRIBED: Final = ("kid", "use", "alg")
-
-
-@cache
-def _loader() -> Any:
-    """libyaml's safe loader where there is one: several times faster on a users.yml of
-    thousands of entries. PyYAML is imported only for a file that needs it — one
-    written as JSON (:func:`json_form`) does not — or for writing one."""
-    import yaml
-
-    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _dump(data: Any) -> str:
@@ -193,15 +194,16 @@ class StoredKey:
 class _Group:
     """A group of key files, parsed as far as a question about it needs."""
 
-    def __init__(self, files: KeyFiles) -> None:
+    def __init__(self, files: KeyFiles, root: Path | None) -> None:
         self.files = files
+        self.root = root
         self._descriptor: dict[str, Any] | None = None
         self._key: Key | None = None
 
     def descriptor(self) -> dict[str, Any]:
         """The ``.yml`` mapping ({} without one), checked as far as the file alone allows."""
         if self._descriptor is None:
-            self._descriptor = _read_descriptor(self.files)
+            self._descriptor = _read_descriptor(self.files, self.root)
         return self._descriptor
 
     def recorded_kid(self) -> str | None:
@@ -210,7 +212,7 @@ class _Group:
 
     def key(self) -> Key:
         if self._key is None:
-            self._key = _read_key(self.files, self.descriptor())
+            self._key = _read_key(self.files, self.descriptor(), self.root)
         return self._key
 
     def owner(self) -> str:
@@ -236,12 +238,18 @@ def owner_of(name: str, recorded_kid: str | None, public_key: Callable[[], Any])
 class FileStore:
     """An Omejdn deployment directory."""
 
-    def __init__(self, base_dir: str | os.PathLike[str], *, private: bool = False) -> None:
+    def __init__(
+        self, base_dir: str | os.PathLike[str], *, private: bool = False, confined: bool = False
+    ) -> None:
         self.base_dir = Path(base_dir)
         self.config_dir = self.base_dir / "config"
         self.keys_dir = self.base_dir / "keys"
         self.private = private
         """Every section 0600 and every directory 0700 (an export), not only the secrets."""
+        self.confined = confined
+        """Read only files inside ``base_dir``, symbolic links resolved (an import's
+        directory); else links are followed wherever they lead (a deployment's own files,
+        which the operator placed). Regular files only and size limits either way."""
         self._parsed: dict[str, _Parsed[Any]] = {}
         self._parsed_lock = threading.Lock()
         self._keys_lock = threading.RLock()
@@ -259,15 +267,17 @@ class FileStore:
             return []
         return sorted(p.stem for p in self.config_dir.glob("*.yml") if p.is_file())
 
+    @property
+    def root(self) -> Path | None:
+        """What every file read must lie inside, if the store is confined."""
+        return self.base_dir if self.confined else None
+
     def read_section(self, section: str) -> Any:
         """The section's data, or None if its file does not exist."""
         path = self.section_path(section)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        text = read_text(path, limit=SECTION_LIMIT, root=self.root)
+        if text is None:
             return None
-        except OSError as exc:
-            raise InvalidValue(f"{path}: cannot read: {exc.strerror}") from exc
         return load_yaml(text, path)
 
     def write_section(self, section: str, data: Any) -> None:
@@ -383,7 +393,7 @@ class FileStore:
             for name, files in groups.items():
                 if target is not None and name != target and not name.startswith(target + "."):
                     continue  # the target is a prefix of the name of every group it owns
-                group = _Group(files)
+                group = _Group(files, self.root)
                 owner = group.owner()
                 if target is None or owner == target:
                     found.append(StoredKey(owner, group.key(), files))
@@ -436,7 +446,7 @@ class FileStore:
             owners: dict[str, str] = {}
             for name, files in groups.items():
                 if name == target or name.startswith(target + "."):
-                    group = _Group(files)
+                    group = _Group(files, self.root)
                     owners[name] = group.owner()
                     if owners[name] == target:
                         owned[name] = group
@@ -515,7 +525,9 @@ class FileStore:
                     _remove_orphan(folder / entry.name)
                 continue
             stem, suffix = os.path.splitext(entry.name)
-            if suffix in KEY_SUFFIXES and stem and entry.is_file():
+            # A confined store keeps what is not a regular file, for the reader to refuse
+            # by name; a deployment's own folder skips it, as before.
+            if suffix in KEY_SUFFIXES and stem and (entry.is_file() or self.confined):
                 suffixes.setdefault(stem, set()).add(suffix)
         return {name: KeyFiles(folder, name, frozenset(found)) for name, found in suffixes.items()}
 
@@ -586,11 +598,11 @@ def _check_unique_kids(found: Sequence[StoredKey]) -> None:
             )
 
 
-def _read_descriptor(files: KeyFiles) -> dict[str, Any]:
+def _read_descriptor(files: KeyFiles, root: Path | None) -> dict[str, Any]:
     if ".yml" not in files.suffixes:
         return {}
     path = files.path(".yml")
-    text = _read_text(path)
+    text = read_text(path, limit=KEY_FILE_LIMIT, root=root)
     if text is None:
         return {}
     data = load_yaml(text, path)
@@ -620,10 +632,13 @@ def _read_descriptor(files: KeyFiles) -> dict[str, Any]:
     return descriptor
 
 
-def _read_key(files: KeyFiles, descriptor: Mapping[str, Any]) -> Key:
-    key_pem = _read_bytes(files.path(".key")) if ".key" in files.suffixes else None
+def _read_key(files: KeyFiles, descriptor: Mapping[str, Any], root: Path | None) -> Key:
+    def read(path: Path) -> bytes | None:
+        return read_file(path, limit=KEY_FILE_LIMIT, root=root)
+
+    key_pem = read(files.path(".key")) if ".key" in files.suffixes else None
     cert_path = files.path(".cert")
-    certs_pem = _read_bytes(cert_path) if ".cert" in files.suffixes else None
+    certs_pem = read(cert_path) if ".cert" in files.suffixes else None
     if not key_pem and not certs_pem:
         raise InvalidKeyMaterial(
             f"{files.shown}: neither {files.name}.key nor {files.name}.cert holds a key"
@@ -750,120 +765,6 @@ def _check_json_types(value: object, where: str, depth: int = 0) -> None:
     raise InvalidValue(f"{where}: a {type(value).__name__} is not a JSON value")
 
 
-_NOT_JSON: Final = object()
-_YAML_FLOAT: Final = "tag:yaml.org,2002:float"
-_LIST_ENTRY: Final = ("- {", "- [")
-_SHORT_LINE: Final = 1000
-"""Within this many characters a JSON key and its ``:`` are always a YAML simple key
-(libyaml looks no further than 1024 characters for one)."""
-_LONGEST_KEY: Final = 160
-"""Key length (decoded) that stays within that reach on a longer line, even with every
-character written as a 6-character escape."""
-_SPACED_COLON: Final = re.compile(r'" {32,}:')
-_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89abAB]", re.ASCII)
-
-
-class _NotLikeYaml(Exception):
-    """A JSON value that YAML reads otherwise (NaN, a float YAML 1.1 takes for a string)."""
-
-
-def _yaml_number(literal: str) -> Any:
-    """What YAML makes of a JSON number with a fraction or exponent: PyYAML's YAML 1.1
-    float needs a dot and a signed exponent, so ``1e5`` is the string ``'1e5'``."""
-    for tag, pattern in _loader().yaml_implicit_resolvers.get(literal[0], ()):
-        if pattern.match(literal):
-            if tag == _YAML_FLOAT:
-                return float(literal)
-            raise _NotLikeYaml(literal)
-    return literal
-
-
-def _refuse_constant(literal: str) -> Any:
-    raise _NotLikeYaml(literal)  # NaN, Infinity: plain strings to YAML
-
-
-_JSON: Final = json.JSONDecoder(parse_float=_yaml_number, parse_constant=_refuse_constant)
-
-
-def json_form(text: str) -> Any:
-    """``text`` parsed as JSON if it is JSON that YAML reads to the same value, else
-    ``_NOT_JSON`` (then YAML must parse it, and say what is wrong with it).
-
-    YAML is a superset of JSON but for a few differences, each refused here:
-    lines YAML breaks differently (tabs, CR, NEL, U+2028/9, any character not
-    printable), escapes of surrogate halves (YAML refuses them; JSON pairs
-    them), NaN and Infinity, numbers YAML 1.1 reads as strings, and keys too
-    far from their ``:`` for YAML to see a key. A document spanning several
-    lines, or anything else, is left to YAML.
-    """
-    body = text[:-1] if text.endswith("\n") else text
-    if body.startswith(("{", "[")):
-        lines = [body]
-        many = False
-    elif body.startswith(_LIST_ENTRY):
-        lines = body.split("\n")
-        many = True
-    else:
-        return _NOT_JSON
-    for line in lines:
-        if not (line.isprintable() and (not many or line.startswith(_LIST_ENTRY))):
-            return _NOT_JSON
-    if "\\u" in body and _SURROGATE_ESCAPE.search(body):
-        return _NOT_JSON
-    # Each value where it starts, not in a copy of its line after "- ".
-    decode, start = _JSON.raw_decode, 2 if many else 0
-    try:
-        decoded = [decode(line, start) for line in lines]
-    except (ValueError, RecursionError, _NotLikeYaml):
-        return _NOT_JSON
-    for line, (value, end) in zip(lines, decoded, strict=True):
-        # After the value, as JSON allows, only whitespace: spaces, on a printable line.
-        if end != len(line) and line[end:].strip(" "):
-            return _NOT_JSON
-        if len(line) > _SHORT_LINE and (
-            _SPACED_COLON.search(line) is not None or not _keys_within(value, _LONGEST_KEY)
-        ):
-            return _NOT_JSON
-    values = [value for value, _end in decoded]
-    return values if many else values[0]
-
-
-def _keys_within(value: object, longest: int) -> bool:
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, dict):
-            if any(len(key) > longest for key in item):
-                return False
-            pending.extend(v for v in item.values() if isinstance(v, dict | list))
-        elif isinstance(item, list):
-            pending.extend(v for v in item if isinstance(v, dict | list))
-    return True
-
-
-def load_yaml(text: str, path: Path) -> Any:
-    """The YAML document ``text`` (of the file ``path``, for messages), parsed safely.
-
-    A file written as JSON — one document on one line, or a block list of JSON
-    values one per line (``- {...}``), the way scripts that generate a
-    ``users.yml`` write it — is read by the JSON parser, about twenty times
-    faster than libyaml on a file of thousands of users, and with the same
-    result: :func:`json_form` takes only what YAML reads alike.
-    """
-    found = json_form(text)
-    if found is not _NOT_JSON:
-        return found
-    import yaml
-
-    try:
-        return yaml.load(text, Loader=_loader())  # noqa: S506 - a safe loader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}:" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise InvalidValue(f"{path}:{line} {problem}") from exc
-
-
 def _signature(path: Path) -> _Signature | None:
     """What changes when the file is replaced or edited; None if it does not exist."""
     try:
@@ -880,25 +781,6 @@ def _existing_mode(path: Path) -> int | None:
         return stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
         return None
-
-
-def _read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise InvalidValue(f"{path}: cannot read: {exc.strerror}") from exc
-
-
-def _read_text(path: Path) -> str | None:
-    data = _read_bytes(path)
-    if data is None:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidValue(f"{path}: not UTF-8 text") from exc
 
 
 def _atomic_write(path: Path, data: bytes, *, mode: int) -> None:
