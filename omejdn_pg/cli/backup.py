@@ -40,6 +40,11 @@ def backup(file: str, force: bool) -> None:
     from omejdn_pg.service import backup as service
 
     cli = current()
+    if file == STREAM and sys.stdout.isatty():
+        raise click.UsageError(
+            "refusing to write a backup (password hashes, private keys) to a terminal; "
+            "redirect stdout or give a FILE"
+        )
     database = cli.database()
     if file == STREAM:
         summary = service.backup(database, sys.stdout.buffer)
@@ -81,6 +86,8 @@ def restore(file: str, replace: bool, dry_run: bool) -> None:
 
     cli = current()
     if file == STREAM:
+        if sys.stdin.isatty():
+            raise click.UsageError("restore -: stdin is a terminal; pipe a backup in")
         data, where = sys.stdin.buffer.read(), "stdin"
     else:
         with open(file, "rb") as source:

@@ -365,7 +365,8 @@ def _check_value(value: Any, kind: str, nullable: bool, where: str) -> None:
     else:
         ok = True  # any JSON value; PostgreSQL refuses what jsonb cannot hold, rolling back
     if not ok:
-        raise BackupError(f"{where}: {value!r:.80} is not a valid {kind}")
+        # Never the value itself: it may be a password hash or a private key.
+        raise BackupError(f"{where}: not a valid {kind} (a JSON {type(value).__name__})")
 
 
 def _is_timestamp(value: str) -> bool:
