@@ -17,6 +17,7 @@ import io
 import json
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -289,6 +290,38 @@ def test_a_running_servers_cached_answers_follow_a_restore(
             time.sleep(0.005)
     finally:
         loader.close()
+
+
+def test_a_backup_taken_while_the_server_writes_is_one_consistent_state(
+    database: ConnectionSettings, db: Database
+) -> None:
+    """Each user is created with its attribute in one transaction; no backup taken
+    meanwhile may hold a user without its attribute, or an attribute without its user."""
+    stop = threading.Event()
+    created: list[int] = []
+
+    def write() -> None:
+        with Host.from_settings(BackendSettings(connection=database)) as host:
+            while not stop.is_set():
+                host.users.add(User(username=f"u{len(created)}", attributes={"n": len(created)}))
+                created.append(1)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        seen = []
+        while len(seen) < 5 or len(created) < 50:
+            out = io.BytesIO()
+            service.backup(db, out)
+            tables = {t.name: t for t in read_backup(out.getvalue(), "backup").tables}
+            users = {json.loads(row)["username"] for row in tables["users"].rows}
+            owners = {json.loads(row)["identifier"] for row in tables["attributes"].rows}
+            assert users == owners
+            seen.append(len(users))
+    finally:
+        stop.set()
+        writer.join()
+    assert len(set(seen)) > 1  # the writer did write while backups were taken
 
 
 # --- refusals: nothing is written --------------------------------------------------
