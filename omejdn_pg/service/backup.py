@@ -22,8 +22,9 @@ mode 0600 beside the target, is synced, and is linked or renamed into place
 only when complete.
 
 Restoring: the file is verified whole first (format, checksum, counts, every
-value). Then, in ONE transaction: the four tables are locked against writers
-(readers go on, seeing the old content until the commit), the target's
+value). Then, in ONE transaction: the four tables are locked against writers,
+and so is every section of the backup or the database (the advisory lock its
+writers take); readers go on, seeing the old content until the commit; the target's
 schema revision is checked (the backup's or a newer one this package knows),
 the target must be empty unless ``replace`` (then everything is deleted and
 sections the backup lacks are dropped), rows go in by ``INSERT … SELECT FROM
@@ -61,6 +62,7 @@ from omejdn_pg.errors import BackupError
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.cache import publish_change
 from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.repositories.common import lock_for_update
 from omejdn_pg.postgres.repositories.config import PROVISIONED, ConfigRepository
 from omejdn_pg.postgres.schema import (
     CHANGE_GROUPS,
@@ -281,6 +283,12 @@ def restore(
         with database.transaction() as conn:
             # Writers wait until the restore commits; readers see the old content.
             conn.exec_driver_sql(f"LOCK TABLE {', '.join(TABLES)} IN SHARE ROW EXCLUSIVE MODE")
+            # Writers of the sections too (a section is its own table, outside that lock).
+            for section in sorted(
+                {d.section for d in backup.tables if d.section is not None}
+                | set(ConfigRepository(conn).sections())
+            ):
+                lock_for_update(conn, "config", section)
             report = _prepare(conn, backup, replace)
             if replace:
                 _empty(conn, {table.name for table in backup.tables})
