@@ -38,6 +38,7 @@ def bridge(service: Service) -> Iterator[BridgeClient]:
 def test_hello_names_the_protocol_and_the_service(bridge: BridgeClient) -> None:
     assert bridge.hello["protocol"] == 1
     assert bridge.hello["service"].startswith("omejdn-pg ")
+    assert bridge.hello["backends"] == {"user": "postgres", "client": "postgres"}
 
 
 def test_users_round_trip_in_the_shape_of_user_to_h(
@@ -226,6 +227,10 @@ def test_errors_carry_the_package_error_class_and_the_connection_goes_on(
     assert "'target'" in raised.value.message
     # A malformed line is answered, and the connection still serves.
     bridge.send_line(b'{"jsonrpc": "2.0", "id": 7, "method": \n')
+    with pytest.raises(BridgeError) as raised:
+        bridge.reply()
+    assert raised.value.code == -32700
+    bridge.send_line(b"[" * 100_000 + b"]" * 100_000 + b"\n")
     with pytest.raises(BridgeError) as raised:
         bridge.reply()
     assert raised.value.code == -32700

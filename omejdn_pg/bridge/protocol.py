@@ -64,6 +64,8 @@ def decode_request(line: bytes) -> Request:
         message = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(PARSE_ERROR, f"not a JSON line: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(PARSE_ERROR, "not a JSON line: nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError(INVALID_REQUEST, "a request must be a JSON object")
     request_id = message.get("id")

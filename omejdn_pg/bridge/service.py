@@ -282,9 +282,17 @@ class Service:
             log.warning("refused a client: %s", message)
             _send(conn, protocol.error(request.id, INVALID_REQUEST, message))
             return False
-        reply = {"protocol": PROTOCOL_VERSION, "service": self.name}
+        reply = {"protocol": PROTOCOL_VERSION, "service": self.name, "backends": self._backends()}
         _send(conn, protocol.result(request.id, reply))
         return True
+
+    def _backends(self) -> dict[str, str]:
+        """The name users and clients come back with, per group (when one backend serves it)."""
+        return {
+            group: next(iter(names))
+            for group, names in self.host.loader.backends.items()
+            if len(names) == 1
+        }
 
     def _answer(self, request: Request) -> bytes:
         try:
