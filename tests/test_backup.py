@@ -38,6 +38,7 @@ from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.config import ConfigRepository
 from omejdn_pg.sealing import generate_secret, is_sealed
 from omejdn_pg.service import backup as service
+from omejdn_pg.service import restore as restoring
 from omejdn_pg.service.backup_format import read_backup
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
 from tests.conftest import create_database, drop_database
@@ -172,7 +173,7 @@ def test_backup_then_restore_gives_the_same_rows_and_the_same_lifecycle(
 
         restored_db = Database.connect(other_database)
         try:
-            report = service.restore(restored_db, read_backup(file.read_bytes(), str(file)))
+            report = restoring.restore(restored_db, read_backup(file.read_bytes(), str(file)))
         finally:
             restored_db.dispose()
 
@@ -228,7 +229,7 @@ def test_restore_announces_every_group_to_the_caches(
         listener.execute("LISTEN omejdn_pg_changes")
         target = Database.connect(other_database)
         try:
-            service.restore(target, backup)
+            restoring.restore(target, backup)
         finally:
             target.dispose()
         heard = {notice.payload.split(":")[:2][0] for notice in listener.notifies(timeout=2)}
@@ -280,7 +281,7 @@ def test_a_running_servers_cached_answers_follow_a_restore(
 
         restorer = Database.connect(other_database)
         try:
-            service.restore(restorer, backup, replace=True)
+            restoring.restore(restorer, backup, replace=True)
         finally:
             restorer.dispose()
 
@@ -358,7 +359,7 @@ def rewritten(data: bytes, old: bytes, new: bytes, *, checksum: bool) -> bytes:
 def restore_into(settings: ConnectionSettings, data: bytes, **options: bool) -> Any:
     target = Database.connect(settings)
     try:
-        return service.restore(target, read_backup(data, "the file"), **options)
+        return restoring.restore(target, read_backup(data, "the file"), **options)
     finally:
         target.dispose()
 

@@ -1,4 +1,5 @@
-"""``omejdn-pg backup`` and ``restore``: commands over :mod:`omejdn_pg.service.backup`.
+"""``omejdn-pg backup`` and ``restore``: commands over :mod:`omejdn_pg.service.backup` and
+:mod:`omejdn_pg.service.restore`.
 
 The service reads, verifies and writes; these commands resolve the database,
 open the file (``-`` for stdout or stdin) and print the report. Nothing here
@@ -17,7 +18,8 @@ from omejdn_pg.cli.context import Command, current
 from omejdn_pg.cli.output import print_document, print_table
 
 if TYPE_CHECKING:
-    from omejdn_pg.service.backup import BackupSummary, RestoreReport
+    from omejdn_pg.service.backup import BackupSummary
+    from omejdn_pg.service.restore import RestoreReport
 
 STREAM = "-"
 
@@ -81,7 +83,7 @@ def restore(file: str, replace: bool, dry_run: bool) -> None:
     of it is one transaction; running servers' caches are told that everything
     changed. No key-encryption key is needed: sealed keys are restored as sealed.
     """
-    from omejdn_pg.service import backup as service
+    from omejdn_pg.service import restore as service
     from omejdn_pg.service.backup_format import read_backup
 
     cli = current()

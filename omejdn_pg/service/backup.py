@@ -1,5 +1,4 @@
-"""Backup and restore: every row of the package's tables, read in one snapshot, restored in one
-transaction.
+"""Backup: every row of the package's tables, read in one snapshot, into a backup file.
 
 A backup holds what the database holds, as rows: ``users`` (consent and
 ``extern`` included), ``clients``, ``attributes``, ``keys`` (every key with its
@@ -11,7 +10,7 @@ positions and the "provisioned" mark. It does not hold ``alembic_version``
 (the schema revision is in the manifest), the read cache's change counters
 (runtime state: the target keeps its own, which must keep rising), roles,
 grants or any other table — :mod:`omejdn_pg.service.backup_format` has the
-file's layout.
+file's layout, :mod:`omejdn_pg.service.restore` puts it back.
 
 Reading: one REPEATABLE READ, read-only transaction (``Database.snapshot``),
 so the file is one consistent state while the server keeps writing; each
@@ -19,28 +18,7 @@ table is counted, then streamed with ``row_to_json`` in primary-key order
 (``C`` collation), so the rows are PostgreSQL's own text and the file is the
 same for the same content. Written to a file, it goes to a temporary file of
 mode 0600 beside the target, is synced, and is linked or renamed into place
-only when complete.
-
-Restoring: the file is verified whole first (format, checksum, counts, every
-value). Then, in ONE transaction: the four tables are locked against writers,
-and so is every section of the backup or the database (the advisory lock its
-writers take); readers go on, seeing the old content until the commit; the target's
-schema revision is checked (the backup's or a newer one this package knows),
-the target must be empty unless ``replace`` (then everything is deleted and
-sections the backup lacks are dropped), rows go in by ``INSERT … SELECT FROM
-json_populate_recordset`` of a few thousand rows at a time — PostgreSQL
-converts each value from its own text, so nothing passes through Python's
-floats — and every read cache is told that every group changed. Anything
-wrong rolls it all back.
-
-A newer target: a column the backup has is restored into the column of that
-name and type; a column the target added since the backup's revision gets
-its default (which is how every revision so far has added columns: 0002 gave
-``keys`` its kid, descriptor and lifecycle columns with defaults equal to
-what the migration made of existing rows). A revision that reshapes rows in
-another way adds a mapping to :data:`ROW_MAPPINGS`, applied to a backup of an
-older revision on its way in. An older or unknown target revision, or a
-backup of an unknown revision, is refused with what to run instead.
+only when complete: a reader never finds half a backup under the name.
 """
 
 from __future__ import annotations
@@ -49,35 +27,18 @@ import errno
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
-from sqlalchemy import JSON, BigInteger, Column, Connection, Identity, MetaData, Table, Text, text
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.schema import DropTable
+from sqlalchemy import Connection, text
 
 from omejdn_pg.errors import BackupError
 from omejdn_pg.postgres import migrate
-from omejdn_pg.postgres.cache import publish_change
 from omejdn_pg.postgres.database import Database
-from omejdn_pg.postgres.repositories.common import lock_for_update
 from omejdn_pg.postgres.repositories.config import PROVISIONED, ConfigRepository
-from omejdn_pg.postgres.schema import (
-    CHANGE_GROUPS,
-    NAMING_CONVENTION,
-    dict_section_table,
-    list_section_table,
-    section_table_name,
-)
-from omejdn_pg.service.backup_format import (
-    TABLES,
-    Backup,
-    BackupWriter,
-    TableDump,
-    section_shape,
-)
+from omejdn_pg.postgres.schema import section_table_name
+from omejdn_pg.service.backup_format import TABLES, BackupWriter, TableDump, section_shape
 
 ORDER: Final = {
     "users": ("username",),
@@ -89,11 +50,6 @@ ORDER: Final = {
 CHUNK_ROWS: Final = 5000
 """Rows sent per INSERT: one JSON parameter of a few megabytes at most."""
 
-RowMapping = Callable[[TableDump], TableDump]
-ROW_MAPPINGS: Final[dict[str, RowMapping]] = {}
-"""``{revision: mapping}``: how a table of a backup older than ``revision`` becomes one
-at ``revision``, beyond new columns taking their defaults. No revision so far needs one."""
-
 _COLUMNS: Final = text(
     "SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS kind, a.attnotnull, "
     "a.atthasdef OR a.attidentity <> '' AS defaulted, a.attidentity <> '' AS identity "
@@ -104,7 +60,9 @@ _COLUMNS: Final = text(
 
 
 @dataclass(frozen=True)
-class _Column:
+class ColumnInfo:
+    """What the catalog says of a column."""
+
     kind: str
     not_null: bool
     defaulted: bool
@@ -133,29 +91,6 @@ class BackupSummary:
         }
 
 
-@dataclass
-class RestoreReport:
-    """What a restore wrote (or, for a dry run, would write)."""
-
-    backup_revision: str
-    database_revision: str
-    counts: dict[str, int]
-    replaced: dict[str, int] = field(default_factory=dict)
-    """Rows (and sections) the database held before, deleted by ``replace``."""
-    dry_run: bool = False
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "backup_revision": self.backup_revision,
-            "database_revision": self.database_revision,
-            "counts": self.counts,
-            "replaced": self.replaced,
-            "seconds": round(self.seconds, 3),
-        }
-
-
 # --- backup ----------------------------------------------------------------------------
 
 
@@ -170,18 +105,18 @@ def backup(database: Database, out: IO[bytes], *, path: str = "-") -> BackupSumm
             raise BackupError("the database has no omejdn_pg schema: nothing to back up")
         writer = BackupWriter(out, revision)
         for name in TABLES:
-            columns = _columns(conn, name)
+            columns = table_columns(conn, name)
             order = [c for c in ORDER[name] if c in columns]
-            _dump(conn, writer, TableDump(name, _kinds(columns)), order)
+            _dump(conn, writer, TableDump(name, column_kinds(columns)), order)
         for section in ConfigRepository(conn).sections():
-            name = _section_table(section)
-            columns = _columns(conn, name)
+            name = section_table_name(section)
+            columns = table_columns(conn, name)
             comment = conn.execute(
                 text("SELECT obj_description(to_regclass(:name), 'pg_class')"),
-                {"name": _quote(conn, name)},
+                {"name": quote(conn, name)},
             ).scalar()
             dump = TableDump(
-                name, _kinds(columns), section=section, provisioned=comment == PROVISIONED
+                name, column_kinds(columns), section=section, provisioned=comment == PROVISIONED
             )
             section_shape(dump.columns, f"section {section!r}")
             # A mapping's rows in physical order, which is the order it was written
@@ -200,7 +135,7 @@ def backup(database: Database, out: IO[bytes], *, path: str = "-") -> BackupSumm
 
 
 def _dump(conn: Connection, writer: BackupWriter, dump: TableDump, order: list[str]) -> None:
-    table = _quote(conn, dump.name)
+    table = quote(conn, dump.name)
     count = conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
     by = ", ".join(
         f"t.{column}" + (' COLLATE "C"' if dump.columns.get(column) == "text" else "")
@@ -266,228 +201,21 @@ def _sync_directory(folder: Path) -> None:
         os.close(descriptor)
 
 
-# --- restore ---------------------------------------------------------------------------
-
-
-def restore(
-    database: Database, backup: Backup, *, replace: bool = False, dry_run: bool = False
-) -> RestoreReport:
-    """Make the database hold exactly ``backup`` (verified by ``read_backup``), in one
-    transaction; ``dry_run`` checks the database against it and writes nothing."""
-    started = time.perf_counter()
-    if dry_run:
-        with database.snapshot() as conn:
-            report = _prepare(conn, backup, replace)
-        report.dry_run = True
-    else:
-        with database.transaction() as conn:
-            # Writers wait until the restore commits; readers see the old content.
-            conn.exec_driver_sql(f"LOCK TABLE {', '.join(TABLES)} IN SHARE ROW EXCLUSIVE MODE")
-            # Writers of the sections too (a section is its own table, outside that lock).
-            for section in sorted(
-                {d.section for d in backup.tables if d.section is not None}
-                | set(ConfigRepository(conn).sections())
-            ):
-                lock_for_update(conn, "config", section)
-            report = _prepare(conn, backup, replace)
-            if replace:
-                _empty(conn, {table.name for table in backup.tables})
-            for dump in _mapped(backup, report.database_revision):
-                _restore_table(conn, dump)
-            for group in CHANGE_GROUPS:
-                publish_change(conn, group, None)
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-def _prepare(conn: Connection, backup: Backup, replace: bool) -> RestoreReport:
-    """Check that ``backup`` can go into this database; what it holds now."""
-    target = _check_revision(migrate.current(conn), backup.schema_revision)
-    for dump in _mapped(backup, target):
-        if dump.section is None:
-            _check_columns(dump, _columns(conn, dump.name))
-    held = _held(conn)
-    if held and not replace:
-        shown = ", ".join(f"{count} {what}" for what, count in held.items())
-        raise BackupError(
-            f"the database is not empty (it holds {shown}): restore into an empty database, "
-            "or use --replace to replace everything it holds with the backup"
-        )
-    return RestoreReport(backup.schema_revision, target, backup.counts(), held)
-
-
-def _check_revision(found: str | None, wanted: str) -> str:
-    revisions = migrate.REVISIONS
-    if wanted not in revisions:
-        raise BackupError(
-            f"the backup is of schema revision {wanted}, which this omejdn-pg does not know "
-            "(it was made by a newer omejdn-pg?); restore it with that version or a newer one"
-        )
-    if found is None:
-        raise BackupError(
-            f"the database has no omejdn_pg schema; run `omejdn-pg migrate upgrade` first"
-            f" (revision {wanted} or later)"
-        )
-    if found not in revisions:
-        raise BackupError(
-            f"the database is at schema revision {found}, which this omejdn-pg does not "
-            "know; restore with the omejdn-pg that migrated it"
-        )
-    if revisions.index(found) < revisions.index(wanted):
-        raise BackupError(
-            f"the database is at schema revision {found}, older than the backup's {wanted}; "
-            "run `omejdn-pg migrate upgrade` first"
-        )
-    return found
-
-
-def _mapped(backup: Backup, target: str) -> Iterator[TableDump]:
-    """The backup's tables as they fit a database at revision ``target``."""
-    revisions = migrate.REVISIONS
-    crossed = revisions[revisions.index(backup.schema_revision) + 1 : revisions.index(target) + 1]
-    for dump in backup.tables:
-        for revision in crossed:
-            mapping = ROW_MAPPINGS.get(revision)
-            if mapping is not None:
-                dump = mapping(dump)
-        yield dump
-
-
-def _check_columns(dump: TableDump, target: dict[str, _Column]) -> None:
-    for column, kind in dump.columns.items():
-        found = target.get(column)
-        if found is None:
-            raise BackupError(
-                f"table {dump.name}: the database has no column {column}, which the backup has"
-            )
-        if found.kind != kind:
-            raise BackupError(
-                f"table {dump.name}: column {column} is {kind} in the backup "
-                f"and {found.kind} in the database"
-            )
-    for column, found in target.items():
-        if column not in dump.columns and found.not_null and not found.defaulted:
-            raise BackupError(
-                f"table {dump.name}: the backup has no column {column}, which the database "
-                "needs and has no default for"
-            )
-
-
-def _held(conn: Connection) -> dict[str, int]:
-    """What the database holds: rows per table, and sections with content."""
-    held = {}
-    for name in TABLES:
-        count = conn.exec_driver_sql(f"SELECT count(*) FROM {name}").scalar_one()
-        if count:
-            held[f"{name} rows"] = int(count)
-    sections = 0
-    for section in ConfigRepository(conn).sections():
-        table = _quote(conn, _section_table(section))
-        rows = conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
-        comment = conn.execute(
-            text("SELECT obj_description(to_regclass(:name), 'pg_class')"), {"name": table}
-        ).scalar()
-        # An empty provisioned section reads as never written: that is empty.
-        if rows or comment != PROVISIONED:
-            sections += 1
-    if sections:
-        held["configuration sections"] = sections
-    return held
-
-
-def _empty(conn: Connection, keep: set[str]) -> None:
-    """Delete every row of the four tables, and drop the sections the backup lacks.
-
-    DELETE, not TRUNCATE: a reader's snapshot keeps seeing the old rows until
-    the commit, as with any other write.
-    """
-    for name in TABLES:
-        conn.exec_driver_sql(f"DELETE FROM {name}")
-    for section in ConfigRepository(conn).sections():
-        if _section_table(section) not in keep:
-            conn.execute(DropTable(dict_section_table(section)))
-
-
-def _restore_table(conn: Connection, dump: TableDump) -> None:
-    if dump.section is not None:
-        _prepare_section(conn, dump)
-    target = _columns(conn, dump.name)
-    columns = list(dump.columns)
-    overriding = any(target[c].identity for c in columns)
-    names = ", ".join(columns)
-    table = _quote(conn, dump.name)
-    statement = text(
-        f"INSERT INTO {table} ({names}) {'OVERRIDING SYSTEM VALUE ' if overriding else ''}"
-        f"SELECT {', '.join('r.' + c for c in columns)} "
-        f"FROM json_populate_recordset(NULL::{table}, CAST(:rows AS json)) "
-        "WITH ORDINALITY AS r ORDER BY r.ordinality"
-    )
-    for start in range(0, len(dump.rows), CHUNK_ROWS):
-        chunk = dump.rows[start : start + CHUNK_ROWS]
-        conn.execute(statement, {"rows": "[" + ",".join(chunk) + "]"})
-    if overriding and dump.rows:
-        # The identity must go on after the restored positions.
-        for column in (c for c in columns if target[c].identity):
-            conn.execute(
-                text(
-                    f"SELECT setval(pg_get_serial_sequence(:table, :column), "
-                    f"(SELECT max({column}) FROM {table}))"
-                ),
-                {"table": table, "column": column},
-            )
-
-
-def _prepare_section(conn: Connection, dump: TableDump) -> None:
-    """The section's table, empty, with the backup's columns and mark."""
-    assert dump.section is not None
-    existing = _kinds(_columns(conn, dump.name))
-    if existing == dump.columns:
-        conn.exec_driver_sql(f"DELETE FROM {_quote(conn, dump.name)}")
-    else:
-        if existing:
-            conn.execute(DropTable(dict_section_table(dump.section)))
-        _section_table_of(dump).create(conn)
-    comment = f"'{PROVISIONED}'" if dump.provisioned else "NULL"
-    conn.exec_driver_sql(f"COMMENT ON TABLE {_quote(conn, dump.name)} IS {comment}")
-
-
-def _section_table_of(dump: TableDump) -> Table:
-    """Our layout for a jsonb section; the Ruby plugin's (or another) as the backup has it."""
-    assert dump.section is not None
-    shape, kind, positioned = section_shape(dump.columns, f"section {dump.section!r}")
-    if kind == "jsonb" and (shape == "dict" or positioned):
-        make = dict_section_table if shape == "dict" else list_section_table
-        return make(dump.section)
-    value_type: Any = {"json": JSON(), "text": Text()}.get(kind, JSONB())
-    columns: list[Column[Any]]
-    if shape == "dict":
-        columns = [Column("key", Text, primary_key=True), Column("value", value_type)]
-    elif positioned:
-        columns = [
-            Column("position", BigInteger, Identity(always=True), primary_key=True),
-            Column("item", value_type),
-        ]
-    else:
-        columns = [Column("item", value_type)]
-    return Table(dump.name, MetaData(naming_convention=NAMING_CONVENTION), *columns)
-
-
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _columns(conn: Connection, name: str) -> dict[str, _Column]:
-    rows = conn.execute(_COLUMNS, {"name": _quote(conn, name)})
-    return {row[0]: _Column(row[1], row[2], row[3], row[4]) for row in rows}
+def table_columns(conn: Connection, name: str) -> dict[str, ColumnInfo]:
+    """``{column: what the catalog says}`` of table ``name``, in column order; {} if none."""
+    rows = conn.execute(_COLUMNS, {"name": quote(conn, name)})
+    return {row[0]: ColumnInfo(row[1], row[2], row[3], row[4]) for row in rows}
 
 
-def _kinds(columns: dict[str, _Column]) -> dict[str, str]:
+def column_kinds(columns: dict[str, ColumnInfo]) -> dict[str, str]:
+    """``{column: PostgreSQL type}``: the columns as a backup file records them."""
     return {name: column.kind for name, column in columns.items()}
 
 
-def _section_table(section: str) -> str:
-    return section_table_name(section)
-
-
-def _quote(conn: Connection, name: str) -> str:
+def quote(conn: Connection, name: str) -> str:
+    """``name`` as an SQL identifier (section names are validated, yet quoted all the same)."""
     quoted: str = conn.dialect.identifier_preparer.quote_identifier(name)
     return quoted

@@ -25,7 +25,7 @@ Why this shape rather than a binary or ``pg_dump`` archive: it can be read,
 diffed and checked with nothing but a text editor and ``sha256sum``
 (``head -n -1 FILE | sha256sum``), it is written and read as a stream of
 lines, and its rows are plain JSON that a newer schema can map into its own
-layout (:mod:`omejdn_pg.service.backup`). The price is size — JSON is larger
+layout (:mod:`omejdn_pg.service.restore`). The price is size — JSON is larger
 than COPY's binary format — and that a reader holds the file in memory to
 verify it whole before trusting it: a few megabytes for ten thousand users.
 """
