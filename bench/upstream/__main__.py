@@ -10,17 +10,21 @@ a checkout or Ruby is missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.upstream import load
+from bench.upstream.fixtures import renew_certificates
 from bench.upstream.omejdn import (
     HERE,
     Checkouts,
@@ -40,33 +44,53 @@ COUNTS = re.compile(
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.upstream", description=__doc__)
-    parser.add_argument("command", choices=("suite", "tokens"))
+    parser.add_argument("command", choices=("suite", "tokens", "events", "live"))
     parser.add_argument("--omejdn", type=Path, default=os.environ.get("OMEJDN_SERVER_DIR"))
     parser.add_argument("--jwt", type=Path, default=os.environ.get("RUBY_JWT_DIR"))
     parser.add_argument(
         "--storage",
         default="omejdn_pg",
-        help="suite: file or omejdn_pg; tokens: comma-separated (file,omejdn_pg)",
+        help="suite: omejdn_pg, files (Omejdn's default stores, seeded as for omejdn_pg) or "
+        "memory (upstream's own set-up: an in-memory store for config and keys); "
+        "tokens: comma-separated, of file and omejdn_pg",
     )
-    parser.add_argument("--seconds", type=float, default=20.0, help="tokens: seconds per cell")
-    parser.add_argument("--concurrency", default="1,4,8", help="tokens: client counts")
+    parser.add_argument(
+        "--seconds", type=float, default=20.0, help="tokens, events: seconds per cell"
+    )
+    parser.add_argument(
+        "--concurrency", default="1,4,8", help="tokens: clients; events: Ruby threads"
+    )
+    parser.add_argument(
+        "--adapt",
+        action="store_true",
+        help="suite: renew the expired test certificates and list the fixtures in key order",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="tokens: rounds over all cells")
     parser.add_argument("--work", type=Path, help="scratch folder (a temporary one by default)")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     return parser.parse_args(argv)
 
 
-def run_suite(checkouts: Checkouts, storage: str, work: Path) -> dict[str, Any]:
+def run_suite(checkouts: Checkouts, storage: str, work: Path, adapt: bool) -> dict[str, Any]:
     """Every upstream test file on ``storage``; counts per file and the total."""
     run_dir = copy_checkout(checkouts, work / "omejdn")
     env = ruby_env(checkouts)
+    results: dict[str, Any] = {"storage": storage, "adapted": adapt, "files": {}}
+    if adapt:
+        results["renewed_certificates"] = renew_certificates(run_dir)
+        env["OMEJDN_PG_TEST_KEY_ORDER"] = "1"
     socket_path = work / "omejdn-pg.sock"
     files = sorted((run_dir / "tests").glob("test_*.rb")) + sorted(
         (run_dir / "tests" / "plugins").glob("test*.rb")
     )
-    results: dict[str, Any] = {"storage": storage, "files": {}}
     with service(socket_path, work / "service.log") if storage == "omejdn_pg" else _nothing():
         if storage == "omejdn_pg":
             env["OMEJDN_PG_TEST_PLUGINS"] = str(use_omejdn_pg(run_dir, socket_path))
+        elif storage == "files":
+            # Omejdn's own default stores (YAML and PEM files), seeded the same way.
+            (run_dir / "no_plugins.yml").write_text("{}\n")
+            env["OMEJDN_PG_TEST_PLUGINS"] = str(run_dir / "no_plugins.yml")
+        if storage != "memory":
             (run_dir / "tests" / "config_testsetup.rb").write_text(
                 (HERE / "testsetup.rb").read_text()
             )
@@ -92,7 +116,8 @@ def run_suite(checkouts: Checkouts, storage: str, work: Path) -> dict[str, Any]:
             print(f"{name}: {counts.get('passed')}/{counts.get('tests')} {counts}", flush=True)
     results["passed"] = sum(c["passed"] for c in results["files"].values())
     results["tests"] = sum(c["tests"] for c in results["files"].values())
-    print(f"total: {results['passed']}/{results['tests']} on {storage} (logs in {work})")
+    how = " (adapted: renewed certificates, fixtures in key order)" if adapt else ""
+    print(f"total: {results['passed']}/{results['tests']} on {storage}{how} (logs in {work})")
     return results
 
 
@@ -104,41 +129,191 @@ class _nothing:
         return None
 
 
-def run_tokens(
-    checkouts: Checkouts, storage: str, work: Path, seconds: float, concurrency: list[int]
-) -> dict[str, Any]:
-    """Token requests/s of a live Omejdn on ``storage`` at each concurrency."""
-    run_dir = copy_checkout(checkouts, work / f"omejdn-{storage}")
+@contextlib.contextmanager
+def live_server(checkouts: Checkouts, storage: str, work: Path) -> Iterator[tuple[int, list[str]]]:
+    """A seeded Omejdn on ``storage``, listening: its port and pre-signed assertions."""
+    work.mkdir(parents=True, exist_ok=True)
+    run_dir = copy_checkout(checkouts, work / "omejdn")
     port = free_port()
     socket_path = work / "omejdn-pg.sock"
-    issuer = f"http://localhost:{port}"
-    rows: list[dict[str, Any]] = []
     with service(socket_path, work / "service.log") if storage == "omejdn_pg" else _nothing():
         plugins = use_omejdn_pg(run_dir, socket_path) if storage == "omejdn_pg" else None
         assertions = seed(
             run_dir,
             checkouts,
-            issuer=issuer,
+            issuer=f"http://localhost:{port}",
             count=256,
             keyfile=work / "bench_client.pem",
             plugins=plugins,
             private_client_key=storage == "file",
         )
-        with thin(run_dir, checkouts, port, plugins, work / f"omejdn-{storage}.log"):
+        with thin(run_dir, checkouts, port, plugins, work / "omejdn.log"):
             first = load.one(port, load.request_bytes(port, assertions[0]))
             if first != 200:
                 raise RuntimeError(f"the first token request on {storage} answered {first}")
             load.hammer(port, assertions, 2, 2.0)  # warm-up
+            yield port, assertions
+
+
+def run_tokens(
+    checkouts: Checkouts,
+    storages: list[str],
+    work: Path,
+    seconds: float,
+    concurrency: list[int],
+    rounds: int,
+) -> list[dict[str, Any]]:
+    """Token requests/s of live Omejdns, one per storage, all up at once and measured in
+    turn (storage after storage within each concurrency, ``rounds`` times), so that the
+    load of a shared machine drifts over all of them alike."""
+    rows: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        servers = {s: stack.enter_context(live_server(checkouts, s, work / s)) for s in storages}
+        for round_ in range(rounds):
             for c in concurrency:
-                result = load.hammer(port, assertions, c, seconds)
-                row = {
-                    "storage": storage,
-                    "concurrency": c,
-                    "seconds": round(result.seconds, 2),
-                    "ok": result.ok,
-                    "statuses": result.statuses,
-                    "per_second": round(result.per_second, 1),
-                }
+                for storage, (port, assertions) in servers.items():
+                    result = load.hammer(port, assertions, c, seconds)
+                    row = {
+                        "storage": storage,
+                        "round": round_,
+                        "concurrency": c,
+                        "seconds": round(result.seconds, 2),
+                        "ok": result.ok,
+                        "statuses": result.statuses,
+                        "per_second": round(result.per_second, 1),
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    for c in concurrency:
+        best = {
+            s: max(r["per_second"] for r in rows if r["storage"] == s and r["concurrency"] == c)
+            for s in storages
+        }
+        print(
+            f"concurrency {c}: best of {rounds} " + ", ".join(f"{s} {v}/s" for s, v in best.items())
+        )
+    return rows
+
+
+def issue(port: int, assertion: str) -> tuple[int, str]:
+    """One token request: its status and the access token (or the body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(load.request_bytes(port, assertion))
+        data = b"".join(iter(lambda: s.recv(65536), b""))
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if status != 200:
+        return status, body.decode(errors="replace")
+    return status, str(json.loads(body)["access_token"])
+
+
+def fetch(port: int, path: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+        data = b"".join(iter(lambda: s.recv(65536), b""))
+    return data.partition(b"\r\n\r\n")[2]
+
+
+def verify(checkouts: Checkouts, work: Path, token: str, port: int) -> dict[str, Any]:
+    """The token checked by ruby-jwt against the server's /jwks.json; its header facts."""
+    (work / "token").write_text(token)
+    (work / "jwks.json").write_bytes(fetch(port, "/jwks.json"))
+    done = subprocess.run(
+        ["ruby", str(HERE / "verify.rb"), str(work / "token"), str(work / "jwks.json")],
+        env=ruby_env(checkouts),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the token does not verify against /jwks.json: {done.stderr}")
+    found: dict[str, Any] = json.loads(done.stdout)
+    return found
+
+
+def omejdn_pg_cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "omejdn_pg", *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"omejdn-pg {' '.join(args)}: {done.stderr}")
+    return done.stdout.strip()
+
+
+def run_live(checkouts: Checkouts, work: Path) -> dict[str, Any]:
+    """A live Omejdn on omejdn_pg: a client_credentials token (private_key_jwt) that
+    verifies against /jwks.json; then a key rotation made outside Omejdn
+    (``keys rotate`` + ``keys maintain``) reaching its signing without a restart."""
+    run_dir = copy_checkout(checkouts, work / "omejdn")
+    port = free_port()
+    socket_path = work / "omejdn-pg.sock"
+    with service(socket_path, work / "service.log"):
+        plugins = use_omejdn_pg(run_dir, socket_path)
+        assertions = seed(
+            run_dir,
+            checkouts,
+            issuer=f"http://localhost:{port}",
+            count=4,
+            keyfile=work / "bench_client.pem",
+            plugins=plugins,
+            private_client_key=False,
+        )
+        with thin(run_dir, checkouts, port, plugins, work / "omejdn.log"):
+            status, token = issue(port, assertions[0])
+            if status != 200:
+                raise RuntimeError(f"token request answered {status}: {token}")
+            before = verify(checkouts, work, token, port)
+            print(f"token signed by {before['kid']} ({before['alg']}) verifies against /jwks.json")
+            print(omejdn_pg_cli("keys", "rotate", "omejdn", "omejdn", "--publish-for", "0s"))
+            print(omejdn_pg_cli("keys", "maintain") or "(maintain said nothing)")
+            rotated = time.monotonic()
+            after = before
+            while after["kid"] == before["kid"] and time.monotonic() - rotated < 30:
+                status, token = issue(port, assertions[1])
+                if status != 200:
+                    raise RuntimeError(f"token request answered {status}: {token}")
+                after = verify(checkouts, work, token, port)
+            took = time.monotonic() - rotated
+            if after["kid"] == before["kid"]:
+                raise RuntimeError("the running server still signs with the old key after 30 s")
+            print(f"after rotation: signed by {after['kid']} within {took:.2f} s, no restart")
+    return {"before": before, "after": after, "switch_seconds": round(took, 2)}
+
+
+def run_events(
+    checkouts: Checkouts, storage: str, work: Path, seconds: float, threads: list[int]
+) -> dict[str, Any]:
+    """Each event of a token request as the core fires it, timed from Ruby, on ``storage``."""
+    run_dir = copy_checkout(checkouts, work / f"omejdn-{storage}")
+    socket_path = work / "omejdn-pg.sock"
+    rows: list[dict[str, Any]] = []
+    with service(socket_path, work / "service.log") if storage == "omejdn_pg" else _nothing():
+        plugins = use_omejdn_pg(run_dir, socket_path) if storage == "omejdn_pg" else None
+        seed(
+            run_dir,
+            checkouts,
+            issuer="http://localhost:4567",
+            count=1,
+            keyfile=work / "bench_client.pem",
+            plugins=plugins,
+            private_client_key=storage == "file",
+        )
+        env = ruby_env(checkouts)
+        if plugins is not None:
+            env["OMEJDN_PLUGINS"] = str(plugins)
+        done = subprocess.run(
+            ["ruby", str(HERE / "events.rb"), str(seconds), ",".join(map(str, threads))],
+            cwd=run_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"events.rb failed:\n{done.stdout}\n{done.stderr}")
+        for line in done.stdout.splitlines():
+            if line.startswith("{"):
+                row = {"storage": storage, **json.loads(line)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return {"storage": storage, "rows": rows}
@@ -156,18 +331,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="omejdn-upstream-") as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        output: Any
-        if args.command == "suite":
-            output = run_suite(checkouts, args.storage, work)
-        else:
-            concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
-            output = []
-            for storage in args.storage.split(","):
-                sub = work / storage
-                sub.mkdir(exist_ok=True)
-                output.append(run_tokens(checkouts, storage, sub, args.seconds, concurrency))
-        if args.json:
-            args.json.write_text(json.dumps(output, indent=2) + "\n")
+        with database(work):
+            return run(args, checkouts, work)
+
+
+@contextlib.contextmanager
+def database(work: Path) -> Iterator[None]:
+    """The database the service uses: the configured one, else an embedded one of the run's
+    own (``work/pgdata``), stopped at the end, so each run starts from empty storage."""
+    if any(os.environ.get(name) for name in ("OMEJDN_PG_URL", "OMEJDN_PLUGINS")):
+        yield
+        return
+    os.environ["OMEJDN_PG_DATA"] = str(work / "pgdata")
+    try:
+        yield
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "omejdn_pg", "db", "stop"], capture_output=True, check=False
+        )
+
+
+def run(args: argparse.Namespace, checkouts: Checkouts, work: Path) -> int:
+    """The command of ``args`` in ``work``."""
+    output: Any
+    if args.command == "suite":
+        output = run_suite(checkouts, args.storage, work, args.adapt)
+    elif args.command == "live":
+        output = run_live(checkouts, work)
+    else:
+        concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+        output = []
+        storages = args.storage.split(",")
+        if args.command == "tokens":
+            output = run_tokens(checkouts, storages, work, args.seconds, concurrency, args.rounds)
+        for storage in storages if args.command == "events" else ():
+            sub = work / storage
+            sub.mkdir(exist_ok=True)
+            output.append(run_events(checkouts, storage, sub, args.seconds, concurrency))
+    if args.json:
+        args.json.write_text(json.dumps(output, indent=2) + "\n")
     return 0
 
 

@@ -19,12 +19,19 @@
 require 'yaml'
 require 'json'
 
-ours = YAML.safe_load(File.read(ENV.fetch('OMEJDN_PG_TEST_PLUGINS')))
+ours = YAML.safe_load(File.read(ENV.fetch('OMEJDN_PG_TEST_PLUGINS'))) || {}
 (ENV['OMEJDN_PLUGINS']&.split(':') || []).each do |file|
   theirs = YAML.safe_load(File.read(file)) || {}
   ours['plugins'] = (theirs['plugins'] || {}).merge(ours['plugins'] || {})
   ours.merge!(theirs.except('plugins', 'deactivate_defaults'))
 end
+# OMEJDN_PG_TEST_KEY_ORDER=1: list the fixtures in the order a store keyed by name
+# lists them (clients by client_id, attributes as PostgreSQL's jsonb orders keys:
+# shorter first, then bytewise). Several assertions compare a listing with the
+# fixture list itself, i.e. assume insertion order. Users keep upstream's order:
+# tests address them by index (TestSetup.users[0] is testUser), so the two user
+# listings stay a check that only an insertion-ordered store passes.
+KEY_ORDER = ENV['OMEJDN_PG_TEST_KEY_ORDER'] == '1'
 combined = File.join(Dir.pwd, "tests/.omejdn_pg_plugins_#{Process.pid}.yml")
 File.write(combined, ours.to_yaml)
 at_exit { File.delete(combined) if File.exist?(combined) }
@@ -73,7 +80,15 @@ class TestSetup
   end
 
   def self.user(name, attributes, hash = hash_of_mypassword)
-    { 'username' => name, 'attributes' => attributes, 'password' => hash, 'backend' => 'yaml' }
+    { 'username' => name, 'attributes' => ordered(attributes), 'password' => hash, 'backend' => 'yaml' }
+  end
+
+  def self.ordered(attributes)
+    KEY_ORDER ? attributes.sort_by { |key, _| [key.bytesize, key] }.to_h : attributes
+  end
+
+  def self.in_order(list, key)
+    KEY_ORDER ? list.sort_by { |item| item[key] } : list
   end
 
   # The suite's users (its assertions compare with these hashes, so they are the
@@ -98,7 +113,7 @@ class TestSetup
 
   def self.clients
     wide = { 'scope' => ['omejdn:write', 'openid', 'email'] }
-    [
+    in_order [
       client('client_secret_basic_client', 'client_secret_basic', { 'client_secret' => 'basic_secret' }.merge(wide)),
       client('client_secret_post_client', 'client_secret_post', { 'client_secret' => 'post_secret' }.merge(wide)),
       client('private_key_jwt_client', 'private_key_jwt', wide),
@@ -107,6 +122,6 @@ class TestSetup
       client('dynamic_claims', 'none', { 'client_name' => 'omejdn admin ui',
                                          'attributes' => { 'dynattribute' => { 'dynamic' => true },
                                                            'omejdn' => 'write' } })
-    ]
+    ], 'client_id'
   end
 end

@@ -14,6 +14,8 @@
 #       backend: yaml       # the user backend name it answers for (default yaml)
 #       cache: true         # keep config sections and key sets while the service
 #                           # vouches for them (default true)
+#       watch_interval: 1   # the service's --interval (default 1): copies are
+#                           # dropped after 3 intervals without a word from it
 #   deactivate_defaults: [config, keys, client, user]
 #
 # Trade-offs. Each thread keeps its own connection, so Thin's worker threads never
@@ -225,12 +227,13 @@ module OmejdnPg
   class Watch
     GROUPS = %w[config keys].freeze
 
-    def initialize(path, timeout)
+    def initialize(path, timeout, interval)
       @path = path
       @timeout = timeout
       @generations = GROUPS.to_h { |g| [g, 0] }
       @live = false
-      @interval = 1.0
+      @default_interval = interval
+      @interval = interval
       @last_message = 0.0
       @thread = nil
       @lock = Mutex.new
@@ -274,7 +277,7 @@ module OmejdnPg
       answer = connection.call('watch', {})
       return sleep(30) unless answer.is_a?(Hash) && answer['watching'] == true
 
-      @interval = Float(answer['interval'] || 1.0)
+      @interval = Float(answer['interval'] || @default_interval)
       @last_message = OmejdnPg.now
       @live = true
       loop do
@@ -308,7 +311,8 @@ module OmejdnPg
       raise Error, "omejdn_pg: 'timeout' must be positive, got #{@timeout}" unless @timeout.positive?
 
       @backend = (config['backend'] || 'yaml').to_s
-      @watch = config.fetch('cache', true) ? Watch.new(@socket_path, @timeout) : nil
+      interval = Float(config['watch_interval'] || 1.0)
+      @watch = config.fetch('cache', true) ? Watch.new(@socket_path, @timeout, interval) : nil
       @copies = { 'config' => {}, 'keys' => {} }
       @thread_key = :"omejdn_pg_connection_#{object_id}"
       @service_names = {}
@@ -374,6 +378,8 @@ module OmejdnPg
 
       learn('user', hash['backend'])
       hash['backend'] = @backend
+      # No consent given yet: the core's stores leave the key out (User#to_h compacts a nil).
+      hash.delete('consent') if hash['consent'] == {}
       ::User.from_h(hash)
     end
 
