@@ -30,19 +30,11 @@ from omejdn_pg.cli.output import (
     words,
 )
 from omejdn_pg.cli.records import attribute_text, delete_many, find
+from omejdn_pg.client_metadata import AUTH_METHODS
 
 if TYPE_CHECKING:
     from omejdn_pg.entities import Client
 
-AUTH_METHODS: Final = (
-    "none",
-    "client_secret_basic",
-    "client_secret_post",
-    "client_secret_jwt",
-    "private_key_jwt",
-    "tls_client_auth",
-    "self_signed_tls_client_auth",
-)
 SECRET: Final = "client_secret"  # noqa: S105 - the field's name
 CERTIFICATE_VIEW: Final = "certificate"
 """The key ``clients show`` adds for the certificate's summary; never stored as metadata."""

@@ -95,6 +95,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from omejdn_pg import collector
+from omejdn_pg.client_metadata import check_client_metadata
 from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import (
     AlreadyExists,
@@ -345,6 +346,7 @@ def _clients(store: FileStore) -> tuple[list[Client], dict[str, KeySet]]:
                 jwks, what=f"{where}: client {client.client_id!r}: {JWKS_FIELD}"
             )
         _check_json(client.metadata, file, f"client {client.client_id!r}")
+        check_client_metadata(client.metadata, f"{where}: client {client.client_id!r}")
         _check_json(client.attributes, file, f"client {client.client_id!r}: attributes")
         client.backend = None
         clients.append(client)

@@ -40,6 +40,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from omejdn_pg.client_metadata import check_client_metadata
 from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import AlreadyExists, InvalidInput, NotFound
 from omejdn_pg.host import events
@@ -192,6 +193,7 @@ class _FileClients:
         keys = KeySet.from_jwks(
             metadata.pop(JWKS_FIELD, None), what=f"client {client_id!r}: {JWKS_FIELD}"
         )
+        check_client_metadata(metadata, f"client {client_id!r}")
         record = Client(metadata=metadata, attributes=dict(client.attributes), backend=FILE_BACKEND)
         return record, keys
 

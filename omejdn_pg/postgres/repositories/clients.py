@@ -52,6 +52,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
 
 from omejdn_pg import collector
+from omejdn_pg.client_metadata import check_client_metadata
 from omejdn_pg.entities import Client
 from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
 from omejdn_pg.keys import Key, KeySet
@@ -308,6 +309,7 @@ class ClientRepository:
         for key, value in metadata.items():
             check_text(key, f"{who}: metadata field name {key!r}")
             check_json(value, f"{who}: metadata.{key}")
+        check_client_metadata(metadata, who)
         attributes = checked_attributes(client.attributes, who)
         return {
             "id": client_id,
