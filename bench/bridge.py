@@ -56,11 +56,12 @@ class Client:
         return reply["result"]
 
 
-def plugin_file(path: Path, connection: ConnectionSettings) -> Path:
+def plugin_file(path: Path, connection: ConnectionSettings, cache: str) -> Path:
     params = "".join(f"         {k}: '{v}'\n" for k, v in connection.params.items())
     path.write_text(
         "plugins:\n   postgres_backend:\n      connection:\n"
         f"{params}"
+        f"      cache: {cache}\n"
         "deactivate_defaults: [config, keys, client, user]\n"
     )
     return path
@@ -158,11 +159,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__)
     parser.add_argument("--calls", type=int, default=3000, help="timed calls per side (3000)")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per thread count")
+    parser.add_argument(
+        "--cache",
+        default="true",
+        help="the plugin file's cache: setting (true; e.g. '{client: true}')",
+    )
     args = parser.parse_args(argv)
     rows: list[dict[str, Any]] = []
     with start() as server, tempfile.TemporaryDirectory() as folder:
         database = server.database("bridge")
-        config = plugin_file(Path(folder) / "plugins.yml", database)
+        config = plugin_file(Path(folder) / "plugins.yml", database, args.cache)
         path = str(Path(folder) / "omejdn-pg.sock")
         env = {k: v for k, v in os.environ.items() if k not in ("OMEJDN_PG_URL", "OMEJDN_PLUGINS")}
         with PluginLoader.from_files([config]) as loader:

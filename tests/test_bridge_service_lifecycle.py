@@ -160,7 +160,7 @@ def test_sigterm_finishes_the_request_under_way_then_removes_the_socket(
     ) == [(7,)]
     log = service.log()
     assert "serving at" in log
-    assert "stopped; " in log
+    assert "stopped; answered 4 event(s), 0 with an error" in log
 
 
 def test_a_stale_socket_is_replaced_a_live_one_refused_and_check_tells_which(

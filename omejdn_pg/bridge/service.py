@@ -106,6 +106,7 @@ class Service:
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, threading.Thread] = {}
         self.served = 0
+        self.failed = 0
 
     # --- the socket ----------------------------------------------------------------
 
@@ -299,18 +300,22 @@ class Service:
             value = answer(self.host, request.method, request.params)
             encoded = protocol.result(request.id, value)
         except ProtocolError as exc:
-            return protocol.error(request.id, exc.code, exc.message, exc.error_class)
+            reply = protocol.error(request.id, exc.code, exc.message, exc.error_class)
         except OmejdnPgError as exc:
             log.warning("%s failed: %s: %s", request.method, type(exc).__name__, exc)
-            return protocol.error(request.id, STORAGE_ERROR, str(exc), type(exc).__name__)
+            reply = protocol.error(request.id, STORAGE_ERROR, str(exc), type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - answered, never a dead connection
             # Not the message: an unexpected error's text is not vetted for secrets.
             log.error("%s failed: unexpected %s", request.method, type(exc).__name__)
             message = f"internal error ({type(exc).__name__}); see the service's log"
-            return protocol.error(request.id, INTERNAL_ERROR, message, type(exc).__name__)
+            reply = protocol.error(request.id, INTERNAL_ERROR, message, type(exc).__name__)
+        else:
+            with self._lock:
+                self.served += 1
+            return encoded
         with self._lock:
-            self.served += 1
-        return encoded
+            self.failed += 1
+        return reply
 
     def _watch(self, conn: socket.socket, request: Request) -> bool:
         """Stream changes until the stream ends (True), or answer why not (False)."""

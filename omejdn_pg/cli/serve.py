@@ -114,7 +114,7 @@ def serve(
         "on" if cache is not None else "off",
     )
     server.serve()
-    log.info("stopped; %d request(s) answered", server.served)
+    log.info("stopped; answered %d event(s), %d with an error", server.served, server.failed)
     return 0
 
 
