@@ -65,12 +65,14 @@ def test_backup_to_a_file_and_restore_it_without_the_key_encryption_key(
     target = other_database.conninfo()
     dry = ok(omejdn_pg("--url", target, "restore", str(file), "--dry-run"))
     assert "dry run" in dry.stdout
+    assert "sealed by key-encryption key 'kek-1' (2)" in dry.stdout
     assert PlainSQL(other_database).rows(ROWS) == []
 
     done = ok(omejdn_pg("--url", target, "restore", str(file), "-o", "json"))
     report = json.loads(done.stdout)
     assert report["counts"]["users"] == 1
     assert report["dry_run"] is False
+    assert report["sealed_by"] == {"kek-1": 2}
     source_rows = PlainSQL(database).rows(ROWS)
     assert PlainSQL(other_database).rows(ROWS) == source_rows
     assert any(is_sealed(value) for _tt, _t, _k, _ty, value, _s in source_rows)

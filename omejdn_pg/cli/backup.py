@@ -109,6 +109,12 @@ def _print_restore(report: RestoreReport, where: str) -> None:
     if report.replaced:
         verb = "would replace" if report.dry_run else "replaced"
         click.echo(f"{verb}: " + ", ".join(f"{n} {what}" for what, n in report.replaced.items()))
+    if report.sealed:
+        keks = ", ".join(f"{kek!r} ({n})" for kek, n in sorted(report.sealed.items()))
+        click.echo(
+            f"private keys sealed by key-encryption key {keks}: the servers of this "
+            "database need it configured (key_encryption) to sign"
+        )
     revision = report.backup_revision
     if report.database_revision != revision:
         revision += f" (into a database at {report.database_revision})"

@@ -103,6 +103,9 @@ class Backup:
     tables: list[TableDump]
     sha256: str
     size: int
+    sealed: dict[str, int] = field(default_factory=dict)
+    """``{key-encryption key id: private keys it sealed}``: what the servers of the
+    restored database need configured to sign (restore itself needs none)."""
 
     def counts(self) -> dict[str, int]:
         return {table.name: len(table.rows) for table in self.tables}
@@ -219,8 +222,10 @@ def read_backup(data: bytes, where: str) -> Backup:
     if not isinstance(revision, str) or not revision:
         raise BackupError(f"{where}: line 1: no schema_revision")
     tables = _tables(data[first_end + 1 : start], where)
+    sealed: dict[str, int] = {}
     for table in tables:
-        _check_table(table, where)
+        for kek in _check_table(table, where):
+            sealed[kek] = sealed.get(kek, 0) + 1
     missing = [name for name in TABLES if name not in {table.name for table in tables}]
     if missing:
         raise BackupError(f"{where}: no table {', '.join(missing)}")
@@ -228,7 +233,9 @@ def read_backup(data: bytes, where: str) -> Backup:
     found = {table.name: len(table.rows) for table in tables}
     if counts != found:
         raise BackupError(f"{where}: the manifest counts {counts!r}, the file holds {found!r}")
-    return Backup(version, revision, str(header.get("created_at")), tables, digest, len(data))
+    return Backup(
+        version, revision, str(header.get("created_at")), tables, digest, len(data), sealed
+    )
 
 
 def _json_line(raw: bytes, where: str, number: int, *, quiet: bool = False) -> Any:
@@ -326,9 +333,10 @@ def section_shape(columns: Mapping[str, str], what: str) -> tuple[str, str, bool
     return shape, kind, positioned
 
 
-def _check_table(table: TableDump, where: str) -> None:
+def _check_table(table: TableDump, where: str) -> list[str]:
     """Every row of ``table`` parses, has exactly the table's columns, and each value
-    has its column's type; key rows also hold parseable key material."""
+    has its column's type; key rows also hold parseable key material. The ids of the
+    key-encryption keys that sealed its private keys, one per sealed key."""
     known = metadata.tables[table.name].c if table.section is None else None
     first = table.first_line
     keys: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -347,8 +355,8 @@ def _check_table(table: TableDump, where: str) -> None:
             kid = row.get("kid", "")
             entry = keys.setdefault((row["target_type"], row["target"], kid), {"at": at})
             entry[row["type"].removeprefix("extra_")] = row
-    for (target_type, target, kid), entry in keys.items():
-        _check_key(target_type, target, kid, entry)
+    found = (_check_key(*identity, entry) for identity, entry in keys.items())
+    return [kek for kek in found if kek is not None]
 
 
 def _check_value(value: Any, kind: str, nullable: bool, where: str) -> None:
@@ -386,17 +394,20 @@ def _check_key_row(row: Mapping[str, Any], at: str) -> None:
         raise BackupError(f"{at}: params must be a JSON object")
 
 
-def _check_key(target_type: str, target: str, kid: str, entry: Mapping[str, Any]) -> None:
-    """The key's PEM (or sealed value, checked without opening it) and chain parse."""
+def _check_key(target_type: str, target: str, kid: str, entry: Mapping[str, Any]) -> str | None:
+    """The key's PEM (or sealed value, checked without opening it) and chain parse;
+    the id of the key-encryption key that sealed it, if one did."""
     what = f"{entry['at']}: key {target_type}/{target} {kid or '(thumbprint)'}"
     key_row, chain_row = entry.get("sk"), entry.get("certs")
     key_text = key_row["value"] if key_row is not None else None
     chain = chain_row["value"] if chain_row is not None else None
+    kek = None
     try:
         if key_text is not None and is_sealed(key_text):
-            check_sealed(key_text, what)
+            kek = check_sealed(key_text, what)
             key_text = None
         if key_text or chain:
             Key.from_pem(key_text or None, chain or None, None, what=what)
     except InvalidInput as error:
         raise BackupError(str(error)) from None
+    return kek

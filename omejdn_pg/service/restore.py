@@ -66,6 +66,8 @@ class RestoreReport:
     counts: dict[str, int]
     replaced: dict[str, int] = field(default_factory=dict)
     """Rows (and sections) the database held before, deleted by ``replace``."""
+    sealed: dict[str, int] = field(default_factory=dict)
+    """``{key-encryption key id: private keys}``: the KEKs the servers need to sign."""
     dry_run: bool = False
     seconds: float = 0.0
 
@@ -76,6 +78,7 @@ class RestoreReport:
             "database_revision": self.database_revision,
             "counts": self.counts,
             "replaced": self.replaced,
+            "sealed_by": self.sealed,
             "seconds": round(self.seconds, 3),
         }
 
@@ -124,7 +127,9 @@ def _prepare(conn: Connection, backup: Backup, replace: bool) -> RestoreReport:
             f"the database is not empty (it holds {shown}): restore into an empty database, "
             "or use --replace to replace everything it holds with the backup"
         )
-    return RestoreReport(backup.schema_revision, target, backup.counts(), held)
+    return RestoreReport(
+        backup.schema_revision, target, backup.counts(), held, sealed=dict(backup.sealed)
+    )
 
 
 def _check_revision(found: str | None, wanted: str) -> str:
