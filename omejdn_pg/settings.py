@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ _PLUGIN_KEYS: Final = (
     "max_replica_lag",
     "failover",
     "prepare",
+    "topology",
 )
 KEY_EVENT_FORMS: Final = ("jwks", "key_material")
 """``jwks``: Omejdn's current core (JWK Sets); ``key_material``: the core before it."""
@@ -349,6 +351,8 @@ class BackendSettings:
     replicas: ReplicaSettings = field(default_factory=lambda: ReplicaSettings())
     """Standbys serving point reads and GET_ALL (``replicas:``, ``max_replica_lag``)."""
     failover: FailoverSettings = field(default_factory=lambda: FailoverSettings())
+    topology: TopologySettings | None = None
+    """Replicas found from Patroni's REST API (``topology:``) instead of ``replicas:``."""
     prepare: bool | None = None
     """Server-side prepared statements: True, False, or None (``auto``: off behind a pooler)."""
     source: str = "<defaults>"
@@ -460,6 +464,7 @@ def parse_backend_section(section: object, source: str) -> BackendSettings:
         replicas=parse_replicas(section, where),
         failover=parse_failover(section.get("failover"), f"{where}.failover"),
         prepare=parse_prepare(section.get("prepare", "auto"), f"{where}.prepare"),
+        topology=parse_topology(section, where),
         source=source,
     )
 
@@ -879,3 +884,67 @@ def parse_prepare(value: object, where: str) -> bool | None:
     if value in ("true", "false"):
         return value == "true"
     raise ConfigurationError(f"{where} is {value!r}; allowed: {', '.join(PREPARE_MODES)}")
+
+
+# --- topology: replicas found from the cluster (omejdn_pg.postgres.patroni) -------
+
+TOPOLOGY_KEYS: Final = ("patroni", "refresh", "timeout")
+
+
+@dataclass(frozen=True)
+class TopologySettings:
+    """``topology:`` of the plugin section: where the cluster says who its members are."""
+
+    patroni: tuple[str, ...]
+    """Base URLs of Patroni's REST API, one per node (``http://db1:8008``)."""
+    refresh: datetime.timedelta = datetime.timedelta(seconds=2)
+    """How often the member list is read again."""
+    timeout: datetime.timedelta = datetime.timedelta(seconds=1)
+    """How long one endpoint may take to answer before the next is tried."""
+
+
+def parse_topology(section: Mapping[str, Any], where: str) -> TopologySettings | None:
+    """``topology: {patroni: [urls], refresh: 2s, timeout: 1s}``; None when absent."""
+    value = section.get("topology")
+    here = f"{where}.topology"
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"{here} must be a mapping, e.g. {{patroni: [http://db1:8008], refresh: 2s}}"
+        )
+    refuse_unknown_keys(value, TOPOLOGY_KEYS, here)
+    if section.get("replicas"):
+        raise ConfigurationError(
+            f"{where}: 'replicas' and 'topology' both list the standbys; keep one of them"
+        )
+    urls = value.get("patroni")
+    if not isinstance(urls, list) or not urls:
+        raise ConfigurationError(
+            f"{here}.patroni must be a non-empty list of Patroni REST URLs, "
+            "e.g. [http://db1:8008, http://db2:8008]"
+        )
+    endpoints = tuple(_endpoint(url, f"{here}.patroni[{index}]") for index, url in enumerate(urls))
+    durations = {}
+    for key, default in (("refresh", "2s"), ("timeout", "1s")):
+        try:
+            durations[key] = parse_duration(value.get(key, default), f"{here}.{key}")
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+        if durations[key] <= datetime.timedelta(0):
+            raise ConfigurationError(f"{here}.{key} must be more than 0")
+    return TopologySettings(endpoints, durations["refresh"], durations["timeout"])
+
+
+def _endpoint(url: object, where: str) -> str:
+    if not isinstance(url, str):
+        raise ConfigurationError(f"{where} must be a URL such as http://db1:8008")
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{where}: {url!r} is not an http(s) URL with a host")
+    if parts.username is not None or parts.password is not None:
+        # GET /cluster needs no credentials, and a URL is printed in messages.
+        raise ConfigurationError(f"{where} must not carry credentials (GET /cluster needs none)")
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"{where}: {url!r} must be a base URL, without ?query or #")
+    return url.strip().rstrip("/")

@@ -37,6 +37,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,10 +301,12 @@ class PatroniCluster:
         self.dcs = json.loads(json.dumps(DCS))
         self.dcs["synchronous_mode"] = synchronous
         self.nodes: list[PatroniNode] = []
-        for index in range(size):
-            self._new_node(index)
+        self.removed: list[PatroniNode] = []
+        for _ in range(size):
+            self._new_node()
 
-    def _new_node(self, index: int) -> PatroniNode:
+    def _new_node(self) -> PatroniNode:
+        index = len(self.nodes) + len(self.removed)
         folder = self.base / f"node{index}"
         folder.mkdir()
         _own(folder, self.user)
@@ -336,6 +339,8 @@ class PatroniCluster:
                     "rewind": {"username": "postgres"},
                 },
                 "parameters": {"unix_socket_directories": str(folder)},
+                # A new member's clone must not wait for a spread checkpoint (minutes).
+                "basebackup": [{"checkpoint": "fast"}],
                 "pg_hba": HBA,
             },
         }
@@ -417,9 +422,22 @@ class PatroniCluster:
                 raise TimeoutError(f"{what} within {timeout:g} s{detail}")
             time.sleep(0.1)
 
+    def add_node(self, timeout: float = 90) -> PatroniNode:
+        """A new member: Patroni clones it from the leader; returns once it streams."""
+        node = self._new_node()
+        node.start()
+        self.wait_healthy(timeout)
+        return node
+
+    def remove_node(self, node: PatroniNode) -> None:
+        """Stop a member for good (Patroni shuts it down and leaves the cluster)."""
+        node.stop()
+        self.nodes.remove(node)
+        self.removed.append(node)
+
     def close(self) -> None:
         """Stop every node, then etcd, then delete the folder: only what was started here."""
-        for node in self.nodes:
+        for node in self.nodes + self.removed:
             with contextlib.suppress(Exception):
                 node.stop(timeout=15)
         if self.etcd is not None and self.etcd.poll() is None:
@@ -466,7 +484,9 @@ class PatroniCluster:
 
     def healthy(self) -> bool:
         """A leader, every other node streaming from it, and a synchronous standby if asked."""
-        members = self.members()
+        names = {node.name for node in self.nodes}
+        # A member removed may linger in the store (stopped) until its key expires.
+        members = {name: m for name, m in self.members().items() if name in names}
         if len(members) != len(self.nodes):
             return False
         roles = [m.get("role") for m in members.values()]
@@ -486,8 +506,12 @@ class PatroniCluster:
         return int(streaming) == len(self.nodes) - 1
 
     def wait_healthy(self, timeout: float = 90) -> None:
-        log = next((n.log for n in self.nodes), None)
-        self._wait(self.healthy, timeout, f"{self.scope} did not become healthy", log)
+        try:
+            self._wait(self.healthy, timeout, f"{self.scope} did not become healthy")
+        except TimeoutError as error:
+            members = {n: (m.get("role"), m.get("state")) for n, m in self.members().items()}
+            logs = "\n".join(f"{n.name}: {self._tail(n.log, 5)}" for n in self.nodes)
+            raise TimeoutError(f"{error}: members {members}\n{logs}") from None
 
     def wait_new_leader(self, old: PatroniNode, timeout: float = 60) -> PatroniNode:
         deadline = time.monotonic() + timeout
@@ -533,6 +557,11 @@ class PatroniCluster:
     def rest_urls(self) -> list[str]:
         return [node.api for node in self.nodes]
 
+    def wait_member(self, node: PatroniNode, ready: Any, timeout: float = 60) -> float:
+        """Until Patroni's ``/cluster`` shows ``node`` as ``ready(member)``; when it did."""
+        self._wait(lambda: ready(self.members().get(node.name)), timeout, f"{node.name} not")
+        return time.monotonic()
+
     def create_database(self, name: str = "omejdn") -> None:
         """A database at the head schema on the leader (the standbys replay it)."""
         from psycopg import sql
@@ -543,3 +572,19 @@ class PatroniCluster:
         with leader.connect() as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         migrations.upgrade(leader.settings(name))
+
+
+@contextlib.contextmanager
+def patroni_or_fail(*, synchronous: bool = True) -> Iterator[PatroniCluster]:
+    """A running cluster with the ``omejdn`` database for a fixture; a test failure with the
+    reason if the rig cannot be had (never a skip: a missing rig must not look green)."""
+    import pytest
+
+    try:
+        cluster = PatroniCluster(synchronous=synchronous)
+    except RigUnavailable as error:
+        pytest.fail(f"no Patroni rig: {error}")
+    with cluster:
+        cluster.start()
+        cluster.create_database()
+        yield cluster

@@ -43,8 +43,7 @@ from omejdn_pg.settings import (
     PasswordSettings,
     PoolSettings,
 )
-from tests.cluster import RigUnavailable
-from tests.patroni import PatroniCluster, PatroniNode
+from tests.patroni import PatroniCluster, PatroniNode, patroni_or_fail
 
 pytestmark = pytest.mark.slow
 
@@ -62,13 +61,7 @@ the limit is loose because CI machines are shared and noisy — the figures are 
 @pytest.fixture(scope="module")
 def rig() -> Iterator[PatroniCluster]:
     """One Patroni cluster for the module; a test that needs it and cannot have it fails."""
-    try:
-        cluster = PatroniCluster()
-    except RigUnavailable as error:
-        pytest.fail(f"no Patroni rig: {error}")
-    with cluster:
-        cluster.start()
-        cluster.create_database()
+    with patroni_or_fail() as cluster:
         yield cluster
 
 
@@ -212,6 +205,7 @@ class Outcome:
     read_gap: float
     write_outage: float
     writes: int
+    acknowledged: int
     reads: int
     write_errors: dict[str, int]
     read_errors: dict[str, int]
@@ -299,6 +293,7 @@ def run_event(
         read_gap=first_read - promoted,
         write_outage=first_write - last_before,
         writes=len(writes),
+        acknowledged=len(traffic.acknowledged),
         reads=len(reads),
         write_errors=_tally(writes),
         read_errors=_tally(reads),
@@ -331,8 +326,8 @@ def summary(outcomes: list[Outcome]) -> str:
         f"promotion {spread([o.promotion for o in outcomes])}; "
         f"write gap {spread([o.write_gap for o in outcomes])}; "
         f"read gap {spread([o.read_gap for o in outcomes])}; "
-        f"acknowledged writes lost {sum(len(o.lost) for o in outcomes)} of "
-        f"{sum(o.writes for o in outcomes)} writes"
+        f"acknowledged creates lost {sum(len(o.lost) for o in outcomes)} of "
+        f"{sum(o.acknowledged for o in outcomes)}"
     )
 
 

@@ -21,6 +21,8 @@ from omejdn_pg.cli.output import Failure, print_document, print_table
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
+    from omejdn_pg.settings import BackendSettings
+
 SCHEMA_HINT = "run `omejdn-pg migrate upgrade`"
 
 
@@ -73,7 +75,6 @@ def probe(cli: CliContext) -> None:
 def build_report(cli: CliContext) -> dict[str, Any]:
     """What ``check`` prints, read on one engine; the servers' roles on connections of their own."""
     from omejdn_pg.postgres import migrate as migrations
-    from omejdn_pg.postgres import topology
 
     cli.ensure_schema()
     connection = cli.connection()
@@ -93,9 +94,19 @@ def build_report(cli: CliContext) -> dict[str, Any]:
         "head": head,
         "pending": pending,
         "rows": facts["counts"],
-        "nodes": topology.inspect_backend(cli.target().settings).as_dict()["nodes"],
         "ok": not pending and revision == head,
-    }
+    } | servers(cli.target().settings)
+
+
+def servers(settings: BackendSettings) -> dict[str, Any]:
+    """Each server as it answers, and with ``topology:`` Patroni's view of the cluster."""
+    from omejdn_pg.postgres import patroni, topology
+
+    if settings.topology is None:
+        return {"nodes": topology.inspect_backend(settings).as_dict()["nodes"]}
+    view, document = patroni.report(settings.topology)
+    found = topology.inspect_backend(settings, cluster=view).as_dict()
+    return {"nodes": found["nodes"], "patroni": document | {"in_use": found["in_use"]}}
 
 
 def inspect(conn: Connection) -> dict[str, Any]:
@@ -135,6 +146,22 @@ def print_report(report: dict[str, Any]) -> None:
     ]
     print_table(["table", "count", "of"], rows)
     print_table(["node", "from", "role", "replay lag", "in use"], node_rows(report["nodes"]))
+    if "patroni" in report:
+        print_patroni(report["patroni"])
+
+
+def print_patroni(document: dict[str, Any]) -> None:
+    """Patroni's members next to what the package uses each one for."""
+    from omejdn_pg.postgres import patroni
+
+    if "error" in document:
+        click.echo(f"patroni:         {document['error']}")
+        return
+    click.echo(f"patroni:         cluster {document['scope']} (from {document['source']})")
+    print_table(
+        ["member", "address", "role", "state", "timeline", "lag", "package uses"],
+        patroni.member_rows(document, document.get("in_use")),
+    )
 
 
 def node_rows(nodes: list[dict[str, Any]]) -> list[tuple[str, ...]]:

@@ -86,6 +86,7 @@ from sqlalchemy import exc as sa_exc
 
 from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import SchemaOutOfDate
+from omejdn_pg.postgres.readpool import node_read_only
 from omejdn_pg.postgres.schema import CHANGE_GROUPS, CLIENT_CERTIFICATE_TARGET_TYPE, KeyRecord
 from omejdn_pg.settings import CacheSettings, ConnectionSettings
 
@@ -905,6 +906,11 @@ class _Listener:
     def _poll(self, conn: psycopg.Connection[Any]) -> tuple[float, dict[str, tuple[int, int]]]:
         sent = time.monotonic()
         rows = conn.execute(_POLL).fetchall()
+        if node_read_only(conn.pgconn):
+            # A failover that left this server up (fenced read-only, or a standby now):
+            # the writers' commits go elsewhere, so its answers prove nothing. Reconnect;
+            # target_session_attrs=read-write finds the new primary.
+            raise psycopg.OperationalError("the listener's server became read-only (a failover)")
         return sent, {str(name): (int(counter), int(ms)) for name, counter, ms in rows}
 
     def _drain(self, conn: psycopg.Connection[Any]) -> None:

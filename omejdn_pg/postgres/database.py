@@ -74,6 +74,7 @@ from omejdn_pg.errors import (
     StorageError,
     StorageUnavailable,
 )
+from omejdn_pg.postgres.patroni import ClusterView, PatroniWatch
 from omejdn_pg.postgres.readpool import DirectReader, ReadPool, node_read_only
 from omejdn_pg.postgres.repositories.common import ConnectionReader, Reader
 from omejdn_pg.postgres.schema import metadata
@@ -85,6 +86,8 @@ from omejdn_pg.settings import (
     PoolSettings,
     ReplicaSettings,
     TimeoutSettings,
+    TopologySettings,
+    inherit_connection,
 )
 
 T = TypeVar("T")
@@ -386,9 +389,10 @@ class ReplicaRouter:
         required = self.required()
         now = time.monotonic()
         start = next(self._turn)
-        count = len(self.replicas)
+        replicas = self.replicas  # one list throughout: the topology may replace it
+        count = len(replicas)
         for offset in range(count):
-            replica = self.replicas[(start + offset) % count]
+            replica = replicas[(start + offset) % count]
             if replica.down_until > now:
                 continue
             if replica.usable(required, self.max_lag, now):
@@ -403,7 +407,14 @@ class ReplicaRouter:
 
     def count(self, replica: Replica) -> None:
         with self._lock:
-            self.served[replica.name] += 1
+            self.served[replica.name] = self.served.get(replica.name, 0) + 1
+
+    def replace(self, replicas: Sequence[Replica]) -> None:
+        """Serve from ``replicas`` from now on (the cluster's topology changed)."""
+        with self._lock:
+            self.replicas = tuple(replicas)
+            for replica in replicas:
+                self.served.setdefault(replica.name, 0)
 
     @contextmanager
     def scope(self, lsn: int) -> Iterator[None]:
@@ -412,6 +423,12 @@ class ReplicaRouter:
             yield
         finally:
             self._scope.reset(token)
+
+
+def _dispose_replica(replica: Replica) -> None:
+    if replica.direct_reads is not None:
+        replica.direct_reads.dispose()
+    replica.engine.dispose()
 
 
 def _bounded_connect(node: ConnectionSettings) -> ConnectionSettings:
@@ -440,6 +457,7 @@ class Database:
         max_replica_lag: datetime.timedelta = ReplicaSettings.max_lag,
         failover: FailoverSettings | None = None,
         direct_reads: ReadPool | None = None,
+        routed: bool = False,
     ) -> None:
         self.engine = engine
         self.connection = connection or ConnectionSettings()
@@ -449,7 +467,9 @@ class Database:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._batch: ContextVar[Connection | None] = ContextVar(f"batch-{id(self)}", default=None)
         self.failover = failover or FailoverSettings()
-        self.router = ReplicaRouter(replicas, max_replica_lag) if replicas else None
+        # Routed with no replica yet: the cluster's topology brings them (``follow``).
+        self.router = ReplicaRouter(replicas, max_replica_lag) if replicas or routed else None
+        self.patroni: PatroniWatch | None = None
         self._answered = False
 
     @classmethod
@@ -462,9 +482,11 @@ class Database:
         replicas: ReplicaSettings | None = None,
         failover: FailoverSettings | None = None,
         prepare: bool | None = None,
+        topology: TopologySettings | None = None,
     ) -> Database:
-        nodes = [
-            Replica(
+        def replica(node: ConnectionSettings) -> Replica:
+            node = _bounded_connect(node)
+            return Replica(
                 node,
                 build_engine(node, pool, timeouts, prepare=prepare),
                 ReadPool(
@@ -477,10 +499,9 @@ class Database:
                     standby=True,
                 ),
             )
-            for node in map(
-                _bounded_connect, replicas.connections(connection) if replicas is not None else ()
-            )
-        ]
+
+        static = replicas.connections(connection) if replicas is not None else ()
+        nodes = [replica(node) for node in static]
         engine = build_engine(connection, pool, timeouts, prepare=prepare)
         guard = ReadOnlyGuard.install(engine)
         direct_reads = ReadPool(
@@ -491,14 +512,18 @@ class Database:
             read_only_since=lambda: guard.since,
             found_read_only=guard.found_read_only,
         )
-        return cls(
+        database = cls(
             engine,
             connection,
             replicas=nodes,
             max_replica_lag=replicas.max_lag if replicas is not None else ReplicaSettings.max_lag,
             failover=failover,
             direct_reads=direct_reads,
+            routed=topology is not None,
         )
+        if topology is not None:
+            database.follow(topology, replica)
+        return database
 
     @classmethod
     def for_backend(cls, settings: BackendSettings) -> Database:
@@ -510,19 +535,47 @@ class Database:
             replicas=settings.replicas,
             failover=settings.failover,
             prepare=settings.prepare,
+            topology=settings.topology,
         )
 
     def __repr__(self) -> str:
         return f"Database({self.connection.describe()})"
 
+    def follow(
+        self, topology: TopologySettings, replica: Callable[[ConnectionSettings], Replica]
+    ) -> None:
+        """Take the replicas from Patroni's ``/cluster``, now and whenever they change.
+
+        Members keep their Replica (and what was observed of it) while they stay;
+        new ones get a fresh one; those gone are dropped and their connections closed.
+        """
+        router = self.router
+        assert router is not None
+
+        def changed(view: ClusterView) -> None:
+            wanted = [
+                inherit_connection(self.connection, ConnectionSettings(m.connection_params()))
+                for m in view.replicas
+            ]
+            kept = {r.connection.describe(): r for r in router.replicas}
+            chosen = []
+            for node in wanted:
+                same = kept.pop(_bounded_connect(node).describe(), None)
+                chosen.append(same if same is not None else replica(node))
+            router.replace(chosen)
+            for gone in kept.values():
+                _dispose_replica(gone)
+
+        self.patroni = PatroniWatch(topology, changed).start()
+
     def dispose(self) -> None:
+        if self.patroni is not None:
+            self.patroni.stop()
         if self.direct_reads is not None:
             self.direct_reads.dispose()
         self.engine.dispose()
         for replica in self.router.replicas if self.router is not None else ():
-            if replica.direct_reads is not None:
-                replica.direct_reads.dispose()
-            replica.engine.dispose()
+            _dispose_replica(replica)
 
     # --- read-your-writes ---------------------------------------------------------
 

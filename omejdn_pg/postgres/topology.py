@@ -31,7 +31,8 @@ from typing import Any, Final
 
 import psycopg
 
-from omejdn_pg.settings import BackendSettings, ConnectionSettings
+from omejdn_pg.postgres.patroni import LEADER, ClusterView
+from omejdn_pg.settings import BackendSettings, ConnectionSettings, inherit_connection
 
 PRIMARY: Final = "primary"
 STANDBY: Final = "standby"
@@ -84,7 +85,8 @@ class NodeStatus:
     node: str
     """``host:port`` as configured."""
     source: str
-    """``connection`` (a host of the plugin's connection) or ``replica``."""
+    """``connection`` (a host of the plugin's connection), ``replica`` (``replicas:``) or
+    ``patroni`` (a member Patroni lists, with ``topology:``)."""
     reachable: bool
     role: str | None = None
     """``primary`` or ``standby``; None when unreachable."""
@@ -193,10 +195,11 @@ def inspect(
     replicas: Sequence[ConnectionSettings] = (),
     *,
     timeout: float = 3.0,
+    replica_source: str = "replica",
 ) -> Topology:
     """Every node's role, WAL position and lag, and the node the configuration lands on."""
     targets = [(node, "connection") for node in split_hosts(connection)]
-    targets += [(node, "replica") for node in replicas]
+    targets += [(node, replica_source) for node in replicas]
     in_use = _landing(connection, timeout)
     raw = [_probe(node, source, timeout) for node, source in targets]
     primary_lsn = next((parse_lsn(s.wal_lsn) for s in raw if s.role == PRIMARY and s.wal_lsn), None)
@@ -217,9 +220,19 @@ def inspect(
     return Topology(tuple(nodes))
 
 
-def inspect_backend(settings: BackendSettings, *, timeout: float = 3.0) -> Topology:
-    """:func:`inspect` of the plugin's connection and its ``replicas:``."""
+def inspect_backend(
+    settings: BackendSettings, *, timeout: float = 3.0, cluster: ClusterView | None = None
+) -> Topology:
+    """:func:`inspect` of the plugin's connection and its replicas: ``replicas:``, or with
+    ``topology:`` every member but the leader of Patroni's ``cluster`` view."""
     replicas = settings.replicas.connections(settings.connection)
+    if cluster is not None:
+        replicas = tuple(
+            inherit_connection(settings.connection, ConnectionSettings(m.connection_params()))
+            for m in cluster.members
+            if m.role != LEADER
+        )
+        return inspect(settings.connection, replicas, timeout=timeout, replica_source="patroni")
     return inspect(settings.connection, replicas, timeout=timeout)
 
 
