@@ -20,18 +20,15 @@ are answered, watch streams end; the host is closed last.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import select
 import socket
-import stat
 import struct
 import threading
-from pathlib import Path
 from typing import Any, BinaryIO, Final
 
-from omejdn_pg.bridge import protocol, watch
+from omejdn_pg.bridge import endpoint, protocol, watch
 from omejdn_pg.bridge.answers import answer
 from omejdn_pg.bridge.protocol import (
     INTERNAL_ERROR,
@@ -49,34 +46,7 @@ from omejdn_pg.host.facade import Host
 log = logging.getLogger(__name__)
 
 _PEERCRED: Final = struct.Struct("3i")
-HELLO: Final = "hello"
 WATCH: Final = "watch"
-
-
-class ServiceError(OmejdnPgError):
-    """The service cannot start (the socket path is taken, not a socket, not writable)."""
-
-
-def service_name() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"omejdn-pg {version('omejdn-pg')}"
-    except PackageNotFoundError:  # pragma: no cover - run from a source tree never installed
-        return "omejdn-pg"
-
-
-def answers_at(path: str, timeout: float = 2.0) -> bool:
-    """Whether something accepts connections at ``path`` (a live service, not a stale file)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(timeout)
-    try:
-        probe.connect(path)
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
 
 
 class Service:
@@ -98,7 +68,7 @@ class Service:
         self.group = group
         self.interval = interval
         self.drain_timeout = drain_timeout
-        self.name = service_name()
+        self.name = endpoint.service_name()
         self.stopping = threading.Event()
         self._listener: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
@@ -112,36 +82,7 @@ class Service:
 
     def bind(self) -> None:
         """Create the socket at ``path``, replacing a stale one; refuse a live one."""
-        path = self.path
-        try:
-            found = os.lstat(path)
-        except FileNotFoundError:
-            found = None
-        if found is not None:
-            if not stat.S_ISSOCK(found.st_mode):
-                raise ServiceError(f"{path} exists and is not a socket; not replacing it")
-            if answers_at(path):
-                raise ServiceError(f"another service answers at {path}")
-            log.info("removing the stale socket %s (nothing answers there)", path)
-            os.unlink(path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # The mode is right from the start: no moment where others could connect.
-        old_umask = os.umask(0o177)
-        try:
-            listener.bind(path)
-        except OSError as exc:
-            listener.close()
-            raise ServiceError(f"cannot create the socket {path}: {exc.strerror}") from None
-        finally:
-            os.umask(old_umask)
-        if self.group is not None:
-            os.chown(path, -1, self.group)
-            os.chmod(path, 0o660)
-        listener.listen(128)
-        listener.setblocking(False)
-        made = os.lstat(path)
-        self._inode = (made.st_dev, made.st_ino)
-        self._listener = listener
+        self._listener, self._inode = endpoint.bind(self.path, self.group)
 
     def stop(self) -> None:
         """Ask the service to stop (safe from a signal handler)."""
@@ -162,19 +103,10 @@ class Service:
                     self._accept(listener)
         finally:
             listener.close()
-            self._remove_socket()
+            endpoint.remove(self.path, self._inode)
             self._drain()
             os.close(self._wake_r)
             os.close(self._wake_w)
-
-    def _remove_socket(self) -> None:
-        # Only our own socket: a successor may already have replaced it.
-        try:
-            found = os.lstat(self.path)
-        except FileNotFoundError:
-            return
-        if (found.st_dev, found.st_ino) == self._inode:
-            os.unlink(self.path)
 
     def _accept(self, listener: socket.socket) -> None:
         try:
@@ -255,7 +187,7 @@ class Service:
                 log.warning("a malformed request: %s", exc.message)
                 _send(conn, protocol.error(None, exc.code, exc.message))
                 continue
-            if request.method == HELLO:
+            if request.method == endpoint.HELLO:
                 greeted = self._hello(conn, request)
                 if not greeted:
                     return
@@ -358,38 +290,3 @@ def install_stop_signals(service: Service) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
-
-
-def check(path: str, timeout: float = 5.0) -> str:
-    """Say hello at ``path``; the service's name and protocol, or :class:`ServiceError`."""
-    import json
-
-    if not Path(path).exists():
-        raise ServiceError(f"no socket at {path}")
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.settimeout(timeout)
-    try:
-        try:
-            conn.connect(path)
-        except OSError as exc:
-            reason = "nothing answers" if exc.errno == errno.ECONNREFUSED else exc.strerror
-            raise ServiceError(f"{path}: {reason}") from None
-        params = {"protocol": PROTOCOL_VERSION, "client": f"{service_name()} check"}
-        try:
-            conn.sendall(protocol.request(1, HELLO, params))
-            with conn.makefile("rb") as reader:
-                line = reader.readline(MAX_LINE)
-        except OSError as exc:
-            raise ServiceError(f"{path}: no answer to hello ({exc.strerror or exc})") from None
-    finally:
-        conn.close()
-    try:
-        reply = json.loads(line)
-    except ValueError:
-        raise ServiceError(f"{path}: the answer to hello is not JSON") from None
-    if not isinstance(reply, dict) or not isinstance(reply.get("result"), dict):
-        error = reply.get("error") if isinstance(reply, dict) else None
-        said = error.get("message") if isinstance(error, dict) else "no result"
-        raise ServiceError(f"{path}: hello refused: {said}")
-    result = reply["result"]
-    return f"{result.get('service')} (protocol {result.get('protocol')})"

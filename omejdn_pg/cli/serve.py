@@ -4,7 +4,8 @@ Configured exactly as every other command (``--config``/``$OMEJDN_PLUGINS``,
 ``--url``, the embedded default), so the read cache, replicas, key
 encryption, timeouts and failover of the plugin file apply; unlike the other
 commands, which live for one operation, it starts the read cache. The socket
-work is :mod:`omejdn_pg.bridge.service`; this module parses, builds the host
+work is :mod:`omejdn_pg.bridge.service` and its socket file :mod:`omejdn_pg.bridge.endpoint`;
+this module parses, builds the host
 and reports.
 """
 
@@ -77,12 +78,12 @@ def serve(
     event of Omejdn here. The wire protocol is JSON-RPC 2.0, one object per line
     (README: "The storage service and its wire protocol").
     """
-    from omejdn_pg.bridge import service
+    from omejdn_pg.bridge import endpoint, service
     from omejdn_pg.bridge.protocol import PROTOCOL_VERSION
 
     context = current()
     if check_only:
-        said = service.check(socket_path)
+        said = endpoint.check(socket_path)
         context.note(f"{said} answers at {socket_path}")
         return 0
     gid = _gid(group) if group is not None else None
