@@ -10,13 +10,15 @@ key set with symbol keys, ``backend`` never among a client's metadata).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from omejdn_pg.settings import ConnectionSettings
-from tests.helpers import PlainSQL
+from tests.helpers import PlainSQL, ok, omejdn_pg
 from tests.ruby.harness import RubyDriver, RubyError, Service, install, omejdn_plugins, plugin_file
 
 HASH = "$2b$04$97nGfbT5aTJG0osbDpneLe7ChbV0JL.KlPMKG.wK87UVnGMSmyoeu"  # "right-password"
@@ -200,3 +202,45 @@ def test_an_error_of_the_service_is_raised_with_its_class(
     assert raised.value.remote_class == "AlreadyExists"
     assert "bob" in raised.value.message
     assert plain_sql.value("SELECT count(*) FROM users") == 1
+
+
+def eventually(check: Callable[[], bool], seconds: float = 5.0) -> float:
+    """Seconds until ``check()`` held; fails after ``seconds``."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < seconds, f"not within {seconds} s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_copies_kept_in_ruby_follow_every_other_writer(
+    service: Service, tmp_path: Path, omejdn: RubyDriver
+) -> None:
+    """Sections and key sets kept in Ruby are dropped when anyone else changes them: another
+    Omejdn process through the service, or `omejdn-pg keys rotate` + `keys maintain`
+    straight on the database (what makes a running Omejdn sign with a rotated key)."""
+    omejdn.fire("CONFIGURATION_STORE", section="omejdn", data={"issuer": "https://one"})
+    omejdn.fire("KEYS_STORE", target_type="omejdn", target="omejdn", jwks={"keys": []})
+
+    def section() -> Any:
+        return omejdn.first("CONFIGURATION_LOAD", section="omejdn", fallback=None)
+
+    for _ in range(5):  # kept from the moment the watch stream is up
+        assert section() == {"issuer": "https://one"}
+        time.sleep(0.1)
+    other = RubyDriver(tmp_path / "omejdn" / "plugins", tmp_path / "omejdn.yml")
+    with other:
+        other.fire("CONFIGURATION_STORE", section="omejdn", data={"issuer": "https://two"})
+    assert eventually(lambda: section() == {"issuer": "https://two"}) < 2.0
+
+    def signing_kid() -> Any:
+        keys = omejdn.first("KEYS_LOAD", target_type="omejdn", target="omejdn", create=True)
+        return keys["keys"][0]["kid"] if keys and keys.get("keys") else None
+
+    config = ("--config", str(service.config))
+    ok(omejdn_pg("keys", "generate", "omejdn", "omejdn", *config))
+    assert eventually(lambda: signing_kid() is not None) < 2.0
+    first = signing_kid()
+    ok(omejdn_pg("keys", "rotate", "omejdn", "omejdn", "--publish-for", "0s", *config))
+    ok(omejdn_pg("keys", "maintain", *config))
+    assert eventually(lambda: signing_kid() not in (None, first)) < 2.5

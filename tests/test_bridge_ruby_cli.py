@@ -10,7 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.helpers import REPO, ok, omejdn_pg, one_error_line
+from tests.helpers import REPO, ok, omejdn_pg, one_error_line, python_m
 from tests.ruby.harness import ruby
 
 SHIPPED = REPO / "omejdn_pg" / "bridge" / "ruby" / "omejdn_pg.rb"
@@ -70,3 +70,21 @@ def test_the_plugin_is_valid_ruby_needing_only_the_standard_library() -> None:
     assert checked.returncode == 0, checked.stderr
     required = set(re.findall(r"^\s*require\s+'([^']+)'", SHIPPED.read_text(), re.MULTILINE))
     assert required == {"socket", "json", "io/wait"}
+
+
+def test_the_upstream_runs_skip_with_their_reason_without_the_checkouts(tmp_path: Path) -> None:
+    for command in ("suite", "tokens", "events", "live"):
+        done = ok(
+            python_m(
+                "bench.upstream",
+                command,
+                "--omejdn",
+                str(tmp_path / "omejdn-server"),
+                "--jwt",
+                str(tmp_path / "ruby-jwt"),
+                cwd=REPO,
+            )
+        )
+        assert done.stdout.strip() == (
+            f"skipped: no Omejdn checkout at {tmp_path / 'omejdn-server'} (omejdn.rb missing)"
+        )

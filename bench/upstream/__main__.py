@@ -130,8 +130,10 @@ class _nothing:
 
 
 @contextlib.contextmanager
-def live_server(checkouts: Checkouts, storage: str, work: Path) -> Iterator[tuple[int, list[str]]]:
-    """A seeded Omejdn on ``storage``, listening: its port and pre-signed assertions."""
+def live_server(
+    checkouts: Checkouts, storage: str, work: Path
+) -> Iterator[tuple[int, list[str], int]]:
+    """A seeded Omejdn on ``storage``, listening: its port, pre-signed assertions, its pid."""
     work.mkdir(parents=True, exist_ok=True)
     run_dir = copy_checkout(checkouts, work / "omejdn")
     port = free_port()
@@ -147,12 +149,18 @@ def live_server(checkouts: Checkouts, storage: str, work: Path) -> Iterator[tupl
             plugins=plugins,
             private_client_key=storage == "file",
         )
-        with thin(run_dir, checkouts, port, plugins, work / "omejdn.log"):
+        with thin(run_dir, checkouts, port, plugins, work / "omejdn.log") as server:
             first = load.one(port, load.request_bytes(port, assertions[0]))
             if first != 200:
                 raise RuntimeError(f"the first token request on {storage} answered {first}")
             load.hammer(port, assertions, 2, 2.0)  # warm-up
-            yield port, assertions
+            yield port, assertions, server.pid
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_tokens(
@@ -171,8 +179,10 @@ def run_tokens(
         servers = {s: stack.enter_context(live_server(checkouts, s, work / s)) for s in storages}
         for round_ in range(rounds):
             for c in concurrency:
-                for storage, (port, assertions) in servers.items():
+                for storage, (port, assertions, pid) in servers.items():
+                    cpu = cpu_seconds(pid)
                     result = load.hammer(port, assertions, c, seconds)
+                    cpu = cpu_seconds(pid) - cpu
                     row = {
                         "storage": storage,
                         "round": round_,
@@ -181,6 +191,10 @@ def run_tokens(
                         "ok": result.ok,
                         "statuses": result.statuses,
                         "per_second": round(result.per_second, 1),
+                        # Omejdn's Ruby process: CPU per answered request, and the rate
+                        # one free core would give at that cost
+                        "ruby_cpu_ms_per_request": round(1000 * cpu / max(result.ok, 1), 2),
+                        "one_core_per_second": round(result.ok / cpu, 1) if cpu else None,
                     }
                     rows.append(row)
                     print(json.dumps(row), flush=True)
