@@ -308,8 +308,9 @@ def test_a_refused_peer_uid_raises(database: ConnectionSettings, tmp_path: Path)
             path.chmod(0o755 if path.is_dir() else path.stat().st_mode | 0o044)
         with RubyDriver(plugins, yml, preexec=become_nobody) as omejdn:
             error, _ = raised(omejdn, "USER_GET", username="alice")
-        assert error.error_class in ("OmejdnPg::Unavailable", "OmejdnPg::ServiceError")
-        assert str(nobody.pw_uid) in service.log() or "refused" in service.log()
+        assert error.error_class == "OmejdnPg::ServiceError"
+        assert error.remote_class == "PermissionDenied"
+        assert f"refused a peer: uid {nobody.pw_uid}" in service.log()
     finally:
         service.stop()
         for path in sorted(shared.rglob("*"), reverse=True):

@@ -106,6 +106,8 @@ module OmejdnPg
       write(JSON.generate({ 'jsonrpc' => '2.0', 'id' => id, 'method' => method, 'params' => params }) << "\n",
             deadline, method)
       reply = parse(read_line(deadline, method), method)
+      # An error the service could not tie to a request (a refused peer) has id null.
+      result_of(reply, method) if reply['id'].nil? && reply.key?('error')
       unless reply['id'] == id
         close
         raise Unavailable, "omejdn-pg service at #{@path}: reply to #{method} carries id #{reply['id'].inspect}, " \
