@@ -14,12 +14,18 @@ matches a bcrypt hash when verifying. Argon2 has no such limit.
 A hash's cost is the attacker's lever too: one bcrypt hash of cost 31 takes
 days to verify, so a hash imported with it would turn every login of that
 user into a denial of service. Hashes above :data:`MAX_BCRYPT_COST` are
-refused where they come in (``string_to_pass_hash``, i.e. Omejdn's YAML form)
-and never verified (a login against one fails at once).
+refused where they come in (``string_to_pass_hash``, i.e. Omejdn's YAML form,
+and a user written through the events) and never verified (a login against one
+fails at once, and the log says why, never showing the hash). Argon2's cost
+has three levers, each bounded (:data:`MAX_ARGON2_MEMORY_KIB`,
+:data:`MAX_ARGON2_TIME`, :data:`MAX_ARGON2_PARALLELISM`) so that the costliest
+hash allowed takes about as long as the costliest bcrypt hash allowed: a
+stored ``m=1GiB,t=3`` hash made every failed login take 5 s and 1 GiB.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from functools import cache
 from typing import Final
@@ -30,9 +36,18 @@ from passlib.exc import MissingBackendError
 from omejdn_pg.errors import PasswordRejected
 from omejdn_pg.settings import PasswordSettings
 
+log = logging.getLogger(__name__)
+
 BCRYPT_MAX_BYTES: Final = 72
 MAX_BCRYPT_COST: Final = 16
 """Omejdn hashes at 12; 16 already takes seconds per verify."""
+MAX_ARGON2_MEMORY_KIB: Final = 256 * 1024
+"""256 MiB per verify: four times the default (64 MiB, RFC 9106's second recommendation)."""
+MAX_ARGON2_TIME: Final = 10
+"""Passes; the default is 3. 256 MiB times 10 passes takes about as long as bcrypt cost 16."""
+MAX_ARGON2_PARALLELISM: Final = 16
+"""Lanes, each a thread while verifying; the default is 4."""
+_ARGON2_COST: Final = re.compile(r"\$argon2(?:id|i|d)\$(?:v=\d+\$)?m=(\d+),t=(\d+),p=(\d+)[$,]")
 _BCRYPT_PREFIXES: Final = ("$2a$", "$2b$", "$2y$")
 _BCRYPT_HASH: Final = re.compile(
     r"\$2[aby]?\$(?:0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{22}(?:[./A-Za-z0-9]{31})?"
@@ -120,7 +135,10 @@ class PasswordPolicy:
             return False, None
         if stored_hash.startswith(_BCRYPT_PREFIXES) and _too_long_for_bcrypt(password):
             return False, None
-        if too_costly(stored_hash):
+        refusal = cost_refusal(stored_hash)
+        if refusal is not None:
+            # Logged without the hash or the user: the caller knows whom it asked about.
+            log.warning("password not verified: the stored hash is refused: %s", refusal)
             return False, None
         try:
             if self.settings.scheme == "bcrypt" and _too_long_for_bcrypt(password):
@@ -147,10 +165,10 @@ def describe_hash(value: str | None) -> str:
     if value.startswith(_BCRYPT_PREFIXES):
         cost = bcrypt_cost(value)
         return f"bcrypt cost {cost}" if cost is not None else "unknown"
-    if value.startswith("$argon2id$"):
-        return "argon2id"
-    if value.startswith(("$argon2i$", "$argon2d$")):
-        return value.split("$")[1]
+    if value.startswith(("$argon2id$", "$argon2i$", "$argon2d$")):
+        scheme = value.split("$")[1]
+        argon = argon2_cost(value)
+        return f"{scheme} m={argon[0]} t={argon[1]} p={argon[2]}" if argon is not None else scheme
     return "unknown"
 
 
@@ -161,9 +179,46 @@ def bcrypt_cost(value: str) -> int | None:
     return None
 
 
-def too_costly(value: str) -> bool:
+def argon2_cost(value: str) -> tuple[int, int, int] | None:
+    """``(memory KiB, time, parallelism)`` of an argon2 hash, or None."""
+    found = _ARGON2_COST.match(value)
+    if found is None:
+        return None
+    memory, time, lanes = found.groups()
+    return int(memory), int(time), int(lanes)
+
+
+def cost_refusal(value: str) -> str | None:
+    """Why a hash costs too much to be verified (never quoting it), or None."""
     cost = bcrypt_cost(value)
-    return cost is not None and cost > MAX_BCRYPT_COST
+    if cost is not None and cost > MAX_BCRYPT_COST:
+        return (
+            f"a bcrypt hash of cost {cost} is refused: above {MAX_BCRYPT_COST}, "
+            "each login would cost the server seconds to minutes"
+        )
+    argon = argon2_cost(value)
+    if argon is None:
+        return None
+    over = [
+        f"{name} {given} above {bound}"
+        for name, given, bound in zip(
+            ("memory (KiB)", "time", "parallelism"),
+            argon,
+            (MAX_ARGON2_MEMORY_KIB, MAX_ARGON2_TIME, MAX_ARGON2_PARALLELISM),
+            strict=True,
+        )
+        if given > bound
+    ]
+    if not over:
+        return None
+    return (
+        f"an argon2 hash of {', '.join(over)} is refused: each login would cost the "
+        "server seconds and that memory"
+    )
+
+
+def too_costly(value: str) -> bool:
+    return cost_refusal(value) is not None
 
 
 def _too_long_for_bcrypt(password: str) -> bool:
@@ -180,9 +235,7 @@ def string_to_pass_hash(value: str, policy: PasswordPolicy | None = None) -> str
     policy = policy or default_policy()
     if not policy.is_hash(value):
         return policy.hash(value)
-    if too_costly(value):
-        raise PasswordRejected(
-            f"a bcrypt hash of cost {bcrypt_cost(value)} is refused: above {MAX_BCRYPT_COST}, "
-            "each login would cost the server seconds to minutes"
-        )
+    refusal = cost_refusal(value)
+    if refusal is not None:
+        raise PasswordRejected(refusal)
     return value

@@ -6,6 +6,9 @@ are checked with plain SQL: plaintext must never reach the database.
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 import warnings
 from typing import Any
 
@@ -21,7 +24,8 @@ from omejdn_pg.errors import InvalidValue, PasswordRejected
 from omejdn_pg.passwords import BCRYPT_MAX_BYTES, PasswordPolicy
 from omejdn_pg.postgres.database import Database, count_statements
 from omejdn_pg.postgres.repositories.users import UserRepository
-from omejdn_pg.settings import PasswordSettings
+from omejdn_pg.settings import ConnectionSettings, PasswordSettings
+from tests.helpers import ok, omejdn_pg
 
 OMEJDN_HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
 """What Omejdn (Ruby, bcrypt gem) stores for ``mypassword``."""
@@ -344,3 +348,81 @@ def test_from_dict_hashes_plaintext_before_it_is_stored(db: Database, plain_sql:
     store(db, user.password, username="yaml")
     assert stored_password(plain_sql, "yaml") == user.password
     assert verify(db, FAST, "mypassword", username="yaml") is True
+
+
+# --- argon2's cost bounded as bcrypt's is ------------------------------------------
+
+
+def costly_argon2(memory: int = 1024 * 1024, time: int = 3, lanes: int = 4) -> str:
+    """A well-formed argon2 hash with its cost edited (computing one for real would
+    take the seconds and the memory the bound is there to spare)."""
+    made = ARGON2.hash("mypassword")
+    assert "$m=65536,t=3,p=4$" in made
+    return made.replace("$m=65536,t=3,p=4$", f"$m={memory},t={time},p={lanes}$")
+
+
+@pytest.mark.parametrize(
+    ("memory", "time", "lanes", "said"),
+    [
+        (1024 * 1024, 3, 4, "memory (KiB) 1048576 above 262144"),
+        (4194304, 1000, 1, "memory (KiB) 4194304 above 262144, time 1000 above 10"),
+        (65536, 3, 64, "parallelism 64 above 16"),
+    ],
+)
+def test_an_argon2_hash_above_the_bounds_is_refused_when_it_comes_in(
+    memory: int, time: int, lanes: int, said: str
+) -> None:
+    costly = costly_argon2(memory, time, lanes)
+    with pytest.raises(PasswordRejected) as caught:
+        User.from_dict({"username": "mallory", "password": costly})
+    assert f"user 'mallory': an argon2 hash of {said} is refused" in str(caught.value)
+    assert costly not in str(caught.value)
+
+
+def test_the_repository_refuses_a_costly_argon2_hash(db: Database, plain_sql: Any) -> None:
+    with pytest.raises(PasswordRejected, match="user 'alice': an argon2 hash of memory"):
+        store(db, costly_argon2())
+    assert plain_sql.value("SELECT count(*) FROM users") == 0
+    store(db, OMEJDN_HASH)
+    with pytest.raises(PasswordRejected, match="an argon2 hash of time 1000 above 10"):
+        db.write(
+            lambda c: UserRepository(c, FAST).set_password_hash("alice", costly_argon2(65536, 1000))
+        )
+    assert stored_password(plain_sql) == OMEJDN_HASH
+
+
+def test_a_stored_costly_argon2_hash_is_never_verified(
+    db: Database, plain_sql: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Written behind the package's back (another writer, hand SQL).
+    store(db, OMEJDN_HASH)
+    costly = costly_argon2(4194304, 1000, 1)
+    plain_sql.execute("UPDATE users SET password = %s", (costly,))
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="omejdn_pg.passwords"):
+        assert verify(db, ARGON2, "mypassword") is False
+    assert time.monotonic() - started < 1
+    assert "the stored hash is refused: an argon2 hash of memory (KiB) 4194304" in caplog.text
+    assert costly not in caplog.text
+    assert "mypassword" not in caplog.text
+    assert stored_password(plain_sql) == costly  # never "upgraded" either
+
+
+def test_users_hash_report_shows_argon2_costs_and_the_refused(
+    db: Database, database: ConnectionSettings, plain_sql: Any
+) -> None:
+    store(db, OMEJDN_HASH)
+    store(db, OMEJDN_HASH, "bob")
+    costly = costly_argon2()
+    plain_sql.execute("UPDATE users SET password = %s WHERE username = 'bob'", (costly,))
+
+    human = ok(omejdn_pg("--url", database.conninfo(), "users", "hash-report")).stdout
+    as_json = json.loads(
+        ok(omejdn_pg("--url", database.conninfo(), "users", "hash-report", "-o", "json")).stdout
+    )
+
+    assert "argon2id m=1048576 t=3 p=4: 1" in human
+    assert "1 above the cost limits" in human
+    assert as_json["kinds"]["argon2id m=1048576 t=3 p=4"] == 1
+    assert as_json["refused_too_costly"] == 1
+    assert costly not in human

@@ -257,7 +257,18 @@ def users_hash_report() -> None:
     share = f"{100 * report.upgrading / report.total:.0f}%" if report.total else "0%"
     click.echo(f"{report.upgrading} of {report.total} ({share}) upgraded at their next login")
     if report.refused:
-        click.echo(f"{report.refused} above the bcrypt cost limit: their logins always fail")
+        from omejdn_pg.passwords import (
+            MAX_ARGON2_MEMORY_KIB,
+            MAX_ARGON2_PARALLELISM,
+            MAX_ARGON2_TIME,
+            MAX_BCRYPT_COST,
+        )
+
+        click.echo(
+            f"{report.refused} above the cost limits (bcrypt cost {MAX_BCRYPT_COST}; argon2 "
+            f"m={MAX_ARGON2_MEMORY_KIB} t={MAX_ARGON2_TIME} p={MAX_ARGON2_PARALLELISM}): "
+            "their logins always fail"
+        )
 
 
 @users.command("delete")

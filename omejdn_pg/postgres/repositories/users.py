@@ -49,8 +49,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from omejdn_pg import collector
 from omejdn_pg.entities import User
-from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
-from omejdn_pg.passwords import PasswordPolicy, default_policy
+from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound, PasswordRejected
+from omejdn_pg.passwords import PasswordPolicy, cost_refusal, default_policy
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
 from omejdn_pg.postgres.repositories.common import (
     EXTERN_TRUE,
@@ -241,6 +241,9 @@ class UserRepository:
         check_text(username, "username")
         if not self.policy.is_hash(new_hash):
             raise InvalidValue(f"user {username!r}: the new password is not a hash")
+        refusal = cost_refusal(new_hash)
+        if refusal is not None:
+            raise PasswordRejected(f"user {username!r}: {refusal}")
         found = self.conn.execute(_SET_PASSWORD, {"name": username, "new_hash": new_hash}).first()
         if found is None:
             raise NotFound(f"user {username!r} does not exist")
@@ -292,6 +295,9 @@ class UserRepository:
                 f"{who}: password must be a bcrypt or argon2 hash, not plaintext; "
                 "store a new password with set_password"
             )
+        refusal = cost_refusal(password) if password is not None else None
+        if refusal is not None:
+            raise PasswordRejected(f"{who}: {refusal}")
         extern = EXTERN_TRUE if user.extern is True else user.extern
         if extern is not None:
             check_text(extern, f"{who}: extern")
