@@ -13,8 +13,8 @@ acknowledged is on the new leader, and no create whose caller was told it
 failed (other than "outcome unknown", the rule for a COMMIT whose connection
 broke) is there. The gaps are printed: event to promotion (Patroni's), and
 promotion to the first write and the first read that succeeded through the
-host. ``OMEJDN_PG_PATRONI_CRASHES=N`` repeats the postmaster crash N times
-(the README's figures are from N=10).
+host. ``OMEJDN_PG_PATRONI_ROUNDS=N`` repeats each event N times (the README's
+figures are from such runs).
 
 Marked slow: CI runs it once, on the embedded run, not again on the second server.
 """
@@ -22,6 +22,7 @@ Marked slow: CI runs it once, on the embedded run, not again on the second serve
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import statistics
 import threading
@@ -52,7 +53,7 @@ HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
 UNKNOWN = "outcome of the write is unknown"
 UNCERTAIN = "outcome unknown"
 """How the tallies name a COMMIT whose connection broke: it may have landed, or not."""
-CRASHES = int(os.environ.get("OMEJDN_PG_PATRONI_CRASHES", "1"))
+ROUNDS = int(os.environ.get("OMEJDN_PG_PATRONI_ROUNDS", "1"))
 GAP_LIMIT = 2.0
 """Seconds after the promotion by which writes and reads must be back (the goal is 0.2 s;
 the limit is loose because CI machines are shared and noisy — the figures are printed)."""
@@ -204,6 +205,7 @@ class Outcome:
     write_gap: float
     read_gap: float
     write_outage: float
+    longest_read: float
     writes: int
     acknowledged: int
     reads: int
@@ -218,7 +220,8 @@ class Outcome:
         return (
             f"{self.kind}: promoted {self.promotion:.2f}s after the event; first write "
             f"{1000 * self.write_gap:.0f} ms, first read {1000 * self.read_gap:.0f} ms after "
-            f"the promotion (writes out {self.write_outage:.2f}s); {self.writes} writes, "
+            f"the promotion (no write succeeded for {self.write_outage:.2f}s, longest read "
+            f"{self.longest_read:.2f}s); {self.writes} writes, "
             f"{self.reads} reads; write errors {self.write_errors or 'none'}, read errors "
             f"{self.read_errors or 'none'}; acknowledged writes lost: {len(self.lost)}; "
             f"'outcome unknown' {self.unknown_total} ({self.unknown_committed} committed)"
@@ -281,7 +284,9 @@ def run_event(
     first_read = min((c.ended for c in reads if c.ok and c.ended > promoted), default=None)
     assert first_write is not None, f"{kind}: no write succeeded after the promotion"
     assert first_read is not None, f"{kind}: no read succeeded after the promotion"
-    last_before = max((c.ended for c in writes if c.ok and c.ended < happened), default=happened)
+    # The longest time with no write succeeding, and the longest read (reads wait it out).
+    done = sorted(c.ended for c in writes if c.ok)
+    outage = max((b - a for a, b in itertools.pairwise(done)), default=0.0)
     failed = [(c.name or "", _kind(c.error)) for c in writes if c.error is not None]
     unknown = [name for name, kind in failed if kind == UNCERTAIN]
     said_failed = [name for name, kind in failed if kind != UNCERTAIN]
@@ -291,7 +296,8 @@ def run_event(
         promotion=promoted - happened,
         write_gap=first_write - promoted,
         read_gap=first_read - promoted,
-        write_outage=first_write - last_before,
+        write_outage=outage,
+        longest_read=max((c.ended - c.started for c in reads), default=0.0),
         writes=len(writes),
         acknowledged=len(traffic.acknowledged),
         reads=len(reads),
@@ -326,38 +332,59 @@ def summary(outcomes: list[Outcome]) -> str:
         f"promotion {spread([o.promotion for o in outcomes])}; "
         f"write gap {spread([o.write_gap for o in outcomes])}; "
         f"read gap {spread([o.read_gap for o in outcomes])}; "
+        f"writes out {spread([o.write_outage for o in outcomes])}; "
         f"acknowledged creates lost {sum(len(o.lost) for o in outcomes)} of "
-        f"{sum(o.acknowledged for o in outcomes)}"
+        f"{sum(o.acknowledged for o in outcomes)}; 'outcome unknown' "
+        f"{sum(o.unknown_total for o in outcomes)} ({sum(o.unknown_committed for o in outcomes)} "
+        f"committed); other write errors (told not written, none present) "
+        f"{sum(o.writes - o.acknowledged - o.unknown_total for o in outcomes)}; read errors "
+        f"{sum(sum(o.read_errors.values()) for o in outcomes)}"
     )
+
+
+def report(outcomes: list[Outcome], capsys: pytest.CaptureFixture[str]) -> None:
+    if len(outcomes) > 1:
+        with capsys.disabled():
+            print("\npatroni " + summary(outcomes))
 
 
 def test_the_leaders_postmaster_crashes_and_patroni_fails_over(
     rig: PatroniCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     outcomes = []
-    for _ in range(CRASHES):
+    for _ in range(ROUNDS):
         outcome = run_event(rig, "postmaster-kill", PatroniNode.kill_postmaster, lambda: None)
         check(outcome, capsys)
         outcomes.append(outcome)
-    with capsys.disabled():
-        print("\npatroni " + summary(outcomes))
+    report(outcomes, capsys)
 
 
 def test_the_whole_leader_node_dies_and_the_lease_expires(
     rig: PatroniCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    killed: list[PatroniNode] = []
+    outcomes = []
+    for _ in range(ROUNDS):
+        killed: list[PatroniNode] = []
 
-    def kill(node: PatroniNode) -> None:
-        killed.append(node)
-        node.kill()
+        def kill(node: PatroniNode, killed: list[PatroniNode] = killed) -> None:
+            killed.append(node)
+            node.kill()
 
-    outcome = run_event(rig, "node-kill", kill, lambda: killed[0].start())
-    check(outcome, capsys)
-    # The lease had to expire: Patroni cannot promote before ttl has passed.
-    assert outcome.promotion > 3, outcome.line()
+        def restart(killed: list[PatroniNode] = killed) -> None:
+            killed[0].start()
+
+        outcome = run_event(rig, "node-kill", kill, restart)
+        check(outcome, capsys)
+        # The lease had to expire: Patroni cannot promote much before ttl (10 s) has passed.
+        assert outcome.promotion > 3, outcome.line()
+        outcomes.append(outcome)
+    report(outcomes, capsys)
 
 
 def test_a_switchover_under_load(rig: PatroniCluster, capsys: pytest.CaptureFixture[str]) -> None:
-    outcome = run_event(rig, "switchover", lambda _: rig.switchover(), lambda: None)
-    check(outcome, capsys)
+    outcomes = []
+    for _ in range(ROUNDS):
+        outcome = run_event(rig, "switchover", lambda _: rig.switchover(), lambda: None)
+        check(outcome, capsys)
+        outcomes.append(outcome)
+    report(outcomes, capsys)
