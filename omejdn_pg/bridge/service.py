@@ -20,6 +20,7 @@ are answered, watch streams end; the host is closed last.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import select
@@ -207,8 +208,9 @@ class Service:
     def _hello(self, conn: socket.socket, request: Request) -> bool:
         spoken = request.params.get("protocol")
         if spoken != PROTOCOL_VERSION or isinstance(spoken, bool):
+            said = spoken if isinstance(spoken, int) else json.dumps(spoken)
             message = (
-                f"plugin speaks protocol {spoken}, this service speaks {PROTOCOL_VERSION}"
+                f"plugin speaks protocol {said}, this service speaks {PROTOCOL_VERSION}"
                 if spoken is not None
                 else f"hello without a protocol version; this service speaks {PROTOCOL_VERSION}"
             )

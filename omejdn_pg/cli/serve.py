@@ -3,10 +3,10 @@
 Configured exactly as every other command (``--config``/``$OMEJDN_PLUGINS``,
 ``--url``, the embedded default), so the read cache, replicas, key
 encryption, timeouts and failover of the plugin file apply; unlike the other
-commands, which live for one operation, it starts the read cache. The socket
-work is :mod:`omejdn_pg.bridge.service` and its socket file :mod:`omejdn_pg.bridge.endpoint`;
-this module parses, builds the host
-and reports.
+commands, which live for one operation, it starts the read cache. The
+connections are :mod:`omejdn_pg.bridge.service`'s, the socket file
+:mod:`omejdn_pg.bridge.endpoint`'s; this module parses, builds the host and
+reports.
 """
 
 from __future__ import annotations
