@@ -105,17 +105,25 @@ def plugin_file(path: Path, connection: ConnectionSettings, extra: str = "") -> 
 class Service:
     """``omejdn-pg serve`` started as a subprocess; its stderr is its log."""
 
-    def __init__(self, socket_path: Path, config: Path, *args: str) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        config: Path | None,
+        *args: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``config``: the plugin file given with ``--config`` (None: none; ``env`` may name
+        one in ``OMEJDN_PLUGINS``)."""
         self.path = str(socket_path)
         self.log_path = socket_path.with_suffix(".log")
         environment = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+        environment.update(env or {})
         self._log = self.log_path.open("wb")
-        command = [sys.executable, "-m", "omejdn_pg", "serve", "--socket", self.path]
+        command = [sys.executable, "-m", "omejdn_pg", "serve", "--socket", self.path, *args]
+        if config is not None:
+            command += ["--config", str(config)]
         self.process = subprocess.Popen(
-            [*command, *args, "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-            env=environment,
+            command, stdout=subprocess.DEVNULL, stderr=self._log, env=environment
         )
 
     def wait_ready(self, timeout: float = 60) -> Service:

@@ -18,7 +18,9 @@ import pytest
 
 from omejdn_pg.keys import KeySet, generate_key
 from omejdn_pg.postgres.cache import LISTENER_APPLICATION_NAME
+from omejdn_pg.sealing import generate_secret, sealed_by
 from omejdn_pg.settings import ConnectionSettings
+from tests import secrets
 from tests.bridge_client import BridgeClient, BridgeError, Service, plugin_file
 from tests.helpers import PlainSQL, omejdn_pg, one_error_line
 
@@ -366,3 +368,34 @@ def watch_answer(client: BridgeClient) -> Any:
         return client.call("watch")
     except BridgeError as exc:
         return exc.error_class
+
+
+def test_configured_as_every_command_key_encryption_applies_through_the_socket(
+    database: ConnectionSettings, socket_dir: Path, tmp_path: Path
+) -> None:
+    """``$OMEJDN_PLUGINS`` names the plugin file, which seals private keys with a
+    key-encryption key from the environment: what KEYS_STORE sends over the socket is
+    stored sealed, KEYS_LOAD opens it, and the key-encryption key is never said."""
+    kek = secrets.watch(generate_secret())
+    extra = "      key_encryption: [{id: kek-1, env: OMEJDN_PG_TEST_KEK}]\n"
+    config = plugin_file(tmp_path / "plugins.yml", database, extra)
+    env = {"OMEJDN_PLUGINS": str(config), "OMEJDN_PG_TEST_KEK": kek}
+    service = Service(socket_dir / "omejdn-pg.sock", None, env=env).wait_ready()
+    try:
+        signer = generate_key("ES256")
+        target = {"target_type": "omejdn", "target": "omejdn"}
+        with BridgeClient(service.path) as client:
+            client.call("KEYS_STORE", {**target, "jwks": KeySet([signer]).to_jwks(private=True)})
+            loaded = client.call("KEYS_LOAD", target)
+        assert loaded == KeySet([signer]).to_jwks(private=True)
+        assert sealed_by(PlainSQL(database).value("SELECT value FROM keys")) == "kek-1"
+    finally:
+        assert service.stop() == 0
+    assert kek not in service.log()
+
+
+def test_an_unknown_group_is_a_usage_error(socket_dir: Path, config: Path) -> None:
+    path = socket_dir / "omejdn-pg.sock"
+    result = omejdn_pg("serve", "--socket", str(path), "--group", "no-such-group-here")
+    assert "no group named 'no-such-group-here'" in one_error_line(result, code=2)
+    assert not path.exists()
