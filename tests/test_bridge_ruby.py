@@ -244,3 +244,25 @@ def test_copies_kept_in_ruby_follow_every_other_writer(
     ok(omejdn_pg("keys", "rotate", "omejdn", "omejdn", "--publish-for", "0s", *config))
     ok(omejdn_pg("keys", "maintain", *config))
     assert eventually(lambda: signing_kid() not in (None, first)) < 2.5
+
+
+def test_a_forked_child_uses_connections_and_copies_of_its_own(omejdn: RubyDriver) -> None:
+    """A pre-forking server forks after the plugin has connected: the child must not talk on
+    the parent's socket (the answers would cross) nor serve copies no stream vouches for."""
+    omejdn.fire("CONFIGURATION_STORE", section="omejdn", data={"issuer": "https://parent"})
+    for _ in range(3):
+        assert omejdn.first("CONFIGURATION_LOAD", section="omejdn", fallback=None)
+        time.sleep(0.1)
+    store = {"section": "omejdn", "data": {"issuer": "https://child"}}
+    child = omejdn.command({"fire": "CONFIGURATION_STORE", "locals": store, "forked": True})
+    assert child == {"values": [None], "seconds": child["seconds"]}
+    load = {"section": "omejdn", "fallback": None}
+    child = omejdn.command({"fire": "CONFIGURATION_LOAD", "locals": load, "forked": True})
+    assert child["values"] == [{"issuer": "https://child"}]
+    # The parent's connection still answers its own requests, and its copy was dropped.
+    assert (
+        eventually(
+            lambda: omejdn.first("CONFIGURATION_LOAD", **load) == {"issuer": "https://child"}
+        )
+        < 2.0
+    )

@@ -6,6 +6,7 @@
 #   {"fire": EVENT, "locals": {...}}            one event, as the core fires it
 #   {"fire": EVENT, "locals": {...}, "threads": N, "times": K}
 #                                               N threads at once, K events each
+#   {"fire": EVENT, "locals": {...}, "forked": true}   the event in a forked child
 #   {"bench": EVENT, "locals": {...}, "threads": N, "seconds": S}
 #                                               events per second and µs per event
 # Locals named `user` or `client` are rebuilt as User / Client objects (with
@@ -115,6 +116,26 @@ def bench(command)
     'us_per_event' => elapsed * 1e6 * threads / calls }
 end
 
+# The event in a forked child (as a pre-forking server runs handlers), its answer back.
+def in_child(command)
+  reader, writer = IO.pipe
+  pid = fork do
+    reader.close
+    answer = begin
+      { 'values' => plain(fire(command['fire'], command.fetch('locals', {}))) }
+    rescue StandardError => e
+      { 'error' => error_of(e) }
+    end
+    writer.write(JSON.generate(answer))
+    writer.close
+    exit!(0)
+  end
+  writer.close
+  answer = JSON.parse(reader.read)
+  Process.wait(pid)
+  answer
+end
+
 $stdin.each_line do |line|
   command = JSON.parse(line)
   started = now
@@ -122,6 +143,8 @@ $stdin.each_line do |line|
     begin
       if command['bench']
         bench(command)
+      elsif command['forked']
+        in_child(command)
       elsif command['threads']
         concurrently(command)
       else

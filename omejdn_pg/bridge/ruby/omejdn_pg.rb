@@ -76,9 +76,10 @@ module OmejdnPg
   # One connection to the service: newline-framed JSON-RPC, every step bounded by
   # the deadline of the call. Not shared between threads.
   class Connection
-    attr_reader :hello
+    attr_reader :hello, :pid
 
     def initialize(path, timeout)
+      @pid = Process.pid
       @path = path
       @timeout = timeout
       @buffer = +''
@@ -93,7 +94,7 @@ module OmejdnPg
     # True unless the service has closed its end (a restart): checked before reuse
     # so a request is never sent on a dead connection. A stray byte also retires it.
     def usable?
-      return false if @socket.nil?
+      return false if @socket.nil? || @pid != Process.pid # a forked child never shares it
 
       @socket.read_nonblock(1, exception: false) == :wait_readable
     rescue StandardError
@@ -167,8 +168,24 @@ module OmejdnPg
         end
       end
     rescue SystemCallError, IOError => e
+      said_before_closing(method)
       close
       raise Unavailable, "omejdn-pg service at #{@path}: #{method} could not be sent: #{e.message}"
+    end
+
+    # The service may have answered and closed before the request was written (a refused
+    # peer): raise what it said, if it said anything.
+    def said_before_closing(method)
+      chunk = @socket.read_nonblock(65_536, exception: false)
+      return unless chunk.is_a?(String) && (line = (@buffer + chunk)[/\A[^\n]*\n/])
+
+      reply = JSON.parse(line)
+      return unless reply.is_a?(Hash) && reply['error']
+
+      close
+      result_of(reply, method)
+    rescue SystemCallError, IOError, JSON::ParserError
+      nil
     end
 
     def read_line(deadline, method, quiet: false)
@@ -239,10 +256,12 @@ module OmejdnPg
       @last_message = 0.0
       @thread = nil
       @lock = Mutex.new
+      @pid = Process.pid
     end
 
     # The generation of `group` while the stream vouches for it, else nil.
     def generation(group)
+      forked if @pid != Process.pid
       ensure_running
       return nil unless @live && OmejdnPg.now - @last_message < 3 * @interval
 
@@ -255,6 +274,15 @@ module OmejdnPg
     end
 
     private
+
+    # In a forked child the stream (a thread of the parent) is gone: nothing is vouched for.
+    def forked
+      @lock = Mutex.new
+      @pid = Process.pid
+      @live = false
+      @thread = nil
+      GROUPS.each { |g| @generations[g] += 1 }
+    end
 
     def ensure_running
       return if @thread&.alive?
@@ -336,7 +364,7 @@ module OmejdnPg
     def call(method, params)
       connection = Thread.current[@thread_key]
       unless connection&.usable?
-        connection&.close
+        connection&.close if connection&.pid == Process.pid
         connection = Thread.current[@thread_key] = Connection.new(@socket_path, @timeout)
         names = connection.hello.is_a?(Hash) ? connection.hello['backends'] : nil
         names.each { |group, name| learn(group, name) } if names.is_a?(Hash)
