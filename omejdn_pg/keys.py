@@ -40,6 +40,13 @@ once per process, a changed key is seen at once (the cache is keyed by
 content, not by target), and failures are not cached. RSA keys above
 :data:`MAX_RSA_BITS` and sets above :attr:`KeySet.MAX_KEYS` keys are refused
 before any of that work, so a hostile JWK Set cannot pin a CPU.
+
+RSA keys below :func:`min_rsa_bits` (2048 unless ``OMEJDN_PG_MIN_RSA_BITS``
+says otherwise) are refused where a key enters — KEYS_STORE of either store,
+a client's JWKS, ``keys import``, ``keys generate``, an import — by
+:func:`weak_key_problem`, but read wherever they already are: a stored
+RSA-1024 key stays loadable and publishable, so that it can be seen and
+rotated, and storing a set back unchanged does not fail on it.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +70,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
+from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial, InvalidValue
 
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey: TypeAlias = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -72,6 +80,10 @@ KEY_STATES: Final[tuple[KeyState, ...]] = ("next", "active", "retired")
 
 MAX_RSA_BITS: Final = 8192
 """Larger RSA keys are refused: validating one costs seconds of CPU per load."""
+MIN_RSA_BITS: Final = 2048
+"""Smaller RSA keys are refused where they enter (NIST SP 800-131A, RFC 7518 §3.3)."""
+MIN_RSA_BITS_VARIABLE: Final = "OMEJDN_PG_MIN_RSA_BITS"
+"""Overrides :data:`MIN_RSA_BITS` for the service and the CLI alike (1024 to 8192)."""
 
 CHAIN_SEPARATOR: Final = "_"
 
@@ -1037,6 +1049,37 @@ def _b64url_decode(text: str) -> bytes | None:
     if len(body) % 4 == 1 or (match.group(1) and len(text) % 4):
         return None
     return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+
+
+def min_rsa_bits() -> int:
+    """The smallest RSA modulus accepted for a new key: :data:`MIN_RSA_BITS_VARIABLE`
+    if set (read on every call, so that a test or a reload sees a change), else 2048."""
+    text = os.environ.get(MIN_RSA_BITS_VARIABLE)
+    if text is None or not text.strip():
+        return MIN_RSA_BITS
+    try:
+        bits = int(text)
+    except ValueError:
+        bits = 0
+    if not 1024 <= bits <= MAX_RSA_BITS:
+        raise ConfigurationError(
+            f"{MIN_RSA_BITS_VARIABLE} must be a number of bits from 1024 to {MAX_RSA_BITS}, "
+            f"got {text!r}"
+        )
+    return bits
+
+
+def weak_key_problem(key: Key) -> str | None:
+    """Why ``key`` is too weak to be stored as a new key, or None."""
+    public = key.public_key
+    if isinstance(public, rsa.RSAPublicKey):
+        minimum = min_rsa_bits()
+        if public.key_size < minimum:
+            return (
+                f"an RSA key of {public.key_size} bits is smaller than the {minimum} bits "
+                f"required ({MIN_RSA_BITS_VARIABLE})"
+            )
+    return None
 
 
 def _too_large(what: str, bits: int) -> str:

@@ -5,23 +5,25 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
 from omejdn_pg import Client, PluginLoader, User
-from omejdn_pg.errors import InvalidInput, InvalidKeyMaterial, InvalidValue
+from omejdn_pg.errors import ConfigurationError, InvalidInput, InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host import events
 from omejdn_pg.keys import MAX_RSA_BITS, Key, KeySet, generate_key
 from omejdn_pg.postgres.repositories.common import MAX_JSON_DEPTH, check_json
 from omejdn_pg.postgres.repositories.common import _check as thorough_check
 from omejdn_pg.settings import ConnectionSettings
-from tests.helpers import PROPERTY_SETTINGS, PlainSQL, make_chain
+from tests.helpers import PROPERTY_SETTINGS, PlainSQL, make_chain, omejdn_pg, one_error_line
 
 from .test_events import plugin_yaml
 
@@ -243,3 +245,95 @@ def test_json_nested_to_the_limit_is_taken_and_one_deeper_is_refused() -> None:
         at_limit = [at_limit]
     assert _refusal(at_limit) is None
     assert "nested deeper" in (_refusal([at_limit]) or "")
+
+
+# --- one minimum RSA size wherever a key enters -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rsa_1024() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+
+
+WEAK = "an RSA key of 1024 bits is smaller than the 2048 bits required (OMEJDN_PG_MIN_RSA_BITS)"
+
+
+def test_an_rsa_1024_key_is_refused_by_keys_store_and_a_clients_jwks(
+    loader: PluginLoader, plain_sql: PlainSQL, rsa_1024: rsa.RSAPrivateKey
+) -> None:
+    jwks = KeySet([Key(rsa_1024.public_key(), rsa_1024, params={"kid": "weak"})]).to_jwks()
+    with pytest.raises(InvalidKeyMaterial, match=re.escape(f"key weak: {WEAK}")):
+        loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks=jwks)
+    with pytest.raises(InvalidKeyMaterial, match=re.escape(WEAK)):
+        loader.fire(
+            events.CLIENT_CREATE,
+            client=Client(metadata={"client_id": "app", "jwks": jwks}),
+            client_backend="postgres",
+        )
+    assert plain_sql.value("SELECT count(*) FROM keys") == 0
+    assert plain_sql.value("SELECT count(*) FROM clients") == 0
+
+
+def test_the_file_store_refuses_it_too(tmp_path: Path, rsa_1024: rsa.RSAPrivateKey) -> None:
+    from omejdn_pg.host.files.store import FileStore
+
+    with pytest.raises(InvalidKeyMaterial, match=re.escape(WEAK)):
+        FileStore(tmp_path).store_keys("omejdn", "omejdn", [Key(rsa_1024.public_key(), rsa_1024)])
+    assert not (tmp_path / "keys").exists()
+
+
+def test_keys_import_generate_and_import_refuse_it(
+    database: ConnectionSettings,
+    plain_sql: PlainSQL,
+    rsa_1024: rsa.RSAPrivateKey,
+    tmp_path: Path,
+    examples: Path,
+) -> None:
+    from omejdn_pg.cli import transfer
+    from omejdn_pg.host.facade import Host
+    from omejdn_pg.settings import BackendSettings
+
+    url = database.conninfo()
+    pem = tmp_path / "weak.pem"
+    pem.write_text(
+        rsa_1024.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+    )
+    imported = omejdn_pg("--url", url, "keys", "import", "omejdn", "omejdn", "--key", str(pem))
+    assert WEAK in one_error_line(imported)
+    generated = omejdn_pg("--url", url, "keys", "generate", "omejdn", "x", "--rsa-bits", "1024")
+    assert WEAK in one_error_line(generated)
+
+    folder = examples / "keys" / "weak"
+    folder.mkdir()
+    (folder / "weak.key").write_text(pem.read_text())
+    with (
+        Host.from_settings(BackendSettings(connection=database)) as host,
+        pytest.raises(InvalidKeyMaterial, match=re.escape(WEAK)),
+    ):
+        transfer.import_deployment(examples, host)
+    assert plain_sql.value("SELECT count(*) FROM keys") == 0
+    assert plain_sql.value("SELECT count(*) FROM users") == 0
+
+
+def test_the_minimum_is_configurable_and_a_stored_weak_key_stays_usable(
+    loader: PluginLoader,
+    plain_sql: PlainSQL,
+    rsa_1024: rsa.RSAPrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    jwks = KeySet([Key(rsa_1024.public_key(), rsa_1024, params={"kid": "legacy"})]).to_jwks()
+    monkeypatch.setenv("OMEJDN_PG_MIN_RSA_BITS", "1024")
+    loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks=jwks)
+    monkeypatch.delenv("OMEJDN_PG_MIN_RSA_BITS")
+    # Read, published and stored back unchanged: it entered when it was allowed to.
+    loaded = loader.fire(events.KEYS_LOAD, target_type="omejdn", target="omejdn")
+    assert [key["kid"] for key in loaded[0]["keys"]] == ["legacy"]
+    loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks=loaded[0])
+    assert plain_sql.value("SELECT count(*) FROM keys WHERE target = 'omejdn'") == 1
+    monkeypatch.setenv("OMEJDN_PG_MIN_RSA_BITS", "512")
+    with pytest.raises(ConfigurationError, match="OMEJDN_PG_MIN_RSA_BITS must be a number"):
+        loader.fire(events.KEYS_STORE, target_type="omejdn", target="other", jwks=jwks)

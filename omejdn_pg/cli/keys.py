@@ -140,7 +140,13 @@ def _private_key(curve: str | None, rsa_bits: int) -> Any:
 @click.argument("target_type")
 @click.argument("target")
 @click.option("--ec", "curve", type=click.Choice(EC_CURVE_NAMES), help="An EC key on CURVE.")
-@click.option("--rsa-bits", type=click.IntRange(2048, 8192), default=2048, show_default=True)
+@click.option(
+    "--rsa-bits",
+    type=click.IntRange(1024, 8192),
+    default=2048,
+    show_default=True,
+    help="At least OMEJDN_PG_MIN_RSA_BITS (2048 unless set), as for every key stored.",
+)
 @click.option("--self-signed", is_flag=True, help="Add a self-signed certificate.")
 @click.option("--subject", metavar="CN", help="Certificate common name (default: TARGET).")
 @click.option("--days", type=click.IntRange(1, 36500), default=365, show_default=True)

@@ -106,7 +106,13 @@ from omejdn_pg.host.files.reading import (
     read_file,
     read_text,
 )
-from omejdn_pg.keys import Key, KeySet, jwk_thumbprint, load_certificate_chain
+from omejdn_pg.keys import (
+    Key,
+    KeySet,
+    jwk_thumbprint,
+    load_certificate_chain,
+    weak_key_problem,
+)
 from omejdn_pg.names import check_file_name, is_file_name, validate_section_name
 
 USERS_SECTION: Final = "users"
@@ -450,8 +456,14 @@ class FileStore:
                     owners[name] = group.owner()
                     if owners[name] == target:
                         owned[name] = group
-            if any(key.private_key is None for key in incoming):
+            weak = [(key, problem) for key in incoming if (problem := weak_key_problem(key))]
+            if weak or any(key.private_key is None for key in incoming):
                 stored = {g.key().kid: g.key() for g in owned.values()}
+                # A weak key already stored is no new key: storing a set back must work.
+                for key, problem in weak:
+                    old = stored.get(key.kid)
+                    if old is None or not old.same_key(key):
+                        raise InvalidKeyMaterial(f"{where}: key {key.kid}: {problem}")
                 incoming = [_keep_private(key, stored.get(key.kid)) for key in incoming]
             planned = _layout(target, incoming, where)
             writes: list[tuple[str, bytes, int]] = []

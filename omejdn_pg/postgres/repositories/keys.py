@@ -45,7 +45,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, or_, select
 
 from omejdn_pg import lifecycle
 from omejdn_pg.errors import InvalidKeyMaterial
-from omejdn_pg.keys import Key, KeySet
+from omejdn_pg.keys import Key, KeySet, weak_key_problem
 from omejdn_pg.names import check_file_name
 from omejdn_pg.postgres.repositories.common import (
     ConnectionReader,
@@ -315,7 +315,7 @@ def merge(
     for key in incoming:
         old = by_kid.get(key.kid)
         if old is None or not old.same_key(key):
-            problem = key.certificate_problem(now)
+            problem = weak_key_problem(key) or key.certificate_problem(now)
             if problem is not None:
                 raise InvalidKeyMaterial(f"keys {target_type}/{target}: key {key.kid}: {problem}")
             result.append(_with_lifecycle(key, state=key.state, created_at=key.created_at or now))
