@@ -266,3 +266,23 @@ def test_a_forked_child_uses_connections_and_copies_of_its_own(omejdn: RubyDrive
         )
         < 2.0
     )
+
+
+def test_without_the_services_read_cache_nothing_is_kept_in_ruby(
+    database: ConnectionSettings, tmp_path: Path
+) -> None:
+    """A service running with `cache: false` refuses `watch`: the plugin then asks the
+    service every time, so another writer's change is seen at once."""
+    config = plugin_file(tmp_path / "service.yml", database).read_text()
+    (tmp_path / "uncached.yml").write_text(config.replace("{max_staleness: 0.5}", "false"))
+    service = Service(tmp_path / "omejdn-pg.sock", tmp_path / "uncached.yml").start()
+    try:
+        plugins = install(tmp_path / "omejdn")
+        yml = omejdn_plugins(tmp_path / "omejdn.yml", service.path)
+        with RubyDriver(plugins, yml) as one, RubyDriver(plugins, yml) as other:
+            for n in range(5):
+                other.fire("CONFIGURATION_STORE", section="omejdn", data={"n": n})
+                assert one.first("CONFIGURATION_LOAD", section="omejdn", fallback=None) == {"n": n}
+                time.sleep(0.2)
+    finally:
+        assert service.stop() == 0, service.log()

@@ -320,7 +320,11 @@ module OmejdnPg
         groups = message.dig('params', 'groups')
         [*(groups.is_a?(Array) ? groups : GROUPS)].each { |g| changed(g) if @generations.key?(g) }
       end
-    rescue Error, StandardError
+    rescue ServiceError => e
+      # A service running without its read cache refuses to watch: ask again rarely.
+      connection&.close
+      sleep(29) if e.remote_class == 'ConfigurationError'
+    rescue StandardError
       nil
     ensure
       @live = false
