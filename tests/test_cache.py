@@ -432,29 +432,43 @@ def test_a_killed_listener_mid_stream_never_serves_beyond_the_bound(
 def test_a_change_without_its_notice_is_caught_by_the_counter(
     open_loader: Callable[..., PluginLoader], plain_sql: PlainSQL
 ) -> None:
-    """A writer that bumps the change counter but sends no NOTIFY (a lost notice):
-    the listener's poll sees the counter ahead and flushes within the bound."""
+    """A transaction counted as omejdn_pg_count() counts, whose NOTIFY never arrives (a
+    lost notice): the listener's poll finds the session's counter row at a value its chain
+    of notices does not reach and flushes within the bound; and the session's next notice,
+    whose prior link was never heard, flushes at once."""
     reader = open_loader()
     writer = open_loader(OFF)
     store(writer, {"n": 1})
     assert warm(lambda: section(reader), reader) == {"n": 1}
     stats = cache_of(reader).stats()
+    lost = (
+        "UPDATE omejdn_pg_changes SET prior = counter, "
+        "counter = nextval('omejdn_pg_change_seq'), xact = pg_current_xact_id()::text::bigint, "
+        "announced = '{}', changed_at = clock_timestamp() "
+        "WHERE name = 'config' AND writer = pg_backend_pid()"
+    )
 
-    with psycopg.connect(plain_sql.settings.conninfo()) as conn:  # one transaction, no NOTIFY
-        conn.execute("UPDATE configuration_omejdn SET value = '2' WHERE key = 'n'")
-        conn.execute("UPDATE omejdn_pg_changes SET counter = counter + 1 WHERE name = 'config'")
-    eventually(lambda: section(reader) == {"n": 2})
-    after = cache_of(reader).stats()
-    assert after["flushes"] > stats["flushes"]
-    assert after["notices"] == stats["notices"]
-    assert warm(lambda: section(reader), reader) == {"n": 2}  # cached again
-
-    # The next notice of the group skips the counter: the gap alone flushes.
     with psycopg.connect(plain_sql.settings.conninfo()) as conn:
+        conn.execute("SELECT omejdn_pg_changed('config', 'unrelated')")  # heard: its row
+        conn.commit()
+        time.sleep(BOUND)  # polled by now: the chain starts from there
+        stats = cache_of(reader).stats()
+        conn.execute("UPDATE configuration_omejdn SET value = '2' WHERE key = 'n'")
+        assert conn.execute(lost).rowcount == 1  # counted, no NOTIFY
+        conn.commit()
+        eventually(lambda: section(reader) == {"n": 2})
+        after = cache_of(reader).stats()
+        assert after["flushes"] > stats["flushes"]
+        assert after["notices"] == stats["notices"]
+        assert warm(lambda: section(reader), reader) == {"n": 2}  # cached again
+
+        # The next notice of that session names a link never heard: the gap alone flushes.
         conn.execute("UPDATE configuration_omejdn SET value = '3' WHERE key = 'n'")
-        conn.execute("UPDATE omejdn_pg_changes SET counter = counter + 1 WHERE name = 'config'")
-    store(writer, {"other": True}, name="other")
-    eventually(lambda: section(reader) == {"n": 3})
+        conn.execute(lost)
+        conn.commit()
+        conn.execute("SELECT omejdn_pg_changed('config', 'unrelated')")
+        conn.commit()
+        eventually(lambda: section(reader) == {"n": 3})
 
 
 def test_hand_sql_on_keys_is_announced_by_the_trigger(
@@ -509,7 +523,7 @@ def test_hand_sql_on_users_clients_and_attributes_is_announced_by_their_triggers
 def test_the_packages_own_writes_drop_only_what_they_changed(
     open_loader: Callable[..., PluginLoader],
 ) -> None:
-    """Its connections tell the triggers that they announce their own changes, key by key."""
+    """The triggers announce what a statement changed, key by key: one user, not all."""
     reader = open_loader(EVERYTHING)
     writer = open_loader(OFF)
     for name in ("alice", "bob"):
@@ -695,13 +709,14 @@ def test_the_change_function_bumps_once_and_notifies_on_commit(plain_sql: PlainS
     conninfo = plain_sql.settings.conninfo()
     with psycopg.connect(conninfo, autocommit=True) as listener:
         listener.execute(f"LISTEN {CHANNEL}")
-        before = plain_sql.value("SELECT counter FROM omejdn_pg_changes WHERE name = 'user'")
         with psycopg.connect(conninfo) as conn:
+            writer = conn.info.backend_pid
             counters = {
                 conn.execute("SELECT omejdn_pg_changed('user', %s)", (f"u{i}",)).fetchall()[0][0]
                 for i in range(70)
             }
-        assert counters == {before + 1}
+        assert len(counters) == 1
+        (counter,) = counters
         with psycopg.connect(conninfo) as conn:  # rolled back: nothing counted, nothing sent
             conn.execute("SELECT omejdn_pg_changed('user', 'ghost')")
             conn.rollback()
@@ -711,16 +726,16 @@ def test_the_change_function_bumps_once_and_notifies_on_commit(plain_sql: PlainS
         received = [n.payload for n in listener.notifies(timeout=2.0, stop_after=66)]
     users = [payload for payload in received if payload.startswith("user:")]
     assert len(users) == 64
-    assert users[0].startswith(f"user:u0:{before + 1}:")
-    assert users[62].startswith(f"user:u62:{before + 1}:")
-    assert users[63].startswith(f"user:*:{before + 1}:")  # the rest as the whole group
+    assert users[0].startswith(f"user:u0:{writer}//{counter}:")  # the session's first count
+    assert users[62].startswith(f"user:u62:{writer}//{counter}:")
+    assert users[63].startswith(f"user:*:{writer}//{counter}:")  # the rest as the whole group
     assert not [payload for payload in received if "ghost" in payload]
     assert [p.rsplit(":", 2)[0] for p in received if not p.startswith("user:")] == [
         "keys:clients/a%2Fb",
         "config:*",
     ]
-    assert plain_sql.value("SELECT counter FROM omejdn_pg_changes WHERE name = 'user'") == (
-        before + 1
-    )
+    assert plain_sql.rows(
+        "SELECT writer, counter, prior FROM omejdn_pg_changes WHERE name = 'user'"
+    ) == [(writer, counter, None)]
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown group"):
         plain_sql.execute("SELECT omejdn_pg_changed('sessions', 'x')")

@@ -13,6 +13,8 @@ from omejdn_pg.entities import User
 from omejdn_pg.errors import ConfigurationError
 from omejdn_pg.postgres.cache import (
     LISTENER_APPLICATION_NAME,
+    Chains,
+    Link,
     Miss,
     Notice,
     ReadCache,
@@ -99,17 +101,17 @@ def test_the_listener_connects_on_its_own_terms() -> None:
 
 
 def test_notices_parse_as_the_database_writes_them() -> None:
-    assert Notice.parse("config:omejdn:7:1700000000123") == Notice(
-        "config", ("omejdn",), 7, 1700000000123
+    assert Notice.parse("config:omejdn:4711/5/7:1700000000123") == Notice(
+        "config", ("omejdn",), Link(4711, 5, 7), 1700000000123
     )
-    assert Notice.parse("keys:clients/a%2Fb%3Ac%2A%25:3:5") == Notice(
-        "keys", ("clients", "a/b:c*%"), 3, 5
+    assert Notice.parse("keys:clients/a%2Fb%3Ac%2A%25:12//3:5") == Notice(
+        "keys", ("clients", "a/b:c*%"), Link(12, 0, 3), 5
     )
     assert Notice.parse("keys:omejdn/omejdn::1700000000000") == Notice(
         "keys", ("omejdn", "omejdn"), None, 1700000000000
     )
-    assert Notice.parse("user:*:9:1") == Notice("user", None, 9, 1)
-    for bad in ("", "config", "groups:x:1:1", "config:x:one:1", "config:x"):
+    assert Notice.parse("user:*:1/8/9:1") == Notice("user", None, Link(1, 8, 9), 1)
+    for bad in ("", "config", "groups:x:1/1/1:1", "config:x:1/one/1:1", "config:x:7:1", "config:x"):
         assert Notice.parse(bad) is None
 
 
@@ -119,7 +121,7 @@ def test_keys_survive_the_notice_format(parts: list[str]) -> None:
     encoded = encode_key(parts)
     assert ":" not in encoded
     assert encoded != "*"
-    notice = Notice.parse(f"keys:{encoded}:1:2")
+    notice = Notice.parse(f"keys:{encoded}:1/1/2:2")
     assert notice is not None
     assert notice.key == tuple(parts)
 
@@ -152,7 +154,7 @@ def test_a_change_reaches_every_answer_it_alters() -> None:
 def _serving_cache(**settings: Any) -> ReadCache:
     """A cache that believes its listener just polled (no thread, no database)."""
     cache = ReadCache(CacheSettings(**settings), ConnectionSettings())
-    counters = {group: (0, 0) for group in ("config", "keys", "client", "user")}
+    counters = {(group, 1): (10, 0) for group in ("config", "keys", "client", "user")}
     cache._baseline(counters)
     cache._on_heartbeat(time.monotonic(), counters, [])
     return cache
@@ -204,9 +206,29 @@ def test_a_notice_that_skips_a_counter_flushes_its_group() -> None:
         miss = cache.get(("config", name))
         assert isinstance(miss, Miss)
         cache.fill(("config", name), name, miss.token)
-    cache._on_notice("config:a:1:0")
+    cache._on_notice("config:a:1/10/11:0")
+    cache._on_notice("config:a:2//12:0")  # another writer's first change
     assert isinstance(cache.get(("config", "a")), Miss)
     assert cache.get(("config", "b")) == "b"
-    cache._on_notice("config:a:3:0")  # counter 2 came without a notice
+    cache._on_notice("config:a:1/14/15:0")  # writer 1 counted 14 without a notice
     assert isinstance(cache.get(("config", "b")), Miss)
     assert cache.stats()["gaps"] == 1
+
+
+def test_a_poll_finds_what_the_chains_of_notices_do_not_reach() -> None:
+    chains = Chains()
+    chains.reset({("user", 1): 10, ("user", 2): 20})
+    assert chains.heard("user", Link(1, 10, 11))
+    assert chains.heard("user", Link(1, 11, 30))  # values jump: other rows drew in between
+    assert chains.heard("user", Link(3, 0, 31))  # a new session's first change
+    assert chains.behind({("user", 1): 30, ("user", 2): 20, ("user", 3): 31}) == set()
+    # A row whose value the links do not reach, a new row never heard, a value going back.
+    assert chains.behind({("user", 1): 32, ("user", 4): 33, ("user", 2): 19}) == {
+        ("user", 1),
+        ("user", 4),
+        ("user", 2),
+    }
+    chains.advance({("user", 1): 30, ("user", 3): 31})
+    assert chains.polled == {("user", 1): 30, ("user", 3): 31}  # row 2 was pruned
+    assert not chains.heard("user", Link(1, 40, 41))  # 30 -> 40 never heard
+    assert chains.heard("user", Link(2, 0, 42))  # the pruned session's new row

@@ -100,3 +100,62 @@ def test_grant_names_what_is_missing(
 ) -> None:
     with pytest.raises(MigrationError, match="role 'nobody_here' does not exist"):
         migrate.grant(database, "nobody_here")
+
+
+def test_the_change_counters_are_written_by_the_packages_functions_only(
+    least_privilege: PluginLoader, plain_sql: PlainSQL
+) -> None:
+    """A role with DML rights could set its group's counter to the largest bigint, after
+    which every write of the group failed; now it may only read the counters."""
+    host = Host(least_privilege)
+    host.users.add(User(username="alice", password=OMEJDN_HASH))
+    role = PlainSQL(least_privilege.configuration.backend_settings().connection)
+    assert role.rows("SELECT DISTINCT name FROM omejdn_pg_changes") == [("user",)]
+    for attack in (
+        "UPDATE omejdn_pg_changes SET counter = 9223372036854775807",
+        "DELETE FROM omejdn_pg_changes",
+        "INSERT INTO omejdn_pg_changes VALUES ('user', 1, 9223372036854775807, NULL, 1, NULL, "
+        "now())",
+        "SELECT setval('omejdn_pg_change_seq', 9223372036854775807)",
+        "SELECT nextval('omejdn_pg_change_seq')",
+        "SELECT omejdn_pg_count('user', NULL)",
+        "TRUNCATE omejdn_pg_changes",
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            role.execute(attack)
+    # What the role may do: announce through the function, and write.
+    role.execute("SELECT omejdn_pg_changed('config', 'omejdn')")
+    host.users.update_password(host.users.find("alice"), "another-password")  # type: ignore[arg-type]
+    assert plain_sql.value("SELECT max(counter) < 9223372036854775807 FROM omejdn_pg_changes")
+
+
+def test_grant_reaches_this_packages_tables_only(
+    database: ConnectionSettings, app_role: str, plain_sql: PlainSQL
+) -> None:
+    """Another application's tables in the same schema stay out of the role's reach, those
+    that existed before the grant and those created after it; a section the owner
+    provisions later is the role's to write."""
+    plain_sql.execute("CREATE TABLE billing_before (secret text)")
+    plain_sql.execute("INSERT INTO billing_before VALUES ('s3cr3t')")
+    assert migrate.grant(database, app_role) == list(KNOWN_SECTIONS)
+    plain_sql.execute("CREATE TABLE billing_after (secret text)")
+    role = PlainSQL(database.with_params(user=app_role))
+    for table in ("billing_before", "billing_after"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            role.rows(f"SELECT * FROM {table}")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            role.execute(f"INSERT INTO {table} VALUES ('x')")
+    # No default privileges: tables made later are nobody's business but their owner's.
+    defaults = plain_sql.value(
+        "SELECT count(*) FROM pg_default_acl, aclexplode(defaclacl) AS acl "
+        "WHERE acl.grantee = %s::regrole",
+        (app_role,),
+    )
+    assert defaults == 0
+    owner = Database.connect(database)
+    try:
+        assert owner.write(lambda conn: ConfigRepository(conn).provision("branding"))
+    finally:
+        owner.dispose()
+    role.execute("""INSERT INTO configuration_branding VALUES ('logo', '"x.png"')""")
+    assert role.value("SELECT count(*) FROM configuration_branding") == 1

@@ -159,6 +159,47 @@ def test_upgrade_downgrade_upgrade(empty_database: ConnectionSettings, sql: Plai
     assert schema_differences(empty_database) == []
 
 
+def _change_objects(sql: PlainSQL) -> list[str]:
+    """The change protocol's functions, triggers and sequence, by name."""
+    rows = sql.rows(
+        "SELECT proname FROM pg_proc WHERE pronamespace = current_schema()::regnamespace "
+        "UNION ALL SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
+        "UNION ALL SELECT relname FROM pg_class WHERE relkind = 'S' "
+        "AND relnamespace = current_schema()::regnamespace ORDER BY 1"
+    )
+    return [name for (name,) in rows]
+
+
+def test_0005_down_to_0004_and_up_again(empty_database: ConnectionSettings, sql: PlainSQL) -> None:
+    """Per-session counters replace the one row per group, and back: 0004's function
+    and triggers come back as they were, and writes are announced under either."""
+    migrate.upgrade(empty_database, "0004")
+    at_0004 = _change_objects(sql)
+    assert "omejdn_pg_rows_notify" in at_0004
+    migrate.upgrade(empty_database)
+    at_0005 = _change_objects(sql)
+    assert "omejdn_pg_change_seq" in at_0005
+    assert "omejdn_pg_users_updated" in at_0005
+    assert "omejdn_pg_rows_notify" not in at_0005
+    sql.execute("INSERT INTO users (username) VALUES ('alice')")
+    assert sql.rows("SELECT name, prior FROM omejdn_pg_changes") == [("user", None)]
+
+    migrate.downgrade(empty_database, "0004")
+    assert migrate.current(empty_database) == "0004"
+    assert _change_objects(sql) == at_0004
+    assert sorted(sql.rows("SELECT name, counter FROM omejdn_pg_changes")) == [
+        ("client", 0),
+        ("config", 0),
+        ("keys", 0),
+        ("user", 0),
+    ]
+    with psycopg.connect(sql.settings.conninfo(), autocommit=True) as conn:
+        assert conn.execute("SELECT omejdn_pg_changed('user', 'alice')").fetchone() == (1,)
+    migrate.upgrade(empty_database)
+    assert _change_objects(sql) == at_0005
+    assert schema_differences(empty_database) == []
+
+
 def test_the_schema_is_the_models_schema(empty_database: ConnectionSettings, sql: PlainSQL) -> None:
     migrate.upgrade(empty_database)
     constraints = sql.rows(
@@ -203,8 +244,12 @@ def test_the_schema_is_the_models_schema(empty_database: ConnectionSettings, sql
         ("keys", "retired_at", "timestamp with time zone", "YES", None),
         ("keys", "destroy_at", "timestamp with time zone", "YES", None),
         ("omejdn_pg_changes", "name", "text", "NO", None),
-        ("omejdn_pg_changes", "counter", "bigint", "NO", "0"),
-        ("omejdn_pg_changes", "changed_at", "timestamp with time zone", "NO", "now()"),
+        ("omejdn_pg_changes", "writer", "integer", "NO", None),
+        ("omejdn_pg_changes", "counter", "bigint", "NO", None),
+        ("omejdn_pg_changes", "prior", "bigint", "YES", None),
+        ("omejdn_pg_changes", "xact", "bigint", "NO", None),
+        ("omejdn_pg_changes", "announced", "ARRAY", "YES", None),
+        ("omejdn_pg_changes", "changed_at", "timestamp with time zone", "NO", None),
         ("users", "username", "text", "NO", None),
         ("users", "password", "text", "YES", None),
         ("users", "extern", "text", "YES", None),

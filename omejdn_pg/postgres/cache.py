@@ -12,31 +12,42 @@ out copies. Its one promise is a bound, not a hope:
 
 How that holds, using nothing but PostgreSQL:
 
-* Every write of this package ends its transaction with
-  ``omejdn_pg_changed(group, key...)`` (:func:`publish_change`): the group's
-  row of ``omejdn_pg_changes`` is bumped once per transaction and a
-  ``NOTIFY omejdn_pg_changes, '<group>:<key>:<counter>:<ms>'`` is queued,
-  delivered only if the transaction commits. A trigger on ``keys`` announces
-  every changed key set whoever writes it. The writing process drops its own
-  affected entries before the write returns (read-your-writes).
+* Every committed change is counted and announced in its own transaction.
+  ``users``, ``clients`` and ``attributes`` do it themselves: statement
+  triggers with transition tables call ``omejdn_pg_count`` with exactly the
+  usernames and client_ids a statement touched, whoever writes (this package,
+  a Ruby Omejdn sharing the database, hand SQL). Configuration sections and
+  key sets are announced by the package's writes (:func:`publish_change`,
+  ``omejdn_pg_changed``), and key rows also by their own trigger. A count
+  sends ``NOTIFY omejdn_pg_changes, '<group>:<key>:<writer>/<prior>/<counter>:<ms>'``,
+  delivered only if the transaction commits. The writing process drops its
+  own affected entries before the write returns (read-your-writes).
+* The counters live on one row per (group, writing session) — the session's
+  backend pid — and take their values from a sequence (revision 0005). A
+  session runs one transaction at a time and no other session touches its
+  row, so each row rises in commit order, and every notice names the link it
+  adds to its row's chain (``prior`` → ``counter``). Writers of a group share
+  no lock: one writer holding its transaction open delays nobody, and
+  concurrent commits can share a WAL flush.
 * Each cache has one listener thread with its own psycopg connection (not
   the pool's: it must stay in LISTEN, on the primary, outside PgBouncer's
   transaction pooling). It drops the entries each notice names. On every
   (re)connect it first LISTENs, then flushes everything, then polls the
-  counters: nothing committed while it was away survives.
-* Every ``max_staleness / 2`` the listener polls the counters (one tiny
-  SELECT, its heartbeat). Counters rise by one per committed transaction in
-  commit order, so a counter above the last notice heard — or a notice that
-  skips a number — means a change came without a notice (a writer that
-  bumped but did not notify, a lost notice): that group is flushed. The
-  same poll proves the connection alive.
+  counter rows: nothing committed while it was away survives.
+* Every ``max_staleness / 2`` the listener polls the counter rows (one small
+  SELECT, its heartbeat). A row whose value the links heard since the last
+  poll do not reach, or a notice whose ``prior`` its row's chain does not
+  reach, means a counted change came without its notice: that group is
+  flushed (:class:`Chains`). The same poll proves the connection alive.
 * An entry is served only while the last successful heartbeat was *sent*
   less than ``max_staleness`` ago. Everything committed before that send is
   reflected by then (its notice was handled or its group flushed), which is
   the bound above. A listener that cannot reach the server, or a stalled one,
   therefore makes the cache step aside within ``max_staleness``: reads go to
   the database and nothing read meanwhile is kept, until it is back, has
-  flushed and has polled.
+  flushed and has polled. Two polls further apart than the bound flush
+  everything, which is what lets listeners prune rows idle for two hours
+  (twice the largest bound) without any listener missing their last value.
 * Key sets are also written outside the adapters (the key lifecycle of the
   host facade). The trigger announces those to every process; the writing
   process learns of them synchronously from its own engine — a transaction
@@ -46,6 +57,26 @@ How that holds, using nothing but PostgreSQL:
   epoch compare) and only from an AUTOCOMMIT read, never from inside a batch
   or snapshot, whose view may never commit.
 
+Why per-session rows and not the alternatives. One row per group made every
+writer of the deployment wait for the previous one's commit. Rows per key
+(per user) grow with the data and make the poll as large as the user table;
+a fixed number of shards still lets two writers collide, so some writes
+would wait anyway. A bare sequence stamped on each change cannot tell a
+rolled-back number from a lost notice, and a commit-LSN or xid-snapshot
+watermark needs a change log that every poll rereads from the oldest running
+transaction on, which one long transaction makes unbounded. A session's own
+row is contended by nobody, stays as many rows as there are writing
+sessions (pruned after two idle hours), and keeps the old check: one SELECT,
+values in commit order per row. Its costs: a prepared (two-phase)
+transaction keeps its session's row locked until it is resolved, and a
+forged NOTIFY (any role may send one) can force flushes, as before.
+
+Nothing can be claimed rather than done: the counters are written only by
+the SECURITY DEFINER functions (the server role may read them, not write
+them or draw from their sequence), and what a transaction announced is kept
+on its own row, not in a setting a session could set. A change is left
+unannounced by the triggers only for keys the same transaction announced.
+
 Every hit is a fresh copy a caller may mutate: a User or Client is kept as
 marshal's bytes of its fields, a configuration section or key set as the
 cache's own copy whose containers are copied on each hit while its strings
@@ -54,14 +85,10 @@ and numbers are shared, anything else pickled. Entries are bounded by
 configuration and keys (a small, host-chosen key space) but not for users and
 clients, whose names come from the network.
 
-Other writers (a Ruby Omejdn sharing the database, hand SQL) are heard through
-triggers: on ``keys`` per changed target, on ``users``, ``clients`` and
-``attributes`` as whole-group notices (revision 0004; they stay silent on this
-package's connections, whose startup option ``omejdn_pg.self_announcing`` says
-that they announce exactly what they changed). What it cannot see: a writer
-that bypasses this package and changes a configuration section (a table of its
-own, made at run time, with no trigger) without calling ``omejdn_pg_changed``;
-such a writer must call it in its transaction, or ``config`` must stay uncached.
+What it cannot see: a writer that bypasses this package and changes a
+configuration section (a table of its own, made at run time, with no trigger)
+without calling ``omejdn_pg_changed``; such a writer must call it in its
+transaction, or ``config`` must stay uncached.
 """
 
 from __future__ import annotations
@@ -134,8 +161,12 @@ _MARSHAL_VERSION: Final = 2
 
 _PUBLISH: Final = text("SELECT omejdn_pg_changed(:group, VARIADIC CAST(:parts AS text[]))")
 _POLL: Final = (
-    f"SELECT name, counter, floor(extract(epoch FROM changed_at) * 1000)::bigint FROM {CHANNEL}"
+    "SELECT name, writer, counter, floor(extract(epoch FROM changed_at) * 1000)::bigint "
+    f"FROM {CHANNEL}"
 )
+_PRUNE: Final = "SELECT omejdn_pg_changes_prune()"
+PRUNE_INTERVAL: Final = 60.0
+"""Seconds between a listener's calls to prune counter rows idle for two hours."""
 
 
 # --- the writer's side ------------------------------------------------------------
@@ -145,8 +176,8 @@ def publish_change(conn: Connection, group: str, key: Sequence[str] | None) -> i
     """Announce, in ``conn``'s transaction, that ``key`` of ``group`` changed; its counter.
 
     ``key`` is the section, username or client_id, or ``(target_type, target)``
-    for ``keys``; None means the whole group (a bulk change). Call it last in
-    the transaction: the group's counter row stays locked until the commit.
+    for ``keys``; None means the whole group (a bulk change). It may be called
+    anywhere in the transaction: it locks only this session's own counter row.
     """
     parts = list(key) if key is not None else None
     try:
@@ -159,6 +190,18 @@ def publish_change(conn: Connection, group: str, key: Sequence[str] | None) -> i
             ) from error
         raise
     return int(counter)
+
+
+def announce_groups(conn: Connection, groups: Iterable[str]) -> None:
+    """Announce, in ``conn``'s transaction, that everything of ``groups`` may have changed
+    (a restore, a bulk rewrite): every read cache drops those groups once it commits."""
+    for group in groups:
+        publish_change(conn, group, None)
+
+
+TRIGGER_ANNOUNCED: Final = frozenset({"user", "client"})
+"""Groups whose tables announce every changed row themselves (revision 0005): a write
+of these needs no call of :func:`publish_change`."""
 
 
 NOTICES_PER_TRANSACTION: Final = 64
@@ -205,10 +248,14 @@ class Notice:
     group: str
     key: tuple[str, ...] | None
     """None: the whole group."""
-    counter: int | None
-    """The group's counter after the change; None from the ``keys`` trigger."""
+    link: Link | None
+    """The link the change adds to its writer's chain; None from the ``keys`` trigger."""
     sent_ms: int | None
     """The server's clock when the change was announced (ms since the epoch)."""
+
+    @property
+    def counter(self) -> int | None:
+        return None if self.link is None else self.link.counter
 
     @classmethod
     def parse(cls, payload: str) -> Notice | None:
@@ -218,16 +265,112 @@ class Notice:
         fields = rest.rsplit(":", 2)
         if len(fields) != 3:
             return None
-        key, counter, sent = fields
+        key, counted, sent = fields
         try:
+            link = None
+            if counted:
+                writer, prior, counter = counted.split("/")
+                link = Link(int(writer), int(prior) if prior else 0, int(counter))
             return cls(
                 group=group,
                 key=None if key == "*" else tuple(unquote(part) for part in key.split("/")),
-                counter=int(counter) if counter else None,
+                link=link,
                 sent_ms=int(sent) if sent else None,
             )
         except ValueError:
             return None
+
+
+@dataclass(frozen=True)
+class Link:
+    """A counted transaction: its writing session's row went from ``prior`` to ``counter``."""
+
+    writer: int
+    """The writing session's backend pid."""
+    prior: int
+    """The row's counter before (0: the row was new)."""
+    counter: int
+
+
+Row = tuple[str, int]
+"""A counter row: (group, writer)."""
+Polled = dict[Row, tuple[int, int]]
+"""A poll's answer: per counter row, its counter and when it last changed (ms)."""
+
+
+class Chains:
+    """What the listener knows of each counter row: the value its last poll read, and the
+    links heard since, so that it can tell whether a row's new value was reached by
+    notices it heard (nothing missed) or not (a notice was lost: flush the group).
+
+    Counters rise in commit order per row (one session, one transaction at a time)
+    and notices arrive in commit order, so a row's links form one chain; a link
+    whose ``prior`` the chain does not reach is a gap.
+    """
+
+    def __init__(self) -> None:
+        self.polled: dict[Row, int] = {}
+        self._links: dict[Row, dict[int, int]] = {}
+        self._born: dict[Row, int] = {}
+        """Per row seen only in notices, the poll number when it was first heard."""
+        self._polls = 0
+
+    def reset(self, counters: Mapping[Row, int]) -> None:
+        self.polled = dict(counters)
+        self._links.clear()
+        self._born.clear()
+
+    def _reach(self, row: Row, start: int, target: int) -> bool:
+        links = self._links.get(row, {})
+        at = start
+        for _ in range(len(links) + 1):
+            if at == target:
+                return True
+            nxt = links.get(at)
+            if nxt is None or nxt <= at:
+                return False
+            at = nxt
+        return at == target
+
+    def heard(self, group: str, link: Link) -> bool:
+        """Note a notice's link; False if it shows a change missed before it."""
+        row = (group, link.writer)
+        start = self.polled.get(row, 0)
+        missed = link.prior > start and not self._reach(row, start, link.prior)
+        if row not in self.polled:
+            self._born.setdefault(row, self._polls)
+        self._links.setdefault(row, {})[link.prior] = link.counter
+        return not missed
+
+    def behind(self, counters: Mapping[Row, int]) -> set[Row]:
+        """Rows whose polled value the heard links do not reach from the last poll's."""
+        return {
+            row
+            for row, counter in counters.items()
+            if counter != self.polled.get(row, 0)
+            and not self._reach(row, self.polled.get(row, 0), counter)
+        }
+
+    def advance(self, counters: Mapping[Row, int]) -> None:
+        """A poll read ``counters`` (every row there is): start the chains from them."""
+        self._polls += 1
+        for row, counter in counters.items():
+            self.polled[row] = counter
+            self._born.pop(row, None)
+            links = self._links.get(row)
+            if links:
+                kept = {prior: nxt for prior, nxt in links.items() if prior >= counter}
+                if kept:
+                    self._links[row] = kept
+                else:
+                    del self._links[row]
+        for row in [row for row in self.polled if row not in counters]:
+            del self.polled[row]  # pruned: a new row starts at 0 with a higher counter
+        # Links of rows no poll has shown within two polls belong to nothing (a rolled
+        # back insert cannot send a notice, so this is only a bound on memory).
+        for row in [row for row, born in self._born.items() if born < self._polls - 2]:
+            del self._born[row]
+            self._links.pop(row, None)
 
 
 def affected(group: str, key: tuple[str, ...]) -> list[CacheKey] | None:
@@ -396,8 +539,8 @@ class ReadCache:
         self._fresh_until = 0.0
         """Monotonic time until which entries may be served (last heartbeat's send + bound)."""
         self._serving = False
-        self._seen: dict[str, int] = {}
-        """Per group, the highest counter heard of (notice or poll)."""
+        self._chains = Chains()
+        """The counter rows as last polled, and the links heard since."""
         self._hits = dict.fromkeys(CHANGE_GROUPS, 0)
         self._misses = dict.fromkeys(CHANGE_GROUPS, 0)
         self._counts = dict.fromkeys(
@@ -551,14 +694,6 @@ class ReadCache:
         with self._lock:
             self._drop_locked(group, tuple(key) if key is not None else None)
 
-    def observed(self, group: str, counter: int) -> None:
-        """A write of this process bumped ``group`` to ``counter``: if that skips counters
-        not heard of yet, have the listener check now rather than at its next heartbeat."""
-        with self._lock:
-            behind = counter > self._seen.get(group, counter) + 1
-        if behind:
-            self._listener.wake()
-
     def _drop_locked(self, group: str, key: tuple[str, ...] | None) -> int:
         entries = affected(group, key) if key is not None else None
         self._epoch += 1
@@ -606,9 +741,9 @@ class ReadCache:
             self._tell_locked(None)
             return self._step_aside_locked()
 
-    def _baseline(self, counters: Mapping[str, tuple[int, int]]) -> None:
+    def _baseline(self, counters: Polled) -> None:
         with self._lock:
-            self._seen = {group: counter for group, (counter, _) in counters.items()}
+            self._chains.reset({row: counter for row, (counter, _) in counters.items()})
 
     def _on_notice(self, payload: str) -> None:
         notice = Notice.parse(payload)
@@ -619,40 +754,34 @@ class ReadCache:
                 log.warning("read cache: unreadable notice %r; flushing everything", payload[:200])
                 self._flush_locked()
                 return
-            if notice.counter is not None:
-                seen = self._seen.get(notice.group)
-                if seen is not None and notice.counter > seen + 1:
-                    # A transaction in between bumped the counter without a notice.
-                    self._counts["gaps"] += 1
-                    self._flush_locked([notice.group])
-                if seen is None or notice.counter > seen:
-                    self._seen[notice.group] = notice.counter
+            if notice.link is not None and not self._chains.heard(notice.group, notice.link):
+                # The writer counted a transaction in between whose notice never came.
+                self._counts["gaps"] += 1
+                self._flush_locked([notice.group])
             self._drop_locked(notice.group, notice.key)
             if notice.sent_ms is not None:
                 self._staleness.append(max(0.0, received_ms - notice.sent_ms))
 
-    def _behind(self, counters: Mapping[str, tuple[int, int]]) -> list[str]:
+    def _behind(self, counters: Polled) -> set[Row]:
         with self._lock:
-            return [
-                group
-                for group, (counter, _) in counters.items()
-                if counter > self._seen.get(group, -1)
-            ]
+            return self._chains.behind({row: counter for row, (counter, _) in counters.items()})
 
-    def _on_heartbeat(
-        self, sent: float, counters: Mapping[str, tuple[int, int]], behind: Sequence[str]
-    ) -> None:
-        """A poll sent at ``sent`` answered; ``behind``: groups it showed changed unheard."""
+    def _on_heartbeat(self, sent: float, counters: Polled, behind: Iterable[Row]) -> None:
+        """A poll sent at ``sent`` answered; ``behind``: rows it showed changed unheard."""
         received_ms = time.time() * 1000
+        missed = sorted({group for group, _ in behind})
         with self._lock:
             self._counts["heartbeats"] += 1
-            if behind:
-                self._flush_locked(behind)
-                for group in behind:
-                    self._staleness.append(max(0.0, received_ms - counters[group][1]))
-            for group, (counter, _) in counters.items():
-                if counter > self._seen.get(group, -1):
-                    self._seen[group] = counter
+            last = self._last_heartbeat
+            if last is not None and sent - last > self.max_staleness:
+                # Polls further apart than the bound: counter rows may have been
+                # pruned unseen in between, so nothing kept from before may stay.
+                self._flush_locked()
+            if missed:
+                self._flush_locked(missed)
+                for row in behind:
+                    self._staleness.append(max(0.0, received_ms - counters[row][1]))
+            self._chains.advance({row: counter for row, (counter, _) in counters.items()})
             resumed = False
             if self._closed:
                 return
@@ -661,8 +790,8 @@ class ReadCache:
             if resumed:
                 self._serving = True
             self._last_heartbeat = sent
-        if behind:
-            log.info("read cache: %s changed without a notice; flushed", ", ".join(sorted(behind)))
+        if missed:
+            log.info("read cache: %s changed without a notice; flushed", ", ".join(missed))
         if resumed:
             log.info(
                 "read cache: serving %s, invalidated through %s, bound %gs",
@@ -801,6 +930,8 @@ class _Listener:
         self._interval = cache.max_staleness / 2
         self._log_interval = cache.settings.log_interval
         self._next_log = time.monotonic() + self._log_interval
+        # Listeners of several processes spread their pruning over the interval.
+        self._next_prune = time.monotonic() + PRUNE_INTERVAL * random.uniform(0.1, 1.0)  # noqa: S311
 
     def start(self) -> None:
         self._thread.start()
@@ -899,11 +1030,14 @@ class _Listener:
             # one more round trip lets them in before calling anything missed.
             self._poll(conn)
             self._drain(conn)
-            behind = self._cache._behind({group: counters[group] for group in behind})
+            behind = self._cache._behind({row: counters[row] for row in behind})
         self._cache._on_heartbeat(sent, counters, behind)
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_INTERVAL
+            conn.execute(_PRUNE)
         return sent
 
-    def _poll(self, conn: psycopg.Connection[Any]) -> tuple[float, dict[str, tuple[int, int]]]:
+    def _poll(self, conn: psycopg.Connection[Any]) -> tuple[float, Polled]:
         sent = time.monotonic()
         rows = conn.execute(_POLL).fetchall()
         if node_read_only(conn.pgconn):
@@ -911,7 +1045,9 @@ class _Listener:
             # the writers' commits go elsewhere, so its answers prove nothing. Reconnect;
             # target_session_attrs=read-write finds the new primary.
             raise psycopg.OperationalError("the listener's server became read-only (a failover)")
-        return sent, {str(name): (int(counter), int(ms)) for name, counter, ms in rows}
+        return sent, {
+            (str(name), int(writer)): (int(counter), int(ms)) for name, writer, counter, ms in rows
+        }
 
     def _drain(self, conn: psycopg.Connection[Any]) -> None:
         for notify in conn.notifies(timeout=0):

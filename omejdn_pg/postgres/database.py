@@ -133,12 +133,6 @@ def build_engine(
     return engine
 
 
-SELF_ANNOUNCING_OPTION: Final = "-c omejdn_pg.self_announcing=on"
-"""Startup option of every connection of this package: its writes announce exactly what
-they changed (``omejdn_pg_changed``), so the tables' triggers (revision 0004), which
-announce other writers' changes by whole groups, stay silent for them."""
-
-
 def connect_arguments(
     connection: ConnectionSettings,
     timeouts: TimeoutSettings | None = None,
@@ -152,7 +146,6 @@ def connect_arguments(
         for part in (
             connect_args.get("options", ""),
             timeouts.options() if timeouts is not None else "",
-            SELF_ANNOUNCING_OPTION,
         )
         if part
     )

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from alembic.runtime.environment import NameFilterParentNames, NameFilterType
     from alembic.script import ScriptDirectory
 
-REVISIONS: Final = ("0001", "0002", "0003", "0004")
+REVISIONS: Final = ("0001", "0002", "0003", "0004", "0005")
 """The packaged revisions, oldest first; the last is the one this package needs."""
 HEAD: Final = REVISIONS[-1]
 URL_ENV: Final = "OMEJDN_PG_URL"
@@ -207,9 +207,14 @@ def grant(target: Target, role: str) -> list[str]:
     Run as the schema's owner, after :func:`upgrade`, in one transaction:
     Omejdn's known configuration sections are provisioned (a DML-only role
     cannot create their tables on first write), and ``role`` may read and
-    write every table of the schema — tables created later by the owner
-    included (default privileges) — but only read ``alembic_version``.
-    Returns the sections it provisioned.
+    write this package's tables — ``users``, ``clients``, ``attributes``,
+    ``keys`` and every ``configuration_*`` section — read ``alembic_version``
+    and the change counters (which only the package's functions write), and
+    nothing else: another application's tables in the same schema stay out of
+    reach, and no default privileges hand it tables created later. A section
+    provisioned later (``omejdn-pg config create``) is granted to every role
+    that may write ``users`` when it is created; running ``grant`` again
+    covers sections made some other way. Returns the sections it provisioned.
     """
     if isinstance(target, Connection):
         return _grant(target, role)
@@ -219,6 +224,12 @@ def grant(target: Target, role: str) -> list[str]:
     finally:
         if not isinstance(target, Database):
             database.dispose()
+
+
+PACKAGE_TABLES: Final = ("users", "clients", "attributes", "keys")
+"""The tables a server writes, besides its configuration sections."""
+READ_ONLY_TABLES: Final = (VERSION_TABLE, "omejdn_pg_changes")
+DML: Final = "SELECT, INSERT, UPDATE, DELETE"
 
 
 def _grant(conn: Connection, role: str) -> list[str]:
@@ -236,17 +247,39 @@ def _grant(conn: Connection, role: str) -> list[str]:
     ]
     quote = conn.dialect.identifier_preparer.quote_identifier
     who, schema = quote(role), quote(conn.exec_driver_sql("SELECT current_schema()").scalar_one())
-    dml = "SELECT, INSERT, UPDATE, DELETE"
+    sections = [
+        name
+        for (name,) in conn.exec_driver_sql(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        )
+        if is_section_table(name)
+    ]
+    writable = ", ".join(quote(name) for name in (*PACKAGE_TABLES, *sorted(sections)))
+    readable = ", ".join(quote(name) for name in READ_ONLY_TABLES)
     for statement in (
         f"GRANT USAGE ON SCHEMA {schema} TO {who}",
-        f"GRANT {dml} ON ALL TABLES IN SCHEMA {schema} TO {who}",
-        f"REVOKE INSERT, UPDATE, DELETE ON {VERSION_TABLE} FROM {who}",
-        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {who}",
-        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT {dml} ON TABLES TO {who}",
-        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT USAGE, SELECT ON SEQUENCES TO {who}",
+        f"GRANT {DML} ON TABLE {writable} TO {who}",
+        f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON TABLE {readable} FROM {who}",
+        f"GRANT SELECT ON TABLE {readable} TO {who}",
+        # What grants of earlier versions set up for every future table of the schema.
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE {DML} ON TABLES FROM {who}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE USAGE, SELECT ON SEQUENCES FROM {who}",
     ):
         conn.exec_driver_sql(statement)
     return provisioned
+
+
+def share_grants(conn: Connection, table: str) -> None:
+    """Give a section table just created to every other role that may write ``users``:
+    what :func:`grant` gave a server role reaches the sections made after it."""
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    grantees = conn.exec_driver_sql(
+        "SELECT DISTINCT grantee FROM information_schema.role_table_grants "
+        "WHERE table_schema = current_schema() AND table_name = 'users' "
+        "AND privilege_type = 'UPDATE' AND grantee <> current_user"
+    ).scalars()
+    for grantee in grantees:
+        conn.exec_driver_sql(f"GRANT {DML} ON TABLE {quote(table)} TO {quote(grantee)}")
 
 
 def check_schema(conn: Connection) -> None:

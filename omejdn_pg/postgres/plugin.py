@@ -46,6 +46,7 @@ from omejdn_pg.postgres.cache import (
     CONFIG,
     KEYS,
     KEYS_ALL,
+    TRIGGER_ANNOUNCED,
     USER,
     Announcements,
     CacheKey,
@@ -258,19 +259,19 @@ class PostgresBackendPlugin:
         """
         changed: list[Sequence[str]] = []
 
-        def run(conn: Connection) -> tuple[T, int]:
+        def run(conn: Connection) -> T:
             result = operation(conn)
             changed[:] = [key()]
-            return result, self._announcements.publish(conn, group, changed[0])
+            # Users and clients are announced by their tables' triggers, row by row.
+            if group not in TRIGGER_ANNOUNCED:
+                self._announcements.publish(conn, group, changed[0])
+            return result
 
         try:
-            result, counter = self.database.write(run)
+            return self.database.write(run)
         finally:
             if self.cache is not None and changed:
                 self.cache.invalidate(group, changed[0])
-        if self.cache is not None:
-            self.cache.observed(group, counter)
-        return result
 
     # --- users -------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from omejdn_pg.names import validate_section_name as validate_section_name
@@ -200,18 +200,19 @@ CHANGE_GROUPS: Final = ("config", "keys", "client", "user")
 
 
 class ChangeCounterRecord(Base):
-    """How many committed transactions changed a handler group: the read cache's
-    durable change counter, one row per group.
+    """How far each writing session's committed changes of a handler group went: the read
+    cache's durable change counters, one row per (group, session).
 
-    Every write of this package bumps its group's row once per transaction and
-    sends ``NOTIFY omejdn_pg_changes`` with the new value, in that transaction
-    (``omejdn_pg_changed()``, migration 0003). Because the row is locked from
-    the bump to the commit, the counter of a group rises by exactly one per
-    committed transaction, in commit order: a listener that heard counter
-    ``n`` and then hears ``n + 2``, or polls a value above the last it heard,
-    knows it missed a change. One row per group rather than per key keeps that
-    check one constant-size SELECT; the price is that writers of one group take
-    turns between their bump and their commit (one round trip).
+    Only ``omejdn_pg_count()`` (revision 0005, SECURITY DEFINER) writes them: once
+    per transaction and group it sets ``counter`` to the next value of
+    ``omejdn_pg_change_seq``, remembers the previous one in ``prior`` and sends
+    ``NOTIFY omejdn_pg_changes`` naming the keys with ``writer/prior/counter``.
+    A session runs one transaction at a time and no other session touches its
+    row, so each row's values rise in commit order while writers of one group
+    share no lock; a listener that polls a row whose chain of notices it cannot
+    follow knows it missed a change. ``xact`` and ``announced`` say what the
+    row's last transaction announced (NULL: the whole group), so a change the
+    same transaction already announced is not announced again by the triggers.
     """
 
     __tablename__ = "omejdn_pg_changes"
@@ -219,8 +220,14 @@ class ChangeCounterRecord(Base):
 
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     """The handler group: ``config``, ``keys``, ``client`` or ``user``."""
-    counter: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
-    changed_at: Mapped[datetime.datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now()
-    )
-    """When the last counted transaction bumped the counter (shortly before its commit)."""
+    writer: Mapped[int] = mapped_column(Integer, primary_key=True)
+    """The writing session's backend pid (unique among live sessions)."""
+    counter: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    prior: Mapped[int | None] = mapped_column(BigInteger)
+    """The row's counter before its last counted transaction; NULL for a new row."""
+    xact: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    """The last counted transaction's id (``pg_current_xact_id()``)."""
+    announced: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    """Keys that transaction announced, encoded; NULL: the whole group."""
+    changed_at: Mapped[datetime.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    """When the last counted transaction announced (shortly before its commit)."""

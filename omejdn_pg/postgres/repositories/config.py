@@ -81,6 +81,7 @@ from sqlalchemy.schema import DropTable
 from sqlalchemy.types import TypeEngine
 
 from omejdn_pg.errors import InvalidSectionName, InvalidValue, PermissionDenied, StorageError
+from omejdn_pg.postgres.migrate import share_grants
 from omejdn_pg.postgres.repositories.common import (
     DIALECT,
     ConnectionReader,
@@ -204,6 +205,7 @@ class ConfigRepository:
         self._create(section, shape, replace=columns is not None)
         quoted = self.conn.dialect.identifier_preparer.quote_identifier(name)
         self.conn.exec_driver_sql(f"COMMENT ON TABLE {quoted} IS '{PROVISIONED}'")
+        share_grants(self.conn, name)
         return True
 
     def _create(self, section: str, shape: Shape, *, replace: bool) -> None:
