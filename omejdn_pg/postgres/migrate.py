@@ -269,19 +269,6 @@ def _grant(conn: Connection, role: str) -> list[str]:
     return provisioned
 
 
-def share_grants(conn: Connection, table: str) -> None:
-    """Give a section table just created to every other role that may write ``users``:
-    what :func:`grant` gave a server role reaches the sections made after it."""
-    quote = conn.dialect.identifier_preparer.quote_identifier
-    grantees = conn.exec_driver_sql(
-        "SELECT DISTINCT grantee FROM information_schema.role_table_grants "
-        "WHERE table_schema = current_schema() AND table_name = 'users' "
-        "AND privilege_type = 'UPDATE' AND grantee <> current_user"
-    ).scalars()
-    for grantee in grantees:
-        conn.exec_driver_sql(f"GRANT {DML} ON TABLE {quote(table)} TO {quote(grantee)}")
-
-
 def check_schema(conn: Connection) -> None:
     """Raise SchemaOutOfDate unless the database is at this package's head revision.
 

@@ -81,7 +81,6 @@ from sqlalchemy.schema import DropTable
 from sqlalchemy.types import TypeEngine
 
 from omejdn_pg.errors import InvalidSectionName, InvalidValue, PermissionDenied, StorageError
-from omejdn_pg.postgres.migrate import share_grants
 from omejdn_pg.postgres.repositories.common import (
     DIALECT,
     ConnectionReader,
@@ -205,7 +204,7 @@ class ConfigRepository:
         self._create(section, shape, replace=columns is not None)
         quoted = self.conn.dialect.identifier_preparer.quote_identifier(name)
         self.conn.exec_driver_sql(f"COMMENT ON TABLE {quoted} IS '{PROVISIONED}'")
-        share_grants(self.conn, name)
+        self._share_grants(name)
         return True
 
     def _create(self, section: str, shape: Shape, *, replace: bool) -> None:
@@ -228,6 +227,21 @@ class ConfigRepository:
                 f"create tables; run `omejdn-pg config create {section}{flags}` as the "
                 "schema owner"
             ) from error
+
+    def _share_grants(self, table: str) -> None:
+        """Give a section table just created to every other role that may write ``users``:
+        what ``migrate --grant`` gave a server role reaches the sections made after it
+        (it sets no default privileges, which would hand over any table of the schema)."""
+        quote = self.conn.dialect.identifier_preparer.quote_identifier
+        grantees = self.conn.exec_driver_sql(
+            "SELECT DISTINCT grantee FROM information_schema.role_table_grants "
+            "WHERE table_schema = current_schema() AND table_name = 'users' "
+            "AND privilege_type = 'UPDATE' AND grantee <> current_user"
+        ).scalars()
+        for grantee in grantees:
+            self.conn.exec_driver_sql(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {quote(table)} TO {quote(grantee)}"
+            )
 
     def load(self, section: str) -> dict[str, Any] | list[Any] | None:
         """The section's content, or None if it was never written; one statement."""
