@@ -143,7 +143,8 @@ BEGIN{_GROUP_CHECK}
     suffix := ':' || me || '/' || coalesce(mine.prior::text, '') || '/' || mine.counter || ':'
         || floor(extract(epoch FROM mine.changed_at) * 1000)::bigint;
     IF changed_keys IS NULL OR array_position(changed_keys, NULL) IS NOT NULL
-       OR cardinality(mine.announced) + cardinality(fresh) >= {NOTICES_PER_TRANSACTION} THEN
+       OR cardinality(mine.announced) + cardinality(fresh) >= {NOTICES_PER_TRANSACTION}
+       OR EXISTS (SELECT FROM unnest(fresh) AS k WHERE octet_length(k) > {MAX_KEY_BYTES}) THEN
         PERFORM pg_notify('{CHANNEL}', change_group || ':*' || suffix);
         mine.announced := NULL;
     ELSE
@@ -182,30 +183,10 @@ BEGIN{_GROUP_CHECK}
         SELECT string_agg({_escape("part")}, '/' ORDER BY position)
           INTO key FROM unnest(key_parts) WITH ORDINALITY AS parts(part, position);
     END IF;
-    IF key IS NULL OR octet_length(key) > {MAX_KEY_BYTES} THEN
+    IF key IS NULL THEN
         RETURN omejdn_pg_count(change_group, NULL);
     END IF;
     RETURN omejdn_pg_count(change_group, ARRAY[key]);
-END
-$function$
-"""
-
-ROWS_CHANGED_FUNCTION: Final = f"""
-CREATE FUNCTION omejdn_pg_rows_changed(change_group text, identifiers text[])
-RETURNS bigint
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path FROM CURRENT
-AS $function$
-DECLARE
-    keys text[];
-BEGIN
-    IF cardinality(identifiers) >= {NOTICES_PER_TRANSACTION} THEN
-        RETURN omejdn_pg_count(change_group, NULL);
-    END IF;
-    SELECT array_agg(CASE WHEN octet_length(k) > {MAX_KEY_BYTES} THEN NULL ELSE k END)
-      INTO keys FROM (SELECT {_escape("identifier")} AS k FROM unnest(identifiers) AS identifier) s;
-    RETURN omejdn_pg_count(change_group, keys);
 END
 $function$
 """
@@ -230,19 +211,28 @@ $function$
 
 
 def _rows_source(group: str, key: str, op_name: str) -> str:
-    new = f"SELECT {group} AS g, {key} AS k FROM new_rows"
-    old = f"SELECT {group} AS g, {key} AS k FROM old_rows"
+    encoded = _escape(key)
+    new = f"SELECT {group} AS g, {encoded} AS k FROM new_rows"
+    old = f"SELECT {group} AS g, {encoded} AS k FROM old_rows"
     return {"INSERT": new, "DELETE": old, "UPDATE": f"{new} UNION ALL {old}"}[op_name]
 
 
 def _rows_function(table: str) -> str:
+    """The trigger function of ``table``: count the keys a statement touched, unless this
+    transaction announced every one of them already (two small queries: the common case
+    of a write's second and later statements, and of the package's own writes)."""
     group, key, _ = ROW_TABLES[table]
     branches = "\n".join(
         f"""    ELSIF TG_OP = '{op_name}' THEN
-        FOR change_group, identifiers IN
-            SELECT g, array_agg(DISTINCT k) FROM ({_rows_source(group, key, op_name)}) s GROUP BY g
+        FOR change_group, touched IN
+            SELECT g, array_agg(k) FROM ({_rows_source(group, key, op_name)}) s GROUP BY g
         LOOP
-            PERFORM omejdn_pg_rows_changed(change_group, identifiers);
+            SELECT xact, announced INTO last_xact, last_announced FROM omejdn_pg_changes
+             WHERE name = change_group AND writer = me;
+            IF NOT FOUND OR last_xact IS DISTINCT FROM tx
+               OR NOT (last_announced IS NULL OR touched <@ last_announced) THEN
+                PERFORM omejdn_pg_count(change_group, touched);
+            END IF;
         END LOOP;"""
         for op_name in EVENTS
     )
@@ -253,8 +243,12 @@ SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $function$
 DECLARE
+    me integer := pg_backend_pid();
+    tx bigint := pg_current_xact_id()::text::bigint;
     change_group text;
-    identifiers text[];
+    touched text[];
+    last_xact bigint;
+    last_announced text[];
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         FOREACH change_group IN ARRAY TG_ARGV LOOP
@@ -322,14 +316,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", "writer", name=op.f("pk_omejdn_pg_changes")),
     )
     _pin_search_path()
-    for function in (COUNT_FUNCTION, CHANGED_FUNCTION, ROWS_CHANGED_FUNCTION, PRUNE_FUNCTION):
+    for function in (COUNT_FUNCTION, CHANGED_FUNCTION, PRUNE_FUNCTION):
         op.execute(function)
     for table in ROW_TABLES:
         op.execute(_rows_function(table))
     _restore_search_path()
     # Only the functions count: nobody else may write the counters or draw from the sequence.
     op.execute("REVOKE ALL ON FUNCTION omejdn_pg_count(text, text[]) FROM PUBLIC")
-    op.execute("REVOKE ALL ON FUNCTION omejdn_pg_rows_changed(text, text[]) FROM PUBLIC")
     for table, (_, _, truncated) in ROW_TABLES.items():
         arguments = ", ".join(f"'{group}'" for group in truncated)
         for op_name, (suffix, referencing) in EVENTS.items():
@@ -349,7 +342,6 @@ def downgrade() -> None:
             op.execute(f"DROP TRIGGER omejdn_pg_{table}_{suffix} ON {table}")
         op.execute(f"DROP FUNCTION {_function(table)}()")
     op.execute("DROP FUNCTION omejdn_pg_changes_prune()")
-    op.execute("DROP FUNCTION omejdn_pg_rows_changed(text, text[])")
     op.execute("DROP FUNCTION omejdn_pg_changed(text, text[])")
     op.execute("DROP FUNCTION omejdn_pg_count(text, text[])")
     op.drop_table("omejdn_pg_changes")
