@@ -38,6 +38,7 @@ from bench import (
     seed,
     staleness,
     topologies,
+    writers,
 )
 from bench import server as servers
 from bench.cases import Case, Cases, first
@@ -356,6 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 phase("throughput", f"threads {args.threads}")
                 results["throughput"] = measure_throughput(
                     host, sized, cases, database, args.threads, args.seconds
+                )
+                phase("writers", f"USER_UPDATE, writers {list(writers.COUNTS)}, each its own user")
+                results["writers"] = writers.measure(
+                    database, workdir, cases.user_names, args.seconds
                 )
                 phase("profile", f"{args.profile_calls:,} calls each, and the layers")
                 database_handle = host.postgres.database

@@ -281,6 +281,35 @@ class Cases:
             "one user, its 5 attributes replaced",
         )
 
+    def client_update(self) -> Case:
+        client = first(self.fire_client_get(self.client_ids[1]))
+        return self._write(
+            "CLIENT_UPDATE",
+            lambda: self.loader.fire(events.CLIENT_UPDATE, client=client),
+            "one client, its metadata rows replaced",
+        )
+
+    def password_change(self) -> Case:
+        """The SQL of a password change beside its floor, bcrypt on both sides (the hash is
+        the same work whoever computes it; only what comes around it is the package's)."""
+        user = first(self.fire_user_get(seed.username(2)))
+        password = seed.password(2).encode()
+        case = self._write(
+            "PASSWORD_CHANGE",
+            lambda: self.loader.fire(
+                events.USER_AUTHENTICATION_PASSWORD_CHANGE, user=user, password=seed.password(2)
+            ),
+            f"USER_AUTHENTICATION_PASSWORD_CHANGE, bcrypt cost {seed.BCRYPT_COST} on both sides",
+        )
+        replay = case.floor
+
+        def floor() -> object:
+            bcrypt.hashpw(password, bcrypt.gensalt(seed.BCRYPT_COST))
+            return replay()
+
+        case.floor = floor
+        return case
+
     def configuration_store(self) -> Case:
         return self._write(
             "CONFIGURATION_STORE",
@@ -423,6 +452,8 @@ class Cases:
             self.token_request(),
             self.login(),
             self.user_update(),
+            self.client_update(),
+            self.password_change(),
             self.configuration_store(),
             self.keys_store(),
             self.user_get_all(),

@@ -186,6 +186,23 @@ def print_tables(results: dict[str, Any], console: Console | None = None) -> Non
         )
     console.print(table)
 
+    found = results.get("writers")
+    if found:
+        table = Table(
+            title=f"{found['event']} writers, each its own user (ops/s; errors must be 0)"
+        )
+        for column in ("writers", "omejdn_pg", "floor (1 conn/writer)", "ratio", "errors"):
+            table.add_column(column, justify="right")
+        for row in found["rows"]:
+            table.add_row(
+                str(row["writers"]),
+                f"{row['ours_ops_per_s']:,.0f}",
+                f"{row['floor_ops_per_s']:,.0f}",
+                _ratio(row["ratio"]),
+                str(row["errors"]),
+            )
+        console.print(table)
+
     table = Table(title="omejdn-pg import (subprocess, --url; wall time incl. start-up)")
     for column in ("users", "seconds", "users/s", "own s", "re-import s", "re-import changes"):
         table.add_column(column, justify="right")

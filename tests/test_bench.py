@@ -32,6 +32,8 @@ LATENCY_ROWS = [
     "token request",
     "login",
     "USER_UPDATE",
+    "CLIENT_UPDATE",
+    "PASSWORD_CHANGE",
     "CONFIGURATION_STORE",
     "KEYS_STORE",
     "USER_GET_ALL",
@@ -178,6 +180,16 @@ def test_threads_ran_without_errors(results: dict[str, Any]) -> None:
             assert row[side]["errors"] == 0, row[side]["first_error"]
             assert positive(row[side]["operations"])
             assert positive(row[side]["ops_per_s"])
+
+
+def test_writers_of_their_own_users_ran_beside_their_floor(results: dict[str, Any]) -> None:
+    found = results["writers"]
+    assert [row["writers"] for row in found["rows"]] == [1, 16]
+    for row in found["rows"]:
+        assert row["errors"] == 0, row
+        assert positive(row["ours_ops_per_s"]), row
+        assert positive(row["floor_ops_per_s"]), row
+        assert positive(row["ratio"]), row
 
 
 def test_import_and_a_reimport_that_changes_nothing(results: dict[str, Any]) -> None:

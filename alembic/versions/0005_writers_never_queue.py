@@ -219,20 +219,20 @@ def _rows_source(group: str, key: str, op_name: str) -> str:
 
 def _rows_function(table: str) -> str:
     """The trigger function of ``table``: count the keys a statement touched, unless this
-    transaction announced every one of them already (two small queries: the common case
-    of a write's second and later statements, and of the package's own writes)."""
+    transaction announced every one of them already (then it costs one small query: the
+    common case of a write's second and later statements)."""
     group, key, _ = ROW_TABLES[table]
     branches = "\n".join(
         f"""    ELSIF TG_OP = '{op_name}' THEN
         FOR change_group, touched IN
-            SELECT g, array_agg(k) FROM ({_rows_source(group, key, op_name)}) s GROUP BY g
+            SELECT s.g, s.keys FROM (
+                SELECT g, array_agg(k) AS keys FROM ({_rows_source(group, key, op_name)}) r
+                 GROUP BY g) s
+            LEFT JOIN omejdn_pg_changes c ON c.name = s.g AND c.writer = pg_backend_pid()
+             WHERE c.xact IS DISTINCT FROM pg_current_xact_id()::text::bigint
+                OR NOT (c.announced IS NULL OR s.keys <@ c.announced)
         LOOP
-            SELECT xact, announced INTO last_xact, last_announced FROM omejdn_pg_changes
-             WHERE name = change_group AND writer = me;
-            IF NOT FOUND OR last_xact IS DISTINCT FROM tx
-               OR NOT (last_announced IS NULL OR touched <@ last_announced) THEN
-                PERFORM omejdn_pg_count(change_group, touched);
-            END IF;
+            PERFORM omejdn_pg_count(change_group, touched);
         END LOOP;"""
         for op_name in EVENTS
     )
@@ -243,12 +243,8 @@ SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $function$
 DECLARE
-    me integer := pg_backend_pid();
-    tx bigint := pg_current_xact_id()::text::bigint;
     change_group text;
     touched text[];
-    last_xact bigint;
-    last_announced text[];
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         FOREACH change_group IN ARRAY TG_ARGV LOOP
