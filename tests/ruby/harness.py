@@ -68,10 +68,7 @@ class Service:
 
     def start(self) -> Service:
         env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-        # $OMEJDN_PG_SERVICE_TREE runs the service from another source tree (a plugin
-        # against another release's service); by default, this one.
-        tree = os.environ.get("OMEJDN_PG_SERVICE_TREE", str(REPO))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [tree, env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
