@@ -318,3 +318,37 @@ def test_import_dry_run_summary_and_field_diff(
     ]
     assert "second-client-secret" not in json.dumps(data)
     assert plain_sql.value("SELECT value FROM clients WHERE key = 'client_name'") == "App"
+
+
+# --- control characters from the data never reach the terminal raw --------------------------
+
+SPOOF = "mallory\x1b]0;owned\x07\x1b[2K\radmin\u202e"
+"""ESC/OSC retitles the terminal, CSI erases the line, CR starts it over as "admin",
+U+202E reverses what follows."""
+
+
+def test_users_list_escapes_control_characters_in_human_output(
+    url: str, plain_sql: PlainSQL
+) -> None:
+    plain_sql.execute(
+        "INSERT INTO users (username, password, extern, consent) VALUES (%s, NULL, NULL, '{}')",
+        (SPOOF,),
+    )
+    plain_sql.execute(
+        "INSERT INTO attributes (type, identifier, key, value) VALUES ('user', %s, 'note', %s)",
+        (SPOOF, json.dumps("line\r\x1b[31mred\x9b")),
+    )
+
+    for args in (("users", "list"), ("users", "list", "-v")):
+        human = ok(omejdn_pg("--url", url, *args)).stdout
+        for raw in ("\x1b", "\x07", "\r", "\u202e", "\x9b"):
+            assert raw not in human, (args, raw)
+        assert "mallory\\x1b]0;owned\\x07\\x1b[2K\\x0dadmin\\u202e" in human
+
+    verbose = ok(omejdn_pg("--url", url, "users", "list", "-v")).stdout
+    assert "note=line\\x0d\\x1b[31mred\\x9b" in verbose
+
+    exact = json.loads(ok(omejdn_pg("--url", url, "users", "list", "-o", "json")).stdout)
+    assert exact[0]["username"] == SPOOF
+    as_yaml = yaml.safe_load(ok(omejdn_pg("--url", url, "users", "list", "-o", "yaml")).stdout)
+    assert as_yaml[0]["username"] == SPOOF

@@ -10,11 +10,19 @@ the trade-off against buffering everything, which is what made a listing of
 ``json.dumps(rows, indent=2)`` would print, YAML as one list.
 
 Errors are one line, ``error: ...``, with every known secret masked.
+
+Human output never hands the terminal a control character from the data: a
+username holding ESC, OSC or CR could otherwise recolour, retitle or overwrite
+lines of ``users list -v``. Table cells (and the lines of ``import -v``) show
+C0 and C1 controls, DEL and the bidirectional overrides as escapes
+(``\x1b``, ``\u202e``); JSON and YAML output stays exact (JSON escapes the
+C0 controls itself, YAML quotes them).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +37,9 @@ MASK: Final = "********"
 WIDTH_SAMPLE: Final = 100
 """Rows of a streamed table that its column widths are taken from."""
 GAP: Final = "  "
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""What a terminal acts on rather than shows: C0 and C1 controls, DEL, bidi marks and
+overrides (Trojan Source)."""
 
 
 class Failure(click.ClickException):
@@ -45,13 +56,26 @@ def compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on shown as an escape."""
+    if text.isprintable():  # the common case, at C speed; stricter than _CONTROL
+        return text
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
 def cell(value: Any) -> str:
-    """A table cell: empty for None, strings as they are, anything else as compact JSON."""
+    """A table cell: empty for None, strings as they are, anything else as compact JSON;
+    control characters escaped (:func:`printable`)."""
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
-    return compact(value)
+        return printable(value)
+    return printable(compact(value))
 
 
 def words(value: Any) -> str:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 import click
 
 from omejdn_pg.cli.context import CliContext, Command, current
-from omejdn_pg.cli.output import print_document, print_table
+from omejdn_pg.cli.output import print_document, print_table, printable
 
 if TYPE_CHECKING:
     from omejdn_pg.cli import transfer
@@ -152,9 +152,9 @@ def print_import(
     if diffs is not None:
         for change in changed:
             verb = VERBS[change.action.value][0 if dry_run else 1]
-            click.echo(f"{verb} {change.kind} {change.name}")
+            click.echo(printable(f"{verb} {change.kind} {change.name}"))
             for field in diffs.get((change.kind, change.name), []):
-                click.echo(f"    {field.text()}")
+                click.echo(printable(f"    {field.text()}"))
     rows = [(kind, c["create"], c["update"], c["unchanged"]) for kind, c in report.counts().items()]
     title = "dry run, nothing written" if dry_run else f"imported {directory}"
     print_table(["", "added", "changed", "unchanged"], rows, title=title)
