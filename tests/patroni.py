@@ -102,7 +102,8 @@ def postgres_bindir() -> Path:
     )
     if not installed:
         raise RigUnavailable(
-            "no PostgreSQL server binaries (apt-get install -y postgresql; .ci/run does it)"
+            "no PostgreSQL server binaries under /usr/lib/postgresql (apt-get install -y "
+            "postgresql: .ci/run expects the machine's own server, which it tests against too)"
         )
     return installed[-1].parent
 

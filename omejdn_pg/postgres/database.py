@@ -42,6 +42,9 @@ read in the same message as the COMMIT itself (``COMMIT; SELECT
 pg_current_wal_insert_lsn()``), so read-your-writes costs no round trip.
 A standby answers point reads on a read pool of its own, as the primary does
 (1.05x the primary's latency here; 1.9x through SQLAlchemy's connections).
+With ``topology:`` the standbys are not listed but read from Patroni's REST
+``/cluster`` in the background (:mod:`~omejdn_pg.postgres.patroni`); the
+same rule decides each read, and writes never go by what REST says.
 Writes, batches and snapshots always run on the primary.
 
 Driver errors are translated here, once, into the package's own exceptions.
