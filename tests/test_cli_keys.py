@@ -47,7 +47,12 @@ def test_rotate_maintain_activate_retire_delete(url: str, plain_sql: PlainSQL) -
     assert maintained.stdout == ""
     assert "0 change(s)" in maintained.stderr
 
-    ok(omejdn_pg("--url", url, "keys", "activate", "omejdn", "omejdn", second_kid))
+    early = omejdn_pg("--url", url, "keys", "activate", "omejdn", "omejdn", second_kid)
+    assert "publish window" in one_error_line(early)
+    forced = ok(
+        omejdn_pg("--url", url, "keys", "activate", "omejdn", "omejdn", second_kid, "--force")
+    )
+    assert "reject its tokens" in forced.stderr
     states = {k["kid"]: k["state"] for k in listed(url)}
     assert states == {second_kid: "active", first["kid"]: "retired"}
     assert plain_sql.value("SELECT kid FROM keys WHERE type = 'sk'") == second_kid
@@ -58,7 +63,7 @@ def test_rotate_maintain_activate_retire_delete(url: str, plain_sql: PlainSQL) -
     assert [k["kid"] for k in listed(url)] == [second_kid]
 
     # A rotation with no publish window is due at once: maintain activates it and
-    # retires the key of the same family (an RSA key beside an EC one would not retire it).
+    # retires the signer, whatever the families.
     ok(
         omejdn_pg(
             "--url",

@@ -402,9 +402,10 @@ def test_a_rotation_publishes_first_signs_later_and_retires_after_its_window(
     # Retired for the longest token lifetime (600 s) plus the margin (1 h), from activation.
     window = host.keys.retirement_window()
     assert window == datetime.timedelta(seconds=600) + HOUR
-    assert host.keys.maintain(now=NOW + 48 * HOUR + window - datetime.timedelta(seconds=1)) == []
+    # The window starts when the run retired it (49 h), not when it was due (48 h).
+    assert host.keys.maintain(now=NOW + 49 * HOUR + window - datetime.timedelta(seconds=1)) == []
     assert first.kid in published(host)
-    changes = host.keys.maintain(now=NOW + 48 * HOUR + window)
+    changes = host.keys.maintain(now=NOW + 49 * HOUR + window)
     assert [(c.kid, c.change) for c in changes] == [(first.kid, "destroyed")]
     assert published(host) == [second.kid]
     assert signing_kid(loader) == second.kid
@@ -416,7 +417,9 @@ def test_activate_retire_and_delete_by_hand(host: Host, loader: PluginLoader) ->
     with pytest.raises(LifecycleError, match="only active signing key"):
         host.keys.retire("omejdn", "omejdn", first.kid, now=NOW)
     second = host.keys.rotate("omejdn", "omejdn", now=NOW)
-    host.keys.activate("omejdn", "omejdn", second.kid, now=NOW)
+    with pytest.raises(LifecycleError, match="publish window"):
+        host.keys.activate("omejdn", "omejdn", second.kid, now=NOW)
+    host.keys.activate("omejdn", "omejdn", second.kid, now=NOW, force=True)
     assert signing_kid(loader) == second.kid
     keys = host.keys.stored("omejdn", "omejdn")
     assert [(k.kid, k.state) for k in keys] == [(second.kid, "active"), (first.kid, "retired")]
@@ -526,4 +529,5 @@ def test_0001_to_0002_and_back_keeps_every_row(
     with pytest.raises(MigrationError, match=r"keys omejdn/omejdn: 2 keys"):
         migrate.downgrade(empty_database, "0001")
     assert migrate.current(empty_database) == migrate.head()  # the refusal changed nothing
-    assert sql.value("SELECT count(*) FROM keys WHERE target = 'omejdn'") == 3
+    # The rotated key got a self-signed chain of the signer's subject: 2 keys, 4 rows.
+    assert sql.value("SELECT count(*) FROM keys WHERE target = 'omejdn'") == 4

@@ -255,32 +255,118 @@ def _duration(value: str | None, option: str) -> datetime.timedelta | None:
     help="Publish the new key this long before it signs (e.g. 2d, 36h; default: "
     "the key_lifecycle.publish_for setting, 2 days).",
 )
-def keys_rotate(target_type: str, target: str, alg: str | None, publish_for: str | None) -> None:
-    """Add a `next` key to TARGET_TYPE/TARGET: published now, signing once its publish
-    window has passed and `keys maintain` has run."""
+@click.option("--key", "key_file", metavar="FILE", help="The new key (PEM private key).")
+@click.option(
+    "--cert",
+    "cert_file",
+    metavar="FILE",
+    help="The new key's certificate chain (PEM; with --key). Default: a self-signed "
+    "certificate of the signer's subject when the signer has a chain.",
+)
+@click.option("--no-cert", is_flag=True, help="No certificate, even if the signer has a chain.")
+@click.option("--create", is_flag=True, help="Start a new key set if TARGET has none.")
+def keys_rotate(
+    target_type: str,
+    target: str,
+    alg: str | None,
+    publish_for: str | None,
+    key_file: str | None,
+    cert_file: str | None,
+    no_cert: bool,
+    create: bool,
+) -> None:
+    """Add a `next` key to TARGET_TYPE/TARGET (`omejdn` or `clients`): published now,
+    signing once its publish window has passed and `keys maintain` has run."""
+    given = _given_key(key_file, cert_file, alg, no_cert)
     cli = current()
     key = cli.host().keys.rotate(
-        target_type, target, alg, publish_for=_duration(publish_for, "--publish-for")
+        target_type,
+        target,
+        alg,
+        publish_for=_duration(publish_for, "--publish-for"),
+        create=create,
+        key=given,
+        certificate=False if no_cert else None,
     )
     when = key.activate_at.isoformat(timespec="seconds") if key.activate_at else "now"
-    click.echo(f"{target_type}/{target}: {key.kid} ({key.alg}) is {key.state}, signs from {when}")
+    chain = ""
+    if key.certificates:
+        chain = f", certificate {key.certificates[0].subject.rfc4514_string()}"
+        if given is None:
+            chain += " (self-signed)"
+    click.echo(
+        f"{target_type}/{target}: {key.kid} ({key.alg}{chain}) is {key.state}, signs from {when}"
+    )
+
+
+def _given_key(
+    key_file: str | None, cert_file: str | None, alg: str | None, no_cert: bool
+) -> Key | None:
+    from omejdn_pg.keys import Key
+
+    if cert_file and not key_file:
+        raise click.UsageError("--cert needs --key: the certificate must hold the new key")
+    if cert_file and no_cert:
+        raise click.UsageError("--cert and --no-cert contradict each other")
+    if not key_file:
+        return None
+    key_text, key_name = read_text_source(key_file)
+    cert_text, cert_name = read_text_source(cert_file) if cert_file else (None, "")
+    params = {"use": "sig", **({"alg": alg} if alg else {})}
+    key = Key.from_pem(
+        key_text, cert_text, params, what=" and ".join(n for n in (key_name, cert_name) if n)
+    )
+    if not key.is_private:
+        raise click.BadParameter(f"{key_name} holds no private key: the new key must sign")
+    return key
 
 
 @keys.command("activate")
 @click.argument("target_type")
 @click.argument("target")
 @click.argument("kid")
-def keys_activate(target_type: str, target: str, kid: str) -> None:
-    """Make key KID sign now; the active keys of its family retire."""
-    current().host().keys.activate(target_type, target, kid)
-    click.echo(f"{target_type}/{target}: {kid} is active")
+@click.option("--force", is_flag=True, help="Even a key still in its publish window.")
+def keys_activate(target_type: str, target: str, kid: str, force: bool) -> None:
+    """Make key KID the signer now; the previous signer retires (whatever its family).
+    A key still in its publish window needs --force."""
+    import datetime
+
+    from omejdn_pg.lifecycle import JWKS_MAX_AGE, is_signer, signer
+
+    cli = current()
+    host = cli.host()
+    before = host.keys.stored(target_type, target)
+    was = signer(before)
+    if was is not None and was.kid == kid and sum(map(is_signer, before)) <= 1:
+        click.echo(f"{target_type}/{target}: {kid} is already the signing key")
+        return
+    moment = datetime.datetime.now(datetime.UTC)
+    early = next(
+        (
+            k
+            for k in before
+            if k.kid == kid and k.state != "active" and k.activate_at and k.activate_at > moment
+        ),
+        None,
+    )
+    host.keys.activate(target_type, target, kid, force=force, now=moment)
+    click.echo(f"{target_type}/{target}: {kid} is the signing key")
+    if early is not None and early.activate_at is not None:
+        since = early.created_at.isoformat(timespec="seconds") if early.created_at else "?"
+        due = early.activate_at.isoformat(timespec="seconds")
+        cli.note(
+            f"{kid} signs before its publish window ends ({due}): relying parties whose "
+            f"JWK Set was fetched before {since} do not know it and reject its tokens "
+            f"('no key for kid') until they fetch /jwks.json again (cached up to "
+            f"{int(JWKS_MAX_AGE.total_seconds())} s)"
+        )
 
 
 @keys.command("retire")
 @click.argument("target_type")
 @click.argument("target")
 @click.argument("kid")
-@click.option("--force", is_flag=True, help="Even the last active signing key.")
+@click.option("--force", is_flag=True, help="Even the signing key.")
 def keys_retire(target_type: str, target: str, kid: str, force: bool) -> None:
     """Stop signing with key KID; it stays published for its retirement window."""
     current().host().keys.retire(target_type, target, kid, force=force)
@@ -292,7 +378,8 @@ def keys_retire(target_type: str, target: str, kid: str, force: bool) -> None:
 @click.argument("target")
 @click.argument("kid", required=False)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def keys_delete(target_type: str, target: str, kid: str | None, yes: bool) -> None:
+@click.option("--force", is_flag=True, help="Even the signing key of a set with other keys.")
+def keys_delete(target_type: str, target: str, kid: str | None, yes: bool, force: bool) -> None:
     """Delete key KID of TARGET_TYPE/TARGET, or (without KID) the target's whole set."""
     from omejdn_pg.cli.prompts import confirm
 
@@ -300,7 +387,7 @@ def keys_delete(target_type: str, target: str, kid: str | None, yes: bool) -> No
     if not confirm(f"Delete {what}?", yes):
         click.echo("nothing deleted")
         return
-    current().host().keys.delete(target_type, target, kid)
+    current().host().keys.delete(target_type, target, kid, force=force)
     click.echo(f"deleted {what}")
 
 

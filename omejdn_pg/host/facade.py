@@ -15,7 +15,7 @@ import datetime
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography import x509
@@ -346,32 +346,58 @@ class Keys:
         *,
         publish_for: datetime.timedelta | None = None,
         now: datetime.datetime | None = None,
+        create: bool = False,
+        key: Key | None = None,
+        certificate: bool | None = None,
     ) -> Key:
         """Create a ``next`` key that starts signing once it has been published long enough.
 
-        Without ``alg``, the new key has the algorithm of the active signing key
-        it replaces (RS256 for a target with none).
+        Without ``alg``, the new key has the algorithm of the signer it
+        replaces (RS256 for a target with none); ``key`` is a key of the
+        operator's instead (with its chain, if it has one). A target that has
+        no keys is refused unless ``create``. When the signer has a chain
+        and ``key`` none, the new key gets a self-signed certificate of the
+        same subject, unless ``certificate`` is False; True asks for one
+        whatever the signer has.
         """
+        lifecycle.check_target_type(target_type)
         moment = now or _now()
         wait = publish_for if publish_for is not None else self._lifecycle.publish_for
         new_keys: list[Key] = []
 
         def rotate(stored: KeySet) -> list[Key]:
-            signer = next((k for k in stored if k.state == "active" and k.use == "sig"), None)
-            new_keys.append(generate_key(alg or (signer.alg if signer else "RS256")))
-            return lifecycle.rotate(stored, new_keys[0], moment, wait)
+            if not stored and not create:
+                raise _missing(target_type, target, "--create starts a new set")
+            signer = lifecycle.signer(stored)
+            new_key = key or generate_key(alg or (signer.alg if signer else "RS256"))
+            if not new_key.certificates and certificate is not False:
+                model = signer.certificates[0] if signer and signer.certificates else None
+                if model is not None or certificate:
+                    new_key = _self_signed(new_key, model, target)
+            new_keys.append(new_key)
+            return lifecycle.rotate(stored, new_key, moment, wait)
 
         keys = self._modify(target_type, target, rotate)
         new_key = new_keys[0]
         return next(key for key in keys if key.kid == new_key.kid)
 
     def activate(
-        self, target_type: str, target: str, kid: str, *, now: datetime.datetime | None = None
+        self,
+        target_type: str,
+        target: str,
+        kid: str,
+        *,
+        force: bool = False,
+        now: datetime.datetime | None = None,
     ) -> KeySet:
+        """Make key ``kid`` the signer now; the previous signer retires. A key still in
+        its publish window is refused unless ``force``."""
         moment = now or _now()
         retire_for = self.retirement_window()
-        return self._modify(
-            target_type, target, lambda stored: lifecycle.activate(stored, kid, moment, retire_for)
+        return self._modify_existing(
+            target_type,
+            target,
+            lambda stored: lifecycle.activate(stored, kid, moment, retire_for, force=force),
         )
 
     def retire(
@@ -385,18 +411,23 @@ class Keys:
     ) -> KeySet:
         moment = now or _now()
         retire_for = self.retirement_window()
-        return self._modify(
+        return self._modify_existing(
             target_type,
             target,
             lambda stored: lifecycle.retire(stored, kid, moment, retire_for, force=force),
         )
 
-    def delete(self, target_type: str, target: str, kid: str | None = None) -> KeySet:
-        """Delete one key, or (``kid`` None) the target's whole set."""
+    def delete(
+        self, target_type: str, target: str, kid: str | None = None, *, force: bool = False
+    ) -> KeySet:
+        """Delete one key, or (``kid`` None) the target's whole set; the signer of a
+        set with other keys only with ``force``."""
         if kid is None:
             self.store(target_type, target, KeySet())
             return KeySet()
-        return self._modify(target_type, target, lambda stored: lifecycle.remove(stored, kid))
+        return self._modify_existing(
+            target_type, target, lambda stored: lifecycle.remove(stored, kid, force=force)
+        )
 
     def maintain(self, *, now: datetime.datetime | None = None) -> list[lifecycle.Change]:
         """Advance every transition that is due: next keys activate, expired retired keys go."""
@@ -442,6 +473,18 @@ class Keys:
             lambda conn: postgres.keys(conn).modify(target_type, target, change)
         )
 
+    def _modify_existing(
+        self, target_type: str, target: str, change: Callable[[KeySet], Sequence[Key]]
+    ) -> KeySet:
+        lifecycle.check_target_type(target_type)
+
+        def existing(stored: KeySet) -> Sequence[Key]:
+            if not stored:
+                raise _missing(target_type, target, "see `keys list`")
+            return change(stored)
+
+        return self._modify(target_type, target, existing)
+
     def _require_postgres(self) -> PostgresBackendPlugin:
         postgres = self._postgres
         if postgres is None or "keys" not in (
@@ -452,6 +495,27 @@ class Keys:
                 "plugin with the 'keys' handler"
             )
         return postgres
+
+
+def _missing(target_type: str, target: str, hint: str) -> NotFound:
+    return NotFound(f"there is no key set {target_type}/{target} ({hint})")
+
+
+def _self_signed(key: Key, model: x509.Certificate | None, target: str) -> Key:
+    """``key`` with a self-signed certificate of ``model``'s subject and validity span
+    (else of CN=``target``, for a year), so that a signer published with a chain
+    is followed by one published with a chain."""
+    from omejdn_pg.cli.certificates import self_signed_certificate
+
+    assert key.private_key is not None  # a key made here
+    subject: str | x509.Name = model.subject if model is not None else target
+    span = (
+        model.not_valid_after_utc - model.not_valid_before_utc
+        if model is not None
+        else datetime.timedelta(days=365)
+    )
+    days = max(1, round(span / datetime.timedelta(days=1)))
+    return replace(key, certificates=[self_signed_certificate(key.private_key, subject, days)])
 
 
 def _keys_of(answer: object, what: str) -> list[Key]:

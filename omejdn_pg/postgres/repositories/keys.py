@@ -41,7 +41,7 @@ import marshal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, or_, select
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, or_, select
 
 from omejdn_pg import lifecycle
 from omejdn_pg.errors import InvalidKeyMaterial
@@ -129,16 +129,24 @@ class KeyRepository:
         return [(row.target_type, row.target) for row in self.conn.execute(query)]
 
     def due(self, now: datetime.datetime) -> list[tuple[str, str]]:
-        """Targets with a lifecycle transition due at ``now``."""
+        """Targets with a lifecycle transition due at ``now``, and targets holding
+        more than one active private key (several signers, as versions before the
+        one-signer rule could leave them; :func:`lifecycle.advance` decides)."""
+        private_active = (
+            (KEYS.c.state == "active")
+            & KEYS.c.type.in_(_KEY_TYPES)
+            & ~KEYS.c.value.startswith("-----BEGIN PUBLIC KEY-----")
+        )
         query = (
             select(KEYS.c.target_type, KEYS.c.target)
-            .where(
+            .group_by(KEYS.c.target_type, KEYS.c.target)
+            .having(
                 or_(
-                    (KEYS.c.state == "next") & (KEYS.c.activate_at <= now),
-                    (KEYS.c.state == "retired") & (KEYS.c.destroy_at <= now),
+                    func.bool_or((KEYS.c.state == "next") & (KEYS.c.activate_at <= now)),
+                    func.bool_or((KEYS.c.state == "retired") & (KEYS.c.destroy_at <= now)),
+                    func.count().filter(private_active) > 1,
                 )
             )
-            .group_by(KEYS.c.target_type, KEYS.c.target)
             .order_by(KEYS.c.target_type.collate("C"), KEYS.c.target.collate("C"))
         )
         return [(row.target_type, row.target) for row in self.conn.execute(query)]
@@ -172,7 +180,9 @@ class KeyRepository:
         incoming = list(keys)
         moment = now or _now()
         self.modify(
-            target_type, target, lambda stored: merge(target_type, target, stored, incoming, moment)
+            target_type,
+            target,
+            lambda stored: merge(target_type, target, stored, incoming, moment),
         )
 
     def modify(
@@ -181,8 +191,10 @@ class KeyRepository:
         """Lock the target, apply ``change`` to its stored set, write the result back."""
         target_type, target = check_target(target_type, target)
         _lock(self.conn, target_type, target)
-        stored = self.load(target_type, target)
-        result = KeySet(lifecycle.ordered(change(stored)))
+        return self._write(target_type, target, change(self.load(target_type, target)))
+
+    def _write(self, target_type: str, target: str, keys: Sequence[Key]) -> KeySet:
+        result = KeySet(lifecycle.ordered(keys))
         rows = key_rows(target_type, target, result, self.keyring)
         self.conn.execute(
             delete(KEYS).where(KEYS.c.target_type == target_type, KEYS.c.target == target)
@@ -212,16 +224,13 @@ class KeyRepository:
         lock_for_update(self.conn, *MAINTENANCE_LOCK)
         changes: list[lifecycle.Change] = []
         for target_type, target in self.due(now):
-            found: list[tuple[str, str]] = []
-
-            def advance(stored: KeySet, found: list[tuple[str, str]] = found) -> list[Key]:
-                advanced, applied = lifecycle.advance(stored, now, retire_for)
-                found.extend(applied)
-                return advanced
-
-            self.modify(target_type, target, advance)
+            _lock(self.conn, target_type, target)
+            advanced, applied = lifecycle.advance(self.load(target_type, target), now, retire_for)
+            if not applied:
+                continue  # several active keys, but at most one of them signs
+            self._write(target_type, target, advanced)
             changes.extend(
-                lifecycle.Change(target_type, target, kid, change) for kid, change in found
+                lifecycle.Change(target_type, target, kid, change) for kid, change in applied
             )
         return changes
 
