@@ -26,6 +26,7 @@ from joserfc.errors import JoseError
 from omejdn_pg import PluginLoader
 from omejdn_pg.host import events
 from omejdn_pg.host.facade import Host
+from omejdn_pg.lifecycle import TooEarly
 from omejdn_pg.settings import ConnectionSettings
 from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
 
@@ -414,3 +415,15 @@ def test_rotating_a_signer_with_a_chain_gives_the_new_key_one(
     assert "ES384" in given.stdout
     usage = cli(config, "rotate", "omejdn", "other", "--cert", str(cert_file))
     assert "--cert needs --key" in one_error_line(usage, code=2)
+
+
+def test_retiring_a_next_key_does_not_skip_its_publish_window(host: Host) -> None:
+    # A way around the publish window the state machine looks for: retire the next
+    # key, then activate it "as a rollback" while relying parties still lack it.
+    host.keys.load("omejdn", "omejdn", create=True)
+    waiting = host.keys.rotate("omejdn", "omejdn", publish_for=48 * HOUR, now=NOW)
+    host.keys.retire("omejdn", "omejdn", waiting.kid, now=NOW + HOUR)
+    with pytest.raises(TooEarly, match="publish window"):
+        host.keys.activate("omejdn", "omejdn", waiting.kid, now=NOW + 2 * HOUR)
+    host.keys.activate("omejdn", "omejdn", waiting.kid, now=NOW + 48 * HOUR)
+    assert host.keys.stored("omejdn", "omejdn")[0].kid == waiting.kid
