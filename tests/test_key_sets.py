@@ -247,6 +247,28 @@ def test_a_new_key_with_an_expired_certificate_is_refused(
     assert plain_sql.value("SELECT count(*) FROM keys") == 0
 
 
+def test_a_client_key_with_an_expired_certificate_is_stored_with_a_warning(
+    loader: PluginLoader, plain_sql: PlainSQL, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Omejdn's admin API answers 500 if the store refuses a client's registration;
+    # the relying party verifies its own client's assertion, so the key is kept.
+    key = private_key("P-256")
+    old = certificate(key, valid_from=datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC), days=30)
+    jwk = Key(key.public_key(), None, [old]).to_jwk()
+    with caplog.at_level("WARNING", logger="omejdn_pg"):
+        loader.fire(events.KEYS_STORE, target_type="clients", target="portal", jwks={"keys": [jwk]})
+        client = Client(metadata={"client_id": "other", "jwks": {"keys": [jwk]}})
+        loader.fire(events.CLIENT_CREATE, client=client, client_backend="postgres")
+    assert plain_sql.rows(
+        "SELECT target, type FROM keys WHERE target_type = 'clients' ORDER BY target"
+    ) == [("other", "certs"), ("portal", "certs")]
+    warned = [r.getMessage() for r in caplog.records if "2024-01-31" in r.getMessage()]
+    assert any("keys clients/portal" in line and "expired" in line for line in warned), warned
+    assert any("keys clients/other" in line for line in warned), warned
+    (found,) = loader.fire(events.CLIENT_GET, client_id="other")
+    assert [k["kid"] for k in found.metadata["jwks"]["keys"]] == [jwk["kid"]]
+
+
 def test_a_certificate_that_forbids_signing_gives_use_enc(loader: PluginLoader) -> None:
     key = private_key("RSA")
     usage = x509.KeyUsage(

@@ -167,8 +167,9 @@ class KeyRepository:
         key of a stored private key keeps the stored one (a host storing back a
         set it loaded, whose next and retired keys came without private
         members), and a stored key keeps its lifecycle state. New keys are
-        active; a new key whose certificate is not valid at ``now`` is refused,
-        so an expired chain is never published unnoticed.
+        active; a new signing key whose certificate is not valid at ``now`` is
+        refused, so an expired chain is never published unnoticed, and a
+        client's is stored with a warning (see :func:`_refused_certificate`).
         """
         target_type, target = check_target(target_type, target)
         if not isinstance(keys, KeySet | list | tuple) or not all(
@@ -324,7 +325,7 @@ def merge(
     for key in incoming:
         old = by_kid.get(key.kid)
         if old is None or not old.same_key(key):
-            problem = weak_key_problem(key) or key.certificate_problem(now)
+            problem = weak_key_problem(key) or _refused_certificate(target_type, target, key, now)
             if problem is not None:
                 raise InvalidKeyMaterial(f"keys {target_type}/{target}: key {key.kid}: {problem}")
             result.append(_with_lifecycle(key, state=key.state, created_at=key.created_at or now))
@@ -342,6 +343,31 @@ def merge(
             )
         )
     return result
+
+
+def _refused_certificate(
+    target_type: str, target: str, key: Key, now: datetime.datetime
+) -> str | None:
+    """Why a new key's certificate makes the store refuse it, or None (a client's: warned).
+
+    The two kinds of key set differ in who relies on the certificate. The
+    server's own keys (``omejdn``) sign every token, and their chain is
+    published in ``/jwks.json`` for relying parties to check: an expired or
+    not yet valid chain there breaks every verifier that looks at ``x5c``,
+    so it is refused where it enters and the operator learns it at once.
+    A client's keys are the client's registration, written by Omejdn's admin
+    APIs and its core with whatever the client registered; Omejdn only
+    verifies that client's own assertions with the public key, and the
+    core's file store writes such a key as given. Refusing would fail the
+    admin API with a 500 and the client's other fields with it, so the set
+    is stored as given, with a warning naming the target and the expiry
+    (and served, warned once more when read: the operator sees it).
+    """
+    problem = key.certificate_problem(now)
+    if problem is None or target_type != CLIENT_CERTIFICATE_TARGET_TYPE:
+        return problem
+    log.warning("keys %s/%s: key %s stored with a %s", target_type, target, key.kid, problem)
+    return None
 
 
 def _with_lifecycle(key: Key, **changes: Any) -> Key:
