@@ -30,6 +30,7 @@ from bench.server import start
 from bench.timing import interleave, throughput
 from omejdn_pg import PluginLoader
 from omejdn_pg.host import events
+from omejdn_pg.host.events import EventBus
 from omejdn_pg.keys import KeySet, generate_key
 from omejdn_pg.settings import ConnectionSettings
 
@@ -67,7 +68,7 @@ def plugin_file(path: Path, connection: ConnectionSettings, cache: str) -> Path:
     return path
 
 
-def seed(loader: PluginLoader) -> None:
+def seed(loader: EventBus) -> None:
     loader.fire(events.CONFIGURATION_STORE, section="omejdn", data=OMEJDN)
     loader.fire(events.CONFIGURATION_STORE, section="scope_mapping", data=SCOPES)
     signing = KeySet([generate_key("RS256")]).to_jwks(private=True)
@@ -85,7 +86,7 @@ def seed(loader: PluginLoader) -> None:
     loader.fire(events.CLIENT_CREATE, client=portal, client_backend="postgres")
 
 
-def in_process(loader: PluginLoader) -> dict[str, Callable[[], object]]:
+def in_process(loader: EventBus) -> dict[str, Callable[[], object]]:
     def config(section: str = "omejdn") -> Callable[[], object]:
         return lambda: loader.fire(events.CONFIGURATION_LOAD, section=section, fallback=None)[0]
 
@@ -193,11 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 for threads in (1, 4, 8):
                     clients = [Client(path) for _ in range(threads)]
-                    done = throughput(
-                        lambda i, c=clients: through(c[i])["token request (11 events)"],
-                        threads,
-                        args.seconds,
-                    )
+
+                    def token_request(i: int, c: list[Client] = clients) -> Callable[[], object]:
+                        return through(c[i])["token request (11 events)"]
+
+                    done = throughput(token_request, threads, args.seconds)
                     rows.append(
                         {
                             "case": f"token requests/s through the socket, {threads} thread(s)",
