@@ -416,6 +416,26 @@ def test_rotating_a_signer_with_a_chain_gives_the_new_key_one(
     usage = cli(config, "rotate", "omejdn", "other", "--cert", str(cert_file))
     assert "--cert needs --key" in one_error_line(usage, code=2)
 
+    # An expired chain is refused, as KEYS_STORE refuses it, and nothing is written.
+    from .test_key_sets import certificate
+
+    past = datetime.datetime.now(datetime.UTC) - 10 * 24 * HOUR
+    cert_file.write_bytes(
+        certificate(private, valid_from=past, days=1).public_bytes(serialization.Encoding.PEM)
+    )
+    ok(cli(config, "delete", "omejdn", "omejdn", listed_next(config), "--yes"))
+    before = listed(config)
+    expired = cli(
+        config, "rotate", "omejdn", "omejdn", "--key", str(key_file), "--cert", str(cert_file)
+    )
+    assert "expired" in one_error_line(expired)
+    assert listed(config) == before
+
+
+def listed_next(config: Path) -> str:
+    (kid,) = [kid for kid, key in listed(config).items() if key["state"] == "next"]
+    return kid
+
 
 def test_retiring_a_next_key_does_not_skip_its_publish_window(host: Host) -> None:
     # A way around the publish window the state machine looks for: retire the next

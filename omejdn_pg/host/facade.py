@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 
 from omejdn_pg import lifecycle
 from omejdn_pg.entities import Client, KeyMaterial, User
-from omejdn_pg.errors import ConfigurationError, NotFound
+from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial, NotFound
 from omejdn_pg.host import events
 from omejdn_pg.host.bootstrap import PluginLoader
 from omejdn_pg.host.events import EventBus
@@ -364,6 +364,10 @@ class Keys:
         moment = now or _now()
         wait = publish_for if publish_for is not None else self._lifecycle.publish_for
         new_keys: list[Key] = []
+        problem = key.certificate_problem(moment) if key is not None else None
+        if problem is not None:
+            # As KEYS_STORE refuses it: an expired chain would be published unnoticed.
+            raise InvalidKeyMaterial(f"keys {target_type}/{target}: the new key: {problem}")
 
         def rotate(stored: KeySet) -> list[Key]:
             if not stored and not create:
