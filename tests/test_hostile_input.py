@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given
@@ -337,3 +339,72 @@ def test_the_minimum_is_configurable_and_a_stored_weak_key_stays_usable(
     monkeypatch.setenv("OMEJDN_PG_MIN_RSA_BITS", "512")
     with pytest.raises(ConfigurationError, match="OMEJDN_PG_MIN_RSA_BITS must be a number"):
         loader.fire(events.KEYS_STORE, target_type="omejdn", target="other", jwks=jwks)
+
+
+# --- values another writer stored that Python cannot read ----------------------------------
+
+DEEP = '{"a":' * 2000 + "1" + "}" * 2000
+HUGE = "9" * 5000
+
+
+def store_behind_the_back(sql: PlainSQL) -> None:
+    """Users 'deep' and 'huge' as hand SQL (or a Ruby Omejdn) can write them, beside 'ok'."""
+    for name in ("deep", "huge", "ok"):
+        sql.execute(
+            "INSERT INTO users (username, password, extern, consent) VALUES (%s, NULL, NULL, '{}')",
+            (name,),
+        )
+    sql.execute(
+        "INSERT INTO attributes (type, identifier, key, value) VALUES "
+        "('user', 'deep', 'x', CAST(%s AS jsonb)), ('user', 'huge', 'x', CAST(%s AS jsonb)), "
+        "('user', 'ok', 'x', '1')",
+        (DEEP, HUGE),
+    )
+
+
+def test_user_get_all_goes_on_and_names_the_unreadable_rows(
+    loader: PluginLoader, plain_sql: PlainSQL, caplog: pytest.LogCaptureFixture
+) -> None:
+    store_behind_the_back(plain_sql)
+    with caplog.at_level(logging.WARNING):
+        users = loader.fire(events.USER_GET_ALL)[0]
+    assert [user.username for user in users] == ["ok"]
+    assert "user 'deep' left out: its JSON is nested too deep for Python" in caplog.text
+    assert "user 'huge' left out: it holds an integer of more than 4,300 digits" in caplog.text
+
+
+def test_users_list_and_export_go_on_and_name_the_unreadable_rows(
+    database: ConnectionSettings, plain_sql: PlainSQL, tmp_path: Path
+) -> None:
+    store_behind_the_back(plain_sql)
+    url = database.conninfo()
+    for args in (("users", "list"), ("users", "list", "-v"), ("users", "list", "-o", "json")):
+        listed = omejdn_pg("--url", url, *args)
+        assert listed.returncode == 0, listed.stderr
+        assert "RecursionError" not in listed.stderr
+        assert "user 'deep' left out" in listed.stderr
+        assert "user 'huge' left out" in listed.stderr
+        assert "ok" in listed.stdout
+        assert "deep" not in listed.stdout
+    exported = omejdn_pg("--url", url, "export", str(tmp_path / "out"))
+    assert exported.returncode == 0, exported.stderr
+    assert "user 'deep' left out" in exported.stderr
+    users = yaml.safe_load((tmp_path / "out" / "config" / "users.yml").read_text())
+    assert [user["username"] for user in users] == ["ok"]
+
+
+def test_integers_python_cannot_read_back_are_refused_as_invalid_value(
+    loader: PluginLoader, database: ConnectionSettings, plain_sql: PlainSQL
+) -> None:
+    with pytest.raises(InvalidValue, match="an integer of 16,610 bits is refused"):
+        loader.fire(
+            events.USER_CREATE,
+            user=User(username="big", attributes={"n": 10**5000}),
+            user_backend="postgres",
+        )
+    assert plain_sql.value("SELECT count(*) FROM users") == 0
+    line = one_error_line(
+        omejdn_pg("--url", database.conninfo(), "config", "set", "big", input=f"n: {HUGE}\n")
+    )
+    assert "an integer of more than 4,300 digits is refused" in line
+    assert "ValueError" not in line

@@ -251,13 +251,17 @@ def parse_json(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"{text!r} is not JSON ({exc.msg})") from exc
+    except (ValueError, RecursionError) as exc:  # an integer of 4,300+ digits, deep nesting
+        raise click.BadParameter(
+            "the JSON value is refused: nested too deep, or an integer of more than 4,300 digits"
+        ) from exc
 
 
 def parse_json_or_text(text: str) -> Any:
     """A ``--filter`` value: JSON if it parses (``true``, ``42``, ``"x"``, ``[..]``), else text."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or JSON Python cannot read
         return text
 
 
@@ -267,7 +271,7 @@ def parse_scalar(text: str) -> Any:
     else the text itself — ``My App: v2`` stays a string, never a mapping."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         pass
     from omejdn_pg.errors import InvalidValue
     from omejdn_pg.host.files.reading import parse_yaml

@@ -161,8 +161,17 @@ def parse_yaml(text: str, name: str) -> Any:
         line = f" line {mark.line + 1}:" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise InvalidValue(f"{name}:{line} {problem}") from exc
+    except ValueError as exc:
+        # int() of a scalar of more than 4,300 digits: refused, not a bare ValueError.
+        raise InvalidValue(f"{name}: {_integer_problem(exc)}") from exc
     finally:
         loader.dispose()
+
+
+def _integer_problem(error: ValueError) -> str:
+    if "digits" in str(error):
+        return "an integer of more than 4,300 digits is refused (Python reads none back)"
+    return str(error)
 
 
 def _check_expansion(root: Any, limit: int, name: str) -> None:

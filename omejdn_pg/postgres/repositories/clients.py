@@ -355,7 +355,9 @@ def all_clients(
     with collector.paused():
         return [
             _client(row[0], metadata, attributes, key_rows, jwks, keyring, answers)
-            for row, (metadata, attributes, key_rows) in with_documents(reader.stream(_ALL), 1)
+            for row, (metadata, attributes, key_rows) in with_documents(
+                reader.stream(_ALL), 1, "client"
+            )
         ]
 
 

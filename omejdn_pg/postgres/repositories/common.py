@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,10 +27,15 @@ from omejdn_pg.entities import User
 from omejdn_pg.errors import InvalidValue
 from omejdn_pg.settings import BACKEND_NAME
 
+log = logging.getLogger(__name__)
+
 LOCK_NAMESPACE: Final = "omejdn_pg"
 MAX_JSON_DEPTH: Final = 100
 """Deeper JSON is refused: Omejdn's documents are a few levels deep, and a hostile
 document nested thousands deep would exhaust the interpreter's stack."""
+MAX_INT_BITS: Final = 14_000
+"""Larger integers are refused: Python converts no integer of more than 4,300 digits
+(about 14,284 bits) to or from text, so such a value could be stored but never read."""
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 """What no text column or jsonb string can hold: U+0000 and lone surrogates."""
@@ -101,7 +107,7 @@ DECODED_TOGETHER: Final = 500
 
 
 def with_documents(
-    rows: Iterator[Sequence[Any]], first: int
+    rows: Iterator[Sequence[Any]], first: int, kind: str = "row"
 ) -> Iterator[tuple[Sequence[Any], tuple[Any, ...]]]:
     """Each row with its columns from ``first`` on, JSON text, parsed (NULL: None).
 
@@ -109,13 +115,45 @@ def with_documents(
     one JSON array: the parser's fixed cost per call is most of what a user's or
     a client's few fields cost. The server made every text (``json_object_agg``,
     ``CAST(jsonb AS text)``), so each is one JSON value and the array is valid.
+
+    A row Python cannot read (another writer stored JSON nested thousands deep,
+    or an integer of more than 4,300 digits, which this package's writes refuse)
+    is left out and named in a warning (``kind`` and its first column); the
+    listing goes on, so that one row cannot make every listing fail.
     """
     while chunk := list(itertools.islice(rows, DECODED_TOGETHER)):
         texts = [text or "null" for row in chunk for text in row[first:]]
-        parsed = iter(json.loads(f"[{','.join(texts)}]"))
+        try:
+            parsed = iter(json.loads(f"[{','.join(texts)}]"))
+        except (RecursionError, ValueError):
+            for row in chunk:
+                found = read_documents(row[first:], kind, row[0])
+                if found is not None:
+                    yield row, found
+            continue
         # The one iterator, once per column: each row's documents, in order.
         documents = zip(*[parsed] * (len(chunk[0]) - first), strict=True)
         yield from zip(chunk, documents, strict=True)
+
+
+def read_documents(texts: Sequence[str | None], kind: str, name: object) -> tuple[Any, ...] | None:
+    """One row's JSON texts parsed (NULL: None); None, with a warning naming the row, if
+    Python cannot read them."""
+    try:
+        return tuple(json.loads(text) if text is not None else None for text in texts)
+    except RecursionError:
+        reason = "its JSON is nested too deep for Python"
+    except ValueError as error:
+        digits = "digits" in str(error)
+        reason = "it holds an integer of more than 4,300 digits" if digits else "not JSON"
+    log.warning(
+        "%s %r left out: %s (written by another writer: this package refuses such "
+        "values); correct or delete it with SQL",
+        kind,
+        name,
+        reason,
+    )
+    return None
 
 
 def read_extern(stored: str | None) -> str | bool | None:
@@ -168,7 +206,7 @@ def _plainly_json(value: object, depth: int) -> bool:
     if isinstance(value, str):
         return _UNSTORABLE.search(value) is None
     if value is None or isinstance(value, int):
-        return True
+        return value is None or value.bit_length() <= MAX_INT_BITS
     if isinstance(value, float):
         return math.isfinite(value)
     if depth >= MAX_JSON_DEPTH:
@@ -188,7 +226,14 @@ def _plainly_json(value: object, depth: int) -> bool:
 def _check(value: object, where: str, depth: int) -> None:
     if depth > MAX_JSON_DEPTH:
         raise InvalidValue(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if value.bit_length() > MAX_INT_BITS:
+            raise InvalidValue(
+                f"{where}: an integer of {value.bit_length():,} bits is refused: Python reads "
+                "no integer of more than 4,300 digits back"
+            )
         return
     if isinstance(value, float):
         if not math.isfinite(value):

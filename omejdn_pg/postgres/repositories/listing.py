@@ -38,6 +38,7 @@ from sqlalchemy import (
     Connection,
     Select,
     Table,
+    Text,
     and_,
     bindparam,
     exists,
@@ -46,6 +47,7 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.dialects.postgresql import JSONB
 
 from omejdn_pg.entities import Client, User
@@ -55,7 +57,8 @@ from omejdn_pg.postgres.repositories.common import (
     check_json,
     check_text,
     json_column,
-    user_from_row,
+    read_documents,
+    read_extern,
 )
 from omejdn_pg.postgres.schema import (
     CLIENT_OWNER,
@@ -197,14 +200,30 @@ def users(conn: Connection, criteria: Criteria = Criteria()) -> Iterator[User]:
             _users.c.username,
             _users.c.password,
             _users.c.extern,
-            json_column(_users.c.consent).label("consent"),
-            _USER_ATTRIBUTES.folded(_users.c.username).label("attributes"),
+            _as_text(json_column(_users.c.consent)).label("consent"),
+            _as_text(_USER_ATTRIBUTES.folded(_users.c.username)).label("attributes"),
         )
         .where(*_user_conditions(criteria))
         .order_by(_users.c.username)
     )
     for row in _stream(conn, _paged(statement, criteria), _params(criteria)):
-        yield user_from_row(row)
+        documents = read_documents((row.consent, row.attributes), "user", row.username)
+        if documents is not None:
+            consent, attributes = documents
+            yield User(
+                username=row.username,
+                password=row.password,
+                attributes=dict(attributes or {}),
+                extern=read_extern(row.extern),
+                consent=dict(consent or {}),
+                backend=BACKEND_NAME,
+            )
+
+
+def _as_text(document: Any) -> Any:
+    """The JSON as text, parsed here (:func:`read_documents`): a row Python cannot read
+    is left out by name instead of failing the cursor, and the listing goes on."""
+    return sa_cast(document, Text)
 
 
 def count_users(conn: Connection, criteria: Criteria = Criteria()) -> Counts:
@@ -249,19 +268,23 @@ def clients(conn: Connection, criteria: Criteria = Criteria()) -> Iterator[Clien
     statement = (
         select(
             owner.label("client_id"),
-            metadata.label("metadata"),
-            _CLIENT_ATTRIBUTES.folded(owner).label("attributes"),
+            _as_text(metadata).label("metadata"),
+            _as_text(_CLIENT_ATTRIBUTES.folded(owner)).label("attributes"),
         )
         .where(*_client_conditions(criteria))
         .order_by(owner)
     )
     for row in _stream(conn, _paged(statement, criteria), _params(criteria)):
-        fields: dict[str, Any] = dict(row.metadata or {})
+        documents = read_documents((row.metadata, row.attributes), "client", row.client_id)
+        if documents is None:
+            continue
+        metadata_doc, attributes = documents
+        fields: dict[str, Any] = dict(metadata_doc or {})
         fields.pop(_NOT_METADATA, None)
         fields.pop("client_id", None)
         yield Client(
             metadata={"client_id": row.client_id, **fields},
-            attributes=dict(row.attributes or {}),
+            attributes=dict(attributes or {}),
             backend=BACKEND_NAME,
         )
 

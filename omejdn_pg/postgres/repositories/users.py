@@ -54,6 +54,7 @@ from omejdn_pg.passwords import PasswordPolicy, cost_refusal, default_policy
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
 from omejdn_pg.postgres.repositories.common import (
     EXTERN_TRUE,
+    MAX_INT_BITS,
     ConnectionReader,
     Reader,
     check_json,
@@ -336,7 +337,11 @@ def _checked_attributes(attributes: object, who: str) -> dict[str, Any]:
         kind = type(value)
         if kind is str:
             texts.append(value)
-        elif value is not None and kind is not bool and kind is not int:
+        elif (
+            value is not None
+            and kind is not bool
+            and (kind is not int or value.bit_length() > MAX_INT_BITS)
+        ):
             others.append(value)
     try:
         joined = "".join(texts)
@@ -375,7 +380,7 @@ def all_users(reader: Reader) -> list[User]:
                 consent=consent or {},
                 backend=BACKEND_NAME,
             )
-            for row, (consent, attributes) in with_documents(reader.stream(_ALL), 3)
+            for row, (consent, attributes) in with_documents(reader.stream(_ALL), 3, "user")
         ]
 
 
