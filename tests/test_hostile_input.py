@@ -308,6 +308,10 @@ def test_keys_import_generate_and_import_refuse_it(
     assert WEAK in one_error_line(imported)
     generated = omejdn_pg("--url", url, "keys", "generate", "omejdn", "x", "--rsa-bits", "1024")
     assert WEAK in one_error_line(generated)
+    rotated = omejdn_pg(
+        "--url", url, "keys", "rotate", "omejdn", "omejdn", "--key", str(pem), "--create"
+    )
+    assert WEAK in one_error_line(rotated)
 
     folder = examples / "keys" / "weak"
     folder.mkdir()

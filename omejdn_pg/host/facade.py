@@ -29,7 +29,7 @@ from omejdn_pg.host import events
 from omejdn_pg.host.bootstrap import PluginLoader
 from omejdn_pg.host.events import EventBus
 from omejdn_pg.host.files.store import FileStore
-from omejdn_pg.keys import Key, KeySet, generate_key
+from omejdn_pg.keys import Key, KeySet, generate_key, weak_key_problem
 from omejdn_pg.passwords import PasswordPolicy, describe_hash, too_costly
 from omejdn_pg.postgres.cache import USER, publish_change
 from omejdn_pg.postgres.database import Database
@@ -364,9 +364,11 @@ class Keys:
         moment = now or _now()
         wait = publish_for if publish_for is not None else self._lifecycle.publish_for
         new_keys: list[Key] = []
-        problem = key.certificate_problem(moment) if key is not None else None
+        problem = (
+            weak_key_problem(key) or key.certificate_problem(moment) if key is not None else None
+        )
         if problem is not None:
-            # As KEYS_STORE refuses it: an expired chain would be published unnoticed.
+            # As KEYS_STORE refuses it: a weak key, or an expired chain published unnoticed.
             raise InvalidKeyMaterial(f"keys {target_type}/{target}: the new key: {problem}")
 
         def rotate(stored: KeySet) -> list[Key]:
