@@ -352,3 +352,29 @@ def test_users_list_escapes_control_characters_in_human_output(
     assert exact[0]["username"] == SPOOF
     as_yaml = yaml.safe_load(ok(omejdn_pg("--url", url, "users", "list", "-o", "yaml")).stdout)
     assert as_yaml[0]["username"] == SPOOF
+
+
+def test_a_streamed_yaml_listing_is_the_text_safe_dump_writes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Batched through libyaml's emitter, a listing reads back as the same list and is
+    the very text of one ``yaml.safe_dump`` per record; a value shared between records
+    is written out in each, never as an anchor."""
+    from omejdn_pg.cli.output import YAML_BATCH, _stream_yaml
+
+    shared = {"role": "staff"}
+    records = [
+        {"username": f"u{i}", "attributes": shared, "note": "é\nzwei", "password": None}
+        for i in range(2 * YAML_BATCH + 3)
+    ]
+    assert _stream_yaml(records) == len(records)
+    text = capsys.readouterr().out
+    expected = "".join(
+        yaml.safe_dump([dict(r)], sort_keys=False, allow_unicode=True, default_flow_style=False)
+        for r in records
+    )
+    assert text == expected
+    assert "&id" not in text
+    assert yaml.safe_load(text) == records
+    assert _stream_yaml([]) == 0
+    assert capsys.readouterr().out == "[]\n"
