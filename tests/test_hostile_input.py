@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from omejdn_pg import Client, PluginLoader, User
 from omejdn_pg.errors import ConfigurationError, InvalidInput, InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host import events
+from omejdn_pg.json_values import check_json_thoroughly as thorough_check
 from omejdn_pg.keys import MAX_RSA_BITS, Key, KeySet, generate_key
 from omejdn_pg.postgres.repositories.common import MAX_JSON_DEPTH, check_json
-from omejdn_pg.postgres.repositories.common import _check as thorough_check
 from omejdn_pg.settings import ConnectionSettings
 from tests.helpers import PROPERTY_SETTINGS, PlainSQL, make_chain, omejdn_pg, one_error_line
 

@@ -106,6 +106,7 @@ from omejdn_pg.host.files.reading import (
     read_file,
     read_text,
 )
+from omejdn_pg.json_values import check_json
 from omejdn_pg.keys import (
     Key,
     KeySet,
@@ -629,7 +630,7 @@ def _read_descriptor(files: KeyFiles, root: Path | None) -> dict[str, Any]:
         if not isinstance(name, str):
             raise InvalidKeyMaterial(f"{path}: parameter names must be strings, got {name!r}")
     try:
-        _check_json_types(descriptor, "descriptor")
+        check_json(descriptor, "descriptor")
     except InvalidValue as exc:
         raise InvalidKeyMaterial(f"{path}: {exc}") from exc
     if "x5c" in descriptor:
@@ -752,29 +753,6 @@ def _fsync_dir(folder: Path) -> None:
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def _check_json_types(value: object, where: str, depth: int = 0) -> None:
-    """Only what JSON can hold: YAML also yields dates, sets, binary and non-string keys."""
-    if depth > 100:
-        raise InvalidValue(f"{where}: nested deeper than 100 levels")
-    if value is None or isinstance(value, bool | int | str):
-        return
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InvalidValue(f"{where}: {value} is not a JSON number")
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidValue(f"{where}: object key {key!r} is not a string")
-            _check_json_types(item, f"{where}.{key}", depth + 1)
-        return
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_json_types(item, f"{where}[{index}]", depth + 1)
-        return
-    raise InvalidValue(f"{where}: a {type(value).__name__} is not a JSON value")
 
 
 def _signature(path: Path) -> _Signature | None:

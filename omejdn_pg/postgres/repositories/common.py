@@ -1,5 +1,6 @@
-"""What every repository shares: value checks, JSON columns of either type, write locks,
-and the :class:`Reader` its reads run on.
+"""What every repository shares: value checks (:mod:`omejdn_pg.json_values`, which the
+file store uses too), JSON columns of either type, write locks, and the :class:`Reader`
+its reads run on.
 
 Columns created by Omejdn's Ruby plugin hold JSON as TEXT; ours are JSONB. A
 read casts the column (``CAST(col AS jsonb)`` accepts both), and a write binds
@@ -13,8 +14,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final, Protocol
 
@@ -24,21 +23,16 @@ from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.sql.base import Executable
 
 from omejdn_pg.entities import User
-from omejdn_pg.errors import InvalidValue
+from omejdn_pg.json_values import MAX_INT_BITS as MAX_INT_BITS
+from omejdn_pg.json_values import MAX_JSON_DEPTH as MAX_JSON_DEPTH
+from omejdn_pg.json_values import check_json as check_json
+from omejdn_pg.json_values import check_text as check_text
+from omejdn_pg.json_values import storable_text as storable_text
 from omejdn_pg.settings import BACKEND_NAME
 
 log = logging.getLogger(__name__)
 
 LOCK_NAMESPACE: Final = "omejdn_pg"
-MAX_JSON_DEPTH: Final = 100
-"""Deeper JSON is refused: Omejdn's documents are a few levels deep, and a hostile
-document nested thousands deep would exhaust the interpreter's stack."""
-MAX_INT_BITS: Final = 14_000
-"""Larger integers are refused: Python converts no integer of more than 4,300 digits
-(about 14,284 bits) to or from text, so such a value could be stored but never read."""
-_SURROGATE: Final = re.compile("[\ud800-\udfff]")
-_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
-"""What no text column or jsonb string can hold: U+0000 and lone surrogates."""
 EXTERN_TRUE: Final = "true"
 """How ``extern: true`` (an external user without a named issuer) is kept in the TEXT column."""
 DIALECT: Final = PGDialect_psycopg()  # type: ignore[no-untyped-call]
@@ -182,116 +176,6 @@ def in_autocommit(conn: Connection) -> bool:
 def json_column(column: ColumnElement[Any]) -> ColumnElement[Any]:
     """``column`` read as jsonb, whether it is stored as JSONB or as JSON text."""
     return cast(column, JSONB)
-
-
-def check_json(value: object, field: str) -> None:
-    """Refuse what PostgreSQL's jsonb refuses, naming ``field``, before any SQL is sent.
-
-    jsonb cannot hold U+0000 (in a key or a string) nor NaN/Infinity, and only
-    JSON types serialise at all; the driver's error for these names nothing.
-    """
-    if not _plainly_json(value, 0):
-        # The slower walk names what is wrong, and accepts what the quick one
-        # leaves to it (tuples, other mappings).
-        _check(value, field, depth=0)
-
-
-def _plainly_json(value: object, depth: int) -> bool:
-    """Whether ``value`` is surely storable: built-in JSON types and clean text only.
-
-    An import checks every attribute of every user; this walk builds no field
-    names and runs one search per string, a quarter of the cost of :func:`_check`.
-    Everything it accepts, ``_check`` accepts.
-    """
-    if isinstance(value, str):
-        return _UNSTORABLE.search(value) is None
-    if value is None or isinstance(value, int):
-        return value is None or value.bit_length() <= MAX_INT_BITS
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if depth >= MAX_JSON_DEPTH:
-        return False
-    if type(value) is dict:
-        for key, item in value.items():
-            if not isinstance(key, str) or _UNSTORABLE.search(key) is not None:
-                return False
-            if not _plainly_json(item, depth + 1):
-                return False
-        return True
-    if type(value) is list:
-        return all(_plainly_json(item, depth + 1) for item in value)
-    return False
-
-
-def _check(value: object, where: str, depth: int) -> None:
-    if depth > MAX_JSON_DEPTH:
-        raise InvalidValue(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    if value is None or isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        if value.bit_length() > MAX_INT_BITS:
-            raise InvalidValue(
-                f"{where}: an integer of {value.bit_length():,} bits is refused: Python reads "
-                "no integer of more than 4,300 digits back"
-            )
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidValue(f"{where}: {value} is not a JSON number")
-        return
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidValue(
-                f"{where}: contains the character U+0000, which PostgreSQL cannot store"
-            )
-        _check_surrogates(value, f"{where}:")
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidValue(f"{where}: object key {key!r} is not a string")
-            if "\x00" in key:
-                raise InvalidValue(
-                    f"{where}: an object key contains the character U+0000, "
-                    "which PostgreSQL cannot store"
-                )
-            _check_surrogates(key, f"{where}: an object key")
-            _check(item, f"{where}.{key}", depth + 1)
-        return
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check(item, f"{where}[{index}]", depth + 1)
-        return
-    raise InvalidValue(f"{where}: a {type(value).__name__} is not a JSON value")
-
-
-def storable_text(value: object) -> bool:
-    """Whether ``value`` could name a stored row at all; a lookup of anything else finds nothing."""
-    return isinstance(value, str) and bool(value) and _UNSTORABLE.search(value) is None
-
-
-def check_text(value: object, field: str) -> str:
-    """A non-empty identifier or key PostgreSQL can store in a TEXT column."""
-    if not isinstance(value, str) or not value:
-        raise InvalidValue(f"{field} must be a non-empty string, got {value!r}")
-    if _UNSTORABLE.search(value) is None:
-        return value
-    if "\x00" in value:
-        raise InvalidValue(f"{field} contains the character U+0000, which PostgreSQL cannot store")
-    _check_surrogates(value, field)
-    return value
-
-
-def _check_surrogates(value: str, where: str) -> None:
-    # A lone surrogate (from a lax JSON or YAML decoder) is not Unicode: the
-    # driver fails to encode it with an error that names no field, and jsonb
-    # refuses its \uXXXX escape.
-    found = _SURROGATE.search(value)
-    if found is not None:
-        raise InvalidValue(
-            f"{where} contains the character U+{ord(found.group()):04X}, "
-            "a lone surrogate that is not valid Unicode"
-        )
 
 
 def lock_for_update(conn: Connection, kind: str, identifier: str) -> None:
