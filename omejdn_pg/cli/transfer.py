@@ -95,6 +95,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from omejdn_pg import collector
+from omejdn_pg.cli.hashing import map_passwords
 from omejdn_pg.client_metadata import check_client_metadata
 from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import (
@@ -544,12 +545,14 @@ def _plan_users_in_bulk(
     hashes = bulk.stored_passwords(
         [item["username"] for item in to_hash if _is_plaintext(item.get("password"), policy)]
     )
-    hashed = [
-        _planned_user(
+    # bcrypt and argon2 release the GIL: every core hashes (omejdn_pg.cli.hashing).
+    hashed = map_passwords(
+        lambda item: _planned_user(
             item, records, item["username"] in hashes, hashes.get(item["username"]), policy
-        )
-        for item in to_hash
-    ]
+        ),
+        to_hash,
+        "hashing and checking passwords",
+    )
     _check_staged(bulk, hashed, rows, file)
     changes: dict[str, Change] = {}
     for item in other:
