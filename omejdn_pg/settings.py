@@ -26,6 +26,7 @@ from typing import Any, Final
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from omejdn_pg import connection_url
 from omejdn_pg.errors import ConfigurationError
 
 PLUGIN_NAME: Final = "postgres_backend"
@@ -116,165 +117,12 @@ class ConnectionSettings:
 
     @classmethod
     def from_url(cls, url: str) -> ConnectionSettings:
-        """Settings from a connection URL as users write it, or a libpq ``key=value`` string.
-
-        libpq's ``postgresql://`` and ``postgres://`` URIs, SQLAlchemy's
-        ``postgresql+psycopg://`` and ``postgresql+psycopg2://`` (the driver part
-        is dropped: connections always go through psycopg) and ``key=value``
-        pairs are accepted. A malformed one raises ConfigurationError saying what
-        is wrong (``invalid port 'abc'``, ``unknown scheme 'mysql'``); libpq's own
-        message is passed on only with the password masked, because libpq quotes
-        the string it could not parse, password and all.
-        """
-        text = url.strip()
-        scheme, rest = _split_url_scheme(text)
-        if scheme is not None:
-            text = "postgresql://" + rest
-            problem = _url_scheme_problem(scheme)
-            secrets = _url_passwords(rest)
-        else:
-            problem = _keyword_string_problem(text)
-            secrets = _keyword_passwords(text)
-        if problem is None:
-            try:
-                parsed = psycopg.conninfo.conninfo_to_dict(text)
-            except psycopg.ProgrammingError as exc:
-                reason = _mask_all(_first_line_of(str(exc)), secrets)
-                raise ConfigurationError(f"invalid PostgreSQL connection URL: {reason}") from exc
-            params = {k: str(v) for k, v in parsed.items() if v is not None}
-            problem = _connection_value_problem(params)
-            if problem is None:
-                return cls(params)
-        raise ConfigurationError(f"invalid PostgreSQL connection URL: {problem}")
+        """Settings from a connection URL as users write it, or a libpq ``key=value`` string;
+        see :func:`omejdn_pg.connection_url.parse` for the forms and the errors."""
+        return cls(connection_url.parse(url))
 
     def with_params(self, **params: str) -> ConnectionSettings:
         return ConnectionSettings({**self.params, **params})
-
-
-# --- connection URLs as users write them (ConnectionSettings.from_url) -----------
-
-_URL_SCHEMES: Final = ("postgresql", "postgres")
-_URL_DRIVERS: Final = ("psycopg", "psycopg2", "psycopg2cffi")
-"""SQLAlchemy's driver names for libpq-based PostgreSQL drivers: the URL means the same."""
-_SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-_URL_FORMS: Final = (
-    "expected postgresql://user@host:5432/dbname (also postgres://, postgresql+psycopg://) "
-    "or key=value pairs such as 'host=db dbname=omejdn'"
-)
-
-
-def _split_url_scheme(text: str) -> tuple[str | None, str]:
-    """``(scheme, rest after '://')`` of a URL, or ``(None, text)`` for anything else."""
-    head, sep, rest = text.partition("://")
-    if sep and head and head[0].isalpha() and all(c.isalnum() or c in "+.-" for c in head):
-        return head, rest
-    return None, text
-
-
-def _url_scheme_problem(scheme: str) -> str | None:
-    base, plus, driver = scheme.lower().partition("+")
-    if base not in _URL_SCHEMES:
-        return f"unknown scheme {scheme!r} ({_URL_FORMS})"
-    if plus and driver not in _URL_DRIVERS:
-        return (
-            f"unknown driver {driver!r} in scheme {scheme!r} "
-            f"(known: {', '.join(_URL_DRIVERS)}; connections go through psycopg anyway)"
-        )
-    return None
-
-
-def _url_passwords(rest: str) -> list[str]:
-    """The password of a URL's user info and ``password=`` query values, as written."""
-    found = []
-    authority = rest.split("/", 1)[0].split("?", 1)[0]
-    userinfo, at, _ = authority.rpartition("@")
-    if at and ":" in userinfo:
-        found.append(userinfo.split(":", 1)[1])
-    query = rest.partition("?")[2]
-    for pair in query.split("&"):
-        key, eq, value = pair.partition("=")
-        if eq and key == "password":
-            found.append(value)
-    return [secret for secret in found if secret]
-
-
-def _keyword_passwords(text: str) -> list[str]:
-    """``password`` values of a ``key=value`` string, quoted or not, as written."""
-    found = []
-    for word, value in _keyword_pairs(text)[0]:
-        if word == "password" and value:
-            found.append(value)
-    return found
-
-
-def _keyword_pairs(text: str) -> tuple[list[tuple[str, str]], str | None]:
-    """libpq's ``key=value`` tokens (values as written) and the first problem, if any.
-
-    Problems never quote a value: after ``password=`` a stray word may be the
-    rest of an unquoted password with a space in it.
-    """
-    pairs: list[tuple[str, str]] = []
-    index, length = 0, len(text)
-    while True:
-        while index < length and text[index].isspace():
-            index += 1
-        if index >= length:
-            return pairs, None
-        start = index
-        while index < length and text[index] != "=" and not text[index].isspace():
-            index += 1
-        word = text[start:index]
-        while index < length and text[index].isspace():
-            index += 1
-        if index >= length or text[index] != "=":
-            if pairs and pairs[-1][0] == "password":
-                return pairs, "a word without '=' after the password (quote a value with spaces)"
-            return pairs, f"missing '=' after {word!r} ({_URL_FORMS})"
-        index += 1
-        while index < length and text[index].isspace():
-            index += 1
-        start = index
-        if index < length and text[index] == "'":
-            index += 1
-            while index < length and text[index] != "'":
-                index += 2 if text[index] == "\\" else 1
-            if index >= length:
-                return pairs, f"unterminated quoted value of {word!r}"
-            index += 1
-        else:
-            while index < length and not text[index].isspace():
-                index += 2 if text[index] == "\\" else 1
-        pairs.append((word, text[start:index]))
-
-
-def _keyword_string_problem(text: str) -> str | None:
-    return _keyword_pairs(text)[1]
-
-
-def _connection_value_problem(params: Mapping[str, str]) -> str | None:
-    """What libpq would refuse only when connecting, said before any connection."""
-    for port in params.get("port", "").split(","):
-        port = port.strip()
-        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
-            return f"invalid port {port!r} (expected a number from 1 to 65535)"
-    timeout = params.get("connect_timeout", "").strip()
-    if timeout and not timeout.lstrip("-").isdigit():
-        return f"invalid connect_timeout {timeout!r} (expected a number of seconds)"
-    sslmode = params.get("sslmode")
-    if sslmode is not None and sslmode not in _SSL_MODES:
-        return f"invalid sslmode {sslmode!r} (allowed: {', '.join(_SSL_MODES)})"
-    return None
-
-
-def _mask_all(text: str, secrets: Iterable[str]) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
-
-
-def _first_line_of(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else text
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def test_libpq_keywords_and_multi_host_survive() -> None:
         ),
         (f"host=db colour=red password={SECRET}", 'invalid connection option "colour"'),
         (f"postgresql://alice:{SECRET}@[::1/omejdn", 'matching "]"'),
-        ("postgresql://alice:p%zz@db/omejdn", "invalid percent-encoded token"),
+        ("postgresql://alice:p%zz@db/omejdn", "the user info (before the host) is malformed"),
         ("db.example:5432/omejdn", "missing '=' after 'db.example:5432/omejdn'"),
         (f"host=db password={SECRET} more", "a word without '=' after the password"),
         ("host=db password=two words", "a word without '=' after the password"),
@@ -126,3 +126,31 @@ def test_a_malformed_url_on_the_command_line() -> None:
     line = one_error_line(from_env)
     assert "$OMEJDN_PG_URL: invalid PostgreSQL connection URL: unknown scheme 'mysql'" in line
     assert SECRET not in from_env.stdout + from_env.stderr
+
+
+@pytest.mark.parametrize(
+    "userinfo",
+    ["omejdn:Sup3r@Secret2024", "omejdn:p@ss", "omejdn:pa/ss", "om@jdn:Secret2024", "a:s@"],
+)
+def test_an_unencoded_at_in_the_user_info_is_refused_without_any_of_it(userinfo: str) -> None:
+    """libpq splits at the first '@': the rest of the password became the host name and
+    was quoted in the error (and sent to DNS). Nothing of the user info may be said."""
+    url = f"postgresql://{userinfo}@127.0.0.1/db"
+    result = omejdn_pg("--url", url, "users", "list")
+    line = one_error_line(result)
+    assert "unencoded '@' or '/'" in line
+    assert "%40" in line  # the hint: how to write it instead
+    parts = [p for p in userinfo.replace("@", ":").replace("/", ":").split(":") if len(p) > 3]
+    for part in [*parts, "ss@", "ss/", "127.0.0.1"]:
+        assert part not in result.stderr + result.stdout, part
+    # The same URL percent-encoded is the connection that was meant.
+    user, _, password = userinfo.partition(":")
+    encoded = f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1/db"
+    params = ConnectionSettings.from_url(encoded).params
+    assert (params["user"], params["password"], params["host"]) == (user, password, "127.0.0.1")
+
+
+def test_a_one_letter_password_does_not_garble_the_message() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ConnectionSettings.from_url("postgresql://u:s@db/omejdn?colour=red")
+    assert 'invalid URI query parameter: "colour"' in str(caught.value)
