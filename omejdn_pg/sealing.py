@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial
 
 PREFIX: Final = "$omejdn-pg-sealed$v1$"
+KEK_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A KEK id is a ``$``-separated field of the value: no ``$``, nothing a shell or
+a log would mangle (``omejdn_pg.settings`` refuses the same when configured)."""
 NONCE_BYTES: Final = 12
 KEY_BYTES: Final = 32
 
@@ -63,6 +67,11 @@ class LocalKey:
     """Where it came from, for messages (the variable's or file's name, never the value)."""
 
     def __post_init__(self) -> None:
+        if not KEK_ID.fullmatch(self.id):
+            raise ConfigurationError(
+                f"key-encryption key id {self.id!r} is not allowed: 1 to 64 letters, digits, "
+                "'.', '_' or '-'"
+            )
         if len(self.secret) != KEY_BYTES:
             raise ConfigurationError(
                 f"key-encryption key {self.id!r} ({self.origin}) must be {KEY_BYTES} bytes, "

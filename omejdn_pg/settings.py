@@ -35,6 +35,9 @@ HANDLER_GROUPS: Final = ("keys", "config", "client", "user")
 DEFAULT_PLUGINS: Final = ("config", "keys", "client", "user")
 PLUGINS_ENV: Final = "OMEJDN_PLUGINS"
 MASK: Final = "********"
+DEFAULT_CONNECT_TIMEOUT: Final = 10
+"""Seconds a connection may take to be established unless the settings say otherwise:
+libpq's own default is to wait for ever on a server that accepts and never answers."""
 
 _PLUGIN_KEYS: Final = (
     "connection",
@@ -112,8 +115,20 @@ class ConnectionSettings:
         secret = self.password
         return text.replace(secret, MASK) if secret else text
 
+    def connect_params(self) -> dict[str, str]:
+        """The keywords a connection is made with: ``params`` plus the default
+        ``connect_timeout`` when neither they, ``PGCONNECT_TIMEOUT`` nor a service
+        (whose file may set one, and would be overridden) give one."""
+        params = dict(self.params)
+        chosen = ("connect_timeout", "service")
+        if not any(params.get(key) for key in chosen) and not any(
+            os.environ.get(name) for name in ("PGCONNECT_TIMEOUT", "PGSERVICE")
+        ):
+            params["connect_timeout"] = str(DEFAULT_CONNECT_TIMEOUT)
+        return params
+
     def conninfo(self) -> str:
-        return make_conninfo(**self.params)
+        return make_conninfo(**self.connect_params())
 
     @classmethod
     def from_url(cls, url: str) -> ConnectionSettings:
@@ -205,6 +220,9 @@ class BackendSettings:
     """Server-side prepared statements: True, False, or None (``auto``: off behind a pooler)."""
     source: str = "<defaults>"
     """Where the section came from, for messages."""
+    connection_given: bool = True
+    """Whether the section has a ``connection`` (``{}`` counts: libpq's defaults on
+    purpose); see :func:`require_chosen_connection`."""
 
 
 @dataclass(frozen=True)
@@ -314,6 +332,34 @@ def parse_backend_section(section: object, source: str) -> BackendSettings:
         prepare=parse_prepare(section.get("prepare", "auto"), f"{where}.prepare"),
         topology=parse_topology(section, where),
         source=source,
+        connection_given=section.get("connection") is not None,
+    )
+
+
+CHOOSING_ENV: Final = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGSERVICE")
+"""The ``PG*`` variables that choose a server or a database; PGUSER, PGPASSWORD and
+the rest only say how to log in to whatever libpq's defaults reach."""
+
+
+def require_chosen_connection(
+    settings: BackendSettings, environ: Mapping[str, str] | None = None
+) -> None:
+    """ConfigurationError when a plugin section names no database and nothing else does.
+
+    Without ``connection`` libpq connects to its defaults (the local socket,
+    the database named like the OS user): another database on the machine,
+    where ``migrate`` would then be advised. ``connection: {}`` or one of
+    :data:`CHOOSING_ENV` says that is meant.
+    """
+    if settings.connection_given:
+        return
+    env = os.environ if environ is None else environ
+    if any(env.get(name) for name in CHOOSING_ENV):
+        return
+    raise ConfigurationError(
+        f"{settings.source}: plugins.{PLUGIN_NAME} has no 'connection', and no "
+        f"{', '.join(CHOOSING_ENV)} chooses a server: add connection: {{host: ..., dbname: ...}} "
+        "(connection: {} for libpq's defaults on purpose), or give --url / $OMEJDN_PG_URL"
     )
 
 
@@ -356,6 +402,36 @@ def _parse_key_lifecycle(value: object, where: str) -> KeyLifecycleSettings:
     return dataclasses.replace(defaults, **durations)
 
 
+KEK_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""What a key-encryption key's id may be: it is a field of every sealed value,
+between ``$`` separators (``prod$2026`` would seal keys that never open again)."""
+KEY_ENCRYPTION_ENV: Final = "OMEJDN_PG_KEY_ENCRYPTION"
+
+
+def key_encryption_from_env(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Mapping[str, str], ...] | None:
+    """``$OMEJDN_PG_KEY_ENCRYPTION``: a ``key_encryption`` list in YAML flow form, e.g.
+    ``[{id: kek-2, env: KEK_2}, {id: kek-1, file: /etc/omejdn/kek-1}]``; None when unset.
+
+    It names where the keys are, never a key itself, so the variable is no
+    secret: for a CLI given ``--url`` and no plugin file.
+    """
+    text = (os.environ if environ is None else environ).get(KEY_ENCRYPTION_ENV, "").strip()
+    if not text:
+        return None
+    import yaml
+
+    where = f"${KEY_ENCRYPTION_ENV}"
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigurationError(
+            f"{where} is not a YAML list, e.g. [{{id: kek-1, env: OMEJDN_KEK_1}}]"
+        ) from None
+    return _parse_key_encryption(value, where)
+
+
 def _parse_key_encryption(value: object, where: str) -> tuple[Mapping[str, str], ...]:
     if value is None:
         return ()
@@ -372,6 +448,12 @@ def _parse_key_encryption(value: object, where: str) -> tuple[Mapping[str, str],
             or not entry["id"]
         ):
             raise ConfigurationError(f"{here} must be a mapping with a non-empty 'id'")
+        if not KEK_ID.fullmatch(entry["id"]):
+            raise ConfigurationError(
+                f"{here}: id {entry['id']!r} is not allowed: use 1 to 64 letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit (the id is written into "
+                "every sealed value)"
+            )
         sources = [name for name in ("env", "file") if name in entry]
         unknown = sorted(set(map(str, entry)) - {"id", "env", "file"})
         if unknown or len(sources) != 1 or not isinstance(entry[sources[0]], str):

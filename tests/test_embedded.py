@@ -20,7 +20,8 @@ import pytest
 
 from omejdn_pg.cli import embedded
 from omejdn_pg.errors import OmejdnPgError, StorageUnavailable
-from tests import helpers
+from omejdn_pg.sealing import generate_secret
+from tests import helpers, secrets
 from tests.helpers import ok
 
 
@@ -46,9 +47,16 @@ def data_dir() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def not_running(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """``db status`` of a stopped server: exit status 3 (LSB's "not running")."""
+    assert result.returncode == 3, (result.returncode, result.stderr)
+    return result
+
+
 def test_db_lifecycle_and_default_connection(data_dir: Path) -> None:
-    status = json.loads(ok(omejdn_pg("db", "status", "--json", data=data_dir)).stdout)
+    status = json.loads(not_running(omejdn_pg("db", "status", "--json", data=data_dir)).stdout)
     assert status == {"data_dir": str(data_dir), "running": False}
+    assert "stopped" in not_running(omejdn_pg("db", "status", data=data_dir)).stdout
 
     started = ok(omejdn_pg("db", "start", data=data_dir))
     url = started.stdout.strip()
@@ -75,7 +83,7 @@ def test_db_lifecycle_and_default_connection(data_dir: Path) -> None:
 
     stopped = ok(omejdn_pg("db", "stop", data=data_dir))
     assert "stopped" in stopped.stderr
-    status = json.loads(ok(omejdn_pg("db", "status", "--json", data=data_dir)).stdout)
+    status = json.loads(not_running(omejdn_pg("db", "status", "--json", data=data_dir)).stdout)
     assert status["running"] is False
     assert "was not running" in ok(omejdn_pg("db", "stop", data=data_dir)).stderr
 
@@ -159,3 +167,42 @@ def test_with_database_retries_only_when_it_created_the_database(data_dir: Path)
     with pytest.raises(StorageUnavailable, match="the first error"):
         embedded.with_database(gone, unavailable)
     assert calls == [1, 1]
+
+
+def test_the_server_inherits_no_secret_of_the_cli(data_dir: Path) -> None:
+    """It outlives the command, as another account under root: its environment
+    (``/proc/<pid>/environ``) must hold no KEK, no PGPASSWORD, no URL with a password."""
+    kek = secrets.watch(generate_secret())
+    password = secrets.watch("Pg-Pass-" + generate_secret()[:8])
+    env = {
+        "OMEJDN_PG_DATA": str(data_dir),
+        "OMEJDN_PG_KEK_TEST": kek,
+        "PGPASSWORD": password,
+        "OMEJDN_PG_SECRET_HINT": f"postgresql://u:{password}@db/x",
+    }
+    ok(helpers.omejdn_pg("db", "start", env=env, cwd=data_dir.parent))
+    status = embedded.status(data_dir)
+    assert status.pid is not None
+    pids = [status.pid, *children_of(status.pid)]
+    assert len(pids) > 1  # the postmaster and its background workers
+    for pid in pids:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")
+        assert kek not in environ, pid
+        assert password not in environ, pid
+        assert "PGPASSWORD" not in environ, pid
+        assert "OMEJDN_PG_KEK_TEST" not in environ, pid
+    # The CLI's own environment is whole again after the start (it still connects).
+    ok(helpers.omejdn_pg("users", "list", env=env, cwd=data_dir.parent))
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found

@@ -225,7 +225,7 @@ def test_wrong_password_is_named_without_the_password(
     params = {**password_server.params, "password": "supersecret"}
     inline = ", ".join(f"{k}: '{v}'" for k, v in params.items())
     message = connection_failure(tmp_path, "{" + inline + "}", caplog)
-    assert "password authentication failed" in message
+    assert "authentication failed for user" in message
     assert f'user "{password_server.params["user"]}"' in message
     assert "supersecret" not in message
     assert "\n" not in message

@@ -10,12 +10,14 @@ SQLAlchemy, psycopg, alembic, cryptography or rich, so ``--help`` is quick.
 
 Errors are one line on stderr, ``error: ...``, exit status 1 (2 for a usage
 error, 130 after Ctrl-C); a password never appears in one. A reader that goes
-away (``| head``) ends the command quietly with status 1, as click does.
+away (``| head``) ends the command quietly with status 0: the reader had
+what it wanted, and ``set -o pipefail`` scripts must not fail on it.
 ``OMEJDN_PG_DEBUG=1`` adds the traceback of an unexpected error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -50,10 +52,21 @@ COMMANDS: Final = {
 """Each command's ``module:attribute``, imported only when it is needed."""
 
 
+class ReaderGone(Exception):
+    """stdout's reader closed the pipe (EPIPE): the command ends, successfully."""
+
+
 class LazyGroup(Group):
     """The root group: subcommands are imported from :data:`COMMANDS` on first use."""
 
     hide_global_options = False
+
+    def invoke(self, ctx: click.Context) -> object:
+        # Caught here, before click's main turns it into exit status 1.
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise ReaderGone from exc
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -85,14 +98,33 @@ def cli(ctx: click.Context) -> None:
         click.echo(ctx.get_help())
 
 
-def _interrupted(exc: BaseException) -> bool:
-    """Whether ``exc`` (click's Abort) stands for Ctrl-C rather than a closed stdin."""
+def _interrupted(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C behind ``exc`` (click's Abort), None for a closed stdin."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, KeyboardInterrupt):
-            return True
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
+
+
+def _interrupted_message(interrupt: KeyboardInterrupt) -> str:
+    """``interrupted``, with what the command knows of its writes (``import``: none)."""
+    said = str(interrupt)
+    return f"interrupted: {said}" if said else "interrupted"
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing what is left at exit raises nothing."""
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # pragma: no cover - a stdout without a descriptor
+        pass
+    finally:
+        os.close(devnull)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -100,6 +132,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     context = CliContext()
     try:
         result = cli.main(args=argv, prog_name=PROG, standalone_mode=False, obj=context)
+    except ReaderGone:
+        # `omejdn-pg users list | head -2`: what was read is all that was wanted.
+        _discard_stdout()
+        return 0
     except click.exceptions.NoArgsIsHelpError as exc:
         # A group given no subcommand (`omejdn-pg users`): its help, as for `--help`.
         click.echo(exc.ctx.get_help())
@@ -112,13 +148,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         print_error(exc.format_message(), context.secrets())
         return exc.exit_code
     except click.Abort as exc:
-        if _interrupted(exc):
-            print_error("interrupted")
+        interrupt = _interrupted(exc)
+        if interrupt is not None:
+            print_error(_interrupted_message(interrupt))
             return SIGINT_STATUS
         print_error("aborted: no answer (stdin closed)")
         return 1
-    except KeyboardInterrupt:
-        print_error("interrupted")
+    except KeyboardInterrupt as interrupt:
+        print_error(_interrupted_message(interrupt))
         return SIGINT_STATUS
     except OmejdnPgError as exc:
         print_error(str(exc), context.secrets())

@@ -30,17 +30,26 @@ SCHEMA_HINT = "run `omejdn-pg migrate upgrade`"
 @click.option(
     "--ready",
     is_flag=True,
-    help="Only probe: exit 0 when a writable primary answers, 1 otherwise (readiness probe).",
+    help="Only probe: exit 0 when a writable primary answers with the schema at head, "
+    "1 otherwise (readiness probe).",
 )
-def check(ready: bool) -> None:
+@click.option(
+    "--any-schema",
+    is_flag=True,
+    help="With --ready: do not require the schema at head (a job that waits for the server "
+    "in order to migrate it).",
+)
+def check(ready: bool, any_schema: bool) -> None:
     """Connect and report: server version, schema revision, pending migrations, row counts,
     and each server's role, replay lag and whether it is the one in use.
 
     Exits with status 1 when the database is unreachable or its schema is not at head.
     """
     cli = current()
+    if any_schema and not ready:
+        raise click.UsageError("--any-schema goes with --ready")
     if ready:
-        probe(cli)
+        probe(cli, schema=not any_schema)
         return
     report = build_report(cli)
     fmt = cli.output_format()
@@ -58,11 +67,22 @@ def check(ready: bool) -> None:
         )
 
 
-def probe(cli: CliContext) -> None:
-    """``check --ready``: a writable primary answers, or exit status 1 saying why not."""
+def probe(cli: CliContext, *, schema: bool = True) -> None:
+    """``check --ready``: a writable primary answers (with the schema at head unless
+    ``schema`` is False), or exit status 1 saying why not.
+
+    An unmigrated database is not ready: the Omejdn service refuses to start on
+    it, so a probe that said "ready" would send traffic to a server that fails.
+    """
+    import dataclasses
+
     from omejdn_pg.postgres import topology
 
     answer = topology.readiness(cli.connection())
+    if answer.ready and schema:
+        behind = schema_behind(cli)
+        if behind is not None:
+            answer = dataclasses.replace(answer, ready=False, reason=behind)
     fmt = cli.output_format()
     if fmt != "table":
         print_document(answer.as_dict(), fmt)
@@ -70,6 +90,24 @@ def probe(cli: CliContext) -> None:
         click.echo(f"ready: {answer.reason}")
     if not answer.ready:
         raise Failure(f"not ready: {answer.reason}")
+
+
+def schema_behind(cli: CliContext) -> str | None:
+    """What is wrong with the schema of the database in use, or None when it is at head."""
+    from omejdn_pg.postgres import migrate as migrations
+
+    cli.ensure_schema()
+    connection = cli.connection()
+    database = migrations.connect(connection)
+    try:
+        revision = migrations.current(database)
+    finally:
+        database.dispose()
+    head = migrations.head()
+    if revision == head and not migrations.pending_after(revision):
+        return None
+    found = "no omejdn_pg schema" if revision is None else f"schema revision {revision}"
+    return f"{connection.describe()} has {found}, {head} is needed; {SCHEMA_HINT}"
 
 
 def build_report(cli: CliContext) -> dict[str, Any]:

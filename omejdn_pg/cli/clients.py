@@ -29,6 +29,7 @@ from omejdn_pg.cli.output import (
     split_assignment,
     words,
 )
+from omejdn_pg.cli.prompts import read_password
 from omejdn_pg.cli.records import attribute_text, delete_many, find
 from omejdn_pg.client_metadata import AUTH_METHODS
 
@@ -290,16 +291,41 @@ def new_secret() -> str:
     help="Set a metadata field; VALUE is JSON or YAML ([a, b], 42, true), else text.",
 )
 @click.option("--unset", "unsets", multiple=True, metavar="KEY", help="Remove a metadata field.")
+@click.option(
+    "--secret-stdin",
+    is_flag=True,
+    help="Set client_secret to one line read from stdin: a secret given as --set "
+    "client_secret=... is visible to every user of the machine in `ps`.",
+)
 def clients_update(
-    client_id: str, source: str | None, sets: tuple[str, ...], unsets: tuple[str, ...]
+    client_id: str,
+    source: str | None,
+    sets: tuple[str, ...],
+    unsets: tuple[str, ...],
+    secret_stdin: bool,
 ) -> None:
-    """Change a client's metadata; every field not named stays as it is."""
-    if source is not None and (sets or unsets):
-        raise click.UsageError("give -f FILE or --set/--unset, not both")
-    if source is None and not (sets or unsets):
-        raise click.UsageError("nothing to update: give -f FILE, --set KEY=VALUE or --unset KEY")
+    """Change a client's metadata; every field not named stays as it is.
+
+    Give a new client_secret with --secret-stdin (or a hidden prompt on a
+    terminal), not on the command line, where `ps` shows it.
+    """
+    if source is not None and (sets or unsets or secret_stdin):
+        raise click.UsageError("give -f FILE or --set/--unset/--secret-stdin, not both")
+    if source is None and not (sets or unsets or secret_stdin):
+        raise click.UsageError(
+            "nothing to update: give -f FILE, --set KEY=VALUE, --unset KEY or --secret-stdin"
+        )
     replacement = read_mapping(source) if source is not None else None
     edits = {key: parse_scalar(value) for key, value in map(split_assignment, sets)}
+    if secret_stdin:
+        if SECRET in edits:
+            raise click.UsageError(f"give --secret-stdin or --set {SECRET}=..., not both")
+        edits[SECRET] = read_password(True, "Client secret")
+    elif SECRET in edits:
+        current().note(
+            f"warning: a {SECRET} on the command line is visible in `ps` and the shell's "
+            "history; use --secret-stdin"
+        )
     host = current().host()
     with host.batch():
         client: Client = find(host.clients, "client", client_id)

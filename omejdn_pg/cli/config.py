@@ -103,7 +103,12 @@ def config_set(section: str, source: str, fmt: str, replace: bool, dry_run: bool
 
     validate_section_name(section)
     text, name = read_text_source(source)
-    data = parse_document(text, name, fmt)
+    data = parse_document(text, name, fmt) if text.strip() else None
+    if data is None:
+        # `config set s </dev/null`, or a file of comments only: nothing to store.
+        raise Failure(
+            f"{name}: the input is empty; give the section as a YAML or JSON mapping or list"
+        )
     if not isinstance(data, dict | list):
         raise Failure(
             f"{name}: a configuration section must be a mapping or a list, "

@@ -44,6 +44,11 @@ PLUGINS_ENV: Final = "OMEJDN_PLUGINS"
 """The same name as ``omejdn_pg.settings.PLUGINS_ENV``, which imports the driver."""
 OUTPUT_FORMATS: Final = ("table", "json", "yaml")
 CONTEXT_SETTINGS: Final = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+URL_PASSWORD_WARNING: Final = (
+    "warning: the password in --url is visible to every user of this machine (`ps`) and "
+    "in the shell's history; put it in PGPASSWORD, ~/.pgpass or a service file, or the "
+    f"whole URL in ${URL_ENV}"
+)
 GLOBAL_OPTIONS_HINT: Final = (
     f"The global options (--url, --config, -o/--json, -q, -v) work here too; see '{PROG} --help'."
 )
@@ -125,11 +130,20 @@ class CliContext:
 
     def _resolve(self) -> Target:
         from omejdn_pg.errors import ConfigurationError
-        from omejdn_pg.settings import HANDLER_GROUPS, PLUGIN_NAME, ConnectionSettings
+        from omejdn_pg.settings import (
+            HANDLER_GROUPS,
+            PLUGIN_NAME,
+            ConnectionSettings,
+            key_encryption_from_env,
+            require_chosen_connection,
+        )
 
         static = self.static()
         section_present = static.plugins.get(PLUGIN_NAME) is not None
         base = dataclasses.replace(static.backend_settings(), handlers=frozenset(HANDLER_GROUPS))
+        key_encryption = key_encryption_from_env()
+        if key_encryption is not None:
+            base = dataclasses.replace(base, key_encryption=key_encryption)
         url, source = self.url, "--url"
         if not url and os.environ.get(URL_ENV):
             url, source = os.environ[URL_ENV], f"${URL_ENV}"
@@ -138,8 +152,11 @@ class CliContext:
                 connection = ConnectionSettings.from_url(url)
             except ConfigurationError as exc:
                 raise ConfigurationError(f"{source}: {exc}") from exc
+            if source == "--url" and "password" in connection.params:
+                self.note(URL_PASSWORD_WARNING)
             return Target(dataclasses.replace(base, connection=connection), source)
         if section_present:
+            require_chosen_connection(base)
             return Target(base, static.source)
         from omejdn_pg.cli import embedded
 
@@ -314,7 +331,8 @@ def global_options(*, hidden: bool) -> list[click.Parameter]:
             callback=_set_url,
             help=(
                 "The database: postgresql://, postgres://, postgresql+psycopg:// or libpq "
-                f"key=value; overrides the plugin files. Default: ${URL_ENV}."
+                f"key=value; overrides the plugin files. Default: ${URL_ENV}. Leave the "
+                "password out (`ps` shows arguments): PGPASSWORD, ~/.pgpass or a service file."
             ),
             **common,
         ),
@@ -332,7 +350,8 @@ def global_options(*, hidden: bool) -> list[click.Parameter]:
             ["-q", "--quiet"],
             is_flag=True,
             callback=_set_quiet,
-            help="Say nothing on stderr unless something fails.",
+            help="Say nothing on stderr unless something fails, and print no summary of "
+            "import, export or migrate (data asked for with -o still prints).",
             **common,
         ),
         click.Option(

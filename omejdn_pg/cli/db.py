@@ -42,9 +42,16 @@ def db_stop() -> None:
         current().note(f"the embedded PostgreSQL in {path} was not running")
 
 
+STOPPED_STATUS = 3
+"""LSB's "program is not running", so `omejdn-pg db status || ...` reads as for a service."""
+
+
 @db.command("status")
 def db_status() -> None:
-    """Whether the embedded PostgreSQL runs, and where (does not start it)."""
+    """Whether the embedded PostgreSQL runs, and where (does not start it).
+
+    Exit status 0 when it runs, 3 when it is stopped (as LSB init scripts say).
+    """
     from omejdn_pg.cli import embedded
 
     status = embedded.status(embedded.data_dir())
@@ -56,6 +63,8 @@ def db_status() -> None:
         click.echo(f"url: {embedded.url(status.connection())}")
     else:
         click.echo(f"stopped, data in {status.data_dir}")
+    if not status.running:
+        click.get_current_context().exit(STOPPED_STATUS)
 
 
 @db.command("url")

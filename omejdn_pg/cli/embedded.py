@@ -23,13 +23,14 @@ configure a connection instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -137,7 +138,8 @@ def start(path: Path) -> tuple[EmbeddedStatus, bool]:
         pgserver = _pgserver()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            pgserver.get_server(path, cleanup_mode=None)
+            with scrubbed_environment():
+                pgserver.get_server(path, cleanup_mode=None)
         except (OSError, subprocess.SubprocessError, RuntimeError, AssertionError) as exc:
             log_file = path / "log"
             raise EmbeddedError(
@@ -152,6 +154,32 @@ def start(path: Path) -> tuple[EmbeddedStatus, bool]:
             )
         ensure_database(current)
     return current, started
+
+
+KEPT_ENV: Final = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+"""What the server's processes may inherit of the CLI's environment (and ``LC_*``)."""
+
+
+@contextlib.contextmanager
+def scrubbed_environment() -> Iterator[None]:
+    """This process's environment reduced to :data:`KEPT_ENV` while the server starts.
+
+    pgserver starts ``initdb`` and ``pg_ctl`` with the inherited environment
+    and has no way to pass another; the server then lives on, as another
+    account under root, holding whatever the CLI had: a KEK variable,
+    ``PGPASSWORD``, ``OMEJDN_PG_URL`` with its password, readable in
+    ``/proc/<pid>/environ``. The CLI runs one thread here, so swapping
+    ``os.environ`` for the start is safe; it is put back whole after.
+    """
+    saved = dict(os.environ)
+    kept = {k: v for k, v in saved.items() if k in KEPT_ENV or k.startswith("LC_")}
+    os.environ.clear()
+    os.environ.update(kept)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def with_database(current: EmbeddedStatus, operation: Callable[[], T]) -> T:

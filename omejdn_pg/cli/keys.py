@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from omejdn_pg.host.facade import Host
     from omejdn_pg.keys import Key
 
+ALLOW_PLAINTEXT_HELP: Final = (
+    "Store the private key unsealed even though the database holds sealed keys "
+    "(refused otherwise when no key_encryption is configured)."
+)
+
+
 EC_CURVE_NAMES: Final = ("P-256", "P-384", "P-521")
 ALGS: Final = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 KEY_FIELDS: Final = (
@@ -151,6 +157,7 @@ def _private_key(curve: str | None, rsa_bits: int) -> Any:
 @click.option("--subject", metavar="CN", help="Certificate common name (default: TARGET).")
 @click.option("--days", type=click.IntRange(1, 36500), default=365, show_default=True)
 @click.option("--force", is_flag=True, help="Replace the target's existing key set.")
+@click.option("--allow-plaintext", is_flag=True, help=ALLOW_PLAINTEXT_HELP)
 def keys_generate(
     target_type: str,
     target: str,
@@ -160,6 +167,7 @@ def keys_generate(
     subject: str | None,
     days: int,
     force: bool,
+    allow_plaintext: bool,
 ) -> None:
     """Make TARGET_TYPE/TARGET hold one new key (RSA 2048 unless --ec), e.g. `omejdn omejdn`.
 
@@ -168,13 +176,22 @@ def keys_generate(
     from omejdn_pg.cli.certificates import self_signed_certificate
     from omejdn_pg.keys import Key
 
-    host = current().host()
+    host = writing_keys(allow_plaintext)
     ensure_replaceable(host, target_type, target, force)
     private = _private_key(curve, rsa_bits)
     certs = [self_signed_certificate(private, subject or target, days)] if self_signed else []
     key = Key(private.public_key(), private, certs)
     host.keys.store(target_type, target, [key])
     click.echo(f"generated {target_type}/{target}: kid {key.kid}")
+
+
+def writing_keys(allow_plaintext: bool) -> Host:
+    """The host, its key writes allowed to store plain private keys beside sealed ones
+    only with ``--allow-plaintext``."""
+    host = current().host()
+    if host.postgres is not None:
+        host.postgres.allow_plaintext = allow_plaintext
+    return host
 
 
 def ensure_replaceable(host: Host, target_type: str, target: str, force: bool) -> None:
@@ -196,6 +213,7 @@ def ensure_replaceable(host: Host, target_type: str, target: str, force: bool) -
 @click.option("--alg", type=click.Choice(ALGS), help="The key's alg (default: by key type).")
 @click.option("--use", "use", type=click.Choice(("sig", "enc")), help="The key's use.")
 @click.option("--force", is_flag=True, help="Replace the target's existing key set.")
+@click.option("--allow-plaintext", is_flag=True, help=ALLOW_PLAINTEXT_HELP)
 def keys_import(
     target_type: str,
     target: str,
@@ -205,6 +223,7 @@ def keys_import(
     alg: str | None,
     use: str | None,
     force: bool,
+    allow_plaintext: bool,
 ) -> None:
     """Make a PEM key and/or certificate chain the one key of TARGET_TYPE/TARGET."""
     from omejdn_pg.keys import Key
@@ -217,7 +236,7 @@ def keys_import(
     key = Key.from_pem(
         key_text, cert_text, params, what=" and ".join(n for n in (key_name, cert_name) if n)
     )
-    host = current().host()
+    host = writing_keys(allow_plaintext)
     ensure_replaceable(host, target_type, target, force)
     host.keys.store(target_type, target, [key])
     click.echo(f"imported {target_type}/{target}: kid {key.kid}")

@@ -46,13 +46,16 @@ def migrate_upgrade(revision: str, grant_role: str | None = None) -> None:
     """Upgrade the schema to REVISION (default: head)."""
     from omejdn_pg.postgres import migrate as migrations
 
-    connection = current().connection()
+    cli = current()
+    connection = cli.connection()
     before, after = run_step(connection, lambda db: migrations.upgrade(db, revision))
     where = connection.describe()
     if before == after:
-        click.echo(f"{where}: already at {revision_text(after)}, nothing to do")
+        summary = f"{where}: already at {revision_text(after)}, nothing to do"
     else:
-        click.echo(f"{where}: upgraded from {revision_text(before)} to {revision_text(after)}")
+        summary = f"{where}: upgraded from {revision_text(before)} to {revision_text(after)}"
+    if not cli.quiet:
+        click.echo(summary)
     if grant_role is not None:
         database = migrations.connect(connection)
         try:
@@ -60,7 +63,8 @@ def migrate_upgrade(revision: str, grant_role: str | None = None) -> None:
         finally:
             database.dispose()
         made = ", ".join(provisioned) or "none needed"
-        click.echo(f"{where}: {grant_role} may read and write; sections provisioned: {made}")
+        if not cli.quiet:
+            click.echo(f"{where}: {grant_role} may read and write; sections provisioned: {made}")
 
 
 @migrate.command("downgrade")
@@ -76,10 +80,11 @@ def migrate_downgrade(revision: str, yes: bool) -> None:
         current().note("nothing changed")
         return
     before, after = run_step(connection, lambda db: migrations.downgrade(db, revision))
-    click.echo(
-        f"{connection.describe()}: downgraded from {revision_text(before)} "
-        f"to {revision_text(after)}"
-    )
+    if not current().quiet:
+        click.echo(
+            f"{connection.describe()}: downgraded from {revision_text(before)} "
+            f"to {revision_text(after)}"
+        )
 
 
 @migrate.command("current")

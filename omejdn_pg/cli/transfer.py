@@ -56,7 +56,8 @@ valid now is refused, naming its file, before anything is written.
 Export reads everything inside one ``host.snapshot()`` (a single REPEATABLE
 READ transaction), so the files are one consistent state even while the
 server keeps writing. It writes the current layout into a new directory
-beside the target (``.<name>.export-*``, mode 0700) and renames it into place
+beside the target (``.<name>.export-<pid>-*``, mode 0700; one whose process is
+gone, killed mid-export, is deleted by the next export) and renames it into place
 only when it is complete: an error leaves no partial directory and an
 existing target untouched. ``force`` replaces an existing deployment
 directory atomically too (an exchange of the two directories where the
@@ -855,7 +856,9 @@ def export_deployment(host: Host, path: Path, *, force: bool = False) -> Report:
     parent = path.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.export-", dir=parent))
+        _clear_stale_staging(parent, path.name)
+        prefix = f".{path.name}.export-{os.getpid()}-"
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     except OSError as exc:
         raise TransferError(f"{exc.filename or parent}: cannot write: {exc.strerror}") from exc
     try:
@@ -949,6 +952,21 @@ def _fsync_tree(root: Path) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+def _clear_stale_staging(parent: Path, name: str) -> None:
+    """Delete ``.NAME.export-PID-*`` staging folders whose export was killed (SIGKILL,
+    power loss): its process is gone. One of a running export is left alone."""
+    for folder in parent.glob(f".{name}.export-*-*"):
+        pid = folder.name[len(f".{name}.export-") :].split("-", 1)[0]
+        if not pid.isdigit() or folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            continue  # another account's process: alive
 
 
 def _move_into_place(staging: Path, path: Path, replace: bool) -> None:

@@ -51,13 +51,17 @@ def import_(directory: Path, dry_run: bool) -> None:
     host = cli.host()
     policy = password_policy(cli)
     diffs = field_diffs(directory, host, policy) if cli.verbose else None
-    with import_progress(cli) as progress:
-        report = run_import(directory, host, policy, dry_run, progress)
+    try:
+        with import_progress(cli) as progress:
+            report = run_import(directory, host, policy, dry_run, progress)
+    except KeyboardInterrupt:
+        # The import is one transaction: interrupted before its COMMIT, it rolled back.
+        raise KeyboardInterrupt("nothing was written (the import is one transaction)") from None
     for note in report.notes:
         cli.note(note)
     if cli.output_format() != "table":
         print_document(import_document(report, diffs), cli.output_format())
-    else:
+    elif not cli.quiet:
         print_import(report, diffs, directory, dry_run)
 
 
@@ -184,6 +188,8 @@ def export(directory: Path, force: bool) -> None:
         cli.note(note)
     if cli.output_format() != "table":
         print_document(report.as_dict(), cli.output_format())
+        return
+    if cli.quiet:
         return
     rows = [(kind, c["create"]) for kind, c in report.counts().items()]
     print_table(["", "written"], rows, title=f"exported to {directory}")

@@ -39,11 +39,18 @@ def users() -> None:
 
 
 def user_view(user: User) -> dict[str, Any]:
-    """The user's YAML form, with whether it has a password in place of the hash."""
+    """The user's YAML form, with whether it has a password in place of the hash, and
+    ``backend`` and ``extern`` always there, as ``users list`` has them."""
     fields = user.to_dict()
     del fields["username"]
     fields.pop("password", None)
-    return {"username": user.username, "has_password": user.password is not None, **fields}
+    return {
+        "username": user.username,
+        "backend": user.backend,
+        "extern": user.extern,
+        "has_password": user.password is not None,
+        **fields,
+    }
 
 
 def user_record(user: User) -> dict[str, Any]:

@@ -53,9 +53,12 @@ Driver errors are translated here, once, into the package's own exceptions.
 from __future__ import annotations
 
 import datetime
+import getpass
 import itertools
 import logging
+import os
 import random
+import re
 import threading
 import time
 import weakref
@@ -81,6 +84,7 @@ from omejdn_pg.postgres.patroni import ClusterView, PatroniWatch
 from omejdn_pg.postgres.readpool import DirectReader, ReadPool, node_read_only
 from omejdn_pg.postgres.repositories.common import ConnectionReader, Reader
 from omejdn_pg.postgres.schema import metadata
+from omejdn_pg.postgres.startup import StartupSettings
 from omejdn_pg.postgres.topology import STANDBY_STATE, format_lsn, parse_lsn
 from omejdn_pg.settings import (
     BackendSettings,
@@ -105,6 +109,7 @@ def build_engine(
     timeouts: TimeoutSettings | None = None,
     *,
     prepare: bool | None = None,
+    startup: StartupSettings | None = None,
 ) -> Engine:
     """An engine whose connections are made by psycopg from libpq keywords.
 
@@ -133,7 +138,30 @@ def build_engine(
     )
     if prepare is None:
         event.listen(engine, "connect", _no_prepares_behind_a_pooler)
+    startup = startup or StartupSettings(connect_args)
+    event.listen(
+        engine,
+        "do_connect",
+        lambda dialect, _record, cargs, cparams: startup.connect(
+            lambda **kwargs: dialect.connect(*cargs, **kwargs), cparams
+        ),
+    )
+    event.listen(engine, "begin", lambda conn: _set_per_transaction(conn, startup))
     return engine
+
+
+def _set_per_transaction(conn: Connection, startup: StartupSettings) -> None:
+    """Behind a pooler that refused the startup options: set them in this transaction."""
+    statement = startup.per_transaction
+    if not statement:
+        return
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    if driver.autocommit:
+        # An AUTOCOMMIT read gets a transaction of its own, ended by the rollback
+        # SQLAlchemy sends when the connection goes back to the pool.
+        driver.execute(b"BEGIN")
+    driver.execute(statement)
 
 
 def connect_arguments(
@@ -143,7 +171,7 @@ def connect_arguments(
     prepare: bool | None = None,
 ) -> dict[str, Any]:
     """What ``psycopg.connect`` is called with, for the engine and the read pool alike."""
-    connect_args: dict[str, Any] = dict(connection.params)
+    connect_args: dict[str, Any] = connection.connect_params()
     connect_args["options"] = " ".join(
         part
         for part in (
@@ -482,9 +510,10 @@ class Database:
     ) -> Database:
         def replica(node: ConnectionSettings) -> Replica:
             node = _bounded_connect(node)
+            node_startup = StartupSettings(connect_arguments(node, timeouts))
             return Replica(
                 node,
-                build_engine(node, pool, timeouts, prepare=prepare),
+                build_engine(node, pool, timeouts, prepare=prepare, startup=node_startup),
                 ReadPool(
                     connect_arguments(node, timeouts, prepare=prepare),
                     pool or PoolSettings(),
@@ -493,12 +522,14 @@ class Database:
                     read_only_since=lambda: float("-inf"),
                     found_read_only=lambda: None,
                     standby=True,
+                    startup=node_startup,
                 ),
             )
 
         static = replicas.connections(connection) if replicas is not None else ()
         nodes = [replica(node) for node in static]
-        engine = build_engine(connection, pool, timeouts, prepare=prepare)
+        startup = StartupSettings(connect_arguments(connection, timeouts))
+        engine = build_engine(connection, pool, timeouts, prepare=prepare, startup=startup)
         guard = ReadOnlyGuard.install(engine)
         direct_reads = ReadPool(
             connect_arguments(connection, timeouts, prepare=prepare),
@@ -507,6 +538,7 @@ class Database:
             behind_pooler=behind_pooler,
             read_only_since=lambda: guard.since,
             found_read_only=guard.found_read_only,
+            startup=startup,
         )
         database = cls(
             engine,
@@ -663,7 +695,10 @@ class Database:
         pooled = pool.checkout()
         try:
             listeners = self.engine.dispatch.before_cursor_execute
-            return operation(DirectReader(pooled.conn, listeners if listeners else None))
+            reader = DirectReader(
+                pooled.conn, listeners if listeners else None, pool.startup.per_transaction
+            )
+            return operation(reader)
         finally:
             pool.checkin(pooled)
 
@@ -912,6 +947,9 @@ class Database:
                 "failover) and no writable primary answered; with several hosts, set "
                 "target_session_attrs: read-write"
             )
+        refused = authentication_problem(original, self.connection)
+        if refused is not None:
+            return StorageUnavailable(f"{refused} at {where}{AUTHENTICATION_ADVICE}")
         if isinstance(error, exc.DBAPIError) and (
             error.connection_invalidated or _is_unavailable(original)
         ):
@@ -997,6 +1035,36 @@ def _is_unavailable(original: object) -> bool:
     state = original.sqlstate
     # Failures to connect carry no SQLSTATE: libpq never reached a server that said one.
     return state is None or state.startswith(_UNAVAILABLE_CLASSES) or state in _UNAVAILABLE_STATES
+
+
+AUTHENTICATION_ADVICE: Final = (
+    ": check the password where this connection takes it from (the URL or plugin file's "
+    "password, PGPASSWORD, ~/.pgpass, the service file) and that the server's pg_hba.conf "
+    "admits this user from this host to this database"
+)
+_REFUSED_USER: Final = re.compile(r'(?:authentication failed|pg_hba\.conf entry).*user "([^"]*)"')
+
+
+def authentication_problem(original: object, connection: ConnectionSettings) -> str | None:
+    """``authentication failed for user "X"`` when the server refused who we are, else None.
+
+    A refused login is not an unavailable server: waiting will not help, and
+    the operator has to fix a password or pg_hba.conf. libpq reports it before
+    any SQLSTATE reaches the client, so its message is what says so.
+    """
+    if not isinstance(original, psycopg.OperationalError):
+        return None
+    message = str(original)
+    state = original.sqlstate or ""
+    named = _REFUSED_USER.search(message)
+    missing = "no password supplied" in message
+    if named is None and not missing and not state.startswith("28"):
+        return None
+    user = named.group(1) if named is not None else connection.params.get("user")
+    user = user or os.environ.get("PGUSER") or getpass.getuser()
+    if missing:
+        return f'authentication failed for user "{user}" (a password is required: none given)'
+    return f'authentication failed for user "{user}"'
 
 
 def _first_line(text: str) -> str:

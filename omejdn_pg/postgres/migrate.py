@@ -52,7 +52,13 @@ from omejdn_pg.errors import (
 )
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.schema import is_section_table
-from omejdn_pg.settings import ConnectionSettings, PoolSettings, StaticConfiguration
+from omejdn_pg.settings import (
+    PLUGIN_NAME,
+    ConnectionSettings,
+    PoolSettings,
+    StaticConfiguration,
+    require_chosen_connection,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -113,7 +119,11 @@ def connection_settings(
     url = url or env.get(URL_ENV)
     if url:
         return ConnectionSettings.from_url(url)
-    return StaticConfiguration.from_env(env).backend_settings().connection
+    static = StaticConfiguration.from_env(env)
+    settings = static.backend_settings()
+    if static.plugins.get(PLUGIN_NAME) is not None:
+        require_chosen_connection(settings, env)
+    return settings.connection
 
 
 def alembic_config(connection_settings: ConnectionSettings | None = None) -> Config:

@@ -71,7 +71,12 @@ from omejdn_pg.postgres.repositories.users import (
     stored_password,
 )
 from omejdn_pg.sealing import Keyring
-from omejdn_pg.settings import BACKEND_NAME, BackendSettings, CacheSettings
+from omejdn_pg.settings import (
+    BACKEND_NAME,
+    BackendSettings,
+    CacheSettings,
+    require_chosen_connection,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,6 +93,8 @@ class PostgresBackendPlugin:
         self.settings: BackendSettings | None = None
         self.policy = PasswordPolicy()
         self.keyring = Keyring()
+        self.allow_plaintext = False
+        """Let key writes store a plain private key beside sealed ones (``--allow-plaintext``)."""
         """Key-encryption keys sealing private keys at rest (none: plain PEM)."""
         self.cache: ReadCache | None = None
         """The read cache, once :meth:`start_cache` (``init``) started it."""
@@ -108,6 +115,7 @@ class PostgresBackendPlugin:
     def init(self, loader: events.EventBus) -> None:
         """Connect, check the schema, and register handlers for the configured groups."""
         self.settings = settings = loader.configuration.backend_settings()
+        require_chosen_connection(settings)
         self.policy = PasswordPolicy(settings.passwords)
         self.keyring = Keyring.from_settings(settings.key_encryption)
         database = Database.for_backend(settings)
@@ -342,7 +350,7 @@ class PostgresBackendPlugin:
 
     def keys(self, conn: Connection) -> KeyRepository:
         """The key repository on ``conn``, sealing and opening with this plugin's keyring."""
-        return KeyRepository(conn, self.keyring)
+        return KeyRepository(conn, self.keyring, allow_plaintext=self.allow_plaintext)
 
     def client_get(self, client_id: str, **_: Any) -> Client | None:
         return self._cached(

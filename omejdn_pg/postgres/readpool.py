@@ -50,6 +50,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
 from omejdn_pg.postgres.repositories.common import DIALECT
+from omejdn_pg.postgres.startup import StartupSettings
 from omejdn_pg.settings import PoolSettings
 
 
@@ -140,11 +141,19 @@ class StatementListener(Protocol):
 class DirectReader:
     """Runs reads on one autocommit driver connection (a :class:`ReadPool`'s)."""
 
-    __slots__ = ("conn", "listeners")
+    __slots__ = ("conn", "listeners", "per_transaction")
 
-    def __init__(self, conn: psycopg.Connection[Any], listeners: StatementListener | None) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        listeners: StatementListener | None,
+        per_transaction: bytes = b"",
+    ) -> None:
         self.conn = conn
         self.listeners = listeners
+        self.per_transaction = per_transaction
+        """Settings a pooler refused at startup (:mod:`~omejdn_pg.postgres.startup`): then
+        each read runs in a transaction that sets them first."""
 
     def rows(
         self,
@@ -165,9 +174,18 @@ class DirectReader:
             cursor = self.conn.cursor(row_factory=read.row_factory)
             if self.listeners is not None:
                 self.listeners(None, cursor, read.sql, values, None, False)
-            cursor.execute(read.sql, values)
+            if not self.per_transaction:
+                cursor.execute(read.sql, values)
+                return cursor.fetchall()
+            # One round trip still: the four statements go out as one pipeline.
+            with self.conn.pipeline():
+                self.conn.execute(b"BEGIN")
+                self.conn.execute(self.per_transaction)
+                cursor.execute(read.sql, values)
+                self.conn.execute(b"COMMIT")
             return cursor.fetchall()
         except psycopg.Error as error:
+            self._end_transaction()
             raise self._wrapped(read, error) from error
 
     def stream(
@@ -187,13 +205,29 @@ class DirectReader:
             cursor = self.conn.cursor(row_factory=tuple_row)
             if self.listeners is not None:
                 self.listeners(None, cursor, read.sql, values, None, False)
+            if self.per_transaction:
+                with self.conn.pipeline():
+                    self.conn.execute(b"BEGIN")
+                    self.conn.execute(self.per_transaction)
             if not CHUNKED_ROWS:
                 cursor.execute(read.sql, values)
                 yield from cursor.fetchall()
-                return
-            yield from cursor.stream(read.sql, values, size=STREAM_CHUNK)
+            else:
+                yield from cursor.stream(read.sql, values, size=STREAM_CHUNK)
+            if self.per_transaction:
+                self.conn.execute(b"COMMIT")
         except psycopg.Error as error:
+            self._end_transaction()
             raise self._wrapped(read, error) from error
+        finally:
+            if self.per_transaction:
+                self._end_transaction()
+
+    def _end_transaction(self) -> None:
+        """Roll back a transaction a failed or abandoned read left open (none: nothing sent)."""
+        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.rollback()
 
     def _wrapped(self, read: CompiledRead, error: psycopg.Error) -> exc.StatementError:
         return exc.DBAPIError.instance(
@@ -225,8 +259,10 @@ class ReadPool:
         read_only_since: Callable[[], float],
         found_read_only: Callable[[], None],
         standby: bool = False,
+        startup: StartupSettings | None = None,
     ) -> None:
         self._connect_args = dict(connect_args)
+        self.startup = startup or StartupSettings(connect_args)
         self._standby = standby
         """A standby's pool: read-only is what its node is, not a reason to discard."""
         self._size = pool.size
@@ -334,8 +370,9 @@ class ReadPool:
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            conn = psycopg.connect(
-                **self._connect_args, autocommit=True, row_factory=namedtuple_row
+            conn = self.startup.connect(
+                psycopg.connect,
+                {**self._connect_args, "autocommit": True, "row_factory": namedtuple_row},
             )
         except psycopg.Error as error:
             raise exc.DBAPIError.instance(

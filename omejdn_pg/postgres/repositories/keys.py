@@ -44,7 +44,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Table, bindparam, delete, func, insert, or_, select
 
 from omejdn_pg import lifecycle
-from omejdn_pg.errors import InvalidKeyMaterial
+from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial
 from omejdn_pg.keys import Key, KeySet, weak_key_problem
 from omejdn_pg.names import check_file_name
 from omejdn_pg.postgres.repositories.common import (
@@ -62,6 +62,7 @@ from omejdn_pg.postgres.schema import (
     SECRET_KEY,
     KeyRecord,
 )
+from omejdn_pg.sealing import PREFIX as SEALED_PREFIX
 from omejdn_pg.sealing import Keyring, is_sealed, row_context, sealed_by
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,13 @@ _warned: set[tuple[str, str, str, str]] = set()
 class KeyRepository:
     """Key sets per ``(target_type, target)`` on a connection the caller owns."""
 
-    def __init__(self, conn: Connection, keyring: Keyring | None = None) -> None:
+    def __init__(
+        self, conn: Connection, keyring: Keyring | None = None, *, allow_plaintext: bool = False
+    ) -> None:
         self.conn = conn
         self.keyring = keyring or Keyring()
+        self.allow_plaintext = allow_plaintext
+        """Write private keys in plain text even where others are sealed (see :meth:`modify`)."""
 
     # --- reads -------------------------------------------------------------------
 
@@ -197,12 +202,41 @@ class KeyRepository:
     def _write(self, target_type: str, target: str, keys: Sequence[Key]) -> KeySet:
         result = KeySet(lifecycle.ordered(keys))
         rows = key_rows(target_type, target, result, self.keyring)
+        self._refuse_plaintext_beside_sealed(target_type, target, rows)
         self.conn.execute(
             delete(KEYS).where(KEYS.c.target_type == target_type, KEYS.c.target == target)
         )
         if rows:
             self.conn.execute(insert(KEYS), rows)
         return result
+
+    def _refuse_plaintext_beside_sealed(
+        self, target_type: str, target: str, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """A plain private key is not written where others are sealed, unless allowed.
+
+        Sealed keys in the table say the operator chose key encryption; a
+        process without the KEK (a CLI given only ``--url``, a service whose
+        plugin file lost ``key_encryption``) would otherwise store a readable
+        private key beside them without a word.
+        """
+        if self.keyring or self.allow_plaintext:
+            return
+        if not any(row["type"] in _KEY_TYPES and _is_private_pem(row["value"]) for row in rows):
+            return
+        sealed = self.conn.execute(
+            select(KEYS.c.value)
+            .where(KEYS.c.type.in_(_KEY_TYPES), KEYS.c.value.startswith(SEALED_PREFIX))
+            .limit(1)
+        ).first()
+        if sealed is not None:
+            raise ConfigurationError(
+                f"keys {target_type}/{target}: the database holds private keys sealed by "
+                f"key-encryption key {sealed_by(sealed.value)!r}, and none is configured here, "
+                "so this private key would be stored in plain text beside them; configure "
+                "key_encryption (--config, or $OMEJDN_PG_KEY_ENCRYPTION with --url), or pass "
+                "--allow-plaintext to store it unsealed on purpose"
+            )
 
     def delete(self, target_type: str, target: str) -> bool:
         """Delete the target's whole set; False if nothing was stored."""
