@@ -356,6 +356,8 @@ def test_users(url: str, database: ConnectionSettings, plain_sql: Any) -> None:
     shown = json.loads(ok(omejdn_pg("--url", url, "users", "show", "grace", "--json")).stdout)
     assert shown == {
         "username": "grace",
+        "backend": "postgres",
+        "extern": None,
         "has_password": True,
         "attributes": {"email": "grace@example.org", "email_verified": True},
     }

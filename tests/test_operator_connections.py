@@ -130,14 +130,15 @@ def test_every_command_gives_up_on_a_silent_server(silent_server: int) -> None:
     url = f"postgresql://omejdn@127.0.0.1:{silent_server}/omejdn"
     limit = DEFAULT_CONNECT_TIMEOUT * 3
     cli = [sys.executable, "-m", "omejdn_pg", "--url", url, "users", "list"]
-    seconds, stderr = timed(cli, clean_env(), limit)
-    assert DEFAULT_CONNECT_TIMEOUT - 1 <= seconds < limit, seconds
+    default, stderr = timed(cli, clean_env(), limit)
+    assert DEFAULT_CONNECT_TIMEOUT - 1 <= default < limit, default
     assert "timeout expired" in stderr
-    # Overridable: in the URL, or libpq's own variable.
-    seconds, _ = timed([*cli[:4], f"{url}?connect_timeout=2", *cli[5:]], clean_env(), limit)
-    assert seconds < DEFAULT_CONNECT_TIMEOUT - 2, seconds
-    seconds, _ = timed(cli, {**clean_env(), "PGCONNECT_TIMEOUT": "2"}, limit)
-    assert seconds < DEFAULT_CONNECT_TIMEOUT - 2, seconds
+    # Overridable: in the URL, or libpq's own variable. Compared with the default
+    # run rather than a fixed figure: the interpreter's start varies with the load.
+    shorter, _ = timed([*cli[:4], f"{url}?connect_timeout=2", *cli[5:]], clean_env(), limit)
+    assert shorter < default - 5, (shorter, default)
+    shorter, _ = timed(cli, {**clean_env(), "PGCONNECT_TIMEOUT": "2"}, limit)
+    assert shorter < default - 5, (shorter, default)
 
 
 def test_the_service_gives_up_on_a_silent_server(silent_server: int, tmp_path: Path) -> None:

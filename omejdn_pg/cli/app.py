@@ -174,6 +174,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             context.secrets(),
         )
         return 1
+    context.say_warnings()
     return result if isinstance(result, int) else 0
 
 

@@ -78,6 +78,8 @@ class CliContext:
         self._owns_host = host is None
         self._database: Database | None = None
         self._migrated = False
+        self.warnings: list[str] = []
+        """Said after the command succeeded (an error stays the one line on stderr)."""
 
     # --- what the operator sees on stderr ----------------------------------------
 
@@ -85,6 +87,12 @@ class CliContext:
         """Say something on stderr, unless ``-q``."""
         if not self.quiet:
             click.echo(f"{PROG}: {message}", err=True)
+
+    def say_warnings(self) -> None:
+        """The warnings gathered while the command ran, unless ``-q``."""
+        for warning in self.warnings:
+            self.note(warning)
+        self.warnings.clear()
 
     def info(self, message: str) -> None:
         """Say something on stderr only with ``-v`` (and without ``-q``)."""
@@ -153,7 +161,7 @@ class CliContext:
             except ConfigurationError as exc:
                 raise ConfigurationError(f"{source}: {exc}") from exc
             if source == "--url" and "password" in connection.params:
-                self.note(URL_PASSWORD_WARNING)
+                self.warnings.append(URL_PASSWORD_WARNING)
             return Target(dataclasses.replace(base, connection=connection), source)
         if section_present:
             require_chosen_connection(base)
