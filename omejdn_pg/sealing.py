@@ -1,6 +1,6 @@
 """Private keys sealed at rest: envelope encryption bound to the row that holds the value.
 
-A sealed value is ``$omejdn-pg-sealed$v1$<kek id>$<wrapped key>$<ciphertext>``:
+A sealed value is ``$omejdn-pg-sealed$v1$<kek id>$<wrapped key>$<ciphertext>[$<public>]``:
 a fresh 256-bit data key encrypts the PEM with AES-256-GCM, and the
 key-encryption key (KEK) named in the value wraps that data key with
 AES-256-GCM too. Both encryptions take the row's identity —
@@ -9,6 +9,14 @@ a sealed value copied to another row (another target, another kid) does not
 open, and the value says which KEK opens it, so several can be configured:
 the first seals, all open. Re-wrapping under a new KEK touches only the
 wrapped data key, never the key material's ciphertext.
+
+The optional last field is the key's public half (DER, base64url) in clear,
+so that listing keys and publishing the JWKS need no KEK; it is part of the
+associated data too, so a public half swapped by someone with write access
+to the table makes the value fail to open (until then, a process without the
+KEK publishes what the row says, as it does a certificate row). Values
+sealed before the field existed have none: those need the KEK, or a
+certificate, to be listed without it, and ``keys rewrap`` adds it.
 
 The trade-offs, stated where they are made: a database superuser still sees
 which targets have keys and can delete them (sealing is about reading, not
@@ -97,7 +105,12 @@ def row_context(target_type: str, target: str, kid: str, kind: str) -> bytes:
 class Keyring:
     """The configured key-encryption keys: the first seals, every one opens."""
 
-    def __init__(self, keys: Sequence[KeySource] = ()) -> None:
+    def __init__(self, keys: Sequence[KeySource] = (), *, public_only: bool = False) -> None:
+        """``public_only``: a value sealed by a KEK that is not here reads as its public
+        half (``keys list``, ``keys jwks``) instead of failing; see :meth:`public_of`."""
+        self.public_only = public_only
+        self.unopened: set[bytes] = set()
+        """Row contexts of the values read as their public half only (``public_only``)."""
         ids = [key.id for key in keys]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
@@ -115,22 +128,41 @@ class Keyring:
     def current(self) -> KeySource | None:
         return self.keys[0] if self.keys else None
 
-    def seal(self, plaintext: str, context: bytes) -> str:
-        """``plaintext`` sealed under the current KEK; unchanged when none is configured."""
+    def seal(self, plaintext: str, context: bytes, public: bytes | None = None) -> str:
+        """``plaintext`` sealed under the current KEK; unchanged when none is configured.
+
+        ``public``: the key's public half (DER SubjectPublicKeyInfo), kept in
+        clear as a fourth field so that listing and publishing keys need no KEK,
+        and bound to the value as associated data so that a swapped one makes
+        the value fail to open.
+        """
         kek = self.current
         if kek is None:
             return plaintext
+        bound = _bound(context, public)
         data_key = AESGCM.generate_key(bit_length=256)
         nonce = secrets.token_bytes(NONCE_BYTES)
-        ciphertext = nonce + AESGCM(data_key).encrypt(nonce, plaintext.encode("utf-8"), context)
-        wrapped = kek.wrap(data_key, context)
-        return f"{PREFIX}{kek.id}${_b64(wrapped)}${_b64(ciphertext)}"
+        ciphertext = nonce + AESGCM(data_key).encrypt(nonce, plaintext.encode("utf-8"), bound)
+        wrapped = kek.wrap(data_key, bound)
+        return _format(kek.id, wrapped, ciphertext, public)
+
+    def opens(self, value: str) -> bool:
+        """Whether the KEK that sealed ``value`` is here (a plain value: True)."""
+        kek_id = sealed_by(value)
+        return kek_id is None or kek_id in self._by_id
+
+    def public_of(self, value: str, context: bytes, what: str) -> bytes | None:
+        """The public half stored with a sealed ``value`` (None: sealed before it was kept),
+        for a ``public_only`` keyring without the KEK that sealed it."""
+        self.unopened.add(context)
+        return _fields(value, what)[3]
 
     def open(self, value: str, context: bytes, what: str) -> str:
         """The plaintext of a sealed ``value`` (a plain value is returned as it is)."""
         if not is_sealed(value):
             return value
-        kek_id, wrapped, ciphertext = _parts(value, what)
+        kek_id, wrapped, ciphertext, public = _fields(value, what)
+        bound = _bound(context, public)
         kek = self._by_id.get(kek_id)
         if kek is None:
             configured = ", ".join(repr(k.id) for k in self.keys) or "none"
@@ -139,9 +171,9 @@ class Keyring:
                 f"(configured: {configured})"
             )
         try:
-            data_key = kek.unwrap(wrapped, context)
+            data_key = kek.unwrap(wrapped, bound)
             nonce, body = ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:]
-            return AESGCM(data_key).decrypt(nonce, body, context).decode("utf-8")
+            return AESGCM(data_key).decrypt(nonce, body, bound).decode("utf-8")
         except (InvalidTag, ValueError) as error:
             raise InvalidKeyMaterial(
                 f"{what}: key-encryption key {kek_id!r} does not open the sealed value "
@@ -156,21 +188,22 @@ class Keyring:
             raise ConfigurationError("no key-encryption key is configured to seal with")
         if not is_sealed(value):
             return self.seal(value, context)
-        kek_id, wrapped, ciphertext = _parts(value, what)
+        kek_id, wrapped, ciphertext, public = _fields(value, what)
         if kek_id == kek.id:
             return value
+        bound = _bound(context, public)
         old = self._by_id.get(kek_id)
         if old is None:
             raise InvalidKeyMaterial(
                 f"{what}: sealed by key-encryption key {kek_id!r}, which is not configured"
             )
         try:
-            data_key = old.unwrap(wrapped, context)
+            data_key = old.unwrap(wrapped, bound)
         except (InvalidTag, ValueError) as error:
             raise InvalidKeyMaterial(
                 f"{what}: key-encryption key {kek_id!r} does not open the sealed value"
             ) from error
-        return f"{PREFIX}{kek.id}${_b64(kek.wrap(data_key, context))}${_b64(ciphertext)}"
+        return _format(kek.id, kek.wrap(data_key, bound), ciphertext, public)
 
     @classmethod
     def from_settings(
@@ -230,11 +263,35 @@ def generate_secret() -> str:
 
 
 def _parts(value: str, what: str) -> tuple[str, bytes, bytes]:
+    kek_id, wrapped, ciphertext, _public = _fields(value, what)
+    return kek_id, wrapped, ciphertext
+
+
+def public_half(value: str, what: str) -> bytes | None:
+    """The public half stored in clear with a sealed ``value``; None when it has none."""
+    return _fields(value, what)[3]
+
+
+def _fields(value: str, what: str) -> tuple[str, bytes, bytes, bytes | None]:
+    """``(kek id, wrapped data key, ciphertext, public half or None)`` of a sealed value."""
     try:
-        kek_id, wrapped, ciphertext = value[len(PREFIX) :].split("$")
-        return kek_id, _unb64(wrapped), _unb64(ciphertext)
+        kek_id, wrapped, ciphertext, *rest = value[len(PREFIX) :].split("$")
+        if len(rest) > 1 or (rest and not rest[0]):
+            raise ValueError("too many fields")
+        public = _unb64(rest[0]) if rest else None
+        return kek_id, _unb64(wrapped), _unb64(ciphertext), public
     except (ValueError, binascii.Error) as error:
         raise InvalidKeyMaterial(f"{what}: the sealed value is malformed") from error
+
+
+def _format(kek_id: str, wrapped: bytes, ciphertext: bytes, public: bytes | None) -> str:
+    value = f"{PREFIX}{kek_id}${_b64(wrapped)}${_b64(ciphertext)}"
+    return value + f"${_b64(public)}" if public else value
+
+
+def _bound(context: bytes, public: bytes | None) -> bytes:
+    """The associated data: the row's identity, and the public half stored in clear."""
+    return context if public is None else context + b"\x00public\x00" + public
 
 
 def _decode_secret(text: bytes, kek_id: str, origin: str) -> bytes:

@@ -8,12 +8,14 @@ the command line against the test database, and the rows are read with SQL.
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 import pytest
 
 from omejdn_pg.errors import ConfigurationError
-from omejdn_pg.sealing import Keyring, LocalKey, generate_secret
+from omejdn_pg.sealing import Keyring, LocalKey, generate_secret, row_context
 from omejdn_pg.settings import ConnectionSettings, parse_backend_section
 from tests.helpers import ok, omejdn_pg, one_error_line
 from tests.secrets import watch
@@ -120,3 +122,65 @@ def test_a_kek_id_outside_the_safe_alphabet_is_refused_before_anything_is_sealed
 def test_safe_ids_still_work() -> None:
     for kek_id in ("kek-1", "prod.2026", "A_b-9", "x" * 64):
         assert Keyring([LocalKey(kek_id, b"k" * 32)]).current is not None
+
+
+# --- listing and publishing without the KEK -------------------------------------------------
+
+
+def listed(url: str, env: dict[str, str] | None = None) -> list[dict[str, object]]:
+    views: list[dict[str, object]] = json.loads(
+        ok(omejdn_pg("--url", url, "keys", "list", "-o", "json", env=env)).stdout
+    )
+    return views
+
+
+def test_keys_list_and_jwks_need_no_kek(database: ConnectionSettings, tmp_path: Path) -> None:
+    url = database.conninfo()
+    ok(omejdn_pg("--url", url, "keys", "generate", "omejdn", "omejdn", env=kek_env()))
+    with_kek = listed(url, kek_env())
+    published = json.loads(ok(omejdn_pg("--url", url, "keys", "jwks", env=kek_env())).stdout)
+    # No KEK at all (only --url), and a KEK configured whose variable is not set.
+    missing = {"OMEJDN_PG_KEY_ENCRYPTION": "[{id: kek-1, env: OMEJDN_PG_TEST_KEK}]"}
+    for env in (None, missing):
+        assert listed(url, env) == with_kek
+        assert with_kek[0]["private"] is True
+        jwks = json.loads(ok(omejdn_pg("--url", url, "keys", "jwks", env=env)).stdout)
+        assert jwks == published
+        assert set(jwks["keys"][0]) >= {"kty", "n", "e", "kid"}
+        assert "d" not in jwks["keys"][0]
+    # Writing still needs it.
+    refused = omejdn_pg("--url", url, "keys", "rotate", "omejdn", "omejdn", env=missing)
+    assert "OMEJDN_PG_TEST_KEK" in one_error_line(refused)
+
+
+def test_a_swapped_public_half_does_not_open(
+    database: ConnectionSettings, plain_sql: PlainSQL
+) -> None:
+    url = database.conninfo()
+    ok(omejdn_pg("--url", url, "keys", "generate", "omejdn", "a", "--ec", "P-256", env=kek_env()))
+    ok(omejdn_pg("--url", url, "keys", "generate", "omejdn", "b", "--ec", "P-256", env=kek_env()))
+    values = dict(plain_sql.rows("SELECT target, value FROM keys WHERE type = 'sk'"))
+    other_public = values["b"].rsplit("$", 1)[1]
+    swapped = values["a"].rsplit("$", 1)[0] + "$" + other_public
+    plain_sql.execute("UPDATE keys SET value = %s WHERE target = 'a' AND type = 'sk'", (swapped,))
+    opened = omejdn_pg("--url", url, "keys", "rotate", "omejdn", "a", env=kek_env())
+    assert "does not open the sealed value" in one_error_line(opened)
+
+
+def test_a_key_sealed_before_the_public_half_was_kept_is_listed_after_rewrap(
+    database: ConnectionSettings, plain_sql: PlainSQL
+) -> None:
+    url = database.conninfo()
+    ok(omejdn_pg("--url", url, "keys", "generate", "omejdn", "a", "--ec", "P-256", env=kek_env()))
+    (kid, value) = plain_sql.rows("SELECT kid, value FROM keys WHERE type = 'sk'")[0]
+    ring = Keyring([LocalKey("kek-1", base64.urlsafe_b64decode(KEK))])
+    context = row_context("omejdn", "a", kid, "sk")
+    pem = ring.open(value, context, "test")
+    old_style = ring.seal(pem, context)  # as sealed before: no public half
+    assert old_style.count("$") == value.count("$") - 1
+    plain_sql.execute("UPDATE keys SET value = %s WHERE type = 'sk'", (old_style,))
+    refused = omejdn_pg("--url", url, "keys", "list")
+    assert "keys rewrap" in one_error_line(refused)
+    ok(omejdn_pg("--url", url, "keys", "rewrap", env=kek_env()))
+    assert listed(url)[0]["kid"] == kid
+    assert listed(url)[0]["private"] is True

@@ -79,6 +79,9 @@ class CliContext:
         self._database: Database | None = None
         self._migrated = False
         self.warnings: list[str] = []
+        self.public_keys_only = False
+        """Set by commands that read no private key (``keys list``, ``keys jwks``): they
+        run without the key-encryption keys, reading sealed keys as their public half."""
         """Said after the command succeeded (an error stays the one line on stderr)."""
 
     # --- what the operator sees on stderr ----------------------------------------
@@ -228,7 +231,15 @@ class CliContext:
         if self._host is None:
             from omejdn_pg.host.facade import Host
 
-            self._host = Host.from_settings(self.target().settings, database=self.database())
+            settings = self.target().settings
+            if self.public_keys_only:
+                settings = without_missing_keks(settings)
+            self._host = Host.from_settings(settings, database=self.database())
+            if self.public_keys_only and self._host.postgres is not None:
+                from omejdn_pg.sealing import Keyring
+
+                keys = self._host.postgres.keyring.keys
+                self._host.postgres.keyring = Keyring(keys, public_only=True)
         return self._host
 
     def database(self) -> Database:
@@ -269,6 +280,19 @@ class CliContext:
             # Already disposed with the host if one was built over it; disposing twice is safe.
             self._database.dispose()
             self._database = None
+
+
+def without_missing_keks(settings: BackendSettings) -> BackendSettings:
+    """``settings`` without ``key_encryption`` when its keys cannot be had (a variable
+    not set, a file not readable): for a command that reads no private key."""
+    from omejdn_pg.errors import ConfigurationError
+    from omejdn_pg.sealing import Keyring
+
+    try:
+        Keyring.from_settings(settings.key_encryption)
+    except ConfigurationError:
+        return dataclasses.replace(settings, key_encryption=())
+    return settings
 
 
 def postgres_of(host: Host) -> Database:

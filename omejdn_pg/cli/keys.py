@@ -120,8 +120,15 @@ KEY_COLUMNS: Final = (
 @keys.command("list")
 @click.argument("target_type", required=False)
 def keys_list(target_type: str | None) -> None:
-    """List every key (optionally of one TARGET_TYPE) with its state and dates."""
+    """List every key (optionally of one TARGET_TYPE) with its state and dates.
+
+    Needs no key-encryption key: a sealed private key is listed from its public half.
+    """
+    from omejdn_pg.postgres.schema import SECRET_KEY
+    from omejdn_pg.sealing import row_context
+
     cli = current()
+    cli.public_keys_only = True
     host = cli.host()
     with host.snapshot():
         views = [
@@ -129,6 +136,11 @@ def keys_list(target_type: str | None) -> None:
             for tt, t in host.keys.targets(target_type)
             for key in stored_keys(host, tt, t)
         ]
+    unopened = host.postgres.keyring.unopened if host.postgres is not None else set()
+    for view in views:
+        # Its private key is stored, sealed: not opened here, but there.
+        if row_context(view["target_type"], view["target"], view["kid"], SECRET_KEY) in unopened:
+            view["private"] = True
     count = stream(cli.output_format(), views, KEY_COLUMNS)
     cli.note(f"{count} key(s)")
 
@@ -246,8 +258,10 @@ def keys_import(
 @click.argument("target_type", default="omejdn")
 def keys_jwks(target_type: str) -> None:
     """Print the public keys of TARGET_TYPE (default: omejdn) as a JWK Set: what
-    /jwks.json publishes — next, active and retired keys, no private member."""
+    /jwks.json publishes — next, active and retired keys, no private member.
+    Needs no key-encryption key."""
     cli = current()
+    cli.public_keys_only = True
     print_document(cli.host().keys.jwks(target_type), cli.output_format("json"))
 
 

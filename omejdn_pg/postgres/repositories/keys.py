@@ -34,6 +34,7 @@ whatever the database's locale.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime
 import logging
@@ -63,7 +64,7 @@ from omejdn_pg.postgres.schema import (
     KeyRecord,
 )
 from omejdn_pg.sealing import PREFIX as SEALED_PREFIX
-from omejdn_pg.sealing import Keyring, is_sealed, row_context, sealed_by
+from omejdn_pg.sealing import Keyring, is_sealed, public_half, row_context, sealed_by
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class KeyRepository:
         self, conn: Connection, keyring: Keyring | None = None, *, allow_plaintext: bool = False
     ) -> None:
         self.conn = conn
-        self.keyring = keyring or Keyring()
+        self.keyring = keyring if keyring is not None else Keyring()
         self.allow_plaintext = allow_plaintext
         """Write private keys in plain text even where others are sealed (see :meth:`modify`)."""
 
@@ -285,7 +286,16 @@ class KeyRepository:
                 continue
             what = f"keys {row.target_type}/{row.target}: key {row.kid}"
             context = row_context(row.target_type, row.target, row.kid, SECRET_KEY)
-            resealed = self.keyring.rewrap(row.value, context, what)
+            if self.keyring.current is not None and (
+                not is_sealed(row.value) or public_half(row.value, what) is None
+            ):
+                # Plain, or sealed before the public half was kept with it: sealed anew,
+                # with it (so that listing and publishing need no KEK).
+                pem = self.keyring.open(row.value, context, what)
+                key = Key.from_pem(pem, what=what)
+                resealed = self.keyring.seal(pem, context, public_der(key))
+            else:
+                resealed = self.keyring.rewrap(row.value, context, what)
             if resealed != row.value:
                 origin = sealed_by(row.value) or "plaintext"
                 done[origin] = done.get(origin, 0) + 1
@@ -432,7 +442,8 @@ def key_rows(
         first = position == 0
         key_pem = key.key_pem()
         if key_pem is not None and key.private_key is not None and keyring:
-            key_pem = keyring.seal(key_pem, row_context(target_type, target, key.kid, SECRET_KEY))
+            context = row_context(target_type, target, key.kid, SECRET_KEY)
+            key_pem = keyring.seal(key_pem, context, public_der(key))
         if key_pem is not None:
             rows.append(
                 {**common, "type": SECRET_KEY if first else EXTRA_SECRET_KEY, "value": key_pem}
@@ -463,11 +474,14 @@ def keys_from_rows(
         if row.type in _KEY_TYPES:
             entry["key"] = row.value
             if is_sealed(row.value):
-                entry["key"] = (keyring or Keyring()).open(
-                    row.value,
-                    row_context(target_type, target, row.kid, SECRET_KEY),
-                    f"keys {target_type}/{target}: key {row.kid}",
-                )
+                ring = keyring if keyring is not None else Keyring()
+                context = row_context(target_type, target, row.kid, SECRET_KEY)
+                what = f"keys {target_type}/{target}: key {row.kid}"
+                if ring.public_only and not ring.opens(row.value):
+                    entry["key"] = _public_pem(ring.public_of(row.value, context, what))
+                    entry["unopened"] = (what, sealed_by(row.value))
+                else:
+                    entry["key"] = ring.open(row.value, context, what)
         elif row.type in _CHAIN_TYPES:
             entry["chain"] = row.value
     keys = []
@@ -483,6 +497,13 @@ def keys_from_rows(
         if kid:
             params["kid"] = kid
         if not entry.get("key") and not entry.get("chain"):
+            if "unopened" in entry:
+                where, kek_id = entry["unopened"]
+                raise InvalidKeyMaterial(
+                    f"{where}: sealed by key-encryption key {kek_id!r}, which is not configured "
+                    "here, before its public half was stored with it; list it once with the "
+                    "KEK, or run `omejdn-pg keys rewrap` with it, which stores the public half"
+                )
             continue  # the Ruby plugin's empty chain of a target without a key
         key = Key.from_pem(
             entry.get("key") or None,
@@ -498,6 +519,23 @@ def keys_from_rows(
         _warn_about_certificate(target_type, target, key)
         keys.append(key)
     return KeySet(lifecycle.ordered(keys))
+
+
+def _public_pem(public: bytes | None) -> str | None:
+    """A sealed value's public half (DER SubjectPublicKeyInfo) as a PEM public key."""
+    if public is None:
+        return None
+    body = base64.encodebytes(public).decode("ascii")
+    return f"-----BEGIN PUBLIC KEY-----\n{body}-----END PUBLIC KEY-----\n"
+
+
+def public_der(key: Key) -> bytes:
+    """``key``'s public half as stored beside its sealed private key."""
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _warn_about_certificate(target_type: str, target: str, key: Key) -> None:
