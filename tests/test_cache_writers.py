@@ -315,3 +315,48 @@ def test_no_session_can_silence_the_announcement_of_its_change(
                 "UPDATE public.users SET extern = %s WHERE username = 'alice'", (f"v{attempt}",)
             )
         eventually_extern("alice", f"v{attempt}")
+
+
+def test_rows_idle_for_two_hours_are_pruned_and_a_new_row_is_still_followed(
+    open_loader: Callable[[str], PluginLoader], plain_sql: PlainSQL
+) -> None:
+    """Pruning keeps the counters as many rows as recent writing sessions; a session whose
+    row was pruned starts a new one (its values still above the old ones), and a change it
+    counts without its notice is still caught by the next poll."""
+    reader = open_loader(f"{{max_staleness: {BOUND}, user: true}}")
+    writer = open_loader("false")
+    writer.fire(events.USER_CREATE, user=User("alice", HASH), user_backend="postgres")
+    conninfo = plain_sql.settings.conninfo()
+    with psycopg.connect(conninfo, autocommit=True) as session:
+        session.execute("SELECT omejdn_pg_changed('user', 'nobody')")
+        pid = session.info.backend_pid
+        (before,) = session.execute(
+            "SELECT counter FROM omejdn_pg_changes WHERE name = 'user' AND writer = %s", (pid,)
+        ).fetchone()  # type: ignore[misc]
+        plain_sql.execute("UPDATE omejdn_pg_changes SET changed_at = now() - interval '3 hours'")
+        assert plain_sql.value("SELECT omejdn_pg_changes_prune()") >= 1
+        assert plain_sql.value("SELECT count(*) FROM omejdn_pg_changes") == 0
+        time.sleep(BOUND)  # the reader has polled the empty table
+        for _ in range(100):
+            user_get(reader, "alice")
+            if ("user", "alice") in cache_of(reader)._entries:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("alice never cached")
+        # The pruned session counts again, and this time its notice is lost.
+        cache = cache_of(reader)
+        heard = cache._on_notice
+        cache._on_notice = lambda payload: None if payload.startswith("user:") else heard(payload)  # type: ignore[method-assign]
+        session.execute("UPDATE users SET extern = 'pruned' WHERE username = 'alice'")
+        row = session.execute(
+            "SELECT counter, prior FROM omejdn_pg_changes WHERE name = 'user' AND writer = %s",
+            (pid,),
+        ).fetchone()
+        assert row is not None
+        assert row[0] > before
+        assert row[1] is None  # a new row
+    deadline = time.monotonic() + BOUND + MARGIN
+    while (user_get(reader, "alice") or User("?")).extern != "pruned":
+        assert time.monotonic() < deadline, cache_of(reader).stats()
+        time.sleep(0.005)

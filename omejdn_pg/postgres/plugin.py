@@ -21,10 +21,11 @@ served from the same key sets, so switching a deployment from one core to the
 other needs no data migration.
 
 The read cache (setting ``cache``, :mod:`omejdn_pg.postgres.cache`) sits in
-the adapters too: a point read asks it first, and every write ends its
-transaction by announcing what it changed (:func:`publish_change` — a counter
-bump and a NOTIFY that only a commit delivers) and, once the write returned,
-drops this process's own entries, so a writer always reads its write.
+the adapters too: a point read asks it first, and every write is announced in
+its own transaction — users and clients by their tables' triggers, sections and
+key sets by :func:`publish_change` (a count on this session's own counter row
+and a NOTIFY that only a commit delivers) — and, once the write returned, drops
+this process's own entries, so a writer always reads its write.
 """
 
 from __future__ import annotations
