@@ -382,7 +382,8 @@ class Cases:
     def ruby_clients(self) -> object:
         """The Ruby plugin's CLIENT_GET_ALL: all metadata rows, then attributes per client."""
         conn = self.floor.conn
-        rows = conn.execute("SELECT * FROM clients", prepare=True).fetchall()
+        # The Ruby plugin reads SELECT * by column name: the columns it reads.
+        rows = conn.execute("SELECT client_id, key, value FROM clients", prepare=True).fetchall()
         found: dict[str, dict[str, Any]] = {}
         for client_id, key, value in rows:
             found.setdefault(client_id, {})[key] = value

@@ -174,7 +174,8 @@ def snapshot(sql: PlainSQL, adopted: bool) -> dict[str, Any]:
         data["users"] = sql.rows("SELECT username, password FROM users ORDER BY 1")
     if "clients" in tables:
         data["clients"] = sorted(
-            (c, k, canonical(parse(v))) for c, k, v in sql.rows("SELECT * FROM clients")
+            (c, k, canonical(parse(v)))
+            for c, k, v in sql.rows("SELECT client_id, key, value FROM clients")
         )
     if "attributes" in tables:
         data["attributes"] = sorted(
@@ -360,7 +361,7 @@ def test_a_database_already_in_our_layout_is_left_as_it_is(
     # The baseline left them alone; later revisions only added their own constraints.
     assert set(before) <= set(constraints(sql))
     assert ("keys", "ck_keys_state", "c") in constraints(sql)
-    assert sql.rows("SELECT * FROM clients") == [("app", "client_id", "app")]
+    assert sql.rows("SELECT client_id, key, value FROM clients") == [("app", "client_id", "app")]
     assert sql.rows("SELECT position, item FROM configuration_scopes ORDER BY 1") == [
         (1, "a"),
         (2, "b"),

@@ -86,6 +86,7 @@ def fill(host: Host, sql: PlainSQL) -> None:
         )
     )
     host.users.add(User(username="bob", extern="oidc-provider", attributes={"x": [1, None]}))
+    host.users.add(User(username="aaron", extern="oidc-provider"))  # listed after bob
     host.clients.add(
         Client(
             metadata={
@@ -180,7 +181,7 @@ def test_backup_then_restore_gives_the_same_rows_and_the_same_lifecycle(
         assert stat.S_IMODE(file.stat().st_mode) == 0o600
         assert [p.name for p in tmp_path.iterdir()] == ["omejdn.backup"]  # no temporary left
         assert report.counts == summary.counts
-        assert summary.counts["users"] == 2
+        assert summary.counts["users"] == 3
         assert summary.counts["configuration_scopes"] == 3
         assert contents(target_sql) == contents(source_sql)
         values = [
@@ -207,6 +208,11 @@ def test_backup_then_restore_gives_the_same_rows_and_the_same_lifecycle(
             assert copy.config.read("rubylist") == [3, 1, "two"]
             assert copy.config.read("webfinger") is None
             assert copy.users.find("alice") == source.users.find("alice")
+            # Listings keep their creation order, and a new user still comes last.
+            assert [u.username for u in copy.users.all()] == ["alice", "bob", "aaron"]
+            assert [c.client_id for c in copy.clients.all()] == ["app", "plain"]
+            copy.users.add(User(username="abe", extern="oidc-provider"))
+            assert [u.username for u in copy.users.all()][-1] == "abe"
             # A new list item continues after the restored positions.
             copy.config.write("scopes", ["c", {"d": [1, 2]}, "e", "f"])
             # The lifecycle goes on where it stopped: the next key activates, and the
@@ -454,7 +460,7 @@ def test_an_older_database_is_refused_and_an_older_backup_restores_into_head(
     migrate.upgrade(empty_database, "0001")
     old_sql = PlainSQL(empty_database)
     key = generate_key("RS256")
-    old_sql.execute("INSERT INTO users (username, password) VALUES ('alice', 'x')")
+    old_sql.execute("INSERT INTO users (username, password) VALUES ('bob', 'x'), ('alice', 'x')")
     old_sql.execute(
         "INSERT INTO keys (target_type, target, type, value) VALUES ('omejdn', 'omejdn', 'sk', %s)",
         (key.key_pem(),),
@@ -475,8 +481,15 @@ def test_an_older_database_is_refused_and_an_older_backup_restores_into_head(
     assert sql.rows("SELECT kid, type, state, position, params::text FROM keys") == [
         ("", "sk", "active", 0, "{}")
     ]
+    # Users of a backup from before 0006 list by name, as the migration numbers them.
+    assert sql.rows("SELECT username, ordinal FROM users ORDER BY ordinal") == [
+        ("alice", 1),
+        ("bob", 2),
+    ]
     with Host.from_settings(BackendSettings(connection=other_database)) as host:
         assert host.keys.signing_key().same_key(key)
+        host.users.add(User(username="aaron", extern="oidc-provider"))
+        assert [u.username for u in host.users.all()] == ["alice", "bob", "aaron"]
 
     # And the other way round: a head backup into a database at 0003 is refused.
     name = create_database(server)

@@ -167,6 +167,24 @@ def test_all_is_a_constant_number_of_statements(db: Database) -> None:
     assert clients[8].attributes == {}
 
 
+def test_all_lists_in_creation_order_and_an_update_keeps_the_place(
+    db: Database, plain_sql: Any
+) -> None:
+    # Omejdn's own client store is a YAML list: created clients append, updates stay put.
+    for client_id in ("web", "api", "cli"):
+        create(db, Client(metadata={"client_id": client_id, "name": client_id}))
+    db.write(
+        lambda c: repo(c).update(Client(metadata={"client_id": "web", "a": 1, "b": 2, "c": 3}))
+    )
+    db.write(lambda c: repo(c).delete("api"))
+    create(db, Client(metadata={"client_id": "api"}))
+    assert [c.client_id for c in db.read(lambda c: repo(c).all())] == ["web", "cli", "api"]
+    assert plain_sql.rows(
+        "SELECT client_id, count(DISTINCT ordinal) FROM clients GROUP BY client_id "
+        "ORDER BY min(ordinal)"
+    ) == [("web", 1), ("cli", 2), ("api", 1)]
+
+
 # --- writes ---------------------------------------------------------------------
 
 
@@ -414,7 +432,8 @@ def test_crud_on_text_columns_of_the_ruby_plugin(db: Database, plain_sql: Any) -
     )
     assert plain_sql.rows("SELECT value FROM attributes WHERE identifier = 'abc'") == [('"ü"',)]
 
-    assert [c.client_id for c in db.read(lambda c: repo(c).all())] == ["abc", "ruby"]
+    # The Ruby plugin's rows came first: a writer that does not know the order appends.
+    assert [c.client_id for c in db.read(lambda c: repo(c).all())] == ["ruby", "abc"]
     assert db.write(lambda c: repo(c).delete("abc"))
     assert db.write(lambda c: repo(c).delete("ruby"))
     assert plain_sql.value("SELECT count(*) FROM clients") == 0

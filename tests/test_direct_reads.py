@@ -329,10 +329,15 @@ def test_long_listings_stream_in_chunks_and_answer_what_point_reads_answer(
                     backend="postgres",
                 )
             )
-        names = [row[0] for row in plain_sql.rows("SELECT username FROM users ORDER BY username")]
+        # Creation order (an update keeps a client's place).
+        names = [row[0] for row in plain_sql.rows("SELECT username FROM users ORDER BY ordinal")]
         client_ids = [
-            row[0] for row in plain_sql.rows("SELECT DISTINCT client_id FROM clients ORDER BY 1")
+            row[0]
+            for row in plain_sql.rows(
+                "SELECT client_id FROM clients GROUP BY client_id ORDER BY min(ordinal)"
+            )
         ]
+        assert client_ids[-450:] == [f"c{n}" for n in range(1, 451)]
 
         listed = plugin.user_get_all()
         assert [user.username for user in listed] == names

@@ -200,6 +200,54 @@ def test_0005_down_to_0004_and_up_again(empty_database: ConnectionSettings, sql:
     assert schema_differences(empty_database) == []
 
 
+def test_0006_numbers_existing_rows_by_name_and_new_ones_after_them(
+    empty_database: ConnectionSettings, sql: PlainSQL
+) -> None:
+    """Creation order for listings: an upgraded database lists as before (by name, "C"
+    collation), a later create comes last, and the downgrade drops the columns."""
+    migrate.upgrade(empty_database, "0005")
+    sql.execute("INSERT INTO users (username) VALUES ('bob'), ('alice'), ('Zoe')")
+    sql.execute(
+        "INSERT INTO clients (client_id, key, value) VALUES ('web', 'client_id', '\"web\"'), "
+        "('web', 'name', '\"Web\"'), ('api', 'client_id', '\"api\"')"
+    )
+    migrate.upgrade(empty_database, "0006")
+    assert sql.rows("SELECT username, ordinal FROM users ORDER BY ordinal") == [
+        ("Zoe", 1),
+        ("alice", 2),
+        ("bob", 3),
+    ]
+    assert sql.rows("SELECT client_id, key, ordinal FROM clients ORDER BY ordinal, key") == [
+        ("api", "client_id", 1),
+        ("web", "client_id", 2),
+        ("web", "name", 2),
+    ]
+    sql.execute("INSERT INTO users (username) VALUES ('aaron')")
+    sql.execute("INSERT INTO clients (client_id, key, value) VALUES ('app', 'client_id', '1')")
+    assert sql.value("SELECT ordinal FROM users WHERE username = 'aaron'") == 4
+    assert sql.value("SELECT ordinal FROM clients WHERE client_id = 'app'") == 3
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        sql.execute("INSERT INTO users (username, ordinal) VALUES ('eve', 4)")
+
+    migrate.downgrade(empty_database, "0005")
+    assert (
+        sql.rows(
+            "SELECT table_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND column_name = 'ordinal'"
+        )
+        == []
+    )
+    assert sql.value("SELECT count(*) FROM users") == 4
+    migrate.upgrade(empty_database)
+    assert sql.rows("SELECT username FROM users ORDER BY ordinal") == [
+        ("Zoe",),
+        ("aaron",),
+        ("alice",),
+        ("bob",),
+    ]
+    assert schema_differences(empty_database) == []
+
+
 def test_the_schema_is_the_models_schema(empty_database: ConnectionSettings, sql: PlainSQL) -> None:
     migrate.upgrade(empty_database)
     constraints = sql.rows(
@@ -231,6 +279,7 @@ def test_the_schema_is_the_models_schema(empty_database: ConnectionSettings, sql
         ("clients", "client_id", "text", "NO", None),
         ("clients", "key", "text", "NO", None),
         ("clients", "value", "jsonb", "NO", None),
+        ("clients", "ordinal", "bigint", "NO", None),
         ("keys", "target_type", "text", "NO", None),
         ("keys", "target", "text", "NO", None),
         ("keys", "type", "text", "NO", None),
@@ -254,6 +303,7 @@ def test_the_schema_is_the_models_schema(empty_database: ConnectionSettings, sql
         ("users", "password", "text", "YES", None),
         ("users", "extern", "text", "YES", None),
         ("users", "consent", "jsonb", "NO", "'{}'::jsonb"),
+        ("users", "ordinal", "bigint", "NO", None),
     ]
     with pytest.raises(psycopg.errors.CheckViolation):
         sql.execute("INSERT INTO keys VALUES ('jwt', 'omejdn', 'pk', 'x')")

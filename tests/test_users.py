@@ -171,6 +171,23 @@ def test_all_of_an_empty_table_is_empty(db: Database) -> None:
     assert db.read(lambda c: repo(c).all()) == []
 
 
+def test_all_lists_in_creation_order_and_an_update_keeps_the_place(
+    db: Database, plain_sql: Any
+) -> None:
+    # Omejdn's own user store is a YAML list: created users append, updates stay put.
+    for name in ("carol", "alice", "bob"):
+        create(db, User(username=name))
+    db.write(lambda c: repo(c).update(User(username="carol", attributes={"n": 1})))
+    db.write(lambda c: repo(c).delete("alice"))
+    create(db, User(username="alice"))
+    assert [u.username for u in db.read(lambda c: repo(c).all())] == ["carol", "bob", "alice"]
+    assert plain_sql.rows("SELECT username FROM users ORDER BY ordinal") == [
+        ("carol",),
+        ("bob",),
+        ("alice",),
+    ]
+
+
 # --- create ---------------------------------------------------------------------
 
 
@@ -457,7 +474,8 @@ def test_crud_on_text_columns_of_the_ruby_plugin(db: Database, plain_sql: Any) -
     assert plain_sql.rows("SELECT value FROM attributes WHERE identifier = 'alice'") == [('"new"',)]
 
     users = db.read(lambda c: repo(c).all())
-    assert [u.username for u in users] == ["alice", "ruby"]
+    # The Ruby plugin's row came first: a writer that does not know the order appends.
+    assert [u.username for u in users] == ["ruby", "alice"]
 
     assert db.write(lambda c: repo(c).delete("alice"))
     assert db.write(lambda c: repo(c).delete("ruby"))

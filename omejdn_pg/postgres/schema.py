@@ -34,6 +34,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Identity,
+    Index,
     Integer,
     MetaData,
     Table,
@@ -103,6 +104,10 @@ class UserRecord(Base):
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
     """Scopes the user has consented to, per client. Not stored by the Ruby plugin."""
+    ordinal: Mapped[int] = mapped_column(BigInteger, Identity(), nullable=False)
+    """Creation order, which USER_GET_ALL lists in (as Omejdn's own user store)."""
+
+    __table_args__ = (Index("ix_users_ordinal", "ordinal", unique=True),)
 
 
 class ClientFieldRecord(Base):
@@ -113,6 +118,8 @@ class ClientFieldRecord(Base):
     client_id: Mapped[str] = mapped_column(Text, primary_key=True)
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     value: Mapped[Any] = mapped_column(JSONB(none_as_null=False), nullable=False)
+    ordinal: Mapped[int] = mapped_column(BigInteger, Identity(), nullable=False)
+    """Creation order: a client's place among clients is the smallest of its rows'."""
 
 
 class KeyRecord(Base):

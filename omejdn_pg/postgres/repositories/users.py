@@ -87,12 +87,12 @@ _GET: Final = _select_users().where(_users.c.username == bindparam("name"))
 
 
 def _listing() -> Select[Any]:
-    """Every user with its attributes as text JSON (NULL if none), in username order.
+    """Every user with its attributes as text JSON (NULL if none), in creation order.
 
-    Both sides are read along their primary keys, so the plan is a merge join
-    that emits each user as soon as its attributes are folded: the rows stream
-    out while the server still folds the rest, and the parser takes a chunk's
-    documents in one go. One statement, so one snapshot.
+    Creation order is what Omejdn's own user store (a YAML list) answers, and
+    what its admin APIs show. Users are read along their ``ordinal`` index;
+    the attributes, folded per owner, are joined to them, and the parser
+    takes a chunk's documents in one go. One statement, so one snapshot.
     """
     owned = _ATTRIBUTES.per_owner()
     return (
@@ -104,7 +104,7 @@ def _listing() -> Select[Any]:
             owned.c.attributes,
         )
         .select_from(_users.outerjoin(owned, owned.c.identifier == _users.c.username))
-        .order_by(_users.c.username)
+        .order_by(_users.c.ordinal)
     )
 
 
@@ -180,7 +180,7 @@ class UserRepository:
         return find_user(ConnectionReader(self.conn), username)
 
     def all(self) -> list[User]:
-        """Every user, ordered by username; one statement whatever their number."""
+        """Every user, in creation order; one statement whatever their number."""
         return all_users(ConnectionReader(self.conn))
 
     # --- writes ------------------------------------------------------------------
@@ -369,7 +369,7 @@ def find_user(reader: Reader, username: str) -> User | None:
 
 
 def all_users(reader: Reader) -> list[User]:
-    """Every user, ordered by username; one statement whatever their number."""
+    """Every user, in creation order; one statement whatever their number."""
     with collector.paused():
         return [
             User(
