@@ -488,8 +488,12 @@ def test_next_keys_export_as_public_keys_and_import_back_as_no_change(
     )
 
 
-def test_an_expired_certificate_is_refused_naming_its_file(
-    host: Host, plain_sql: PlainSQL, tmp_path: Path, material: dict[str, Any]
+def test_an_expired_signing_certificate_is_refused_naming_its_file_a_clients_is_kept(
+    host: Host,
+    plain_sql: PlainSQL,
+    tmp_path: Path,
+    material: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     key = material["mtls"]
     now = datetime.datetime.now(datetime.UTC)
@@ -505,13 +509,26 @@ def test_an_expired_certificate_is_refused_naming_its_file(
         .sign(key, hashes.SHA256())
     )
     base = tmp_path / "deployment"
-    write_chain(base / "keys" / "clients" / "old.cert", [expired])
-    write_config(base, "clients", [{"client_id": "old"}])
+    write_pem_key(base / "keys" / "omejdn" / "omejdn.key", key, TRADITIONAL)
+    write_chain(base / "keys" / "omejdn" / "omejdn.cert", [expired])
     write_config(base, "users", [{"username": "u"}])
 
-    with pytest.raises(InvalidKeyMaterial, match=r"keys/clients/old\.cert: .*expired"):
+    with pytest.raises(InvalidKeyMaterial, match=r"keys/omejdn/omejdn\.key: .*expired"):
         transfer.import_deployment(base, host)
     assert plain_sql.value("SELECT count(*) FROM users") == 0
+
+    # A client's key is its registration: imported, with a warning naming the client.
+    shutil.rmtree(base / "keys" / "omejdn")
+    write_chain(base / "keys" / "clients" / "old.cert", [expired])
+    write_config(base, "clients", [{"client_id": "old"}])
+    with caplog.at_level("WARNING", logger="omejdn_pg"):
+        transfer.import_deployment(base, host)
+    assert plain_sql.rows("SELECT target, type FROM keys WHERE target_type = 'clients'") == [
+        ("old", "certs")
+    ]
+    assert any(
+        "keys clients/old" in r.getMessage() and "expired" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_dotted_names_are_their_own_targets_and_the_reading_is_noted(

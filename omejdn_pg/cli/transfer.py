@@ -442,8 +442,11 @@ def _check_certificates(
     files: Mapping[tuple[str, str, str], Path],
     where: str,
 ) -> None:
-    """Refuse, naming the file, a new key whose certificate is not valid now: the
-    storage would refuse to publish it (only in the middle of the import)."""
+    """Refuse, naming the file, a new signing key whose certificate is not valid now:
+    the storage would refuse to publish it (only in the middle of the import). A
+    client's key is the client's registration: the storage keeps it with a warning."""
+    if target_type == CLIENT_KEYS:
+        return
     for key in wanted:
         old = stored.by_kid(key.kid)
         if old is not None and old.same_key(key):
