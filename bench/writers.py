@@ -14,6 +14,7 @@ hits both sides alike; only the ratio within one run is worth quoting.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def measure(
         captured: list[list[Statement]] = []
         for user in users[:largest]:
             fire(events.USER_UPDATE, user=user)  # warm: its statements are prepared
-            captured.append(capture(engine, lambda user=user: fire(events.USER_UPDATE, user=user)))
+            captured.append(capture(engine, partial(fire, events.USER_UPDATE, user=user)))
 
         def ours(index: int) -> Call:
             user = users[index]

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from omejdn_pg.cli.certificates import self_signed_certificate
+from omejdn_pg.certificates import self_signed_certificate
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.keys import Key, PrivateKey, load_key_pem
 

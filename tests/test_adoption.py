@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.dialects import postgresql
 
-from omejdn_pg.cli.certificates import self_signed_certificate
+from omejdn_pg.certificates import self_signed_certificate
 from omejdn_pg.errors import MigrationError
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import build_engine

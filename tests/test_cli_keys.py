@@ -47,19 +47,19 @@ def test_rotate_maintain_activate_retire_delete(url: str, plain_sql: PlainSQL) -
     assert maintained.stdout == ""
     assert "0 change(s)" in maintained.stderr
 
-    early = omejdn_pg("--url", url, "keys", "activate", "omejdn", "omejdn", second_kid)
+    early = omejdn_pg("--url", url, "keys", "activate", "--", "omejdn", "omejdn", second_kid)
     assert "publish window" in one_error_line(early)
     forced = ok(
-        omejdn_pg("--url", url, "keys", "activate", "omejdn", "omejdn", second_kid, "--force")
+        omejdn_pg("--url", url, "keys", "activate", "--force", "--", "omejdn", "omejdn", second_kid)
     )
     assert "reject its tokens" in forced.stderr
     states = {k["kid"]: k["state"] for k in listed(url)}
     assert states == {second_kid: "active", first["kid"]: "retired"}
     assert plain_sql.value("SELECT kid FROM keys WHERE type = 'sk'") == second_kid
 
-    refused = omejdn_pg("--url", url, "keys", "retire", "omejdn", "omejdn", second_kid)
+    refused = omejdn_pg("--url", url, "keys", "retire", "--", "omejdn", "omejdn", second_kid)
     assert "only active signing key" in one_error_line(refused)
-    ok(omejdn_pg("--url", url, "keys", "delete", "omejdn", "omejdn", first["kid"], "--yes"))
+    ok(omejdn_pg("--url", url, "keys", "delete", "--yes", "--", "omejdn", "omejdn", first["kid"]))
     assert [k["kid"] for k in listed(url)] == [second_kid]
 
     # A rotation with no publish window is due at once: maintain activates it and

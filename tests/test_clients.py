@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Connection
 
-from omejdn_pg.cli.certificates import self_signed_certificate
+from omejdn_pg.certificates import self_signed_certificate
 from omejdn_pg.entities import Client
 from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
 from omejdn_pg.names import is_file_name

@@ -268,14 +268,14 @@ def test_activate_inside_the_publish_window_is_refused_unless_forced(
     (new,) = [kid for kid in listed(config) if kid != old["kid"]]
     before = plain_sql.rows("SELECT kid, type, state, activate_at FROM keys ORDER BY kid, type")
 
-    refused = one_error_line(cli(config, "activate", "omejdn", "omejdn", new))
+    refused = one_error_line(cli(config, "activate", "--", "omejdn", "omejdn", new))
     assert "publish window" in refused
     assert "--force" in refused
     assert plain_sql.rows("SELECT kid, type, state, activate_at FROM keys ORDER BY kid, type") == (
         before
     )
 
-    forced = ok(cli(config, "activate", "omejdn", "omejdn", new, "--force"))
+    forced = ok(cli(config, "activate", "--force", "--", "omejdn", "omejdn", new))
     assert "no key for kid" in forced.stderr.lower() or "do not know" in forced.stderr
     signing = signing_jwk(loader)
     assert signing["kid"] == new
@@ -284,7 +284,7 @@ def test_activate_inside_the_publish_window_is_refused_unless_forced(
         old["kid"]: "retired",
     }
     # Activating the signer again changes nothing and says so.
-    again = ok(cli(config, "activate", "omejdn", "omejdn", new))
+    again = ok(cli(config, "activate", "--", "omejdn", "omejdn", new))
     assert "already" in again.stdout
 
 
@@ -346,10 +346,10 @@ def test_rotate_activate_retire_refuse_a_target_that_does_not_exist(
     assert "omejdn, clients" in typo
     for command in ("activate", "retire"):
         assert "no key set omejdn/nosuch" in one_error_line(
-            cli(config, command, "omejdn", "nosuch", kid)
+            cli(config, command, "--", "omejdn", "nosuch", kid)
         )
         assert "unknown target type" in one_error_line(
-            cli(config, command, "omjedn", "omejdn", kid)
+            cli(config, command, "--", "omjedn", "omejdn", kid)
         )
     assert "unknown target type" in one_error_line(
         cli(config, "rotate", "omjedn", "omejdn", "--create")
@@ -385,17 +385,17 @@ def test_rotating_a_signer_with_a_chain_gives_the_new_key_one(
     cert = x509.load_der_x509_certificate(__import__("base64").b64decode(published[new]["x5c"][0]))
     assert cert.subject.rfc4514_string() == "CN=id.example"
     assert cert.public_key() == host.keys.stored("omejdn", "omejdn").by_kid(new).public_key  # type: ignore[union-attr]
-    ok(cli(config, "delete", "omejdn", "omejdn", new, "--yes"))
+    ok(cli(config, "delete", "--yes", "--", "omejdn", "omejdn", new))
 
     # --no-cert: explicitly none.
     bare = ok(cli(config, "rotate", "omejdn", "omejdn", "--no-cert"))
     assert "certificate" not in bare.stdout
     (bare_kid,) = [kid for kid in listed(config) if kid != old]
     assert listed(config)[bare_kid]["certificates"] == 0
-    ok(cli(config, "delete", "omejdn", "omejdn", bare_kid, "--yes"))
+    ok(cli(config, "delete", "--yes", "--", "omejdn", "omejdn", bare_kid))
 
     # --key and --cert: the operator's own key and chain.
-    from omejdn_pg.cli.certificates import self_signed_certificate
+    from omejdn_pg.certificates import self_signed_certificate
 
     private = ec.generate_private_key(ec.SECP384R1())
     chain = self_signed_certificate(private, "ca-issued.example", 30)
@@ -423,7 +423,7 @@ def test_rotating_a_signer_with_a_chain_gives_the_new_key_one(
     cert_file.write_bytes(
         certificate(private, valid_from=past, days=1).public_bytes(serialization.Encoding.PEM)
     )
-    ok(cli(config, "delete", "omejdn", "omejdn", listed_next(config), "--yes"))
+    ok(cli(config, "delete", "--yes", "--", "omejdn", "omejdn", listed_next(config)))
     before = listed(config)
     expired = cli(
         config, "rotate", "omejdn", "omejdn", "--key", str(key_file), "--cert", str(cert_file)

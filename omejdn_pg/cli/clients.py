@@ -141,7 +141,7 @@ def clients_list(
 @show_secrets_option
 def clients_show(client_id: str, show_secrets: bool) -> None:
     """Show one client's metadata, attributes and certificate."""
-    from omejdn_pg.cli.certificates import certificate_view
+    from omejdn_pg.certificates import certificate_view
 
     cli = current()
     host = cli.host()

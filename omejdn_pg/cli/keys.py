@@ -185,7 +185,7 @@ def keys_generate(
 
     To add a key to a set that signs already, use `keys rotate`.
     """
-    from omejdn_pg.cli.certificates import self_signed_certificate
+    from omejdn_pg.certificates import self_signed_certificate
     from omejdn_pg.keys import Key
 
     host = writing_keys(allow_plaintext)

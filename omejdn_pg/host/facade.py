@@ -511,7 +511,7 @@ def _self_signed(key: Key, model: x509.Certificate | None, target: str) -> Key:
     """``key`` with a self-signed certificate of ``model``'s subject and validity span
     (else of CN=``target``, for a year), so that a signer published with a chain
     is followed by one published with a chain."""
-    from omejdn_pg.cli.certificates import self_signed_certificate
+    from omejdn_pg.certificates import self_signed_certificate
 
     assert key.private_key is not None  # a key made here
     subject: str | x509.Name = model.subject if model is not None else target

@@ -1,6 +1,7 @@
-"""Certificates in the CLI: self-signed ones for keys made here (``omejdn-pg keys
-generate --self-signed`` and the example deployment, ``examples/generate.py``), and
-the summary ``clients show`` and ``keys list`` print of one.
+"""Self-signed certificates for keys the package makes (``omejdn-pg keys generate
+--self-signed``, the new key of a rotated signer that had a chain, the example
+deployment of ``examples/generate.py``), and the summary ``clients show`` and
+``keys list`` print of one.
 
 One builder serves both, so the two cannot drift apart. The trade-off of a
 self-signed certificate is the usual one: nobody vouches for it, so whoever
