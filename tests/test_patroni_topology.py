@@ -247,10 +247,15 @@ def test_a_second_process_cache_serves_nothing_stale_across_a_switchover(
             for n in range(2, 6):
                 delays.append(seen_within(reader, n, write_until_it_works(writer, n)))
             switching.join(60)
-            listeners = new.value(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                ("omejdn_pg-cache-listener",),
-            )
+            # The listener reconnects with a backoff (up to 2 s between attempts), and
+            # serves nothing from the cache meanwhile: give it a few attempts.
+            listeners, deadline = 0, time.monotonic() + 10
+            while listeners < 1 and time.monotonic() < deadline:
+                listeners = new.value(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                    ("omejdn_pg-cache-listener",),
+                )
+                time.sleep(0.1)
             stats = reader.stop()
         finally:
             reader.kill()

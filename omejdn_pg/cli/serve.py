@@ -87,6 +87,9 @@ def serve(
         context.note(f"{said} answers at {socket_path}")
         return 0
     gid = _gid(group) if group is not None else None
+    if endpoint.answers_at(socket_path):
+        # Before the host and its read cache start: a second service refused says one line.
+        raise endpoint.ServiceError(f"another service answers at {socket_path}")
     _log_to_stderr(context.quiet, context.verbose)
     host = context.host()
     postgres = host.postgres
