@@ -441,7 +441,7 @@ def test_a_failure_before_the_journal_leaves_the_old_set(
     def full_disk(*_args: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_module, "_fsync_dir", full_disk)
+    monkeypatch.setattr(store_module, "fsync_directory", full_disk)
     with pytest.raises(OSError, match="No space"):
         store(loader, "omejdn", KeySet([generate_key("RS256")]).to_jwks())
 

@@ -115,6 +115,7 @@ from omejdn_pg.host.files.store import (
     USERS_SECTION,
     FileStore,
     KeyFiles,
+    fsync_directory,
 )
 from omejdn_pg.host.files.survey import check_section, ignored_files
 from omejdn_pg.keys import Key, KeySet
@@ -950,11 +951,7 @@ def _fsync_tree(root: Path) -> None:
     """Make the directory entries of the staged export durable before it is renamed in
     (the files were synced when written)."""
     for folder, _dirs, _files in os.walk(root, topdown=False):
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        fsync_directory(Path(folder))
 
 
 def _clear_stale_staging(parent: Path, name: str) -> None:

@@ -34,6 +34,7 @@ from typing import IO, Any, Final
 from sqlalchemy import Connection, text
 
 from omejdn_pg.errors import BackupError
+from omejdn_pg.host.files.store import fsync_directory
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.repositories.config import PROVISIONED, ConfigRepository
@@ -169,7 +170,7 @@ def write_backup_file(database: Database, path: Path, *, force: bool = False) ->
             out.flush()
             os.fsync(out.fileno())
         _move_into_place(Path(temporary), path, force)
-        _sync_directory(parent)
+        fsync_directory(parent)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -191,14 +192,6 @@ def _move_into_place(temporary: Path, path: Path, force: bool) -> None:
         os.rename(temporary, path)  # a file system without hard links
         return
     temporary.unlink()
-
-
-def _sync_directory(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 # --- helpers ---------------------------------------------------------------------------

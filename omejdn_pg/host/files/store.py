@@ -683,10 +683,10 @@ def _commit(folder: Path, writes: Sequence[tuple[str, bytes, int]], removes: Seq
             json.dumps({"renames": renames, "remove": list(removes)}).encode("utf-8"),
             0o600,
         )
-        _fsync_dir(folder)
+        fsync_directory(folder)
         journal = folder / f"{_TEMPORARY}{token}{_JOURNAL}"
         os.replace(journal_temporary, journal)
-        _fsync_dir(folder)
+        fsync_directory(folder)
     except BaseException:
         for temporary, _name in renames:
             (folder / temporary).unlink(missing_ok=True)
@@ -713,7 +713,7 @@ def _replay(folder: Path, journal: Path) -> None:
             os.replace(folder / temporary, folder / name)
     for name in removes:
         (folder / name).unlink(missing_ok=True)
-    _fsync_dir(folder)
+    fsync_directory(folder)
     journal.unlink(missing_ok=True)
 
 
@@ -744,7 +744,8 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
             os.close(descriptor)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_directory(folder: Path) -> None:
+    """Make ``folder``'s entries (a file renamed or linked in) durable."""
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(descriptor)
