@@ -13,6 +13,7 @@ traces, thread runners, strategies, subprocess runners) are in ``helpers.py``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -132,14 +133,29 @@ def empty_database(server: ConnectionSettings) -> Iterator[ConnectionSettings]:
         drop_database(server, name)
 
 
-@pytest.fixture
-def database(server: ConnectionSettings, template_database: str) -> Iterator[ConnectionSettings]:
-    """Connection settings of a new database at the head schema, this test's own."""
-    name = create_database(server, template=template_database)
+@contextlib.contextmanager
+def fresh_database(server: ConnectionSettings, template: str) -> Iterator[ConnectionSettings]:
+    name = create_database(server, template=template)
     try:
         yield server.with_params(dbname=name)
     finally:
         drop_database(server, name)
+
+
+@pytest.fixture
+def database(server: ConnectionSettings, template_database: str) -> Iterator[ConnectionSettings]:
+    """Connection settings of a new database at the head schema, this test's own."""
+    with fresh_database(server, template_database) as settings:
+        yield settings
+
+
+@pytest.fixture
+def other_database(
+    server: ConnectionSettings, template_database: str
+) -> Iterator[ConnectionSettings]:
+    """A second new database at the head schema (where a backup is restored, say)."""
+    with fresh_database(server, template_database) as settings:
+        yield settings
 
 
 @pytest.fixture

@@ -36,8 +36,11 @@ from psycopg import pq
 from sqlalchemy import Connection, event, select
 
 from omejdn_pg.entities import PrivateKey
+from omejdn_pg.host.bootstrap import PluginLoader
 from omejdn_pg.postgres import migrate
+from omejdn_pg.postgres.cache import ReadCache
 from omejdn_pg.postgres.database import Database, build_engine
+from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.schema import metadata
 from omejdn_pg.settings import ConnectionSettings
 from tests import secrets
@@ -428,3 +431,20 @@ def make_examples(target: Path) -> Path:
         [sys.executable, str(EXAMPLES / "generate.py"), str(target), "--quiet"], check=True
     )
     return target
+
+
+# --- the read cache -----------------------------------------------------------------
+
+
+def plugin(loader: PluginLoader) -> PostgresBackendPlugin:
+    """The postgres_backend plugin ``loader`` loaded."""
+    found = loader.plugins["postgres_backend"]
+    assert isinstance(found, PostgresBackendPlugin)
+    return found
+
+
+def cache_of(loader: PluginLoader) -> ReadCache:
+    """That plugin's read cache (it must have one)."""
+    cache = plugin(loader).cache
+    assert cache is not None
+    return cache

@@ -19,7 +19,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +49,6 @@ EXACT = "0.1000000000000000055511151231257827"
 """A number a float cannot hold: it must come back with every digit."""
 ALICE_HASH = "$2a$04$" + "a" * 53
 NOW = datetime.datetime.now(datetime.UTC)
-
-
-@pytest.fixture
-def other_database(
-    server: ConnectionSettings, template_database: str
-) -> Iterator[ConnectionSettings]:
-    """A second fresh database at the head revision: where backups are restored."""
-    name = create_database(server, template=template_database)
-    try:
-        yield server.with_params(dbname=name)
-    finally:
-        drop_database(server, name)
 
 
 @pytest.fixture(params=["unsealed", "sealed"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,23 +13,11 @@ from omejdn_pg.entities import User
 from omejdn_pg.host.facade import Host
 from omejdn_pg.sealing import generate_secret, is_sealed
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
-from tests.conftest import create_database, drop_database
 from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
 from tests.secrets import watch
 
 KEK_ENV = "OMEJDN_PG_TEST_BACKUP_CLI_KEK"
 ROWS = "SELECT target_type, target, kid, type, value, state FROM keys ORDER BY 1, 2, 3, 4"
-
-
-@pytest.fixture
-def other_database(
-    server: ConnectionSettings, template_database: str
-) -> Iterator[ConnectionSettings]:
-    name = create_database(server, template=template_database)
-    try:
-        yield server.with_params(dbname=name)
-    finally:
-        drop_database(server, name)
 
 
 @pytest.fixture

@@ -28,11 +28,10 @@ from omejdn_pg import Client, PluginLoader, User
 from omejdn_pg.host import events
 from omejdn_pg.host.facade import Host
 from omejdn_pg.keys import KeySet, generate_key
-from omejdn_pg.postgres.cache import CHANNEL, LISTENER_APPLICATION_NAME, ReadCache
+from omejdn_pg.postgres.cache import CHANNEL, LISTENER_APPLICATION_NAME
 from omejdn_pg.postgres.database import count_statements
-from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.settings import ConnectionSettings
-from tests.helpers import PlainSQL, write_plugins
+from tests.helpers import PlainSQL, cache_of, plugin, write_plugins
 
 BOUND = 0.5
 """``max_staleness`` of the caches under test, in seconds."""
@@ -42,18 +41,6 @@ CACHE = f"{{max_staleness: {BOUND}}}"
 EVERYTHING = f"{{max_staleness: {BOUND}, client: true, user: true}}"
 OFF = "false"
 HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
-
-
-def plugin(loader: PluginLoader) -> PostgresBackendPlugin:
-    found = loader.plugins["postgres_backend"]
-    assert isinstance(found, PostgresBackendPlugin)
-    return found
-
-
-def cache_of(loader: PluginLoader) -> ReadCache:
-    cache = plugin(loader).cache
-    assert cache is not None
-    return cache
 
 
 def one(loader: PluginLoader, event: str, **context: Any) -> Any:

@@ -23,28 +23,15 @@ from sqlalchemy import Connection
 
 from omejdn_pg import PluginLoader, User
 from omejdn_pg.host import events
-from omejdn_pg.postgres.cache import ReadCache, publish_change
-from omejdn_pg.postgres.plugin import PostgresBackendPlugin
+from omejdn_pg.postgres.cache import publish_change
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings import ConnectionSettings
-from tests.helpers import PlainSQL
+from tests.helpers import PlainSQL, cache_of, plugin
 
 BOUND = 0.5
 MARGIN = 1.0
 WRITERS = 16
 HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
-
-
-def plugin(loader: PluginLoader) -> PostgresBackendPlugin:
-    found = loader.plugins["postgres_backend"]
-    assert isinstance(found, PostgresBackendPlugin)
-    return found
-
-
-def cache_of(loader: PluginLoader) -> ReadCache:
-    cache = plugin(loader).cache
-    assert cache is not None
-    return cache
 
 
 def user_get(loader: PluginLoader, name: str) -> User | None:
