@@ -45,6 +45,7 @@ from typing import Any
 import psycopg
 import yaml
 
+from omejdn_pg.cli.embedded import process_exists
 from omejdn_pg.settings import ConnectionSettings
 from tests.cluster import RigUnavailable, _own, _run, free_port
 
@@ -135,20 +136,6 @@ def _service_user() -> str | None:
     return SERVICE_USER
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for every purpose here.
-    with contextlib.suppress(OSError):
-        status = Path(f"/proc/{pid}/stat").read_text()
-        return status.rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
 @dataclass
 class PatroniNode:
     """One Patroni daemon and the PostgreSQL server it runs."""
@@ -217,7 +204,7 @@ class PatroniNode:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return None
-        if str(self.data).encode() not in command or not _alive(pid):
+        if str(self.data).encode() not in command or not process_exists(pid):
             return None
         return pid
 
@@ -239,13 +226,13 @@ class PatroniNode:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
-        if pid is not None and _alive(pid):
+        if pid is not None and process_exists(pid):
             os.kill(pid, signal.SIGKILL)
         self._wait_postmaster_gone(pid)
 
     def _wait_postmaster_gone(self, pid: int | None, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        while pid is not None and _alive(pid):
+        while pid is not None and process_exists(pid):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name}'s postmaster {pid} did not exit")
             time.sleep(0.05)
@@ -267,7 +254,7 @@ class PatroniNode:
                 self.process.kill()
                 self.process.wait(10)
         pid = self.postmaster_pid() or pid
-        if pid is not None and _alive(pid):
+        if pid is not None and process_exists(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             self._wait_postmaster_gone(pid)

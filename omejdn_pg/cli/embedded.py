@@ -122,7 +122,7 @@ def status(path: Path) -> EmbeddedStatus:
     except ValueError:
         return EmbeddedStatus(path, running=False)
     socket_dir = Path(lines[4].strip()) if lines[4].strip() else None
-    running = _process_exists(pid) and lines[7].strip() == "ready"
+    running = process_exists(pid) and lines[7].strip() == "ready"
     return EmbeddedStatus(path, running, pid if running else None, socket_dir, port)
 
 
@@ -224,7 +224,7 @@ def stop(path: Path, timeout: float = 60.0) -> bool:
             f"not allowed to stop the embedded PostgreSQL in {path} (pid {current.pid})"
         ) from exc
     deadline = time.monotonic() + timeout
-    while _process_exists(current.pid):
+    while process_exists(current.pid):
         if time.monotonic() > deadline:
             raise EmbeddedError(
                 f"the embedded PostgreSQL in {path} (pid {current.pid}) did not stop "
@@ -274,7 +274,7 @@ def _pgserver() -> Any:
     return pgserver
 
 
-def _process_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
     """Whether ``pid`` is a live process (a zombie, never reaped in some containers, is not)."""
     try:
         os.kill(pid, 0)
