@@ -9,6 +9,12 @@ host) and never carries a password, a private key or a connection password.
 from __future__ import annotations
 
 
+def first_line(text: str) -> str:
+    """The first line of a driver's or server's message (the rest is its context)."""
+    lines = text.strip().splitlines()
+    return lines[0] if lines else text
+
+
 class OmejdnPgError(Exception):
     """Base class of every error this package raises on purpose."""
 

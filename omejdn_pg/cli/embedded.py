@@ -38,7 +38,7 @@ from typing import Any, Final, TypeVar
 import psycopg
 from psycopg import sql
 
-from omejdn_pg.errors import EmbeddedError, StorageUnavailable
+from omejdn_pg.errors import EmbeddedError, StorageUnavailable, first_line
 from omejdn_pg.settings import ConnectionSettings
 
 T = TypeVar("T")
@@ -144,7 +144,7 @@ def start(path: Path) -> tuple[EmbeddedStatus, bool]:
             log_file = path / "log"
             raise EmbeddedError(
                 f"the embedded PostgreSQL in {path} did not start ({type(exc).__name__}: "
-                f"{_first_line(str(exc))}); see {log_file}"
+                f"{first_line(str(exc))}); see {log_file}"
             ) from exc
         current = status(path)
         started = True
@@ -254,8 +254,7 @@ def ensure_database(current: EmbeddedStatus) -> bool:
         return True  # a concurrent first start created it meanwhile
     except psycopg.Error as exc:
         raise StorageUnavailable(
-            f"the embedded PostgreSQL in {current.data_dir} does not answer: "
-            f"{_first_line(str(exc))}"
+            f"the embedded PostgreSQL in {current.data_dir} does not answer: {first_line(str(exc))}"
         ) from exc
 
 
@@ -287,8 +286,3 @@ def process_exists(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state not in ("Z", "X")
-
-
-def _first_line(text: str) -> str:
-    """The first line of a driver's or pgserver's message (the rest is its context)."""
-    return text.strip().splitlines()[0] if text.strip() else text

@@ -112,7 +112,7 @@ from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy import exc as sa_exc
 
 from omejdn_pg.entities import Client, User
-from omejdn_pg.errors import SchemaOutOfDate
+from omejdn_pg.errors import SchemaOutOfDate, first_line
 from omejdn_pg.postgres.readpool import node_read_only
 from omejdn_pg.postgres.schema import CHANGE_GROUPS, CLIENT_CERTIFICATE_TARGET_TYPE, KeyRecord
 from omejdn_pg.settings import CacheSettings, ConnectionSettings
@@ -956,7 +956,7 @@ class _Listener:
                 self._connect_and_listen()
                 continue  # stopped
             except psycopg.Error as error:
-                reason = self._cache.connection.scrub(_first_line(str(error)))
+                reason = self._cache.connection.scrub(first_line(str(error)))
             except Exception as error:  # a bug must not end the thread: step aside, retry
                 log.exception("read cache: listener failed")
                 reason = f"listener failed: {type(error).__name__}"
@@ -1058,8 +1058,3 @@ class _Listener:
         if self._log_interval > 0 and time.monotonic() >= self._next_log:
             self._next_log = time.monotonic() + self._log_interval
             self._cache.stats(log_line=True)
-
-
-def _first_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else text

@@ -79,6 +79,7 @@ from omejdn_pg.errors import (
     SchemaOutOfDate,
     StorageError,
     StorageUnavailable,
+    first_line,
 )
 from omejdn_pg.postgres.patroni import ClusterView, PatroniWatch
 from omejdn_pg.postgres.readpool import DirectReader, ReadPool, node_read_only
@@ -368,7 +369,7 @@ class Replica:
         pause = min(REPLICA_RETRY_MAX, REPLICA_RETRY_FIRST * 2 ** (self.failures - 1))
         self.down_until = time.monotonic() + pause
         self.standby = False
-        log.info("replica %s skipped for %.0f s: %s", self.name, pause, _first_line(str(error)))
+        log.info("replica %s skipped for %.0f s: %s", self.name, pause, first_line(str(error)))
 
 
 @dataclass
@@ -935,7 +936,7 @@ class Database:
         where = self.connection.describe()
         original = getattr(error, "orig", None)
         if isinstance(original, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
-            message = _first_line(str(original))
+            message = first_line(str(original))
             if any(f'"{table}"' in message for table in _SCHEMA_TABLES):
                 return SchemaOutOfDate(
                     f"the database {where} has no omejdn_pg schema or an old one ({message}); "
@@ -953,7 +954,7 @@ class Database:
         if isinstance(error, exc.DBAPIError) and (
             error.connection_invalidated or _is_unavailable(original)
         ):
-            reason = _first_line(str(original)) if original is not None else "connection lost"
+            reason = first_line(str(original)) if original is not None else "connection lost"
             return StorageUnavailable(
                 f"PostgreSQL at {where} is unavailable: {self.connection.scrub(reason)}"
             )
@@ -962,7 +963,7 @@ class Database:
                 f"no free connection to {where} within the pool timeout; "
                 "raise plugins.postgres_backend.pool.size or .timeout"
             )
-        reason = _first_line(str(original if original is not None else error))
+        reason = first_line(str(original if original is not None else error))
         return StorageError(f"database error at {where}: {self.connection.scrub(reason)}")
 
 
@@ -1065,7 +1066,3 @@ def authentication_problem(original: object, connection: ConnectionSettings) -> 
     if missing:
         return f'authentication failed for user "{user}" (a password is required: none given)'
     return f'authentication failed for user "{user}"'
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text
