@@ -1,6 +1,6 @@
 """Point reads beyond one server: on a streaming standby and through PgBouncer.
 
-The rig is the tests' own (``tests/cluster.py``): a primary and one standby
+The rig is the tests' own (``tests/cluster/rig.py``): a primary and one standby
 from the embedded server's binaries, and Debian's PgBouncer in transaction
 mode in front of the primary. Each label is a Host as Omejdn would run it
 (cache off, so every call reaches PostgreSQL); the labels are timed in
@@ -30,7 +30,7 @@ def _section(connection: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 def measure(*, quick: bool, placement: Placement | None = None) -> dict[str, Any]:
     """``{"rows": {label: {p50_us, p95_us, ratio}}, "skipped": {label: reason}}``."""
-    from tests.cluster import Cluster, PgBouncer, RigUnavailable, compare_latency
+    from tests.cluster.rig import Cluster, PgBouncer, RigUnavailable, compare_latency
 
     rounds, per_round = (4, 25) if quick else (20, 100)
     skipped: dict[str, str] = {}

@@ -12,7 +12,7 @@ inside every transaction instead (``set_config(name, value, true)``, i.e.
 a plain ``SET`` would stay on whichever server connection it happened to reach
 and leak to other clients of the pool.
 
-The cost behind such a pooler, measured in ``tests/test_operator_pooler.py``:
+The cost behind such a pooler, measured in ``tests/cluster/test_pooler_operator.py``:
 a point read on the read pool stays one round trip (``BEGIN``, the settings,
 the read and ``COMMIT`` go out as one pipeline); a read or a write through
 SQLAlchemy pays one more statement for the settings. A direct server, or a

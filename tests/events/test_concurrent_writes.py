@@ -1,0 +1,131 @@
+"""Many writers on the same user, client and section: the end state is one whole write.
+
+16 threads x 200 mixed writes through the events. Every write is a complete,
+self-describing state (it names its writer and sequence number, and its size
+varies with them), so a mixture of two writes — one writer's attributes with
+another's metadata, a key set of one and the keys of another — is detectable
+with plain SQL afterwards. No write may fail (no duplicate key, no deadlock
+reaching the caller).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from omejdn_pg import Client, PluginLoader, User
+from omejdn_pg.host.facade import Host
+from omejdn_pg.keys import KeySet, generate_key
+from omejdn_pg.settings import ConnectionSettings
+from tests.events.test_storage_events import OMEJDN_HASH, plugin_yaml
+from tests.helpers import PlainSQL, run_together
+
+THREADS, WRITES = 16, 200
+KEY_POOL = [generate_key("ES256") for _ in range(6)]
+
+
+def attributes_of(writer: int, seq: int) -> dict[str, Any]:
+    size = 1 + (writer + seq) % 5
+    return {"writer": writer, "seq": seq, **{f"a{i}": f"{writer}-{seq}-{i}" for i in range(size)}}
+
+
+def keys_of(writer: int, seq: int) -> KeySet:
+    start = (writer + seq) % len(KEY_POOL)
+    count = 1 + seq % 3
+    return KeySet([KEY_POOL[(start + i) % len(KEY_POOL)] for i in range(count)])
+
+
+@pytest.fixture
+def host(database: ConnectionSettings, tmp_path: Path) -> Iterator[Host]:
+    path = tmp_path / "plugins.yml"
+    path.write_text(
+        plugin_yaml(database).replace(
+            "      passwords:", "      pool: {size: 16}\n      passwords:"
+        )
+    )
+    with Host(PluginLoader.from_files([path], base_dir=tmp_path)) as opened:
+        opened.users.add(User(username="alice", password=OMEJDN_HASH))
+        opened.clients.add(Client(metadata={"client_id": "portal"}))
+        yield opened
+
+
+@pytest.mark.slow
+def test_sixteen_writers_leave_one_whole_write_of_each_object(
+    host: Host, plain_sql: PlainSQL
+) -> None:
+    def work(writer: int) -> int:
+        rng = random.Random(writer)
+        for seq in range(WRITES):
+            kind = rng.choice(("user", "client", "section", "keys"))
+            if kind == "user":
+                host.users.save(
+                    User(
+                        username="alice",
+                        password=OMEJDN_HASH,
+                        attributes=attributes_of(writer, seq),
+                        consent={"portal": [f"{writer}-{seq}"]},
+                        backend="postgres",
+                    )
+                )
+            elif kind == "client":
+                metadata = {
+                    "client_id": "portal",
+                    **{f"m{i}": seq for i in range(1 + seq % 4)},
+                    "writer": writer,
+                    "seq": seq,
+                    "jwks": keys_of(writer, seq).to_jwks(private=False),
+                }
+                host.clients.save(
+                    Client(
+                        metadata=metadata, attributes=attributes_of(writer, seq), backend="postgres"
+                    )
+                )
+            elif kind == "section":
+                host.config.write("omejdn", attributes_of(writer, seq))
+            else:
+                host.keys.store("omejdn", "omejdn", keys_of(writer, seq))
+        return writer
+
+    results = run_together(THREADS, work)
+    assert [r for r in results if isinstance(r, BaseException)] == []
+
+    user_attributes = dict(plain_sql.rows("SELECT key, value FROM attributes WHERE type = 'user'"))
+    assert user_attributes == attributes_of(user_attributes["writer"], user_attributes["seq"])
+    consent = plain_sql.value("SELECT consent FROM users")
+    assert consent == {"portal": [f"{user_attributes['writer']}-{user_attributes['seq']}"]}
+
+    metadata = dict(plain_sql.rows("SELECT key, value FROM clients"))
+    writer, seq = metadata["writer"], metadata["seq"]
+    assert set(metadata) == {"client_id", "writer", "seq", *(f"m{i}" for i in range(1 + seq % 4))}
+    client_attributes = dict(
+        plain_sql.rows("SELECT key, value FROM attributes WHERE type = 'client'")
+    )
+    # Metadata, attributes and keys of the client all come from the same write.
+    assert client_attributes == attributes_of(writer, seq)
+    client_kids = [
+        kid
+        for (kid,) in plain_sql.rows(
+            "SELECT kid FROM keys WHERE target_type = 'clients' ORDER BY position"
+        )
+    ]
+    assert client_kids == [key.kid for key in keys_of(writer, seq)]
+
+    section = dict(plain_sql.rows("SELECT key, value FROM configuration_omejdn"))
+    assert section == attributes_of(section["writer"], section["seq"])
+
+    signer_kids = {
+        kid for (kid,) in plain_sql.rows("SELECT kid FROM keys WHERE target_type = 'omejdn'")
+    }
+    assert any(
+        signer_kids == {key.kid for key in keys_of(w, s)}
+        for w in range(THREADS)
+        for s in range(WRITES)
+    )
+    assert (
+        plain_sql.value("SELECT count(*) FROM keys WHERE target_type = 'omejdn' AND type = 'sk'")
+        == 1
+    )
