@@ -20,7 +20,7 @@ import bcrypt
 
 from bench.placement import Placement, starting_servers
 from omejdn_pg import User
-from omejdn_pg.host.facade import Host
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import parse_backend_section
 
 

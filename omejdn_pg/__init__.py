@@ -28,15 +28,15 @@ from omejdn_pg.errors import (
 
 if TYPE_CHECKING:
     from omejdn_pg.entities import Client, KeyMaterial, User
-    from omejdn_pg.host.bootstrap import PluginLoader
-    from omejdn_pg.host.facade import Host
+    from omejdn_pg.host.loader import PluginLoader
+    from omejdn_pg.service.host import Host
 
 _LAZY = {
     "Client": "omejdn_pg.entities",
     "KeyMaterial": "omejdn_pg.entities",
     "User": "omejdn_pg.entities",
-    "PluginLoader": "omejdn_pg.host.bootstrap",
-    "Host": "omejdn_pg.host.facade",
+    "PluginLoader": "omejdn_pg.host.loader",
+    "Host": "omejdn_pg.service.host",
 }
 
 

@@ -36,7 +36,7 @@ from psycopg import pq
 from sqlalchemy import Connection, event, select
 
 from omejdn_pg.entities import PrivateKey
-from omejdn_pg.host.bootstrap import PluginLoader
+from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.cache import ReadCache
 from omejdn_pg.postgres.database import Database, build_engine

@@ -24,7 +24,7 @@ from typing import Any, Final
 from omejdn_pg.bridge.protocol import INVALID_PARAMS, METHOD_NOT_FOUND, ProtocolError
 from omejdn_pg.entities import Client, User
 from omejdn_pg.host import events
-from omejdn_pg.host.facade import Host
+from omejdn_pg.service.host import Host
 
 Params = dict[str, Any]
 Answer = Callable[[Host, Params], Any]

@@ -42,7 +42,7 @@ from omejdn_pg.bridge.protocol import (
     RequestError,
 )
 from omejdn_pg.errors import ConfigurationError, OmejdnPgError, StorageUnavailable
-from omejdn_pg.host.facade import Host
+from omejdn_pg.service.host import Host
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ import click
 
 if TYPE_CHECKING:
     from omejdn_pg.cli.embedded import EmbeddedStatus
-    from omejdn_pg.host.facade import Host
     from omejdn_pg.postgres.database import Database
+    from omejdn_pg.service.host import Host
     from omejdn_pg.settings import BackendSettings, ConnectionSettings, StaticConfiguration
 
 T = TypeVar("T")
@@ -229,7 +229,7 @@ class CliContext:
     def host(self) -> Host:
         """The host facade over this invocation's database (one engine), schema checked."""
         if self._host is None:
-            from omejdn_pg.host.facade import Host
+            from omejdn_pg.service.host import Host
 
             settings = self.target().settings
             if self.public_keys_only:

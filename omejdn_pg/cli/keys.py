@@ -20,8 +20,8 @@ from omejdn_pg.cli.output import Column, print_document, read_text_source, strea
 if TYPE_CHECKING:
     import datetime
 
-    from omejdn_pg.host.facade import Host
     from omejdn_pg.keys import Key
+    from omejdn_pg.service.host import Host
 
 ALLOW_PLAINTEXT_HELP: Final = (
     "Store the private key unsealed even though the database holds sealed keys "

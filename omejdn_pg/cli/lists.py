@@ -35,8 +35,8 @@ from omejdn_pg.cli.output import (
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-    from omejdn_pg.host.facade import Host
     from omejdn_pg.postgres.repositories.listing import Counts, Criteria
+    from omejdn_pg.service.host import Host
 
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])

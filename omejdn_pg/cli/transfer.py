@@ -108,7 +108,6 @@ from omejdn_pg.errors import (
     NotFound,
     TransferError,
 )
-from omejdn_pg.host.facade import Host
 from omejdn_pg.host.files.store import (
     CLIENT_KEYS,
     CLIENTS_SECTION,
@@ -125,6 +124,7 @@ from omejdn_pg.postgres.repositories.bulk import Row, UserImport
 from omejdn_pg.postgres.repositories.common import check_json
 from omejdn_pg.postgres.schema import validate_section_name
 from omejdn_pg.service import layout_losses
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BACKEND_NAME
 
 KINDS: Final = ("users", "clients", "config", "keys")

@@ -28,8 +28,8 @@ from omejdn_pg.cli.output import print_document, print_table, printable
 if TYPE_CHECKING:
     from omejdn_pg.cli import transfer
     from omejdn_pg.cli.diff import FieldChange
-    from omejdn_pg.host.facade import Host
     from omejdn_pg.passwords import PasswordPolicy
+    from omejdn_pg.service.host import Host
 
 Diffs = dict[tuple[str, str], list["FieldChange"]]
 VERBS: Final = {"create": ("would create", "created"), "update": ("would update", "updated")}

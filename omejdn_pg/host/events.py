@@ -7,7 +7,7 @@ once, and why a handler must act only on what is its own.
 
 This module is only the contract — event names, ``register``/``fire`` and the
 backend names of the user and client groups. Which plugins load is decided in
-:mod:`omejdn_pg.host.bootstrap`, so plugins (the default file plugins
+:mod:`omejdn_pg.host.loader`, so plugins (the default file plugins
 included) import this module without ever importing what loads them.
 """
 

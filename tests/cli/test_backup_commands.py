@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from omejdn_pg.entities import User
-from omejdn_pg.host.facade import Host
 from omejdn_pg.sealing import generate_secret, is_sealed
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
 from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
 from tests.secrets import watch

@@ -21,10 +21,10 @@ import yaml
 
 from omejdn_pg.cli import app as cli
 from omejdn_pg.entities import KeyMaterial
-from omejdn_pg.host.facade import Host
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.postgres import database as database_module
 from omejdn_pg.postgres import migrate
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
 from tests.helpers import ok, omejdn_pg, one_error_line
 

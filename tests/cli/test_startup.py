@@ -148,8 +148,9 @@ NOR_OF_THE_PACKAGE = (
     "omejdn_pg.keys",
     "omejdn_pg.passwords",
     "omejdn_pg.sealing",
-    "omejdn_pg.host.facade",
-    "omejdn_pg.host.bootstrap",
+    "omejdn_pg.service.host",
+    "omejdn_pg.bootstrap",
+    "omejdn_pg.host.loader",
     "omejdn_pg.postgres.plugin",
 )
 """The facade and the plugin: the CLI's own host has PostgreSQL alone, a listing reads it."""

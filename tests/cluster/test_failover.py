@@ -21,9 +21,9 @@ from sqlalchemy import text
 
 from omejdn_pg.entities import User
 from omejdn_pg.errors import StorageUnavailable
-from omejdn_pg.host.facade import Host
 from omejdn_pg.postgres import topology
 from omejdn_pg.postgres.database import Database
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import (
     BackendSettings,
     ConnectionSettings,

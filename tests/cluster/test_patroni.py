@@ -38,7 +38,7 @@ import psycopg
 import pytest
 
 from omejdn_pg.entities import User
-from omejdn_pg.host.facade import Host
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import (
     BACKEND_NAME,
     BackendSettings,

@@ -33,8 +33,8 @@ from omejdn_pg.entities import User
 from omejdn_pg.errors import StorageUnavailable
 from omejdn_pg.host import events
 from omejdn_pg.host.events import EventBus
-from omejdn_pg.host.facade import Host
 from omejdn_pg.postgres.database import Database
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import (
     BackendSettings,
     FailoverSettings,

@@ -26,9 +26,9 @@ from sqlalchemy import event, text
 
 from omejdn_pg.entities import User
 from omejdn_pg.errors import InvalidValue, StorageError, StorageUnavailable
-from omejdn_pg.host.facade import Host
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.repositories.config import ConfigRepository
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BackendSettings, parse_backend_section
 from tests.cluster.rig import Cluster, cluster_or_skip, compare_latency, latency_line
 from tests.helpers import run_together

@@ -12,7 +12,7 @@ import pytest
 from omejdn_pg import Client, PluginLoader, User
 from omejdn_pg.errors import ConfigurationError
 from omejdn_pg.host import events
-from omejdn_pg.host.facade import Host
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import ConnectionSettings
 from tests.helpers import REPO, PlainSQL
 

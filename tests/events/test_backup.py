@@ -28,8 +28,7 @@ import pytest
 from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import BackupError
 from omejdn_pg.host import events
-from omejdn_pg.host.bootstrap import PluginLoader
-from omejdn_pg.host.facade import Host
+from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.keys import KeySet, generate_key
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import Database, count_statements
@@ -39,6 +38,7 @@ from omejdn_pg.sealing import generate_secret, is_sealed
 from omejdn_pg.service import backup as service
 from omejdn_pg.service import restore as restoring
 from omejdn_pg.service.backup_format import read_backup
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
 from tests.conftest import create_database, drop_database
 from tests.helpers import PlainSQL, write_plugins

@@ -31,7 +31,6 @@ from omejdn_pg.cli import transfer
 from omejdn_pg.entities import User
 from omejdn_pg.errors import AlreadyExists, InvalidInput, StorageError
 from omejdn_pg.host import events
-from omejdn_pg.host.facade import Host
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.postgres import migrate
@@ -39,6 +38,7 @@ from omejdn_pg.postgres.database import count_statements
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.attributes import checked_attributes
 from omejdn_pg.postgres.repositories.users import UserRepository
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BackendSettings, ConnectionSettings, PasswordSettings
 from tests.helpers import PROPERTY_SETTINGS, PlainSQL, write_plugins
 

@@ -291,7 +291,7 @@ def test_keys_import_generate_and_import_refuse_it(
     examples: Path,
 ) -> None:
     from omejdn_pg.cli import transfer
-    from omejdn_pg.host.facade import Host
+    from omejdn_pg.service.host import Host
     from omejdn_pg.settings import BackendSettings
 
     url = database.conninfo()

@@ -14,8 +14,8 @@ import yaml
 
 from omejdn_pg.cli import transfer
 from omejdn_pg.cli.hashing import WORKERS_ENV, map_passwords, workers
-from omejdn_pg.host.facade import Host
 from omejdn_pg.passwords import PasswordPolicy
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BackendSettings, ConnectionSettings, PasswordSettings
 
 USERS = 12

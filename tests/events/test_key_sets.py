@@ -24,11 +24,11 @@ from cryptography.x509.oid import NameOID
 from omejdn_pg import Client, PluginLoader
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue, MigrationError
 from omejdn_pg.host import events
-from omejdn_pg.host.facade import Host
 from omejdn_pg.keys import Key, KeySet, generate_key
 from omejdn_pg.lifecycle import LifecycleError
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import count_statements
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import ConnectionSettings
 from tests.events.test_storage_events import plugin_yaml
 from tests.helpers import PlainSQL, run_together
@@ -455,7 +455,7 @@ def test_activate_retire_and_delete_by_hand(host: Host, loader: PluginLoader) ->
 MAINTAIN = textwrap.dedent(
     """
     import datetime, json, sys
-    from omejdn_pg.host.facade import Host
+    from omejdn_pg.service.host import Host
     host = Host.from_files([sys.argv[1]])
     now = datetime.datetime.fromisoformat(sys.argv[2])
     print(json.dumps([[c.target, c.kid, c.change] for c in host.keys.maintain(now=now)]))

@@ -11,8 +11,8 @@ import pytest
 
 from omejdn_pg import PluginLoader, User
 from omejdn_pg.errors import PasswordRejected
-from omejdn_pg.host.facade import Host
 from omejdn_pg.passwords import MAX_BCRYPT_COST, PasswordPolicy, describe_hash
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import ConnectionSettings, PasswordSettings
 from tests.events.test_storage_events import OMEJDN_HASH, plugin_yaml
 from tests.helpers import PlainSQL

@@ -19,10 +19,10 @@ from cryptography.x509.oid import NameOID
 from omejdn_pg import Client, KeyMaterial, PluginLoader, User
 from omejdn_pg.errors import AlreadyExists, ConfigurationError, SchemaOutOfDate
 from omejdn_pg.host import events
-from omejdn_pg.host.facade import Host
 from omejdn_pg.keys import Key, KeySet
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.repositories.common import lock_for_update
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import ConnectionSettings
 from tests.conftest import PlainSQL
 

@@ -28,9 +28,9 @@ from omejdn_pg.errors import (
     TransferError,
 )
 from omejdn_pg.host import events
-from omejdn_pg.host.facade import Host
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.passwords import PasswordPolicy
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BackendSettings, ConnectionSettings, PasswordSettings
 
 # bcrypt cost 4 keeps the tests of plaintext passwords fast.

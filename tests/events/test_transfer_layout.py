@@ -30,10 +30,10 @@ from cryptography.x509.oid import NameOID
 from omejdn_pg.cli import transfer
 from omejdn_pg.entities import PrivateKey
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
-from omejdn_pg.host.facade import Host
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.keys import Key, KeySet, jwk_thumbprint
 from omejdn_pg.sealing import generate_secret, is_sealed
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
 from tests.helpers import PlainSQL, make_chain
 from tests.secrets import watch

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from omejdn_pg.cli import transfer
-from omejdn_pg.host.facade import Host
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.sealing import generate_secret
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
 from tests.helpers import PlainSQL, ok, omejdn_pg
 from tests.secrets import watch

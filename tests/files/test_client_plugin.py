@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from omejdn_pg.entities import Client
 from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
 from omejdn_pg.host import events
-from omejdn_pg.host.bootstrap import PluginLoader
-from omejdn_pg.host.facade import Host
 from omejdn_pg.host.files.plugins import FILE_BACKEND, register_defaults
+from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.keys import Key, KeySet
+from omejdn_pg.service.host import Host
 from tests.helpers import make_chain
 
 EC_KEY = ec.generate_private_key(ec.SECP256R1())

@@ -14,8 +14,8 @@ import yaml
 
 from omejdn_pg.entities import Client, User
 from omejdn_pg.host import events
-from omejdn_pg.host.bootstrap import PluginLoader
 from omejdn_pg.host.files.plugins import FILE_BACKEND, register_defaults
+from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.settings import PasswordSettings
 

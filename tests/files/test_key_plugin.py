@@ -22,12 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host import events
-from omejdn_pg.host.bootstrap import PluginLoader
-from omejdn_pg.host.facade import Host
 from omejdn_pg.host.files import store as store_module
 from omejdn_pg.host.files.plugins import register_defaults
 from omejdn_pg.host.files.store import FileStore
+from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.keys import Key, KeySet, generate_key, jwk_thumbprint
+from omejdn_pg.service.host import Host
 from tests.helpers import make_chain
 
 RSA_1 = rsa.generate_private_key(public_exponent=65537, key_size=2048)

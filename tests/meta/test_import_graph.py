@@ -7,10 +7,10 @@ for the type checker alone. The layers, top to bottom:
 
 1. ``omejdn_pg`` (``__init__``, the public surface) and ``omejdn_pg.__main__``
 2. ``omejdn_pg.cli.*``
-3. ``omejdn_pg.service.*``, the operations that compose the host and the backend, and
-   ``omejdn_pg.bridge.*``, the storage service of the Ruby Omejdn
-4. ``omejdn_pg.host.facade``
-5. ``omejdn_pg.host.bootstrap``
+3. ``omejdn_pg.service.*``, the Host and the operations that compose the host and
+   the backend, and ``omejdn_pg.bridge.*``, the storage service of the Ruby Omejdn
+4. ``omejdn_pg.bootstrap``, the composition root: a loader with the backend wired
+5. ``omejdn_pg.host.loader``, reading the static configuration and loading plugins
 6. ``omejdn_pg.postgres.*`` and ``omejdn_pg.host.files.*``, which may not import each other
 7. ``omejdn_pg.host.events`` (and the ``omejdn_pg.host`` package itself)
 8. the vocabulary: every other top-level module (errors, entities, settings, ...)
@@ -63,9 +63,9 @@ def layer(name: str) -> int:
         return 1
     if within(name, f"{PACKAGE}.service") or within(name, f"{PACKAGE}.bridge"):
         return 2
-    if name == f"{PACKAGE}.host.facade":
+    if name == f"{PACKAGE}.bootstrap":
         return 3
-    if name == f"{PACKAGE}.host.bootstrap":
+    if name == f"{PACKAGE}.host.loader":
         return 4
     if any(within(name, prefix) for prefix in BACKENDS.values()):
         return 5
@@ -183,7 +183,7 @@ def where(edge: Import) -> str:
 
 def test_the_package_is_found() -> None:
     assert f"{PACKAGE}.cli.app" in MODULES
-    assert f"{PACKAGE}.host.facade" in MODULES
+    assert f"{PACKAGE}.service.host" in MODULES
     assert sum(len(edges) for edges in GRAPH.values()) > 50
 
 
@@ -275,16 +275,16 @@ def test_no_private_names_of_other_modules() -> None:
 @pytest.mark.parametrize(
     ("source", "target", "allowed"),
     [
-        ("omejdn_pg.cli.users", "omejdn_pg.host.facade", True),
-        ("omejdn_pg.host.facade", "omejdn_pg.cli.users", False),
+        ("omejdn_pg.cli.users", "omejdn_pg.service.host", True),
+        ("omejdn_pg.service.host", "omejdn_pg.cli.users", False),
         ("omejdn_pg.postgres.plugin", "omejdn_pg.host.events", True),
         ("omejdn_pg.host.events", "omejdn_pg.postgres.plugin", False),
         ("omejdn_pg.host.files.store", "omejdn_pg.postgres.schema", False),
         ("omejdn_pg.postgres.plugin", "omejdn_pg.host.files.store", False),
         ("omejdn_pg.entities", "omejdn_pg.errors", True),
         ("omejdn_pg.errors", "omejdn_pg.host.events", False),
-        ("omejdn_pg.host.bootstrap", "omejdn_pg.host.files.plugins", True),
-        ("omejdn_pg.host.bootstrap", "omejdn_pg.host.facade", False),
+        ("omejdn_pg.host.loader", "omejdn_pg.host.files.plugins", True),
+        ("omejdn_pg.host.loader", "omejdn_pg.service.host", False),
         ("omejdn_pg.__main__", "omejdn_pg.cli.app", True),
         ("omejdn_pg.cli.backup", "omejdn_pg.service.backup", True),
         ("omejdn_pg.service.backup", "omejdn_pg.postgres.database", True),

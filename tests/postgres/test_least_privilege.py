@@ -11,11 +11,11 @@ import pytest
 from omejdn_pg import Client, PluginLoader, User
 from omejdn_pg.errors import MigrationError, PermissionDenied
 from omejdn_pg.host import events
-from omejdn_pg.host.facade import Host
 from omejdn_pg.keys import KeySet, generate_key
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.repositories.config import KNOWN_SECTIONS, ConfigRepository
+from omejdn_pg.service.host import Host
 from omejdn_pg.settings import ConnectionSettings
 from tests.events.test_storage_events import OMEJDN_HASH, plugin_yaml
 from tests.helpers import PlainSQL

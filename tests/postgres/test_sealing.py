@@ -192,7 +192,7 @@ def test_the_plugin_seals_what_keys_store_sends_and_keys_load_opens_it(
 ) -> None:
     from omejdn_pg import PluginLoader
     from omejdn_pg.host import events
-    from omejdn_pg.host.facade import Host
+    from omejdn_pg.service.host import Host
     from tests.events.test_storage_events import plugin_yaml
 
     monkeypatch.setenv("OMEJDN_PG_TEST_KEK", NEW)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from omejdn_pg.errors import ConfigurationError, StorageUnavailable
-from omejdn_pg.host.bootstrap import PluginLoader
+from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.settings import (
     HANDLER_GROUPS,

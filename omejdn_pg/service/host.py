@@ -1,4 +1,4 @@
-"""The facade Omejdn's core calls: users, clients, configuration and keys.
+"""The Host: the calls Omejdn's core makes for users, clients, configuration and keys.
 
 Every storage path the CLI and the tests take goes through the events exactly
 as the server's would: finding a user is "the first non-None answer to
@@ -22,11 +22,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Connection
 
-from omejdn_pg import lifecycle
+from omejdn_pg import bootstrap, lifecycle
 from omejdn_pg.entities import Client, KeyMaterial, User
 from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial, NotFound
 from omejdn_pg.host import events
-from omejdn_pg.host.bootstrap import PluginLoader
 from omejdn_pg.host.events import EventBus
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.keys import Key, KeySet, generate_key, weak_key_problem
@@ -37,14 +36,11 @@ from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.bulk import UserImport
 from omejdn_pg.postgres.repositories.config import ConfigRepository, Shape
 from omejdn_pg.postgres.repositories.keys import KeyRepository
-from omejdn_pg.sealing import Keyring
 from omejdn_pg.settings import (
     BACKEND_NAME,
-    DEFAULT_PLUGINS,
     PLUGIN_NAME,
     BackendSettings,
     KeyLifecycleSettings,
-    StaticConfiguration,
 )
 
 
@@ -574,11 +570,11 @@ class Host:
         *,
         base_dir: str | os.PathLike[str] | None = None,
     ) -> Host:
-        return cls(PluginLoader.from_files(paths, base_dir=base_dir))
+        return cls(bootstrap.from_files(paths, base_dir=base_dir))
 
     @classmethod
     def from_env(cls, *, base_dir: str | os.PathLike[str] | None = None) -> Host:
-        return cls(PluginLoader.from_env(base_dir=base_dir))
+        return cls(bootstrap.from_env(base_dir=base_dir))
 
     @classmethod
     def from_settings(
@@ -592,31 +588,18 @@ class Host:
         database: Database | None = None,
     ) -> Host:
         """A host whose postgres backend uses ``settings`` (or an open ``database``),
-        with only the default file plugins named in ``defaults``."""
-        configuration = StaticConfiguration(
-            {
-                "deactivate_defaults": [d for d in DEFAULT_PLUGINS if d not in defaults],
-                "user_backend_default": user_backend_default,
-                "client_backend_default": client_backend_default,
-            }
+        with only the default file plugins named in ``defaults``
+        (:func:`omejdn_pg.bootstrap.from_settings`)."""
+        return cls(
+            bootstrap.from_settings(
+                settings,
+                defaults=defaults,
+                base_dir=base_dir,
+                user_backend_default=user_backend_default,
+                client_backend_default=client_backend_default,
+                database=database,
+            )
         )
-        loader = PluginLoader(configuration, base_dir=base_dir)
-        loader.load_plugins(check=False)
-        plugin = PostgresBackendPlugin()
-        plugin.settings = settings
-        plugin.keyring = Keyring.from_settings(settings.key_encryption)
-        plugin.attach(
-            database or Database.for_backend(settings),
-            PasswordPolicy(settings.passwords),
-        )
-        plugin.register(loader, settings.handlers)
-        loader.plugins[PLUGIN_NAME] = plugin
-        try:
-            loader.check_backend_defaults()
-        except BaseException:
-            loader.close()
-            raise
-        return cls(loader)
 
     def close(self) -> None:
         self.loader.close()
