@@ -47,7 +47,7 @@ from bench.placement import Placement, unplaced
 from bench.timing import Call, interleave, throughput
 from omejdn_pg import Client, Host
 from omejdn_pg.host import events
-from omejdn_pg.keys import KeySet
+from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.settings import ConnectionSettings, PoolSettings
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"

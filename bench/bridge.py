@@ -31,7 +31,8 @@ from bench.timing import interleave, throughput
 from omejdn_pg import PluginLoader
 from omejdn_pg.host import events
 from omejdn_pg.host.events import EventBus
-from omejdn_pg.keys import KeySet, generate_key
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import generate_key
 from omejdn_pg.settings import ConnectionSettings
 
 OMEJDN = {f"setting_{n}": f"value {n}" for n in range(20)} | {"issuer": "https://id.example"}

@@ -27,7 +27,7 @@ from bench import seed
 from bench.floor import Floor, Statement, capture
 from omejdn_pg.host import events
 from omejdn_pg.host.events import EventBus
-from omejdn_pg.keys import KeySet
+from omejdn_pg.keys.key_set import KeySet
 
 Call = Callable[[], object]
 

@@ -29,7 +29,8 @@ import bcrypt
 import psycopg
 
 from omejdn_pg import Client, Host
-from omejdn_pg.keys import KeySet, generate_key
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import generate_key
 from omejdn_pg.settings import ConnectionSettings
 
 BCRYPT_COST: Final = 4

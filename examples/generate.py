@@ -48,7 +48,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from omejdn_pg.certificates import self_signed_certificate
 from omejdn_pg.host.files.store import FileStore
-from omejdn_pg.keys import Key, PrivateKey, load_key_pem
+from omejdn_pg.keys.algorithms import PrivateKey
+from omejdn_pg.keys.model import Key
+from omejdn_pg.keys.pem import load_key_pem
 
 ISSUER = "https://auth.example.org"
 

@@ -26,17 +26,17 @@ from typing import TYPE_CHECKING, Any
 from omejdn_pg.errors import InvalidValue, PasswordRejected
 
 if TYPE_CHECKING:
-    # The key vocabulary lives in omejdn_pg.keys; these names were defined here
+    # The key vocabulary lives in omejdn_pg.keys/; these names were defined here
     # before it existed and stay importable from here (see __getattr__).
-    from omejdn_pg.keys import CHAIN_SEPARATOR as CHAIN_SEPARATOR
-    from omejdn_pg.keys import Key as Key
-    from omejdn_pg.keys import KeyMaterial as KeyMaterial
-    from omejdn_pg.keys import KeySet as KeySet
-    from omejdn_pg.keys import PrivateKey as PrivateKey
-    from omejdn_pg.keys import PublicKey as PublicKey
-    from omejdn_pg.keys import jwk_thumbprint as jwk_thumbprint
-    from omejdn_pg.keys import load_certificate_chain as load_certificate_chain
-    from omejdn_pg.keys import load_key_pem as load_key_pem
+    from omejdn_pg.keys.algorithms import PrivateKey as PrivateKey
+    from omejdn_pg.keys.algorithms import PublicKey as PublicKey
+    from omejdn_pg.keys.jwk import jwk_thumbprint as jwk_thumbprint
+    from omejdn_pg.keys.key_set import KeySet as KeySet
+    from omejdn_pg.keys.material import KeyMaterial as KeyMaterial
+    from omejdn_pg.keys.model import Key as Key
+    from omejdn_pg.keys.pem import CHAIN_SEPARATOR as CHAIN_SEPARATOR
+    from omejdn_pg.keys.pem import load_certificate_chain as load_certificate_chain
+    from omejdn_pg.keys.pem import load_key_pem as load_key_pem
 
 _KEY_NAMES = frozenset(
     {
@@ -57,9 +57,9 @@ _KEY_NAMES = frozenset(
 def __getattr__(name: str) -> Any:
     if name not in _KEY_NAMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from omejdn_pg import keys
+    import omejdn_pg.keys
 
-    value = getattr(keys, name)
+    value = getattr(omejdn_pg.keys, name)
     globals()[name] = value
     return value
 

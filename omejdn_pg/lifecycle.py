@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from omejdn_pg.errors import InvalidInput
-from omejdn_pg.keys import Key
+from omejdn_pg.keys.model import Key
 from omejdn_pg.settings import KeyLifecycleSettings
 
 DEFAULT_PUBLISH_FOR: Final = KeyLifecycleSettings.publish_for

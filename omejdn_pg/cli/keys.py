@@ -20,7 +20,7 @@ from omejdn_pg.cli.output import Column, print_document, read_text_source, strea
 if TYPE_CHECKING:
     import datetime
 
-    from omejdn_pg.keys import Key
+    from omejdn_pg.keys.model import Key
     from omejdn_pg.service.host import Host
 
 ALLOW_PLAINTEXT_HELP: Final = (
@@ -186,7 +186,7 @@ def keys_generate(
     To add a key to a set that signs already, use `keys rotate`.
     """
     from omejdn_pg.certificates import self_signed_certificate
-    from omejdn_pg.keys import Key
+    from omejdn_pg.keys.model import Key
 
     host = writing_keys(allow_plaintext)
     ensure_replaceable(host, target_type, target, force)
@@ -238,7 +238,7 @@ def keys_import(
     allow_plaintext: bool,
 ) -> None:
     """Make a PEM key and/or certificate chain the one key of TARGET_TYPE/TARGET."""
-    from omejdn_pg.keys import Key
+    from omejdn_pg.keys.model import Key
 
     if key_file is None and cert_file is None:
         raise click.UsageError("give --key FILE, --cert FILE or both")
@@ -335,7 +335,7 @@ def keys_rotate(
 def _given_key(
     key_file: str | None, cert_file: str | None, alg: str | None, no_cert: bool
 ) -> Key | None:
-    from omejdn_pg.keys import Key
+    from omejdn_pg.keys.model import Key
 
     if cert_file and not key_file:
         raise click.UsageError("--cert needs --key: the certificate must hold the new key")

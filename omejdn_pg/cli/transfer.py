@@ -117,7 +117,8 @@ from omejdn_pg.host.files.store import (
     fsync_directory,
 )
 from omejdn_pg.host.files.survey import check_section, ignored_files
-from omejdn_pg.keys import Key, KeySet
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import Key
 from omejdn_pg.names import check_file_name
 from omejdn_pg.passwords import PasswordPolicy, default_policy
 from omejdn_pg.postgres.repositories.bulk import Row, UserImport

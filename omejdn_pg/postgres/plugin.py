@@ -40,7 +40,7 @@ from sqlalchemy import Connection
 from omejdn_pg.entities import Client, KeyMaterial, User
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host import events
-from omejdn_pg.keys import KeySet
+from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.postgres.cache import (
     CLIENT,

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Final
 
 from omejdn_pg.errors import BackupError, InvalidInput
-from omejdn_pg.keys import Key
+from omejdn_pg.keys.model import Key
 from omejdn_pg.postgres.schema import (
     KEY_ROW_TYPES,
     KEY_STATES,

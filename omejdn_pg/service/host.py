@@ -28,7 +28,9 @@ from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial, NotFound
 from omejdn_pg.host import events
 from omejdn_pg.host.events import EventBus
 from omejdn_pg.host.files.store import FileStore
-from omejdn_pg.keys import Key, KeySet, generate_key, weak_key_problem
+from omejdn_pg.keys.algorithms import weak_key_problem
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.passwords import PasswordPolicy, describe_hash, too_costly
 from omejdn_pg.postgres.cache import USER, publish_change
 from omejdn_pg.postgres.database import Database

@@ -120,6 +120,8 @@ def test_users_and_clients_load_no_key_or_password_library() -> None:
         bypass_init=False,
     )
     assert found["heavy"] == []
+    found = imported_after("import omejdn_pg.keys", bypass_init=False)
+    assert found["heavy"] == []
     code = """
         import omejdn_pg, omejdn_pg.entities as entities, omejdn_pg.keys as keys
         from omejdn_pg.entities import User
@@ -131,6 +133,8 @@ def test_users_and_clients_load_no_key_or_password_library() -> None:
         assert all(getattr(entities, name) is getattr(keys, name) for name in names)
         assert set(names) <= set(dir(entities))
         assert omejdn_pg.KeyMaterial is keys.KeyMaterial
+        from omejdn_pg.keys.material import KeyMaterial
+        assert keys.KeyMaterial is KeyMaterial and "KeyMaterial" in dir(keys)
         assert User.from_dict({"username": "a", "password": "pw"}).password.startswith("$2")
         try:
             entities.NoSuchName

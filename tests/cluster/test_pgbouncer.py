@@ -26,7 +26,8 @@ from omejdn_pg import Client, PluginLoader, User
 from omejdn_pg.errors import StorageError
 from omejdn_pg.host import events
 from omejdn_pg.host.events import EventBus
-from omejdn_pg.keys import KeySet, generate_key
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import generate_key
 from omejdn_pg.postgres.database import Database, behind_pooler
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.settings import ConnectionSettings, parse_backend_section

@@ -16,7 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from omejdn_pg.keys import KeySet, generate_key
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import generate_key
 from omejdn_pg.postgres.cache import LISTENER_APPLICATION_NAME
 from omejdn_pg.sealing import generate_secret, sealed_by
 from omejdn_pg.settings import ConnectionSettings

@@ -29,7 +29,8 @@ from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import BackupError
 from omejdn_pg.host import events
 from omejdn_pg.host.loader import PluginLoader
-from omejdn_pg.keys import KeySet, generate_key
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import generate_key
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import Database, count_statements
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin

@@ -45,7 +45,7 @@ from hypothesis.stateful import (
 
 from omejdn_pg import PluginLoader
 from omejdn_pg.host import events
-from omejdn_pg.keys import Key, generate_key
+from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.lifecycle import LifecycleError, TooEarly, is_signer
 from omejdn_pg.postgres.repositories import keys as key_repository
 from omejdn_pg.service.host import Host

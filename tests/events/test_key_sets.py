@@ -24,7 +24,8 @@ from cryptography.x509.oid import NameOID
 from omejdn_pg import Client, PluginLoader
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue, MigrationError
 from omejdn_pg.host import events
-from omejdn_pg.keys import Key, KeySet, generate_key
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.lifecycle import LifecycleError
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import count_statements

@@ -19,7 +19,8 @@ from cryptography.x509.oid import NameOID
 from omejdn_pg import Client, KeyMaterial, PluginLoader, User
 from omejdn_pg.errors import AlreadyExists, ConfigurationError, SchemaOutOfDate
 from omejdn_pg.host import events
-from omejdn_pg.keys import Key, KeySet
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import Key
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.repositories.common import lock_for_update
 from omejdn_pg.service.host import Host

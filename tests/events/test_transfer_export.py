@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from omejdn_pg.cli import transfer
 from omejdn_pg.errors import InvalidValue, TransferError
 from omejdn_pg.host.files.store import FileStore
-from omejdn_pg.keys import Key, generate_key
+from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
 

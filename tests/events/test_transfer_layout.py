@@ -31,7 +31,9 @@ from omejdn_pg.cli import transfer
 from omejdn_pg.entities import PrivateKey
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host.files.store import FileStore
-from omejdn_pg.keys import Key, KeySet, jwk_thumbprint
+from omejdn_pg.keys.jwk import jwk_thumbprint
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import Key
 from omejdn_pg.sealing import generate_secret, is_sealed
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BackendSettings, ConnectionSettings

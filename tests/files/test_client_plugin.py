@@ -18,7 +18,8 @@ from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
 from omejdn_pg.host import events
 from omejdn_pg.host.files.plugins import FILE_BACKEND, register_defaults
 from omejdn_pg.host.loader import PluginLoader
-from omejdn_pg.keys import Key, KeySet
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import Key
 from omejdn_pg.service.host import Host
 from tests.helpers import make_chain
 

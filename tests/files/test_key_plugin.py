@@ -26,7 +26,9 @@ from omejdn_pg.host.files import store as store_module
 from omejdn_pg.host.files.plugins import register_defaults
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.host.loader import PluginLoader
-from omejdn_pg.keys import Key, KeySet, generate_key, jwk_thumbprint
+from omejdn_pg.keys.jwk import jwk_thumbprint
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.service.host import Host
 from tests.helpers import make_chain
 

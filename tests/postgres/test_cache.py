@@ -26,7 +26,8 @@ import pytest
 
 from omejdn_pg import Client, PluginLoader, User
 from omejdn_pg.host import events
-from omejdn_pg.keys import KeySet, generate_key
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import generate_key
 from omejdn_pg.postgres.cache import CHANNEL, LISTENER_APPLICATION_NAME
 from omejdn_pg.postgres.database import count_statements
 from omejdn_pg.service.host import Host

@@ -18,7 +18,8 @@ from sqlalchemy import event
 
 from omejdn_pg import Client, PluginLoader, User
 from omejdn_pg.errors import StorageUnavailable
-from omejdn_pg.keys import KeySet, generate_key
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import generate_key
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings import ConnectionSettings
 from tests.events.test_storage_events import OMEJDN_HASH, plugin_yaml

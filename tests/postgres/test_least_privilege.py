@@ -11,7 +11,8 @@ import pytest
 from omejdn_pg import Client, PluginLoader, User
 from omejdn_pg.errors import MigrationError, PermissionDenied
 from omejdn_pg.host import events
-from omejdn_pg.keys import KeySet, generate_key
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import generate_key
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.repositories.config import KNOWN_SECTIONS, ConfigRepository

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial
-from omejdn_pg.keys import KeySet, generate_key
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import generate_key
 from omejdn_pg.postgres.database import Database
 from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.sealing import PREFIX, Keyring, generate_secret, sealed_by

@@ -45,7 +45,7 @@ from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import AlreadyExists, InvalidInput, NotFound
 from omejdn_pg.host import events
 from omejdn_pg.host.files.store import CLIENT_KEYS, FILE_BACKEND, FileStore
-from omejdn_pg.keys import KeySet
+from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.names import check_file_name, is_file_name
 from omejdn_pg.passwords import PasswordPolicy, default_policy
 

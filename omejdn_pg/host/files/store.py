@@ -107,13 +107,11 @@ from omejdn_pg.host.files.reading import (
     read_text,
 )
 from omejdn_pg.json_values import check_json
-from omejdn_pg.keys import (
-    Key,
-    KeySet,
-    jwk_thumbprint,
-    load_certificate_chain,
-    weak_key_problem,
-)
+from omejdn_pg.keys.algorithms import weak_key_problem
+from omejdn_pg.keys.jwk import jwk_thumbprint
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import Key
+from omejdn_pg.keys.pem import load_certificate_chain
 from omejdn_pg.names import check_file_name, is_file_name, validate_section_name
 
 USERS_SECTION: Final = "users"

@@ -56,7 +56,8 @@ from omejdn_pg import collector
 from omejdn_pg.client_metadata import check_client_metadata
 from omejdn_pg.entities import Client
 from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
-from omejdn_pg.keys import Key, KeySet
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import Key
 from omejdn_pg.names import check_file_name
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
 from omejdn_pg.postgres.repositories.common import (

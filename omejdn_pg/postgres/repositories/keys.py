@@ -46,7 +46,9 @@ from sqlalchemy import Connection, Table, bindparam, delete, func, insert, or_, 
 
 from omejdn_pg import lifecycle
 from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial
-from omejdn_pg.keys import Key, KeySet, weak_key_problem
+from omejdn_pg.keys.algorithms import weak_key_problem
+from omejdn_pg.keys.key_set import KeySet
+from omejdn_pg.keys.model import Key
 from omejdn_pg.names import check_file_name
 from omejdn_pg.postgres.repositories.common import (
     ConnectionReader,
