@@ -90,6 +90,9 @@ class AttributeRecord(Base):
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     value: Mapped[Any] = mapped_column(JSONB(none_as_null=False), nullable=False)
     """Any JSON document; Omejdn's Ruby plugin stores the same as JSON text."""
+    ordinal: Mapped[int] = mapped_column(BigInteger, Identity(), nullable=False)
+    """The attribute's place among its owner's, as the caller gave them; a writer that
+    does not set it appends."""
 
 
 class UserRecord(Base):

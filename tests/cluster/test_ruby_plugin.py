@@ -107,6 +107,22 @@ def test_users_through_every_user_event(omejdn: RubyDriver, plain_sql: PlainSQL)
     assert plain_sql.rows("SELECT key FROM attributes WHERE type = 'user'") == []
 
 
+def test_attributes_come_back_in_the_order_given(omejdn: RubyDriver, plain_sql: PlainSQL) -> None:
+    """As Omejdn's own stores keep them; its self-service API shows them in that order."""
+    given = {"zeta": "1", "email": "a@example.org", "a": {"y": 1, "x": 2}}
+    user = {"username": "alice", "password": HASH, "attributes": given, "backend": "yaml"}
+    omejdn.fire("USER_CREATE", user=user, user_backend=None)
+    assert plain_sql.rows(
+        "SELECT key FROM attributes WHERE identifier = 'alice' ORDER BY ordinal"
+    ) == [("zeta",), ("email",), ("a",)]
+    found = omejdn.first("USER_GET", username="alice")
+    assert list(found["user"]["attributes"]) == ["zeta", "email", "a"]
+    reordered = {"email": "b@example.org", "zeta": "2"}
+    omejdn.fire("USER_UPDATE", user={**user, "attributes": reordered})
+    (everyone,) = omejdn.fire("USER_GET_ALL")
+    assert [list(u["user"]["attributes"]) for u in everyone] == [["email", "zeta"]]
+
+
 def test_users_of_another_backend_are_left_to_it(omejdn: RubyDriver, plain_sql: PlainSQL) -> None:
     ldap = {"username": "carol", "password": HASH, "attributes": {}, "backend": "ldap"}
     assert omejdn.fire("USER_CREATE", user=ldap, user_backend="ldap") == [None]

@@ -276,6 +276,7 @@ def test_the_schema_is_the_models_schema(empty_database: ConnectionSettings, sql
         ("attributes", "identifier", "text", "NO", None),
         ("attributes", "key", "text", "NO", None),
         ("attributes", "value", "jsonb", "NO", None),
+        ("attributes", "ordinal", "bigint", "NO", None),
         ("clients", "client_id", "text", "NO", None),
         ("clients", "key", "text", "NO", None),
         ("clients", "value", "jsonb", "NO", None),

@@ -9,9 +9,15 @@ type and the name the owner's identifier is bound as (``name`` for users,
 ``id`` for clients), so each repository keeps one bind name in all its
 statements.
 
-Attributes are written as one jsonb document unpacked with ``jsonb_each`` in
+Attributes are written as one JSON document unpacked with ``json_each`` in
 the server: a fixed number of statements whatever their number, into a value
-column that may be JSONB (ours) or TEXT (Omejdn's Ruby plugin).
+column that may be JSONB (ours) or TEXT (Omejdn's Ruby plugin). The document
+is ``json``, not ``jsonb``, so its key order survives: each row's ``ordinal``
+is its place in the caller's mapping, and every read folds the rows in that
+order (``json_object_agg ... ORDER BY ordinal``), as Omejdn's own stores keep
+them. The price is a ``json`` rather than a ``jsonb`` fold, which is no slower
+for the handful of attributes an owner has. A value is still stored as jsonb,
+so the keys of an object inside a value come back in jsonb's order.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from sqlalchemy import (
     literal,
     select,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSON, JSONB, aggregate_order_by
 
 from omejdn_pg.entities import normalize_attributes
 from omejdn_pg.postgres.repositories.common import check_json, check_text, json_column
@@ -54,28 +60,28 @@ class OwnedAttributes:
             .where(_attributes.c.type == owner_type)
             .where(_attributes.c.identifier == bindparam(identifier_bind))
         )
-        each = func.jsonb_each(bindparam("attribute_doc", type_=JSONB)).table_valued(
-            column("key", Text), column("value", JSONB)
+        each = (
+            func.json_each(bindparam("attribute_doc", type_=JSON))
+            .table_valued(column("key", Text), column("value", JSON), with_ordinality="ordinal")
+            .render_derived()
         )
         self.insert: Final = insert(_attributes).from_select(
-            ["type", "identifier", "key", "value"],
+            ["type", "identifier", "key", "value", "ordinal"],
             select(
                 literal(owner_type, Text),
                 bindparam(identifier_bind, type_=Text),
                 each.c.key,
-                each.c.value,
+                each.c.value.cast(JSONB),
+                each.c.ordinal,
             ),
         )
 
     def folded(self, identifier: ColumnElement[Any]) -> ScalarSelect[Any]:
-        """The attributes of the owner ``identifier`` names as one jsonb object (NULL if none),
-        a correlated subquery: an index range scan on the attributes' primary key."""
+        """The attributes of the owner ``identifier`` names as one json object in their
+        order (NULL if none), a correlated subquery: an index range scan on the
+        attributes' primary key."""
         return (
-            select(
-                func.jsonb_object_agg(
-                    _attributes.c.key, json_column(_attributes.c.value), type_=JSONB
-                )
-            )
+            select(ordered_fold())
             .where(_attributes.c.type == self.owner_type)
             .where(_attributes.c.identifier == identifier)
             .scalar_subquery()
@@ -87,9 +93,7 @@ class OwnedAttributes:
         return (
             select(
                 _attributes.c.identifier,
-                func.json_object_agg(_attributes.c.key, json_column(_attributes.c.value))
-                .cast(Text)
-                .label("attributes"),
+                ordered_fold().cast(Text).label("attributes"),
             )
             .where(_attributes.c.type == self.owner_type)
             .group_by(_attributes.c.identifier)
@@ -107,6 +111,16 @@ class OwnedAttributes:
             conn.execute(
                 self.insert, {self.identifier_bind: identifier, "attribute_doc": attributes}
             )
+
+
+def ordered_fold() -> ColumnElement[Any]:
+    """The aggregate of attribute rows into one json object, in their ``ordinal`` order
+    (the key breaks ties between rows another writer appended)."""
+    # ORDER BY belongs after the aggregate's last argument: json_object_agg(k, v ORDER BY o).
+    ordered = aggregate_order_by(
+        json_column(_attributes.c.value), _attributes.c.ordinal, _attributes.c.key
+    )
+    return func.json_object_agg(_attributes.c.key, ordered, type_=JSON)
 
 
 def checked_attributes(attributes: object, who: str) -> dict[str, Any]:

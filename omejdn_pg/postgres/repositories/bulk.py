@@ -11,7 +11,7 @@ their attribute rows and one COPY of the new ones. An unchanged re-import reads
 and writes nothing else; a first import stages nothing.
 
 Rows are copied straight into ``users`` and ``attributes``, in username (and
-key) order, rather than staged and moved by INSERT … SELECT: the server then
+attribute) order, rather than staged and moved by INSERT … SELECT: the server then
 maintains the tables' indexes while this process is still encoding the next
 rows, on indexes that grow at their right end: at 20,000 users the write
 takes little more than half the time. A value is sent as its JSON text, which a JSONB column
@@ -22,8 +22,9 @@ spaced form; both read back to the same value.
 Every user is checked by :meth:`UserImport.check` — :meth:`UserRepository.checked`,
 the rules and messages of a single create or update — and by nothing else, so
 nothing reaches the database that USER_CREATE would refuse. Values compare as
-PostgreSQL stores them (jsonb: key order and ``1.0`` against ``1`` do not count,
-``true`` against ``1`` does).
+PostgreSQL stores them (jsonb: key order inside a value and ``1.0`` against
+``1`` do not count, ``true`` against ``1`` does); the order of a user's
+attributes counts, since reads give them back in it.
 
 Concurrency is that of the one-by-one path. New rows go in in username order
 and wait for a concurrent writer of the same name, as INSERT … ON CONFLICT
@@ -77,7 +78,7 @@ _CREATE_STAGING: Final = text(
         password text,
         extern text,
         consent jsonb NOT NULL,
-        attributes jsonb
+        attributes json
     ) ON COMMIT DROP
     """
 )
@@ -87,7 +88,7 @@ _COLUMNS: Final = "username, password, extern, consent"
 _COPY_COMPARED: Final = f"COPY {STAGING} ({_COLUMNS}, attributes) FROM STDIN"
 _COPY_UPDATED: Final = f"COPY {STAGING} ({_COLUMNS}) FROM STDIN"
 _COPY_CREATED: Final = f"COPY users ({_COLUMNS}) FROM STDIN"
-_COPY_ATTRIBUTES: Final = "COPY attributes (type, identifier, key, value) FROM STDIN"
+_COPY_ATTRIBUTES: Final = "COPY attributes (type, identifier, key, value, ordinal) FROM STDIN"
 # A correlated fold per staged user (an index range scan on the attributes' key)
 # beats a hash aggregate over the whole attributes table while the staging
 # table has no statistics, which a temp table never gets on its own.
@@ -99,11 +100,15 @@ _COMPARE: Final = text(
        OR u.password IS DISTINCT FROM s.password
        OR u.extern IS DISTINCT FROM s.extern
        OR CAST(u.consent AS jsonb) <> s.consent
-       OR s.attributes <> COALESCE(
+       OR CAST(s.attributes AS jsonb) <> COALESCE(
             (SELECT jsonb_object_agg(a.key, CAST(a.value AS jsonb))
              FROM attributes AS a
              WHERE a.type = '{USER_OWNER}' AND a.identifier = s.username),
             '{{}}'::jsonb)
+       OR ARRAY(SELECT json_object_keys(s.attributes)) <> ARRAY(
+            SELECT a.key FROM attributes AS a
+            WHERE a.type = '{USER_OWNER}' AND a.identifier = s.username
+            ORDER BY a.ordinal, a.key)
     """
 )
 _LOCK_UPDATED: Final = text(
@@ -278,12 +283,12 @@ def _taken(error: psycopg.errors.UniqueViolation) -> str:
     return f"user {found.group(1)!r}" if found is not None else "a user of the import"
 
 
-def _attribute_rows(rows: Iterable[Row]) -> Iterator[tuple[str, str, str, str]]:
-    """The ``attributes`` rows of ``rows``, in key order within each user."""
+def _attribute_rows(rows: Iterable[Row]) -> Iterator[tuple[str, str, str, str, int]]:
+    """The ``attributes`` rows of ``rows``, each numbered by its place in its user's."""
     owner = USER_OWNER
     for name, _password, _extern, _consent, attributes in rows:
-        for key in sorted(attributes):
-            yield owner, name, key, value_text(attributes[key])
+        for ordinal, (key, value) in enumerate(attributes.items(), 1):
+            yield owner, name, key, value_text(value), ordinal
 
 
 @dataclass(frozen=True)

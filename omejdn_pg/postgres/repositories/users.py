@@ -12,7 +12,8 @@ statement of its own. That order is what makes concurrent writers safe under
 READ COMMITTED: a writer that waited for the row lock starts its next
 statement with a snapshot in which the previous writer's attributes are
 visible, so it replaces them all instead of leaving a mixture. Attributes are
-sent as one jsonb document and unpacked with ``jsonb_each`` in the server, so
+sent as one json document and unpacked with ``json_each`` in the server, in
+the caller's order (see :mod:`omejdn_pg.postgres.repositories.attributes`), so
 a write also costs a fixed number of statements, and the value column may be
 JSONB (ours) or TEXT (Omejdn's Ruby plugin): jsonb assigns to either.
 
@@ -45,7 +46,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSON, JSONB
 
 from omejdn_pg import collector
 from omejdn_pg.entities import User
@@ -73,7 +74,8 @@ _ATTRIBUTES: Final = OwnedAttributes(USER_OWNER, identifier_bind="name")
 
 
 def _select_users() -> Select[Any]:
-    """Every column of a user, its attributes folded into one jsonb object (NULL if none)."""
+    """Every column of a user, its attributes folded into one json object in their order
+    (NULL if none)."""
     return select(
         _users.c.username,
         _users.c.password,
@@ -136,16 +138,18 @@ _CREATE_USER: Final = text(
         WHERE a.type = 'user' AND a.identifier = created.username
           AND NOT (CAST(:attribute_doc AS jsonb) ? a.key)
     ), added AS (
-        INSERT INTO attributes (type, identifier, key, value)
-        SELECT 'user', created.username, e.key, e.value
-        FROM created, jsonb_each(CAST(:attribute_doc AS jsonb)) AS e
-        ON CONFLICT (type, identifier, key) DO UPDATE SET value = EXCLUDED.value
+        INSERT INTO attributes (type, identifier, key, value, ordinal)
+        SELECT 'user', created.username, e.key, CAST(e.value AS jsonb), e.ordinal
+        FROM created,
+             json_each(CAST(:attribute_doc AS json)) WITH ORDINALITY AS e(key, value, ordinal)
+        ON CONFLICT (type, identifier, key)
+        DO UPDATE SET value = EXCLUDED.value, ordinal = EXCLUDED.ordinal
     )
     SELECT username FROM created
     """
 ).bindparams(
     bindparam("consent_doc", type_=JSONB),
-    bindparam("attribute_doc", type_=JSONB),
+    bindparam("attribute_doc", type_=JSON),
 )
 _DELETE_USER: Final = (
     delete(_users).where(_users.c.username == bindparam("name")).returning(_users.c.username)
