@@ -85,6 +85,23 @@ def bind(path: str, group: int | None) -> tuple[socket.socket, tuple[int, int]]:
     return listener, (made.st_dev, made.st_ino)
 
 
+def notify(state: str) -> None:
+    """Tell systemd ``state`` (``READY=1``, ``STOPPING=1``) when it asked to be told
+    (``$NOTIFY_SOCKET``, ``Type=notify``); nothing otherwise, and never an error: a
+    notice that cannot be sent must not stop the service."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as notice:
+            notice.connect(address)
+            notice.sendall(state.encode())
+    except OSError as exc:
+        log.warning("could not notify systemd (%s): %s", state, exc.strerror or exc)
+
+
 def remove(path: str, identity: tuple[int, int] | None) -> None:
     """Remove the socket at ``path`` if it is still the one made (a successor may own it)."""
     try:

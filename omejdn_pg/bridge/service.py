@@ -12,9 +12,22 @@ is checked again by its credentials (``SO_PEERCRED``): its uid must be
 allowed (this process's own and root by default), or its gid the socket's
 group. A refused peer gets one error line and is disconnected.
 
-Stopping (SIGTERM, SIGINT): the socket stops accepting and is removed, idle
-connections are closed from the reading side, requests under way finish and
-are answered, watch streams end; the host is closed last.
+How many: at most ``max_connections`` at once (each holds a thread and may
+hold a database connection); the one over the bound gets one JSON-RPC error
+line and is closed, and the log says so once until the service has room
+again.
+
+Stopping (SIGTERM, SIGINT): the socket stops accepting and is removed; a
+connection waiting for its next request, or streaming changes, is closed at
+once; only a request under way is awaited (its answer is sent, then the
+connection closes), and all of them together for at most ``drain_timeout``.
+The stop is bounded by design rather than by every client's manners: a
+signal may be delivered to any thread, so it is also written to the wake-up
+pipe (``signal.set_wakeup_fd``), which the accepting loop selects on — a
+Python handler alone runs only when the main thread next runs, and a main
+thread blocked in ``select`` would never see it. A reply blocked on a peer
+that does not read gives up after :data:`SEND_TIMEOUT`. The host is closed
+last.
 """
 
 from __future__ import annotations
@@ -24,9 +37,11 @@ import json
 import logging
 import os
 import select
+import signal
 import socket
 import struct
 import threading
+import time
 from typing import Any, BinaryIO, Final
 
 from omejdn_pg.bridge import endpoint, protocol, watch
@@ -48,6 +63,20 @@ log = logging.getLogger(__name__)
 
 _PEERCRED: Final = struct.Struct("3i")
 WATCH: Final = "watch"
+MAX_CONNECTIONS: Final = 64
+SEND_TIMEOUT: Final = 10.0
+"""Seconds a reply may wait for a peer that does not read before the connection is dropped."""
+
+
+class _Connection:
+    """A connection's thread and whether a request of it is under way."""
+
+    __slots__ = ("busy", "closing", "thread")
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self.thread = thread
+        self.busy = False
+        self.closing = False
 
 
 class Service:
@@ -62,6 +91,7 @@ class Service:
         group: int | None = None,
         interval: float = 1.0,
         drain_timeout: float = 30.0,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.path = path
         self.host = host
@@ -69,17 +99,26 @@ class Service:
         self.group = group
         self.interval = interval
         self.drain_timeout = drain_timeout
+        self.max_connections = max_connections
         self.name = endpoint.service_name()
         self.stopping = threading.Event()
         self._listener: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
         self._wake_r, self._wake_w = os.pipe()
+        # Non-blocking, as signal.set_wakeup_fd requires: a full pipe already wakes.
+        os.set_blocking(self._wake_w, False)
         self._lock = threading.Lock()
-        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._connections: dict[socket.socket, _Connection] = {}
+        self._full = False
         self.served = 0
         self.failed = 0
 
     # --- the socket ----------------------------------------------------------------
+
+    @property
+    def wake_fd(self) -> int:
+        """The write end of the pipe that wakes the accepting loop."""
+        return self._wake_w
 
     def bind(self) -> None:
         """Create the socket at ``path``, replacing a stale one; refuse a live one."""
@@ -99,15 +138,26 @@ class Service:
             raise RuntimeError("Service.bind() has not run")
         try:
             while not self.stopping.is_set():
-                ready, _, _ = select.select([listener.fileno(), self._wake_r], [], [])
+                # The timeout is a backstop only: a stop writes to the wake-up pipe.
+                ready, _, _ = select.select([listener.fileno(), self._wake_r], [], [], 1.0)
+                if self._wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 512)
                 if listener.fileno() in ready and not self.stopping.is_set():
                     self._accept(listener)
         finally:
+            endpoint.notify("STOPPING=1")
             listener.close()
             endpoint.remove(self.path, self._inode)
             self._drain()
+            with contextlib.suppress(ValueError):  # ValueError: not the main thread
+                installed = signal.set_wakeup_fd(-1)
+                if installed != self._wake_w:
+                    signal.set_wakeup_fd(installed)
             os.close(self._wake_r)
             os.close(self._wake_w)
+            # A late stop() must not write to a descriptor number reused meanwhile.
+            self._wake_w = -1
 
     def _accept(self, listener: socket.socket) -> None:
         try:
@@ -118,22 +168,53 @@ class Service:
             log.error("accept failed: %s", exc.strerror)
             return
         conn.setblocking(True)
-        thread = threading.Thread(
-            target=self._connection, args=(conn,), name="omejdn-pg-bridge", daemon=True
-        )
         with self._lock:
-            self._connections[conn] = thread
-        thread.start()
+            full = len(self._connections) >= self.max_connections
+            if not full:
+                thread = threading.Thread(
+                    target=self._connection, args=(conn,), name="omejdn-pg-bridge", daemon=True
+                )
+                self._connections[conn] = _Connection(thread)
+            elif not self._full:
+                log.error(
+                    "refusing connections: %d are open (--max-connections %d)",
+                    len(self._connections),
+                    self.max_connections,
+                )
+            self._full = full
+        if full:
+            self._refuse(conn)
+        else:
+            thread.start()
+
+    def _refuse(self, conn: socket.socket) -> None:
+        """One error line to a connection over the bound, then close it."""
+        message = (
+            f"the storage service has {self.max_connections} connections open, its bound "
+            "(--max-connections); try again later"
+        )
+        try:
+            conn.settimeout(1.0)
+            _send(conn, protocol.error(None, STORAGE_ERROR, message, "StorageUnavailable"))
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
     def _drain(self) -> None:
+        """Close idle connections now; await requests under way, all within ``drain_timeout``."""
         with self._lock:
             connections = dict(self._connections)
-        for conn in connections:
-            # Wakes a thread waiting for its next request; one answering finishes first.
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RD)
-        for thread in connections.values():
-            thread.join(self.drain_timeout)
+            for conn, state in connections.items():
+                state.closing = True
+                # Idle (or streaming changes): nothing to finish, closed now. Busy: its
+                # answer is sent, then its next read finds the end.
+                how = socket.SHUT_RD if state.busy else socket.SHUT_RDWR
+                with contextlib.suppress(OSError):
+                    conn.shutdown(how)
+        deadline = time.monotonic() + self.drain_timeout
+        for state in connections.values():
+            state.thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             left = len(self._connections)
         if left:
@@ -154,6 +235,8 @@ class Service:
 
     def _connection(self, conn: socket.socket) -> None:
         try:
+            # Only sends time out: a connection may rightly wait long for its next request.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(SEND_TIMEOUT))
             if self._peer_allowed(conn):
                 with conn.makefile("rb") as reader:
                     self._converse(conn, reader)
@@ -165,45 +248,68 @@ class Service:
             conn.close()
             with self._lock:
                 self._connections.pop(conn, None)
+                if len(self._connections) < self.max_connections:
+                    self._full = False
+
+    def _begin(self, conn: socket.socket) -> bool:
+        """Mark a request of ``conn`` under way; False if the service is closing it."""
+        with self._lock:
+            state = self._connections.get(conn)
+            if state is None or state.closing:
+                return False
+            state.busy = True
+            return True
+
+    def _end(self, conn: socket.socket) -> None:
+        with self._lock:
+            state = self._connections.get(conn)
+            if state is not None:
+                state.busy = False
 
     def _converse(self, conn: socket.socket, reader: BinaryIO) -> None:
         greeted = False
         while True:
             line = reader.readline(MAX_LINE + 1)
-            if not line:
+            if not line or not self._begin(conn):
                 return
-            if len(line) > MAX_LINE:
-                log.warning("refused a request longer than %d bytes", MAX_LINE)
-                message = f"request longer than {MAX_LINE} bytes; closing the connection"
-                _send(conn, protocol.error(None, INVALID_REQUEST, message))
-                return
-            if not line.strip():
-                continue
             try:
-                request = protocol.decode_request(line)
-            except RequestError as exc:
-                _send(conn, protocol.error(exc.request_id, exc.code, exc.message))
-                continue
-            except ProtocolError as exc:
-                log.warning("a malformed request: %s", exc.message)
-                _send(conn, protocol.error(None, exc.code, exc.message))
-                continue
-            if request.method == endpoint.HELLO:
-                greeted = self._hello(conn, request)
-                if not greeted:
-                    return
-                continue
-            if not greeted:
-                message = (
-                    f"the first request must be hello (this service speaks {PROTOCOL_VERSION})"
-                )
-                _send(conn, protocol.error(request.id, INVALID_REQUEST, message))
+                next_state = self._handle(conn, line, greeted)
+            finally:
+                self._end(conn)
+            if next_state is None:
                 return
-            if request.method == WATCH:
-                if self._watch(conn, request):
-                    return  # a stream ends with its connection
-                continue
-            _send(conn, self._answer(request))
+            greeted = next_state
+
+    def _handle(self, conn: socket.socket, line: bytes, greeted: bool) -> bool | None:
+        """Answer one request line: whether the conversation is greeted from now on, or
+        None when the connection is to end."""
+        if len(line) > MAX_LINE:
+            log.warning("refused a request longer than %d bytes", MAX_LINE)
+            message = f"request longer than {MAX_LINE} bytes; closing the connection"
+            _send(conn, protocol.error(None, INVALID_REQUEST, message))
+            return None
+        if not line.strip():
+            return greeted
+        try:
+            request = protocol.decode_request(line)
+        except RequestError as exc:
+            _send(conn, protocol.error(exc.request_id, exc.code, exc.message))
+            return greeted
+        except ProtocolError as exc:
+            log.warning("a malformed request: %s", exc.message)
+            _send(conn, protocol.error(None, exc.code, exc.message))
+            return greeted
+        if request.method == endpoint.HELLO:
+            return True if self._hello(conn, request) else None
+        if not greeted:
+            message = f"the first request must be hello (this service speaks {PROTOCOL_VERSION})"
+            _send(conn, protocol.error(request.id, INVALID_REQUEST, message))
+            return None
+        if request.method == WATCH:
+            # A stream ends with its connection.
+            return None if self._watch(conn, request) else greeted
+        _send(conn, self._answer(request))
+        return greeted
 
     def _hello(self, conn: socket.socket, request: Request) -> bool:
         spoken = request.params.get("protocol")
@@ -267,6 +373,8 @@ class Service:
             )
         else:
             _send(conn, protocol.result(request.id, {"watching": True}))
+            # Nothing is under way while it streams: a stop closes it at once.
+            self._end(conn)
 
             def send(method: str, params: dict[str, Any]) -> None:
                 _send(conn, protocol.notification(method, params))
@@ -283,12 +391,18 @@ def _send(conn: socket.socket, data: bytes) -> None:
     conn.sendall(data)
 
 
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+
+
 def install_stop_signals(service: Service) -> None:
-    """SIGTERM and SIGINT stop ``service`` (again while it drains: no harm)."""
-    import signal
+    """SIGTERM and SIGINT stop ``service`` (again while it drains: no harm), whichever
+    thread the kernel delivers them to."""
 
     def handler(_signum: int, _frame: object) -> None:
         service.stop()
 
+    signal.set_wakeup_fd(service.wake_fd, warn_on_full_buffer=False)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)

@@ -59,6 +59,13 @@ def _gid(group: str) -> int:
     help="Only say whether a service answers at PATH (exit 0) or not (exit 1).",
 )
 @click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Connections served at once; one more gets an error and is closed.",
+)
+@click.option(
     "--interval",
     type=click.FloatRange(min=0.05),
     default=1.0,
@@ -70,6 +77,7 @@ def serve(
     group: str | None,
     allow_uids: tuple[int, ...],
     check_only: bool,
+    max_connections: int,
     interval: float,
 ) -> int:
     """Serve Omejdn's storage events on a Unix socket until SIGTERM or Ctrl-C.
@@ -101,7 +109,12 @@ def serve(
         )
     cache = postgres.start_cache() if postgres is not None else None
     server = service.Service(
-        socket_path, host, allowed_uids=frozenset(allow_uids), group=gid, interval=interval
+        socket_path,
+        host,
+        allowed_uids=frozenset(allow_uids),
+        group=gid,
+        interval=interval,
+        max_connections=max_connections,
     )
     server.bind()
     # Kept to the end: a second SIGTERM while draining is the same request to stop.
@@ -117,6 +130,9 @@ def serve(
         context.target().settings.connection.describe(),
         "on" if cache is not None else "off",
     )
+    # systemd's Type=notify: the socket listens and the log says so; STOPPING=1 is the
+    # service's to say when a stop begins.
+    endpoint.notify("READY=1")
     server.serve()
     log.info("stopped; answered %d event(s), %d with an error", server.served, server.failed)
     return 0

@@ -3,7 +3,11 @@ connect, ``--check``, and what its log says (never a secret)."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import platform
+import signal
 import socket
 import stat
 import tempfile
@@ -210,7 +214,10 @@ def connect_as(path: str, uid: int, gid: int, groups: list[int]) -> bytes:
             conn.settimeout(10)
             conn.connect(path)
             hello = b'{"jsonrpc":"2.0","id":1,"method":"hello","params":{"protocol":1}}\n'
-            conn.sendall(hello)
+            # A refused peer is told so at once and closed: its hello may meet a closed
+            # socket, while the refusal is still there to read.
+            with contextlib.suppress(BrokenPipeError):
+                conn.sendall(hello)
             os.write(write_end, conn.makefile("rb").readline())
         except BaseException as exc:  # reported to the parent
             os.write(write_end, f"child failed: {exc!r}".encode())
@@ -400,3 +407,84 @@ def test_an_unknown_group_is_a_usage_error(socket_dir: Path, config: Path) -> No
     result = omejdn_pg("serve", "--socket", str(path), "--group", "no-such-group-here")
     assert "no group named 'no-such-group-here'" in one_error_line(result, code=2)
     assert not path.exists()
+
+
+def _signal_a_thread_other_than_main(pid: int, signum: int) -> None:
+    """Deliver ``signum`` to one of ``pid``'s other threads, as the kernel may choose to."""
+    others = [int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid]
+    assert others, "the service runs no thread besides its main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    tgkill = {"x86_64": 234, "aarch64": 131}[platform.machine()]
+    assert libc.syscall(tgkill, pid, others[0], signum) == 0, os.strerror(ctypes.get_errno())
+
+
+def test_a_stop_closes_idle_connections_at_once_whichever_thread_gets_the_signal(
+    socket_dir: Path, config: Path
+) -> None:
+    """A client that never closes (one greeted and idle, one that never said hello) does
+    not hold up a stop, nor does a signal the kernel hands to a thread other than the
+    one waiting for connections."""
+    service = start(socket_dir, config)
+    with BridgeClient(service.path) as idle, BridgeClient(service.path, hello=False) as mute:
+        seed(service.path)
+        started = time.monotonic()
+        _signal_a_thread_other_than_main(service.process.pid, signal.SIGTERM)
+        assert service.stop(timeout=10) == 0, service.log()
+        assert time.monotonic() - started < 5
+        for client in (idle, mute):
+            with pytest.raises((EOFError, ConnectionResetError)):
+                client.message()
+    assert not os.path.exists(service.path)
+    assert "stopped; answered" in service.log()
+
+
+def test_connections_over_the_bound_get_an_error_and_are_closed(
+    socket_dir: Path, config: Path
+) -> None:
+    service = start(socket_dir, config, "--max-connections", "2")
+    try:
+        first, second = BridgeClient(service.path), BridgeClient(service.path)
+        for _ in range(2):
+            with BridgeClient(service.path, hello=False) as over:
+                refusal = over.message()
+                assert refusal["error"]["data"]["class"] == "StorageUnavailable"
+                assert "--max-connections" in refusal["error"]["message"]
+                with pytest.raises(EOFError):
+                    over.message()
+        # The two served go on being served.
+        assert first.call("CONFIGURATION_LOAD", {"section": "omejdn"}) is None
+        second.close()
+        deadline = time.monotonic() + 5
+        while True:  # its thread ends a moment after the close
+            with BridgeClient(service.path, hello=False) as later:
+                later.send_line(
+                    b'{"jsonrpc": "2.0", "id": 1, "method": "hello", "params": {"protocol": 1}}\n'
+                )
+                if "result" in later.message():
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first.close()
+    finally:
+        assert service.stop() == 0
+    assert service.log().count("refusing connections") == 1
+
+
+def test_systemd_is_told_when_the_service_is_ready_and_when_it_stops(
+    socket_dir: Path, config: Path, tmp_path: Path
+) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(tmp_path / "notify"))
+        systemd.settimeout(60)
+        service = Service(
+            socket_dir / "omejdn-pg.sock", config, env={"NOTIFY_SOCKET": str(tmp_path / "notify")}
+        )
+        try:
+            assert systemd.recv(100) == b"READY=1"
+            # Ready means ready: the socket answers a hello now.
+            with BridgeClient(service.path) as client:
+                assert client.hello["protocol"] == 1
+        finally:
+            service.process.send_signal(signal.SIGTERM)
+            assert systemd.recv(100) == b"STOPPING=1"
+            assert service.stop() == 0
