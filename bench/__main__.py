@@ -4,7 +4,9 @@ The run, in order: start (or reach) the server; seed the main database; time
 every case against its floor, interleaved; USER_GET under 1, 4 and 8 threads;
 profile USER_GET and CLIENT_GET; time how soon a write here is served by the read
 cache of another process; grow a second database for USER_GET_ALL; run
-``omejdn-pg import`` at each size. Only then are the tables printed and the
+``omejdn-pg import`` at each size; read on a standby and through PgBouncer; fire
+events through ``omejdn-pg serve``'s socket beside the same events in-process,
+and token requests through it under 1, 4 and 8 threads. Only then are the tables printed and the
 files written, so a run that fails leaves no partial result behind.
 
 ``--quick`` is the CI run (500 users, few repeats, imports of a few hundred
@@ -29,6 +31,7 @@ from rich.console import Console
 
 from bench import (
     RESULTS_SCHEMA,
+    bridge,
     growth,
     hosting,
     importing,
@@ -419,6 +422,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         for label, reason in results["topologies"]["skipped"].items():
             log.print(f"bench: no {label} row: {reason}", markup=False)
+        phase("bridge", "events through omejdn-pg serve's socket beside in-process")
+        results["bridge"] = bridge.measure(
+            server,
+            calls=args.repeat,
+            seconds=args.seconds,
+            threads=args.threads,
+        )
     phase.end()
     results["phases"] = phase.seconds
     results["seconds"] = round(time.perf_counter() - phase.began, 1)
@@ -429,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = sum(
         row["ours"]["errors"] + (row["floor"]["errors"] if row["floor"] else 0)
         for row in results["throughput"]["rows"]
-    )
+    ) + sum(row["errors"] for row in results["bridge"]["token_requests"])
     failed = [row for row in imports if row.get("error")]
     if errors:
         log.print(f"bench: {errors} errors under threads", style="red", markup=False)

@@ -1,9 +1,11 @@
 """The storage service's cost: an event through ``omejdn-pg serve``'s socket beside the same
 event fired in-process, and a token request's events under 1, 4 and 8 client threads.
 
-``python -m bench.bridge [--calls N] [--seconds S]`` — an embedded PostgreSQL of its own
-(or ``$OMEJDN_PG_BENCH_DSN``), one seeded database, the service as a subprocess on the
-same plugin file as the in-process loader (read cache on, its defaults). The client is a
+``python -m bench`` runs it as its ``bridge`` rows (:func:`measure`, on the bench's
+server); ``python -m bench.bridge [--calls N] [--seconds S]`` alone starts an embedded
+PostgreSQL of its own (or ``$OMEJDN_PG_BENCH_DSN``). One seeded database, the service
+as a subprocess on the same plugin file as the in-process loader (read cache on, its
+defaults). The client is a
 minimal persistent-connection JSON-RPC client in Python, so the socket figures include
 a Python client's encode and decode, not a Ruby one's. The token request is what
 upstream Omejdn fires for a ``client_credentials`` grant: CLIENT_GET, CONFIGURATION_LOAD
@@ -26,8 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.server import start
-from bench.timing import interleave, throughput
+from bench.server import Server, start
+from bench.timing import Call, interleave, throughput
 from omejdn_pg import PluginLoader
 from omejdn_pg.host import events
 from omejdn_pg.host.events import EventBus
@@ -157,6 +159,81 @@ def wait_ready(path: str, process: subprocess.Popen[bytes], timeout: float = 60)
     raise SystemExit("omejdn-pg serve did not answer")
 
 
+THREADS = (1, 4, 8)
+TOKEN = "token request (11 events)"
+
+
+def measure(
+    server: Server,
+    *,
+    calls: int = 3000,
+    seconds: float = 3.0,
+    cache: str = "true",
+    threads: Sequence[int] = THREADS,
+) -> dict[str, Any]:
+    """The rows of ``python -m bench`` (``bridge``): each event through the socket beside
+    the same event in-process, and token requests/s through the socket per thread count.
+
+    On a database of its own on ``server``, dropped afterwards; the service runs as a
+    subprocess on the same plugin file as the in-process loader.
+    """
+    rows: list[dict[str, Any]] = []
+    throughput_rows: list[dict[str, Any]] = []
+    database = server.database("bridge")
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            config = plugin_file(Path(folder) / "plugins.yml", database, cache)
+            path = str(Path(folder) / "omejdn-pg.sock")
+            env = {
+                k: v for k, v in os.environ.items() if k not in ("OMEJDN_PG_URL", "OMEJDN_PLUGINS")
+            }
+            with PluginLoader.from_files([config]) as loader:
+                seed(loader)
+                command = [sys.executable, "-m", "omejdn_pg", "serve", "--socket", path]
+                process = subprocess.Popen([*command, "--config", str(config), "-q"], env=env)
+                try:
+                    wait_ready(path, process)
+                    time.sleep(1.0)  # both read caches serving
+                    local, remote = in_process(loader), through(Client(path))
+                    for name in local:
+                        count = calls if name != TOKEN else max(10, calls // 10)
+                        mine, wire = interleave([local[name], remote[name]], count, 10, 50)
+                        rows.append(
+                            {
+                                "case": name,
+                                "in_process_p50_us": round(mine.median_us, 1),
+                                "socket_p50_us": round(wire.median_us, 1),
+                                "in_process_p99_us": round(mine.p99_us, 1),
+                                "socket_p99_us": round(wire.p99_us, 1),
+                            }
+                        )
+                    for count in threads:
+                        clients = [Client(path) for _ in range(count)]
+
+                        def token_request(i: int, c: list[Client] = clients) -> Call:
+                            return through(c[i])[TOKEN]
+
+                        done = throughput(token_request, count, seconds)
+                        throughput_rows.append(
+                            {
+                                "threads": count,
+                                "ops_per_s": round(done.ops_per_s, 1),
+                                "errors": done.errors,
+                            }
+                        )
+                finally:
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(30)
+    finally:
+        server.drop(database)
+    return {
+        "client": "a Python client of the wire protocol, one persistent connection per thread",
+        "cache": cache,
+        "rows": rows,
+        "token_requests": throughput_rows,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__)
     parser.add_argument("--calls", type=int, default=3000, help="timed calls per side (3000)")
@@ -167,51 +244,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the plugin file's cache: setting (true; e.g. '{client: true}')",
     )
     args = parser.parse_args(argv)
-    rows: list[dict[str, Any]] = []
-    with start() as server, tempfile.TemporaryDirectory() as folder:
-        database = server.database("bridge")
-        config = plugin_file(Path(folder) / "plugins.yml", database, args.cache)
-        path = str(Path(folder) / "omejdn-pg.sock")
-        env = {k: v for k, v in os.environ.items() if k not in ("OMEJDN_PG_URL", "OMEJDN_PLUGINS")}
-        with PluginLoader.from_files([config]) as loader:
-            seed(loader)
-            command = [sys.executable, "-m", "omejdn_pg", "serve", "--socket", path]
-            process = subprocess.Popen([*command, "--config", str(config), "-q"], env=env)
-            try:
-                wait_ready(path, process)
-                time.sleep(1.0)  # both read caches serving
-                local, remote = in_process(loader), through(Client(path))
-                for name in local:
-                    calls = args.calls if "token" not in name else args.calls // 10
-                    mine, wire = interleave([local[name], remote[name]], calls, 10, 50)
-                    rows.append(
-                        {
-                            "case": name,
-                            "in_process_p50_us": round(mine.median_us, 1),
-                            "socket_p50_us": round(wire.median_us, 1),
-                            "in_process_p99_us": round(mine.p99_us, 1),
-                            "socket_p99_us": round(wire.p99_us, 1),
-                        }
-                    )
-                for threads in (1, 4, 8):
-                    clients = [Client(path) for _ in range(threads)]
-
-                    def token_request(i: int, c: list[Client] = clients) -> Callable[[], object]:
-                        return through(c[i])["token request (11 events)"]
-
-                    done = throughput(token_request, threads, args.seconds)
-                    rows.append(
-                        {
-                            "case": f"token requests/s through the socket, {threads} thread(s)",
-                            "ops_per_s": round(done.ops_per_s, 1),
-                            "errors": done.errors,
-                        }
-                    )
-            finally:
-                process.send_signal(signal.SIGTERM)
-                process.wait(30)
-    for row in rows:
+    with start() as server:
+        found = measure(server, calls=args.calls, seconds=args.seconds, cache=args.cache)
+    for row in found["rows"]:
         print(json.dumps(row))
+    for row in found["token_requests"]:
+        print(
+            json.dumps(
+                {"case": f"token requests/s through the socket, {row['threads']} thread(s)", **row}
+            )
+        )
     return 0
 
 

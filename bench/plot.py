@@ -22,7 +22,9 @@ TARGET_RATIO = 1.3
 
 def draw(results: dict[str, Any], out: Path, stamp: str, quick: bool) -> Path:
     """``<out>/<stamp>[-quick].png`` and ``latest[-quick].png``; the first path."""
-    figure, (ratios, growth) = plt.subplots(1, 2, figsize=(14, 6.5), layout="constrained")
+    figure, (ratios, growth, bridge) = plt.subplots(
+        1, 3, figsize=(20, 6.5), layout="constrained", width_ratios=(3, 2, 2)
+    )
     cached = [
         {**row, "group": "cached", "ratio_median": row["ratio_to_floor"], "ratio_p99": None}
         for row in results["cached"]["rows"]
@@ -30,6 +32,7 @@ def draw(results: dict[str, Any], out: Path, stamp: str, quick: bool) -> Path:
     ]
     _ratios(ratios, results["latency"] + [{**r, "name": f"{r['name']} (cached)"} for r in cached])
     _growth(growth, results["growth"])
+    _bridge(bridge, results["bridge"])
     parameters, server, machine = results["parameters"], results["server"], results["machine"]
     title = (
         f"omejdn_pg bench {results['started_at'][:10]} · {parameters['users']:,} users · "
@@ -131,3 +134,44 @@ def _growth(axes: Any, growth: dict[str, Any]) -> None:
     axes.set_title("(b) growth with the number of users", fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
+
+
+def _bridge(axes: Any, found: dict[str, Any]) -> None:
+    """Each event through ``omejdn-pg serve``'s socket beside in-process; token requests/s
+    per thread count in the title (a rate has no place on a latency axis)."""
+    rows = found["rows"]
+    positions = list(range(len(rows)))[::-1]
+    height = 0.4
+    axes.barh(
+        [p + height / 2 for p in positions],
+        [row["in_process_p50_us"] for row in rows],
+        height,
+        color="tab:blue",
+        label="in process p50",
+    )
+    axes.barh(
+        [p - height / 2 for p in positions],
+        [row["socket_p50_us"] for row in rows],
+        height,
+        color="tab:red",
+        label="through the socket p50",
+    )
+    for position, row in zip(positions, rows, strict=True):
+        axes.annotate(
+            f"{row['socket_p50_us']:.0f} µs",
+            (row["socket_p50_us"], position - height / 2),
+            xytext=(4, -3),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    axes.set_xscale("log")
+    axes.set_yticks(positions, [row["case"] for row in rows])
+    axes.set_xlabel("µs per call (log)")
+    rates = ", ".join(
+        f"{row['threads']}: {row['ops_per_s']:,.0f}" for row in found["token_requests"]
+    )
+    axes.set_title(
+        f"(c) an event through omejdn-pg serve's socket\ntoken requests/s by threads: {rates}",
+        fontsize=10,
+    )
+    axes.legend(loc="upper left", fontsize=8)

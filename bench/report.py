@@ -255,3 +255,25 @@ def print_tables(results: dict[str, Any], console: Console | None = None) -> Non
         for group, share in found["shares"].items():
             table.add_row(group, f"{share:.0%}")
         console.print(table)
+
+    found_bridge = results.get("bridge")
+    if found_bridge:
+        client = found_bridge["client"]
+        table = Table(title=f"omejdn-pg serve: an event through its socket ({client})")
+        for column in ("event", "in process p50", "socket p50", "in process p99", "socket p99"):
+            table.add_column(column, justify="left" if column == "event" else "right")
+        for row in found_bridge["rows"]:
+            table.add_row(
+                row["case"],
+                _time(row["in_process_p50_us"]),
+                _time(row["socket_p50_us"]),
+                _time(row["in_process_p99_us"]),
+                _time(row["socket_p99_us"]),
+            )
+        console.print(table)
+        table = Table(title="Token requests (11 events each) through the socket")
+        for column in ("threads", "requests/s", "errors"):
+            table.add_column(column, justify="right")
+        for row in found_bridge["token_requests"]:
+            table.add_row(str(row["threads"]), f"{row['ops_per_s']:,.0f}", str(row["errors"]))
+        console.print(table)

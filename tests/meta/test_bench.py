@@ -223,3 +223,20 @@ def test_point_reads_are_profiled_by_layer(results: dict[str, Any]) -> None:
         assert layers[0]["layer"].startswith("raw psycopg"), layers
         assert len(layers) == 5, layers  # three layers of the read, two of SQLAlchemy's path
         assert all(positive(row["median_us"]) for row in layers), layers
+
+
+def test_events_through_the_storage_service_beside_in_process(results: dict[str, Any]) -> None:
+    found = results["bridge"]
+    cases = {row["case"] for row in found["rows"]}
+    assert {"CONFIGURATION_LOAD", "CLIENT_GET", "KEYS_LOAD", "token request (11 events)"} <= cases
+    for row in found["rows"]:
+        for key in ("socket_p50_us", "socket_p99_us"):
+            assert positive(row[key]), (row["case"], key)
+        # In process, "hello" is nothing at all: it rounds to 0.0 µs.
+        for key in ("in_process_p50_us", "in_process_p99_us"):
+            assert is_number(row[key]), (row["case"], key)
+            assert row[key] >= 0, (row["case"], key)
+    assert [row["threads"] for row in found["token_requests"]] == [1, 4, 8]
+    for row in found["token_requests"]:
+        assert row["errors"] == 0, row
+        assert positive(row["ops_per_s"]), row
