@@ -11,7 +11,7 @@ Where to connect, first match wins:
 5. the ``connection`` of the static plugin files named by ``$OMEJDN_PLUGINS``
    (with none, libpq's ``PG*`` variables and defaults).
 
-The engine is always built by :func:`omejdn_pg.postgres.database.build_engine` from libpq
+The engine is always built by :func:`omejdn_pg.postgres.database.engine.build_engine` from libpq
 keywords, so a password never passes through configparser (where ``%`` breaks
 it) or a SQLAlchemy URL string (where it could be logged).
 
@@ -28,7 +28,7 @@ from logging.config import fileConfig
 from sqlalchemy import Connection, text
 
 from alembic import context
-from omejdn_pg.postgres.database import build_engine
+from omejdn_pg.postgres.database.engine import build_engine
 from omejdn_pg.postgres.migrate import (
     CONNECTION_ATTRIBUTE,
     SETTINGS_ATTRIBUTE,

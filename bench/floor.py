@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Engine, event
 
-from omejdn_pg.postgres.database import connect_arguments
+from omejdn_pg.postgres.database.engine import connect_arguments
 from omejdn_pg.settings import ConnectionSettings
 
 

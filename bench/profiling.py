@@ -32,8 +32,8 @@ from typing import Any, Final, cast
 
 from bench.floor import Floor, capture
 from bench.timing import interleave
-from omejdn_pg.postgres.database import Database
-from omejdn_pg.postgres.readpool import DirectReader
+from omejdn_pg.postgres.database.readpool import DirectReader
+from omejdn_pg.postgres.database.unit_of_work import Database
 
 Call = Callable[[], object]
 _REPOSITORY: Final = str(Path(__file__).resolve().parents[1]) + "/"

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.passwords import PasswordPolicy
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.sealing import Keyring
 from omejdn_pg.settings import (

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg import sql
 
 from omejdn_pg.errors import OmejdnPgError
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.settings import ConnectionSettings
 from tests import secrets
 from tests.helpers import PlainSQL as PlainSQL  # also re-exported: modules import it from here

@@ -38,8 +38,9 @@ from sqlalchemy import Connection, event, select
 from omejdn_pg.entities import PrivateKey
 from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.postgres import migrate
-from omejdn_pg.postgres.cache import ReadCache
-from omejdn_pg.postgres.database import Database, build_engine
+from omejdn_pg.postgres.cache.read_cache import ReadCache
+from omejdn_pg.postgres.database.engine import build_engine
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.schema import metadata
 from omejdn_pg.settings import ConnectionSettings

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from omejdn_pg.postgres.cache import ReadCache
+from omejdn_pg.postgres.cache.read_cache import ReadCache
 from omejdn_pg.postgres.schema import CHANGE_GROUPS
 
 TICK: Final = 0.05

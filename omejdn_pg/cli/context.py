@@ -32,7 +32,7 @@ import click
 
 if TYPE_CHECKING:
     from omejdn_pg.cli.embedded import EmbeddedStatus
-    from omejdn_pg.postgres.database import Database
+    from omejdn_pg.postgres.database.unit_of_work import Database
     from omejdn_pg.service.host import Host
     from omejdn_pg.settings import BackendSettings, ConnectionSettings, StaticConfiguration
 
@@ -251,7 +251,7 @@ class CliContext:
             return postgres_of(self._host)
         if self._database is None:
             from omejdn_pg.postgres import migrate
-            from omejdn_pg.postgres.database import Database
+            from omejdn_pg.postgres.database.unit_of_work import Database
 
             self.ensure_schema()
             database = Database.for_backend(self.target().settings)

@@ -17,7 +17,7 @@ from omejdn_pg.cli.output import print_document, print_table, stream
 from omejdn_pg.cli.prompts import confirm
 
 if TYPE_CHECKING:
-    from omejdn_pg.postgres.database import Database
+    from omejdn_pg.postgres.database.unit_of_work import Database
     from omejdn_pg.settings import ConnectionSettings
 
 

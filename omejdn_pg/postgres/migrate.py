@@ -50,7 +50,7 @@ from omejdn_pg.errors import (
     StorageError,
     StorageUnavailable,
 )
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.schema import is_section_table
 from omejdn_pg.settings import (
     PLUGIN_NAME,

@@ -42,20 +42,18 @@ from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host import events
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.passwords import PasswordPolicy
-from omejdn_pg.postgres.cache import (
+from omejdn_pg.postgres.cache.changes import TRIGGER_ANNOUNCED, Announcements
+from omejdn_pg.postgres.cache.entries import (
     CLIENT,
     CONFIG,
     KEYS,
     KEYS_ALL,
-    TRIGGER_ANNOUNCED,
     USER,
-    Announcements,
     CacheKey,
-    Miss,
-    ReadCache,
     group_of,
 )
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.cache.read_cache import Miss, ReadCache
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.clients import ClientRepository, all_clients, find_client
 from omejdn_pg.postgres.repositories.common import Reader
 from omejdn_pg.postgres.repositories.config import ConfigRepository, load_section
@@ -216,7 +214,7 @@ class PostgresBackendPlugin:
 
     def changed(self, group: str, key: Sequence[str] | None) -> None:
         """Drop this process's entries for a change made outside the adapters (after it
-        committed, and announced with :func:`~omejdn_pg.postgres.cache.publish_change`)."""
+        committed, and announced with :func:`~omejdn_pg.postgres.cache.changes.publish_change`)."""
         if self.cache is not None:
             self.cache.invalidate(group, key)
 

@@ -36,7 +36,7 @@ from sqlalchemy import Connection, text
 from omejdn_pg.errors import BackupError
 from omejdn_pg.host.files.store import fsync_directory
 from omejdn_pg.postgres import migrate
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.config import PROVISIONED, ConfigRepository
 from omejdn_pg.postgres.schema import section_table_name
 from omejdn_pg.service.backup_format import TABLES, BackupWriter, TableDump, section_shape

@@ -32,8 +32,9 @@ from omejdn_pg.keys.algorithms import weak_key_problem
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.passwords import PasswordPolicy, describe_hash, too_costly
-from omejdn_pg.postgres.cache import USER, publish_change
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.cache.changes import publish_change
+from omejdn_pg.postgres.cache.entries import USER
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.bulk import UserImport
 from omejdn_pg.postgres.repositories.config import ConfigRepository, Shape

@@ -11,7 +11,7 @@ dropped), rows go in by ``INSERT … SELECT FROM json_populate_recordset`` of a
 few thousand rows at a time — PostgreSQL converts each value from its own
 text, so nothing passes through Python's floats and a sealed key is the same
 bytes — and every read cache is told that every group changed
-(:func:`~omejdn_pg.postgres.cache.publish_change`). Anything wrong rolls it
+(:func:`~omejdn_pg.postgres.cache.changes.publish_change`). Anything wrong rolls it
 all back. No key-encryption key is involved: nothing is opened.
 
 A newer target: a column the backup has is restored into the column of that
@@ -37,8 +37,8 @@ from sqlalchemy.schema import DropTable
 
 from omejdn_pg.errors import BackupError
 from omejdn_pg.postgres import migrate
-from omejdn_pg.postgres.cache import publish_change
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.cache.changes import publish_change
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.common import lock_for_update
 from omejdn_pg.postgres.repositories.config import PROVISIONED, ConfigRepository
 from omejdn_pg.postgres.schema import (

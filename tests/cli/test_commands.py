@@ -22,8 +22,8 @@ import yaml
 from omejdn_pg.cli import app as cli
 from omejdn_pg.entities import KeyMaterial
 from omejdn_pg.host.files.store import FileStore
-from omejdn_pg.postgres import database as database_module
 from omejdn_pg.postgres import migrate
+from omejdn_pg.postgres.database import unit_of_work
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BackendSettings, ConnectionSettings
 from tests.helpers import ok, omejdn_pg, one_error_line
@@ -286,13 +286,13 @@ def test_migrate_and_check_open_one_engine_per_command(
 ) -> None:
     """Current revision, upgrade and current again share one engine and connection."""
     engines: list[Any] = []
-    original = database_module.build_engine
+    original = unit_of_work.build_engine
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         engines.append(original(*args, **kwargs))
         return engines[-1]
 
-    monkeypatch.setattr(database_module, "build_engine", counting)
+    monkeypatch.setattr(unit_of_work, "build_engine", counting)
     for name in ("OMEJDN_PG_URL", "OMEJDN_PLUGINS"):
         monkeypatch.delenv(name, raising=False)
     url = empty_database.conninfo()

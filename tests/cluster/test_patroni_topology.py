@@ -33,7 +33,7 @@ from omejdn_pg.entities import User
 from omejdn_pg.errors import StorageUnavailable
 from omejdn_pg.host import events
 from omejdn_pg.host.events import EventBus
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings import (
     BackendSettings,

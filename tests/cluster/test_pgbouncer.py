@@ -28,7 +28,8 @@ from omejdn_pg.host import events
 from omejdn_pg.host.events import EventBus
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
-from omejdn_pg.postgres.database import Database, behind_pooler
+from omejdn_pg.postgres.database.engine import behind_pooler
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.settings import ConnectionSettings, parse_backend_section
 from tests.cluster.rig import PgBouncer, compare_latency, latency_line, pgbouncer_or_skip

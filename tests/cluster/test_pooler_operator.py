@@ -27,7 +27,7 @@ from sqlalchemy import select, text
 from omejdn_pg import PluginLoader, User
 from omejdn_pg.errors import StorageError
 from omejdn_pg.host import events
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.schema import metadata
 from omejdn_pg.settings import ConnectionSettings, TimeoutSettings, parse_backend_section
 from tests.cluster.rig import PgBouncer

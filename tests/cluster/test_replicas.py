@@ -26,7 +26,7 @@ from sqlalchemy import event, text
 
 from omejdn_pg.entities import User
 from omejdn_pg.errors import InvalidValue, StorageError, StorageUnavailable
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.config import ConfigRepository
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings import BackendSettings, parse_backend_section
@@ -427,7 +427,7 @@ def test_no_stale_read_in_10000_write_then_read_pairs_under_delayed_apply(
 READER = """
 import json, sys, time
 from sqlalchemy import event, text
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.config import ConfigRepository
 from omejdn_pg.settings import parse_backend_section
 

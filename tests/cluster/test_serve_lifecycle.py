@@ -22,7 +22,7 @@ import pytest
 
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
-from omejdn_pg.postgres.cache import LISTENER_APPLICATION_NAME
+from omejdn_pg.postgres.cache.listener import LISTENER_APPLICATION_NAME
 from omejdn_pg.sealing import generate_secret, sealed_by
 from omejdn_pg.settings import ConnectionSettings
 from tests import secrets

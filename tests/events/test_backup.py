@@ -32,7 +32,8 @@ from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
 from omejdn_pg.postgres import migrate
-from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.database.engine import count_statements
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.config import ConfigRepository
 from omejdn_pg.sealing import generate_secret, is_sealed

@@ -34,7 +34,7 @@ from omejdn_pg.host import events
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.postgres import migrate
-from omejdn_pg.postgres.database import count_statements
+from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.attributes import checked_attributes
 from omejdn_pg.postgres.repositories.users import UserRepository

@@ -28,7 +28,7 @@ from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.lifecycle import LifecycleError
 from omejdn_pg.postgres import migrate
-from omejdn_pg.postgres.database import count_statements
+from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings import ConnectionSettings
 from tests.events.test_storage_events import plugin_yaml

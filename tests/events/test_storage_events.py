@@ -21,7 +21,7 @@ from omejdn_pg.errors import AlreadyExists, ConfigurationError, SchemaOutOfDate
 from omejdn_pg.host import events
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.common import lock_for_update
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings import ConnectionSettings

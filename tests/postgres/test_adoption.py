@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql
 from omejdn_pg.certificates import self_signed_certificate
 from omejdn_pg.errors import MigrationError
 from omejdn_pg.postgres import migrate
-from omejdn_pg.postgres.database import build_engine
+from omejdn_pg.postgres.database.engine import build_engine
 from omejdn_pg.postgres.schema import dict_section_table, list_section_table
 from omejdn_pg.settings import ConnectionSettings
 from tests.helpers import PlainSQL, python_m, schema_differences

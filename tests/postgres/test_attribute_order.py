@@ -21,7 +21,7 @@ import pytest
 from omejdn_pg.cli import transfer
 from omejdn_pg.entities import Client, User
 from omejdn_pg.postgres import migrate
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories import listing
 from omejdn_pg.service import backup as service
 from omejdn_pg.service import restore as restoring

@@ -28,8 +28,9 @@ from omejdn_pg import Client, PluginLoader, User
 from omejdn_pg.host import events
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
-from omejdn_pg.postgres.cache import CHANNEL, LISTENER_APPLICATION_NAME
-from omejdn_pg.postgres.database import count_statements
+from omejdn_pg.postgres.cache.changes import CHANNEL
+from omejdn_pg.postgres.cache.listener import LISTENER_APPLICATION_NAME
+from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings import ConnectionSettings
 from tests.helpers import PlainSQL, cache_of, plugin, write_plugins
@@ -257,7 +258,7 @@ def test_a_process_reads_its_own_writes_at_once(
     }
     for read in reads.values():
         warm(read, loader)
-    monkeypatch.setattr(cache, "_on_notice", lambda payload: None)
+    monkeypatch.setattr(cache, "on_notice", lambda payload: None)
     invalidations = cache.stats()["invalidations"]
 
     store(loader, {"n": 2})

@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 
 from omejdn_pg import PluginLoader, User
 from omejdn_pg.host import events
-from omejdn_pg.postgres.cache import publish_change
+from omejdn_pg.postgres.cache.changes import publish_change
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings import ConnectionSettings
 from tests.helpers import PlainSQL, cache_of, plugin
@@ -165,7 +165,7 @@ def test_sixteen_writers_never_leave_a_cache_stale_beyond_the_bound(
             user_backend="postgres",
         )
     cache = cache_of(reader)
-    heard = cache._on_notice
+    heard = cache.on_notice
     dropped = [0]
     loss = [0.2]
     lottery = random.Random(7)
@@ -176,7 +176,7 @@ def test_sixteen_writers_never_leave_a_cache_stale_beyond_the_bound(
             return
         heard(payload)
 
-    cache._on_notice = lossy  # type: ignore[method-assign]
+    cache.on_notice = lossy  # type: ignore[method-assign]
     # committed[name][n]: when n had committed (n = 0 before the test starts).
     committed: dict[str, list[float]] = {name: [time.monotonic()] for name in names()}
     stop = threading.Event()
@@ -333,8 +333,8 @@ def test_rows_idle_for_two_hours_are_pruned_and_a_new_row_is_still_followed(
             raise AssertionError("alice never cached")
         # The pruned session counts again, and this time its notice is lost.
         cache = cache_of(reader)
-        heard = cache._on_notice
-        cache._on_notice = lambda payload: None if payload.startswith("user:") else heard(payload)  # type: ignore[method-assign]
+        heard = cache.on_notice
+        cache.on_notice = lambda payload: None if payload.startswith("user:") else heard(payload)  # type: ignore[method-assign]
         session.execute("UPDATE users SET extern = 'pruned' WHERE username = 'alice'")
         row = session.execute(
             "SELECT counter, prior FROM omejdn_pg_changes WHERE name = 'user' AND writer = %s",

@@ -20,7 +20,8 @@ from omejdn_pg.client_metadata import FIELDS as CHECKED_FIELDS
 from omejdn_pg.entities import Client
 from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
 from omejdn_pg.names import is_file_name
-from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.database.engine import count_statements
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.clients import ClientRepository
 from omejdn_pg.settings import BACKEND_NAME
 from tests.helpers import (

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, select
 
 from omejdn_pg.errors import InvalidSectionName, InvalidValue, StorageError
-from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.database.engine import count_statements
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.config import ConfigRepository
 from tests.helpers import (
     PROPERTY_SETTINGS,

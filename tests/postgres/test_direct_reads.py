@@ -16,10 +16,11 @@ from omejdn_pg.errors import StorageUnavailable
 from omejdn_pg.host import events
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
-from omejdn_pg.postgres import readpool
-from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.database import readpool
+from omejdn_pg.postgres.database.engine import count_statements
+from omejdn_pg.postgres.database.readpool import ReadPool
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
-from omejdn_pg.postgres.readpool import ReadPool
 from omejdn_pg.postgres.repositories.clients import ClientRepository
 from omejdn_pg.postgres.repositories.config import ConfigRepository
 from omejdn_pg.postgres.repositories.keys import KeyRepository

@@ -14,7 +14,8 @@ from omejdn_pg.entities import KeyMaterial
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
-from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.database.engine import count_statements
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.keys import KeyRepository
 from tests.helpers import (
     PlainSQL,

@@ -14,7 +14,7 @@ from omejdn_pg.host import events
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
 from omejdn_pg.postgres import migrate
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.config import KNOWN_SECTIONS, ConfigRepository
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings import ConnectionSettings

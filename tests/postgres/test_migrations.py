@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from omejdn_pg.errors import MigrationError, SchemaOutOfDate
 from omejdn_pg.postgres import migrate
-from omejdn_pg.postgres.database import build_engine
+from omejdn_pg.postgres.database.engine import build_engine
 from omejdn_pg.postgres.schema import (
     AttributeRecord,
     ClientFieldRecord,

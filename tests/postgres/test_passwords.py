@@ -22,7 +22,8 @@ from sqlalchemy import Connection, event
 from omejdn_pg.entities import User
 from omejdn_pg.errors import InvalidValue, PasswordRejected
 from omejdn_pg.passwords import BCRYPT_MAX_BYTES, PasswordPolicy
-from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.database.engine import count_statements
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings import ConnectionSettings, PasswordSettings
 from tests.helpers import ok, omejdn_pg

@@ -18,7 +18,8 @@ from sqlalchemy import Connection, event, text
 from omejdn_pg.entities import User
 from omejdn_pg.errors import StorageError, StorageUnavailable
 from omejdn_pg.postgres import migrate
-from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.database.engine import count_statements
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.common import lock_for_update
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.service.host import Host

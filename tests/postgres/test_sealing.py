@@ -16,7 +16,7 @@ import pytest
 from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.sealing import PREFIX, Keyring, generate_secret, sealed_by
 from omejdn_pg.settings import ConnectionSettings, parse_backend_section
@@ -120,7 +120,7 @@ REWRAP = textwrap.dedent(
     """
     import sys, time
     from sqlalchemy import event
-    from omejdn_pg.postgres.database import Database
+    from omejdn_pg.postgres.database.unit_of_work import Database
     from omejdn_pg.postgres.repositories.keys import KeyRepository
     from omejdn_pg.sealing import Keyring
     from omejdn_pg.settings import ConnectionSettings

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from omejdn_pg.errors import ConfigurationError, StorageUnavailable
 from omejdn_pg.host.loader import PluginLoader
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.settings import (
     HANDLER_GROUPS,
     ConnectionSettings,

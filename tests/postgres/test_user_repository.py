@@ -23,7 +23,8 @@ from sqlalchemy import Connection
 from omejdn_pg.entities import User
 from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
 from omejdn_pg.passwords import PasswordPolicy
-from omejdn_pg.postgres.database import Database, count_statements
+from omejdn_pg.postgres.database.engine import count_statements
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings import BACKEND_NAME, PasswordSettings
 from tests.helpers import (

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from omejdn_pg import Client, User
-from omejdn_pg.postgres.cache import _freeze
+from omejdn_pg.postgres.cache.copies import freeze
 from tests.helpers import json_values, names, texts
 
 
@@ -33,7 +33,7 @@ def vandalise(value: Any) -> None:
 @given(value=json_values)
 def test_each_copy_equals_the_filled_value_whatever_was_done_to_others(value: Any) -> None:
     snapshot = copy.deepcopy(value)
-    copier = _freeze(value)
+    copier = freeze(value)
     vandalise(value)  # the caller keeps and changes what it filled the cache with
     first = copier()
     assert first == snapshot
@@ -61,7 +61,7 @@ def test_a_cached_user_is_a_user_equal_to_the_one_filled(
         backend="postgres",
     )
     snapshot = copy.deepcopy(user)
-    copier = _freeze(user)
+    copier = freeze(user)
     vandalise(user.attributes)
     user.password = None
     served = copier()
@@ -83,7 +83,7 @@ def test_a_client_with_nested_metadata_is_copied_whole() -> None:
         backend="postgres",
     )
     snapshot = copy.deepcopy(client)
-    copier = _freeze(client)
+    copier = freeze(client)
     served = copier()
     served.metadata["jwks"]["keys"][0]["x5c"].append("forged")
     served.attributes["roles"]["admin"].append("write")
@@ -94,7 +94,7 @@ def test_a_client_with_nested_metadata_is_copied_whole() -> None:
 def test_values_beyond_json_are_copied_too() -> None:
     """Tuples, sets and other objects take the slower way (pickle), not a shared object."""
     value = {"pair": (1, [2, 3]), "set": {4, 5}, "nested": [{"a": b"bytes"}]}
-    copier = _freeze(value)
+    copier = freeze(value)
     served = copier()
     served["pair"][1].append("changed")
     served["set"].add(6)

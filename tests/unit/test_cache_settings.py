@@ -11,18 +11,10 @@ from hypothesis import strategies as st
 
 from omejdn_pg.entities import User
 from omejdn_pg.errors import ConfigurationError
-from omejdn_pg.postgres.cache import (
-    LISTENER_APPLICATION_NAME,
-    Chains,
-    Link,
-    Miss,
-    Notice,
-    ReadCache,
-    affected,
-    belongs,
-    encode_key,
-    listener_connection,
-)
+from omejdn_pg.postgres.cache.changes import Chains, Link, Notice, encode_key
+from omejdn_pg.postgres.cache.entries import affected, belongs
+from omejdn_pg.postgres.cache.listener import LISTENER_APPLICATION_NAME, listener_connection
+from omejdn_pg.postgres.cache.read_cache import Miss, ReadCache
 from omejdn_pg.settings import CacheSettings, ConnectionSettings, parse_backend_section, parse_cache
 from tests.helpers import NO_NUL, PROPERTY_SETTINGS
 
@@ -155,8 +147,8 @@ def _serving_cache(**settings: Any) -> ReadCache:
     """A cache that believes its listener just polled (no thread, no database)."""
     cache = ReadCache(CacheSettings(**settings), ConnectionSettings())
     counters = {(group, 1): (10, 0) for group in ("config", "keys", "client", "user")}
-    cache._baseline(counters)
-    cache._on_heartbeat(time.monotonic(), counters, [])
+    cache.baseline(counters)
+    cache.on_heartbeat(time.monotonic(), counters, [])
     return cache
 
 
@@ -206,11 +198,11 @@ def test_a_notice_that_skips_a_counter_flushes_its_group() -> None:
         miss = cache.get(("config", name))
         assert isinstance(miss, Miss)
         cache.fill(("config", name), name, miss.token)
-    cache._on_notice("config:a:1/10/11:0")
-    cache._on_notice("config:a:2//12:0")  # another writer's first change
+    cache.on_notice("config:a:1/10/11:0")
+    cache.on_notice("config:a:2//12:0")  # another writer's first change
     assert isinstance(cache.get(("config", "a")), Miss)
     assert cache.get(("config", "b")) == "b"
-    cache._on_notice("config:a:1/14/15:0")  # writer 1 counted 14 without a notice
+    cache.on_notice("config:a:1/14/15:0")  # writer 1 counted 14 without a notice
     assert isinstance(cache.get(("config", "b")), Miss)
     assert cache.stats()["gaps"] == 1
 

@@ -58,8 +58,8 @@ from sqlalchemy import exc as sa_exc
 from omejdn_pg.entities import User
 from omejdn_pg.errors import AlreadyExists, NotFound
 from omejdn_pg.passwords import PasswordPolicy
-from omejdn_pg.postgres.cache import publish_change
-from omejdn_pg.postgres.database import Database
+from omejdn_pg.postgres.cache.changes import publish_change
+from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.common import dumps
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.postgres.schema import USER_OWNER

@@ -21,9 +21,9 @@ lazily, so a process that reads from one thread holds one read connection.
 The failure rules are the engine pool's too. A connection that broke is
 discarded with every idle one older than it (a restart or a failover broke
 them all), and the caller retries on a fresh one; a connection whose node
-reported itself read-only (:func:`~omejdn_pg.postgres.database.reports_read_only`)
+reported itself read-only (:func:`~omejdn_pg.postgres.database.failover.reports_read_only`)
 is discarded with every other one made before, as the engine's
-:class:`~omejdn_pg.postgres.database.ReadOnlyGuard` does, sharing its clock.
+:class:`~omejdn_pg.postgres.database.failover.ReadOnlyGuard` does, sharing its clock.
 
 A standby that serves reads has a pool of its own (``standby``): there a
 read-only node is what is expected, and whether the standby may serve at all
@@ -49,8 +49,8 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
+from omejdn_pg.postgres.database.startup import StartupSettings
 from omejdn_pg.postgres.repositories.common import DIALECT
-from omejdn_pg.postgres.startup import StartupSettings
 from omejdn_pg.settings import PoolSettings
 
 
@@ -152,7 +152,7 @@ class DirectReader:
         self.conn = conn
         self.listeners = listeners
         self.per_transaction = per_transaction
-        """Settings a pooler refused at startup (:mod:`~omejdn_pg.postgres.startup`): then
+        """Settings a pooler refused at startup (:mod:`~omejdn_pg.postgres.database.startup`): then
         each read runs in a transaction that sets them first."""
 
     def rows(
