@@ -224,6 +224,36 @@ class Node:
     def in_recovery(self) -> bool:
         return bool(self.value("SELECT pg_is_in_recovery()"))
 
+    def fence(self, read_only: bool = True, timeout: float = 30) -> None:
+        """Make this node refuse writes (``default_transaction_read_only``), as HA tools fence
+        an old primary, or take it back; returns once every backend takes it on its next command.
+
+        ``pg_reload_conf()`` only signals the postmaster, which rereads the file and
+        signals the backends later: a write sent at once may still run on a pooled
+        connection. The postmaster signals every backend before it forks the next
+        one, so a backend started after the reload (its configuration loaded before
+        it started) that reports the new value proves every older backend has the
+        signal pending, and a backend handles a pending reload before running the
+        next command it reads.
+        """
+        if read_only:
+            self.query("ALTER SYSTEM SET default_transaction_read_only = on")
+        else:
+            self.query("ALTER SYSTEM RESET default_transaction_read_only")
+        self.query("SELECT pg_reload_conf()")
+        wanted = "on" if read_only else "off"
+        deadline = time.monotonic() + timeout
+        while True:
+            setting, after_reload = self.query(
+                "SELECT current_setting('transaction_read_only'), pg_conf_load_time() < "
+                "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())"
+            )[0]
+            if setting == wanted and after_reload:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not reload default_transaction_read_only")
+            time.sleep(0.01)
+
     def start(self) -> None:
         self.cluster.start(self)
 

@@ -234,8 +234,7 @@ def test_a_pool_full_of_connections_to_a_primary_that_turned_read_only_is_discar
         # Fail over without stopping the old primary: promote the standby, fence the
         # old primary read-only (as HA tools do); its connections stay open.
         cluster.promote(standby)
-        primary.query("ALTER SYSTEM SET default_transaction_read_only = on")
-        primary.query("SELECT pg_reload_conf()")
+        primary.fence()
         assert ours_on(primary) >= 4
 
         # A read on a pooled connection to the old primary still works; that
@@ -265,8 +264,7 @@ def test_a_write_refused_as_read_only_is_retried_on_a_fresh_connection(cluster: 
         assert {port for port, _, _ in pooled_connections(database_of(host), 3)} == {primary.port}
         cluster.wait_replayed()
         cluster.promote(standby)
-        primary.query("ALTER SYSTEM SET default_transaction_read_only = on")
-        primary.query("SELECT pg_reload_conf()")
+        primary.fence()
         # No read in between: the first the pool hears of it is the refused write.
         host.config.write("omejdn", {"n": 1})
         assert (

@@ -299,8 +299,7 @@ def test_a_cache_listener_leaves_a_primary_that_turned_read_only(
     try:
         reader.expect("ready")
         standby_rig.promote(standby)
-        primary.query("ALTER SYSTEM SET default_transaction_read_only = on")
-        primary.query("SELECT pg_reload_conf()")
+        primary.fence()
         with PluginLoader.from_files([writer_file], base_dir=tmp_path) as writer:
             committed = write_until_it_works(writer, 1)
             delay = seen_within(reader, 1, committed)

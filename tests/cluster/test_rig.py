@@ -106,14 +106,12 @@ def test_readiness_needs_a_writable_primary(cluster: Cluster) -> None:
     assert not only_standby.ready
     assert "no writable primary" in only_standby.reason
     # A primary fenced read-only is not ready either.
-    primary.query("ALTER SYSTEM SET default_transaction_read_only = on")
-    primary.query("SELECT pg_reload_conf()")
+    primary.fence()
     try:
         fenced = topology.readiness(primary.settings("omejdn"))
         assert not fenced.ready
     finally:
-        primary.query("ALTER SYSTEM RESET default_transaction_read_only")
-        primary.query("SELECT pg_reload_conf()")
+        primary.fence(read_only=False)
     assert topology.readiness(primary.settings("omejdn")).ready
 
 
