@@ -36,7 +36,8 @@ from omejdn_pg.postgres.migrate import (
     include_name,
 )
 from omejdn_pg.postgres.schema import metadata
-from omejdn_pg.settings import ConnectionSettings, PoolSettings
+from omejdn_pg.settings.backend import PoolSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 MIGRATION_LOCK = 0x6F6D656A646E
 """pg_advisory_xact_lock key ("omejdn" in ASCII) held while migrations run."""

@@ -51,7 +51,8 @@ from bench.timing import Call, interleave, throughput
 from omejdn_pg import Client, Host
 from omejdn_pg.host import events
 from omejdn_pg.keys.key_set import KeySet
-from omejdn_pg.settings import ConnectionSettings, PoolSettings
+from omejdn_pg.settings.backend import PoolSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
 CACHED_ROWS: Final = ("USER_GET", "CLIENT_GET", "KEYS_LOAD", "CONFIGURATION_LOAD", "token request")

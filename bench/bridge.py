@@ -35,7 +35,7 @@ from omejdn_pg.host import events
 from omejdn_pg.host.events import EventBus
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 OMEJDN = {f"setting_{n}": f"value {n}" for n in range(20)} | {"issuer": "https://id.example"}
 SCOPES = {f"scope{n}": [f"claim{n}", f"claim{n + 1}"] for n in range(10)}

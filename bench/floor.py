@@ -28,7 +28,7 @@ import psycopg
 from sqlalchemy import Engine, event
 
 from omejdn_pg.postgres.database.engine import connect_arguments
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 
 @dataclass(frozen=True)

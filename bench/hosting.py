@@ -23,7 +23,8 @@ import yaml
 
 from bench import seed
 from omejdn_pg import Host, PluginLoader
-from omejdn_pg.settings import BackendSettings, ConnectionSettings
+from omejdn_pg.settings.backend import BackendSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 ALL_GROUPS: Final = ("user", "client", "config", "keys")
 

@@ -27,7 +27,7 @@ from typing import Any, Final
 from bench import seed
 from bench.seed import PasswordHashes
 from bench.server import Server
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 _SCRUBBED_ENV: Final = ("OMEJDN_PG_URL", "OMEJDN_PLUGINS", "OMEJDN_PG_DATA")
 

@@ -31,7 +31,7 @@ import psycopg
 from omejdn_pg import Client, Host
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 BCRYPT_COST: Final = 4
 PASSWORD_POOL: Final = 32

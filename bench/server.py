@@ -26,7 +26,7 @@ from psycopg import sql
 
 from bench.placement import Placement, starting_servers
 from omejdn_pg.postgres import migrate
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 DSN_ENV: Final = "OMEJDN_PG_BENCH_DSN"
 _REPORTED_SETTINGS: Final = ("server_version", "synchronous_commit", "fsync", "shared_buffers")

@@ -31,7 +31,7 @@ import yaml
 from omejdn_pg import PluginLoader
 from omejdn_pg.host import events
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 BOUND: Final = 0.5
 """The reader's ``max_staleness`` in seconds: half the default, so a lost notice shows."""

@@ -21,7 +21,7 @@ import bcrypt
 from bench.placement import Placement, starting_servers
 from omejdn_pg import User
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import parse_backend_section
+from omejdn_pg.settings.validation import parse_backend_section
 
 
 def _section(connection: dict[str, Any], **extra: Any) -> dict[str, Any]:

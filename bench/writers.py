@@ -23,7 +23,7 @@ from bench.cases import first
 from bench.floor import Floor, Statement, capture
 from bench.timing import Call, throughput
 from omejdn_pg.host import events
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 COUNTS = (1, 16)
 

@@ -23,13 +23,8 @@ from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.sealing import Keyring
-from omejdn_pg.settings import (
-    BACKEND_NAME,
-    DEFAULT_PLUGINS,
-    PLUGIN_NAME,
-    BackendSettings,
-    StaticConfiguration,
-)
+from omejdn_pg.settings.backend import BACKEND_NAME, PLUGIN_NAME, BackendSettings
+from omejdn_pg.settings.static import DEFAULT_PLUGINS, StaticConfiguration
 
 
 def from_files(

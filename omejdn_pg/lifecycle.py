@@ -52,7 +52,7 @@ from typing import Any, Final
 
 from omejdn_pg.errors import InvalidInput
 from omejdn_pg.keys.model import Key
-from omejdn_pg.settings import KeyLifecycleSettings
+from omejdn_pg.settings.backend import KeyLifecycleSettings
 
 DEFAULT_PUBLISH_FOR: Final = KeyLifecycleSettings.publish_for
 DEFAULT_RETIRE_MARGIN: Final = KeyLifecycleSettings.retire_margin

@@ -34,7 +34,7 @@ from passlib.context import CryptContext
 from passlib.exc import MissingBackendError
 
 from omejdn_pg.errors import PasswordRejected
-from omejdn_pg.settings import PasswordSettings
+from omejdn_pg.settings.backend import PasswordSettings
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial
 PREFIX: Final = "$omejdn-pg-sealed$v1$"
 KEK_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """A KEK id is a ``$``-separated field of the value: no ``$``, nothing a shell or
-a log would mangle (``omejdn_pg.settings`` refuses the same when configured)."""
+a log would mangle (``omejdn_pg.settings.validation`` refuses the same when configured)."""
 NONCE_BYTES: Final = 12
 KEY_BYTES: Final = 32
 

@@ -29,7 +29,7 @@ from psycopg import sql
 
 from omejdn_pg.errors import OmejdnPgError
 from omejdn_pg.postgres.database.unit_of_work import Database
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets
 from tests.helpers import PlainSQL as PlainSQL  # also re-exported: modules import it from here
 from tests.helpers import make_examples

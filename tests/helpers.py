@@ -43,7 +43,7 @@ from omejdn_pg.postgres.database.engine import build_engine
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.schema import metadata
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets
 
 T = TypeVar("T")

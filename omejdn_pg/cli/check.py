@@ -21,7 +21,7 @@ from omejdn_pg.cli.output import Failure, print_document, print_table
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-    from omejdn_pg.settings import BackendSettings
+    from omejdn_pg.settings.backend import BackendSettings
 
 SCHEMA_HINT = "run `omejdn-pg migrate upgrade`"
 

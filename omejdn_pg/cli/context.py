@@ -30,18 +30,20 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 
+from omejdn_pg.settings.static import PLUGINS_ENV
+
 if TYPE_CHECKING:
     from omejdn_pg.cli.embedded import EmbeddedStatus
     from omejdn_pg.postgres.database.unit_of_work import Database
     from omejdn_pg.service.host import Host
-    from omejdn_pg.settings import BackendSettings, ConnectionSettings, StaticConfiguration
+    from omejdn_pg.settings.backend import BackendSettings
+    from omejdn_pg.settings.connection import ConnectionSettings
+    from omejdn_pg.settings.static import StaticConfiguration
 
 T = TypeVar("T")
 
 PROG: Final = "omejdn-pg"
 URL_ENV: Final = "OMEJDN_PG_URL"
-PLUGINS_ENV: Final = "OMEJDN_PLUGINS"
-"""The same name as ``omejdn_pg.settings.PLUGINS_ENV``, which imports the driver."""
 OUTPUT_FORMATS: Final = ("table", "json", "yaml")
 CONTEXT_SETTINGS: Final = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 URL_PASSWORD_WARNING: Final = (
@@ -109,7 +111,7 @@ class CliContext:
     def secrets(self) -> list[str]:
         """Passwords that must not appear in any message."""
         from omejdn_pg.errors import OmejdnPgError
-        from omejdn_pg.settings import ConnectionSettings
+        from omejdn_pg.settings.connection import ConnectionSettings
 
         found = []
         if self._target is not None and self._target.settings.connection.password:
@@ -127,7 +129,7 @@ class CliContext:
     # --- where the database is ----------------------------------------------------
 
     def static(self) -> StaticConfiguration:
-        from omejdn_pg.settings import StaticConfiguration
+        from omejdn_pg.settings.static import StaticConfiguration
 
         if self.config_files:
             return StaticConfiguration.from_files(self.config_files)
@@ -141,13 +143,9 @@ class CliContext:
 
     def _resolve(self) -> Target:
         from omejdn_pg.errors import ConfigurationError
-        from omejdn_pg.settings import (
-            HANDLER_GROUPS,
-            PLUGIN_NAME,
-            ConnectionSettings,
-            key_encryption_from_env,
-            require_chosen_connection,
-        )
+        from omejdn_pg.settings.backend import HANDLER_GROUPS, PLUGIN_NAME
+        from omejdn_pg.settings.connection import ConnectionSettings
+        from omejdn_pg.settings.validation import key_encryption_from_env, require_chosen_connection
 
         static = self.static()
         section_present = static.plugins.get(PLUGIN_NAME) is not None

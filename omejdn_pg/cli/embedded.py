@@ -39,7 +39,7 @@ import psycopg
 from psycopg import sql
 
 from omejdn_pg.errors import EmbeddedError, StorageUnavailable, first_line
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 T = TypeVar("T")
 

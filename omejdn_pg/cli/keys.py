@@ -266,7 +266,7 @@ def keys_jwks(target_type: str) -> None:
 
 
 def _duration(value: str | None, option: str) -> datetime.timedelta | None:
-    from omejdn_pg.settings import parse_duration
+    from omejdn_pg.settings.checks import parse_duration
 
     if value is None:
         return None

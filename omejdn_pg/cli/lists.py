@@ -137,7 +137,7 @@ def show_listing(
     columns: Sequence[Column],
 ) -> None:
     """Stream the records ``criteria`` selects in the output format; the count on stderr."""
-    from omejdn_pg.settings import BACKEND_NAME
+    from omejdn_pg.settings.backend import BACKEND_NAME
 
     if cli.postgres_alone():
         postgres_serves, others = True, []
@@ -178,7 +178,7 @@ def _chain(first: Iterable[R], then: Iterator[R]) -> Iterator[R]:
 
 def _other_backends(host: Host, source: Source[R], postgres_serves: bool) -> list[R]:
     """Records of every backend but PostgreSQL, by name; none asked if there is none."""
-    from omejdn_pg.settings import BACKEND_NAME
+    from omejdn_pg.settings.backend import BACKEND_NAME
 
     if len(host.loader.handlers(source.get_all_event)) <= int(postgres_serves):
         return []

@@ -18,7 +18,7 @@ from omejdn_pg.cli.prompts import confirm
 
 if TYPE_CHECKING:
     from omejdn_pg.postgres.database.unit_of_work import Database
-    from omejdn_pg.settings import ConnectionSettings
+    from omejdn_pg.settings.connection import ConnectionSettings
 
 
 GRANT_HELP: Final = (

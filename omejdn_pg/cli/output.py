@@ -32,8 +32,10 @@ from typing import Any, Final
 
 import click
 
+from omejdn_pg.yamlio import dump_yaml, parse_yaml
+
 MASK: Final = "********"
-"""The same mask as ``omejdn_pg.settings.MASK``, which imports the driver."""
+"""The same mask as ``omejdn_pg.settings.connection.MASK``, which imports the driver."""
 WIDTH_SAMPLE: Final = 100
 """Rows of a streamed table that its column widths are taken from."""
 GAP: Final = "  "
@@ -109,36 +111,8 @@ YAML_BATCH: Final = 500
 """Records a streamed YAML listing hands the emitter at once (its set-up is per call)."""
 
 
-def _yaml(data: Any) -> str:
-    """``yaml.safe_dump``'s text, written by libyaml's C emitter where PyYAML has it (the
-    pure-Python one made ``-o yaml`` five times slower than ``-o json``)."""
-    import yaml
-
-    return yaml.dump(
-        data,
-        Dumper=_dumper(),
-        sort_keys=False,
-        allow_unicode=True,
-        default_flow_style=False,
-    )
-
-
-def _dumper() -> Any:
-    import yaml
-
-    base: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-    class Dumper(base):  # type: ignore[misc]
-        # Records are independent documents' parts: a value that happens to be shared
-        # is written out again, never as an anchor another record's text refers to.
-        def ignore_aliases(self, data: Any) -> bool:
-            return True
-
-    return Dumper
-
-
 def print_yaml(data: Any) -> None:
-    click.echo(_yaml(data), nl=False)
+    click.echo(dump_yaml(data), nl=False)
 
 
 def print_document(data: Any, fmt: str) -> None:
@@ -228,7 +202,7 @@ def _stream_yaml(records: Iterable[Mapping[str, Any]]) -> int:
     # text as one-item lists written one after the other.
     batch = [dict(record) for record in islice(iterator, 1)]
     while batch:
-        out.write(_yaml(batch))
+        out.write(dump_yaml(batch))
         if count == 0:
             out.flush()
         count += len(batch)
@@ -263,7 +237,6 @@ def parse_document(text: str, name: str, fmt: str = "auto") -> Any:
         except json.JSONDecodeError as exc:
             raise Failure(f"{name}: line {exc.lineno}: invalid JSON: {exc.msg}") from exc
     from omejdn_pg.errors import InvalidValue
-    from omejdn_pg.host.files.reading import parse_yaml
 
     try:
         return parse_yaml(text, name)  # aliases bounded, as in an imported file
@@ -300,7 +273,6 @@ def parse_scalar(text: str) -> Any:
     except (ValueError, RecursionError):
         pass
     from omejdn_pg.errors import InvalidValue
-    from omejdn_pg.host.files.reading import parse_yaml
 
     try:
         value = parse_yaml(text, "a --set value")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from omejdn_pg.errors import ConfigurationError
-from omejdn_pg.settings import StaticConfiguration
+from omejdn_pg.settings.static import StaticConfiguration
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Final
 from omejdn_pg.errors import ConfigurationError
 from omejdn_pg.host.events import EventBus
 from omejdn_pg.host.files.plugins import FILE_BACKEND, register_defaults
-from omejdn_pg.settings import StaticConfiguration
+from omejdn_pg.settings.static import StaticConfiguration
 
 log = logging.getLogger(__name__)
 

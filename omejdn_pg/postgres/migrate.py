@@ -52,13 +52,10 @@ from omejdn_pg.errors import (
 )
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.schema import is_section_table
-from omejdn_pg.settings import (
-    PLUGIN_NAME,
-    ConnectionSettings,
-    PoolSettings,
-    StaticConfiguration,
-    require_chosen_connection,
-)
+from omejdn_pg.settings.backend import PLUGIN_NAME, PoolSettings
+from omejdn_pg.settings.connection import ConnectionSettings
+from omejdn_pg.settings.static import StaticConfiguration
+from omejdn_pg.settings.validation import require_chosen_connection
 
 if TYPE_CHECKING:
     from alembic.config import Config

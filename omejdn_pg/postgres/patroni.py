@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from omejdn_pg.errors import StorageUnavailable
-from omejdn_pg.settings import TopologySettings
+from omejdn_pg.settings.backend import TopologySettings
 
 log = logging.getLogger(__name__)
 

@@ -70,12 +70,8 @@ from omejdn_pg.postgres.repositories.users import (
     stored_password,
 )
 from omejdn_pg.sealing import Keyring
-from omejdn_pg.settings import (
-    BACKEND_NAME,
-    BackendSettings,
-    CacheSettings,
-    require_chosen_connection,
-)
+from omejdn_pg.settings.backend import BACKEND_NAME, BackendSettings, CacheSettings
+from omejdn_pg.settings.validation import require_chosen_connection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

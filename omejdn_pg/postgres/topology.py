@@ -32,7 +32,8 @@ from typing import Any, Final
 import psycopg
 
 from omejdn_pg.postgres.patroni import LEADER, ClusterView
-from omejdn_pg.settings import BackendSettings, ConnectionSettings, inherit_connection
+from omejdn_pg.settings.backend import BackendSettings
+from omejdn_pg.settings.connection import ConnectionSettings, inherit_connection
 
 PRIMARY: Final = "primary"
 STANDBY: Final = "standby"

@@ -34,7 +34,7 @@ from typing import IO, Any, Final
 from sqlalchemy import Connection, text
 
 from omejdn_pg.errors import BackupError
-from omejdn_pg.host.files.store import fsync_directory
+from omejdn_pg.host.files.writing import fsync_directory
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.config import PROVISIONED, ConfigRepository

@@ -39,7 +39,7 @@ from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.bulk import UserImport
 from omejdn_pg.postgres.repositories.config import ConfigRepository, Shape
 from omejdn_pg.postgres.repositories.keys import KeyRepository
-from omejdn_pg.settings import (
+from omejdn_pg.settings.backend import (
     BACKEND_NAME,
     PLUGIN_NAME,
     BackendSettings,

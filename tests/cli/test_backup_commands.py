@@ -12,7 +12,8 @@ import pytest
 from omejdn_pg.entities import User
 from omejdn_pg.sealing import generate_secret, is_sealed
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, ConnectionSettings
+from omejdn_pg.settings.backend import BackendSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
 from tests.secrets import watch
 

@@ -25,7 +25,8 @@ from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database import unit_of_work
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, ConnectionSettings
+from omejdn_pg.settings.backend import BackendSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import ok, omejdn_pg, one_error_line
 
 

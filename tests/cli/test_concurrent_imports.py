@@ -15,7 +15,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import PlainSQL, omejdn_pg, run_together
 
 PROCESSES = 4

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from omejdn_pg.host.files.store import FileStore
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
 
 SECRET = "s3cret-client-value"

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from omejdn_pg.sealing import generate_secret, sealed_by
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
 from tests.secrets import watch
 

@@ -27,7 +27,8 @@ from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories import listing
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, ConnectionSettings, PoolSettings
+from omejdn_pg.settings.backend import BackendSettings, PoolSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import CLEAN_ENV, PlainSQL, ok, omejdn_pg
 
 MANY = 20_000

@@ -24,7 +24,7 @@ import psycopg
 import yaml
 
 from omejdn_pg.postgres import migrate
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets
 from tests.conftest import PlainSQL
 from tests.helpers import CLEAN_ENV, ok, omejdn_pg, one_error_line

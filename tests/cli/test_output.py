@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import CLEAN_ENV, PlainSQL, ok, omejdn_pg, one_error_line
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from omejdn_pg.errors import ConfigurationError
 from omejdn_pg.sealing import Keyring, LocalKey, generate_secret, row_context
-from omejdn_pg.settings import ConnectionSettings, parse_backend_section
+from omejdn_pg.settings.connection import ConnectionSettings
+from omejdn_pg.settings.validation import parse_backend_section
 from tests.conftest import PlainSQL
 from tests.helpers import ok, omejdn_pg, one_error_line
 from tests.secrets import watch

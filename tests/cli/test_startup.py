@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import CLEAN_ENV, REPO, PlainSQL
 
 HEAVY = ("sqlalchemy", "alembic", "cryptography", "rich", "psycopg", "yaml", "passlib")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets
 from tests.helpers import CLEAN_ENV
 

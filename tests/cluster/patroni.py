@@ -46,7 +46,7 @@ import psycopg
 import yaml
 
 from omejdn_pg.cli.embedded import process_exists
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.cluster.rig import RigUnavailable, _own, _run, free_port
 
 SERVICE_USER = "postgres"

@@ -39,7 +39,7 @@ from typing import Any
 
 import psycopg
 
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 SERVICE_USER = "pgserver"
 """The system user ``pgserver`` runs PostgreSQL as when the tests run as root."""

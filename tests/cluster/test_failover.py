@@ -24,13 +24,13 @@ from omejdn_pg.errors import StorageUnavailable
 from omejdn_pg.postgres import topology
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import (
+from omejdn_pg.settings.backend import (
     BackendSettings,
-    ConnectionSettings,
     FailoverSettings,
     PasswordSettings,
     PoolSettings,
 )
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.cluster.rig import Cluster, Node, cluster_or_skip
 
 APP = "omejdn-failover-test"

@@ -39,7 +39,7 @@ import pytest
 
 from omejdn_pg.entities import User
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import (
+from omejdn_pg.settings.backend import (
     BACKEND_NAME,
     BackendSettings,
     FailoverSettings,

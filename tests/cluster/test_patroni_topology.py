@@ -35,7 +35,7 @@ from omejdn_pg.host import events
 from omejdn_pg.host.events import EventBus
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import (
+from omejdn_pg.settings.backend import (
     BackendSettings,
     FailoverSettings,
     PasswordSettings,

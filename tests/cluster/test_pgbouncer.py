@@ -31,7 +31,8 @@ from omejdn_pg.keys.model import generate_key
 from omejdn_pg.postgres.database.engine import behind_pooler
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
-from omejdn_pg.settings import ConnectionSettings, parse_backend_section
+from omejdn_pg.settings.connection import ConnectionSettings
+from omejdn_pg.settings.validation import parse_backend_section
 from tests.cluster.rig import PgBouncer, compare_latency, latency_line, pgbouncer_or_skip
 from tests.conftest import PlainSQL
 

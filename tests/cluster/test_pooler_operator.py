@@ -29,7 +29,9 @@ from omejdn_pg.errors import StorageError
 from omejdn_pg.host import events
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.schema import metadata
-from omejdn_pg.settings import ConnectionSettings, TimeoutSettings, parse_backend_section
+from omejdn_pg.settings.backend import TimeoutSettings
+from omejdn_pg.settings.connection import ConnectionSettings
+from omejdn_pg.settings.validation import parse_backend_section
 from tests.cluster.rig import PgBouncer
 from tests.conftest import PlainSQL
 from tests.helpers import ok, omejdn_pg

@@ -29,7 +29,8 @@ from omejdn_pg.errors import InvalidValue, StorageError, StorageUnavailable
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.config import ConfigRepository
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, parse_backend_section
+from omejdn_pg.settings.backend import BackendSettings
+from omejdn_pg.settings.validation import parse_backend_section
 from tests.cluster.rig import Cluster, cluster_or_skip, compare_latency, latency_line
 from tests.helpers import run_together
 
@@ -429,7 +430,7 @@ import json, sys, time
 from sqlalchemy import event, text
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.config import ConfigRepository
-from omejdn_pg.settings import parse_backend_section
+from omejdn_pg.settings.validation import parse_backend_section
 
 section, seconds = json.loads(sys.argv[1]), float(sys.argv[2])
 database = Database.for_backend(parse_backend_section(section, "reader"))

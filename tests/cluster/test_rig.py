@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from omejdn_pg.postgres import topology
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.cluster.rig import Cluster, cluster_or_skip
 from tests.helpers import ok, omejdn_pg
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.cluster.ruby.harness import (
     RubyDriver,
     RubyError,

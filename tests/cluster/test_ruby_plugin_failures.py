@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.cluster.ruby.harness import (
     RubyDriver,
     RubyError,

@@ -13,7 +13,7 @@ import pytest
 
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.cluster.bridge_client import BridgeClient, BridgeError, Service, plugin_file
 from tests.helpers import PlainSQL
 

@@ -24,7 +24,7 @@ from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
 from omejdn_pg.postgres.cache.listener import LISTENER_APPLICATION_NAME
 from omejdn_pg.sealing import generate_secret, sealed_by
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets
 from tests.cluster.bridge_client import BridgeClient, BridgeError, Service, plugin_file
 from tests.helpers import PlainSQL, omejdn_pg, one_error_line

@@ -11,7 +11,7 @@ from pathlib import Path
 from omejdn_pg import PluginLoader
 from omejdn_pg.host import events
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import write_plugins
 
 

@@ -13,7 +13,7 @@ from omejdn_pg import Client, PluginLoader, User
 from omejdn_pg.errors import ConfigurationError
 from omejdn_pg.host import events
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import REPO, PlainSQL
 
 DESIGN = REPO.parent / "shared" / "DESIGN.md"

@@ -41,7 +41,8 @@ from omejdn_pg.service import backup as service
 from omejdn_pg.service import restore as restoring
 from omejdn_pg.service.backup_format import read_backup
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, ConnectionSettings
+from omejdn_pg.settings.backend import BackendSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.conftest import create_database, drop_database
 from tests.helpers import PlainSQL, write_plugins
 from tests.secrets import watch

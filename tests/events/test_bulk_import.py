@@ -39,7 +39,8 @@ from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.attributes import checked_attributes
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, ConnectionSettings, PasswordSettings
+from omejdn_pg.settings.backend import BackendSettings, PasswordSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import PROPERTY_SETTINGS, PlainSQL, write_plugins
 
 HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()

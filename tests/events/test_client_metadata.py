@@ -17,7 +17,8 @@ from omejdn_pg.client_metadata import metadata_problems
 from omejdn_pg.errors import InvalidValue
 from omejdn_pg.host import events
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, ConnectionSettings
+from omejdn_pg.settings.backend import BackendSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.events.test_storage_events import plugin_yaml
 from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
 

@@ -26,7 +26,7 @@ from omejdn_pg.keys.algorithms import MAX_RSA_BITS
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.postgres.repositories.common import MAX_JSON_DEPTH, check_json
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.events.test_storage_events import plugin_yaml
 from tests.helpers import PROPERTY_SETTINGS, PlainSQL, make_chain, omejdn_pg, one_error_line
 
@@ -294,7 +294,7 @@ def test_keys_import_generate_and_import_refuse_it(
 ) -> None:
     from omejdn_pg.cli import transfer
     from omejdn_pg.service.host import Host
-    from omejdn_pg.settings import BackendSettings
+    from omejdn_pg.settings.backend import BackendSettings
 
     url = database.conninfo()
     pem = tmp_path / "weak.pem"

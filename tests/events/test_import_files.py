@@ -20,10 +20,11 @@ import yaml
 from omejdn_pg.cli import transfer
 from omejdn_pg.errors import InvalidValue
 from omejdn_pg.host.files import reading
-from omejdn_pg.host.files.reading import parse_yaml
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, ConnectionSettings
+from omejdn_pg.settings.backend import BackendSettings
+from omejdn_pg.settings.connection import ConnectionSettings
+from omejdn_pg.yamlio import parse_yaml
 from tests.helpers import ok, omejdn_pg, one_error_line
 
 BOMB = "\n".join(

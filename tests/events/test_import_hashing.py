@@ -16,7 +16,8 @@ from omejdn_pg.cli import transfer
 from omejdn_pg.cli.hashing import WORKERS_ENV, map_passwords, workers
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, ConnectionSettings, PasswordSettings
+from omejdn_pg.settings.backend import BackendSettings, PasswordSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 USERS = 12
 

@@ -27,7 +27,7 @@ from omejdn_pg import PluginLoader
 from omejdn_pg.host import events
 from omejdn_pg.lifecycle import TooEarly
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.events.test_storage_events import plugin_yaml
 from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
 

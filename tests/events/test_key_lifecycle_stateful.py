@@ -49,7 +49,7 @@ from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.lifecycle import LifecycleError, TooEarly, is_signer
 from omejdn_pg.postgres.repositories import keys as key_repository
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.events.test_storage_events import plugin_yaml
 from tests.helpers import PlainSQL, run_together
 

@@ -30,7 +30,7 @@ from omejdn_pg.lifecycle import LifecycleError
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.events.test_storage_events import plugin_yaml
 from tests.helpers import PlainSQL, run_together
 

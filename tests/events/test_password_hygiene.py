@@ -13,7 +13,8 @@ from omejdn_pg import PluginLoader, User
 from omejdn_pg.errors import PasswordRejected
 from omejdn_pg.passwords import MAX_BCRYPT_COST, PasswordPolicy, describe_hash
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import ConnectionSettings, PasswordSettings
+from omejdn_pg.settings.backend import PasswordSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.events.test_storage_events import OMEJDN_HASH, plugin_yaml
 from tests.helpers import PlainSQL
 

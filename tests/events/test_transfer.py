@@ -31,7 +31,8 @@ from omejdn_pg.host import events
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, ConnectionSettings, PasswordSettings
+from omejdn_pg.settings.backend import BackendSettings, PasswordSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 # bcrypt cost 4 keeps the tests of plaintext passwords fast.
 FAST_POLICY = PasswordPolicy(PasswordSettings(bcrypt_rounds=4))

@@ -17,7 +17,8 @@ from omejdn_pg.errors import InvalidValue, TransferError
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, ConnectionSettings
+from omejdn_pg.settings.backend import BackendSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 
 @pytest.fixture

@@ -36,7 +36,8 @@ from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
 from omejdn_pg.sealing import generate_secret, is_sealed
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, ConnectionSettings
+from omejdn_pg.settings.backend import BackendSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import PlainSQL, make_chain
 from tests.secrets import watch
 

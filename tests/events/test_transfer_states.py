@@ -21,7 +21,8 @@ from omejdn_pg.cli import transfer
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.sealing import generate_secret
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, ConnectionSettings
+from omejdn_pg.settings.backend import BackendSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import PlainSQL, ok, omejdn_pg
 from tests.secrets import watch
 

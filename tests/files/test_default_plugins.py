@@ -17,7 +17,7 @@ from omejdn_pg.host import events
 from omejdn_pg.host.files.plugins import FILE_BACKEND, register_defaults
 from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.passwords import PasswordPolicy
-from omejdn_pg.settings import PasswordSettings
+from omejdn_pg.settings.backend import PasswordSettings
 
 # bcrypt cost 4 keeps the hashing the tests count fast.
 FAST_POLICY = PasswordPolicy(PasswordSettings(bcrypt_rounds=4))

@@ -22,7 +22,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from omejdn_pg.errors import InvalidValue
-from omejdn_pg.host.files.reading import json_form, load_yaml
+from omejdn_pg.yamlio import json_form, load_yaml
 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 NOT_JSON = json_form("not json")

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host import events
-from omejdn_pg.host.files import store as store_module
+from omejdn_pg.host.files import writing
 from omejdn_pg.host.files.plugins import register_defaults
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.host.loader import PluginLoader
@@ -422,10 +422,10 @@ def test_a_crash_in_the_middle_of_a_store_is_finished_by_the_next_read(
             raise KeyboardInterrupt
         original(src, dst)
 
-    monkeypatch.setattr("omejdn_pg.host.files.store.os.replace", crash_after_the_first_rename)
+    monkeypatch.setattr("omejdn_pg.host.files.writing.os.replace", crash_after_the_first_rename)
     with pytest.raises(KeyboardInterrupt):
         store(loader, "omejdn", new)
-    monkeypatch.setattr("omejdn_pg.host.files.store.os.replace", original)
+    monkeypatch.setattr("omejdn_pg.host.files.writing.os.replace", original)
     assert [n for n in names(tmp_path) if n.endswith(".journal")]
 
     # A fresh process (a new store) reads the new set whole; the journal is gone.
@@ -443,7 +443,7 @@ def test_a_failure_before_the_journal_leaves_the_old_set(
     def full_disk(*_args: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_module, "fsync_directory", full_disk)
+    monkeypatch.setattr(writing, "fsync_directory", full_disk)
     with pytest.raises(OSError, match="No space"):
         store(loader, "omejdn", KeySet([generate_key("RS256")]).to_jwks())
 

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from omejdn_pg.postgres import migrate
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -31,7 +31,7 @@ from omejdn_pg.errors import MigrationError
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database.engine import build_engine
 from omejdn_pg.postgres.schema import dict_section_table, list_section_table
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import PlainSQL, python_m, schema_differences
 
 # --- the Ruby plugin's layout and data -----------------------------------------

@@ -27,7 +27,8 @@ from omejdn_pg.service import backup as service
 from omejdn_pg.service import restore as restoring
 from omejdn_pg.service.backup_format import read_backup
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import BackendSettings, CacheSettings, ConnectionSettings
+from omejdn_pg.settings.backend import BackendSettings, CacheSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import PlainSQL
 
 # Neither alphabetical nor jsonb's order (shorter keys first).

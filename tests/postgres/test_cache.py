@@ -32,7 +32,7 @@ from omejdn_pg.postgres.cache.changes import CHANNEL
 from omejdn_pg.postgres.cache.listener import LISTENER_APPLICATION_NAME
 from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import PlainSQL, cache_of, plugin, write_plugins
 
 BOUND = 0.5

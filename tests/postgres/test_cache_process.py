@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import staleness
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 MARGIN = 1.0
 """Seconds beyond the bound a loaded machine may take to schedule the reader."""

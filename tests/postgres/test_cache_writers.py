@@ -25,7 +25,7 @@ from omejdn_pg import PluginLoader, User
 from omejdn_pg.host import events
 from omejdn_pg.postgres.cache.changes import publish_change
 from omejdn_pg.postgres.repositories.users import UserRepository
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import PlainSQL, cache_of, plugin
 
 BOUND = 0.5

@@ -23,7 +23,7 @@ from omejdn_pg.names import is_file_name
 from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.clients import ClientRepository
-from omejdn_pg.settings import BACKEND_NAME
+from omejdn_pg.settings.backend import BACKEND_NAME
 from tests.helpers import (
     PROPERTY_SETTINGS,
     WRITERS,

@@ -21,7 +21,7 @@ from omejdn_pg.errors import StorageUnavailable
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.events.test_storage_events import OMEJDN_HASH, plugin_yaml
 from tests.helpers import PlainSQL
 

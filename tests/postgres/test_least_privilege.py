@@ -17,7 +17,7 @@ from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.config import KNOWN_SECTIONS, ConfigRepository
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.events.test_storage_events import OMEJDN_HASH, plugin_yaml
 from tests.helpers import PlainSQL
 

@@ -31,7 +31,7 @@ from omejdn_pg.postgres.schema import (
     list_section_table,
     metadata,
 )
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import REPO, PlainSQL, python_m, schema_differences
 
 TABLES = ["attributes", "clients", "keys", "omejdn_pg_changes", "users"]
@@ -116,7 +116,7 @@ def test_the_schema_check_loads_no_alembic(database: ConnectionSettings) -> None
     code = f"""
 import sys
 from omejdn_pg.postgres import migrate
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 database = migrate.connect(ConnectionSettings({dict(database.params)!r}))
 try:
     database.read(migrate.check_schema)

@@ -23,13 +23,9 @@ from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.common import lock_for_update
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings import (
-    BackendSettings,
-    ConnectionSettings,
-    PasswordSettings,
-    TimeoutSettings,
-    parse_backend_section,
-)
+from omejdn_pg.settings.backend import BackendSettings, PasswordSettings, TimeoutSettings
+from omejdn_pg.settings.connection import ConnectionSettings
+from omejdn_pg.settings.validation import parse_backend_section
 from tests.helpers import PlainSQL, run_together
 
 HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"

@@ -19,7 +19,8 @@ from omejdn_pg.keys.model import generate_key
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.sealing import PREFIX, Keyring, generate_secret, sealed_by
-from omejdn_pg.settings import ConnectionSettings, parse_backend_section
+from omejdn_pg.settings.connection import ConnectionSettings
+from omejdn_pg.settings.validation import parse_backend_section
 from tests.helpers import PlainSQL
 from tests.secrets import watch
 
@@ -123,7 +124,7 @@ REWRAP = textwrap.dedent(
     from omejdn_pg.postgres.database.unit_of_work import Database
     from omejdn_pg.postgres.repositories.keys import KeyRepository
     from omejdn_pg.sealing import Keyring
-    from omejdn_pg.settings import ConnectionSettings
+    from omejdn_pg.settings.connection import ConnectionSettings
     db = Database.connect(ConnectionSettings.from_url(sys.argv[1]))
     ring = Keyring.from_settings(
         [{"id": "new", "env": "KEK_NEW"}, {"id": "old", "env": "KEK_OLD"}]

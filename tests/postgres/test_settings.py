@@ -11,12 +11,9 @@ from sqlalchemy import text
 from omejdn_pg.errors import ConfigurationError, StorageUnavailable
 from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.postgres.database.unit_of_work import Database
-from omejdn_pg.settings import (
-    HANDLER_GROUPS,
-    ConnectionSettings,
-    PoolSettings,
-    StaticConfiguration,
-)
+from omejdn_pg.settings.backend import HANDLER_GROUPS, PoolSettings
+from omejdn_pg.settings.connection import ConnectionSettings
+from omejdn_pg.settings.static import StaticConfiguration
 
 SEED = """\
 plugins:

@@ -26,7 +26,7 @@ from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.users import UserRepository
-from omejdn_pg.settings import BACKEND_NAME, PasswordSettings
+from omejdn_pg.settings.backend import BACKEND_NAME, PasswordSettings
 from tests.helpers import (
     PROPERTY_SETTINGS,
     WRITERS,

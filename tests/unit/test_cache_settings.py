@@ -15,7 +15,10 @@ from omejdn_pg.postgres.cache.changes import Chains, Link, Notice, encode_key
 from omejdn_pg.postgres.cache.entries import affected, belongs
 from omejdn_pg.postgres.cache.listener import LISTENER_APPLICATION_NAME, listener_connection
 from omejdn_pg.postgres.cache.read_cache import Miss, ReadCache
-from omejdn_pg.settings import CacheSettings, ConnectionSettings, parse_backend_section, parse_cache
+from omejdn_pg.settings.backend import CacheSettings
+from omejdn_pg.settings.connection import ConnectionSettings
+from omejdn_pg.settings.reads import parse_cache
+from omejdn_pg.settings.validation import parse_backend_section
 from tests.helpers import NO_NUL, PROPERTY_SETTINGS
 
 WHERE = "plugins.yml: plugins.postgres_backend.cache"

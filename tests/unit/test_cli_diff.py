@@ -5,7 +5,7 @@ from __future__ import annotations
 from omejdn_pg.cli import diff
 from omejdn_pg.entities import Client, User
 from omejdn_pg.passwords import PasswordPolicy
-from omejdn_pg.settings import PasswordSettings
+from omejdn_pg.settings.backend import PasswordSettings
 
 POLICY = PasswordPolicy(PasswordSettings(bcrypt_rounds=4))
 

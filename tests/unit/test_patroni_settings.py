@@ -11,7 +11,8 @@ import datetime
 import pytest
 
 from omejdn_pg.errors import ConfigurationError
-from omejdn_pg.settings import TopologySettings, parse_backend_section
+from omejdn_pg.settings.backend import TopologySettings
+from omejdn_pg.settings.validation import parse_backend_section
 
 WHERE = "plugins.yml: plugins.postgres_backend"
 

@@ -27,7 +27,8 @@ import psycopg
 from omejdn_pg.errors import first_line
 from omejdn_pg.postgres.cache.changes import CHANNEL, Polled, Row
 from omejdn_pg.postgres.database.readpool import node_read_only
-from omejdn_pg.settings import CacheSettings, ConnectionSettings
+from omejdn_pg.settings.backend import CacheSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 log = logging.getLogger(__name__)
 

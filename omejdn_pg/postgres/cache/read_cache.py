@@ -32,7 +32,8 @@ from omejdn_pg.postgres.cache.listener import Listener, listener_connection
 from omejdn_pg.postgres.cache.stats import SAMPLES, log_stats, percentiles
 from omejdn_pg.postgres.cache.watch import KeyWriteWatch
 from omejdn_pg.postgres.schema import CHANGE_GROUPS
-from omejdn_pg.settings import CacheSettings, ConnectionSettings
+from omejdn_pg.settings.backend import CacheSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 log = logging.getLogger(__name__)
 

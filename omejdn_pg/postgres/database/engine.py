@@ -19,7 +19,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from omejdn_pg.postgres.database.startup import StartupSettings
-from omejdn_pg.settings import ConnectionSettings, PoolSettings, TimeoutSettings
+from omejdn_pg.settings.backend import PoolSettings, TimeoutSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 
 def build_engine(

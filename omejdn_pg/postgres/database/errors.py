@@ -22,7 +22,7 @@ from sqlalchemy import exc
 
 from omejdn_pg.errors import SchemaOutOfDate, StorageError, StorageUnavailable, first_line
 from omejdn_pg.postgres.schema import metadata
-from omejdn_pg.settings import ConnectionSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 SCHEMA_TABLES: Final = frozenset(metadata.tables)
 """The schema's tables: one of them missing means an unmigrated database."""

@@ -40,7 +40,8 @@ from omejdn_pg.postgres.database.errors import (
     translate,
 )
 from omejdn_pg.postgres.database.readpool import node_read_only
-from omejdn_pg.settings import ConnectionSettings, FailoverSettings
+from omejdn_pg.settings.backend import FailoverSettings
+from omejdn_pg.settings.connection import ConnectionSettings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -51,7 +51,7 @@ from sqlalchemy.sql.elements import ClauseElement
 
 from omejdn_pg.postgres.database.startup import StartupSettings
 from omejdn_pg.postgres.repositories.common import DIALECT
-from omejdn_pg.settings import PoolSettings
+from omejdn_pg.settings.backend import PoolSettings
 
 
 class CompiledRead:

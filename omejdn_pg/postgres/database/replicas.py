@@ -38,13 +38,8 @@ from omejdn_pg.postgres.database.readpool import ReadPool
 from omejdn_pg.postgres.database.startup import StartupSettings
 from omejdn_pg.postgres.patroni import ClusterView, PatroniWatch
 from omejdn_pg.postgres.topology import STANDBY_STATE, format_lsn, parse_lsn
-from omejdn_pg.settings import (
-    ConnectionSettings,
-    PoolSettings,
-    TimeoutSettings,
-    TopologySettings,
-    inherit_connection,
-)
+from omejdn_pg.settings.backend import PoolSettings, TimeoutSettings, TopologySettings
+from omejdn_pg.settings.connection import ConnectionSettings, inherit_connection
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

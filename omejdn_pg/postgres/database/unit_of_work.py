@@ -66,15 +66,15 @@ from omejdn_pg.postgres.database.startup import StartupSettings
 from omejdn_pg.postgres.patroni import PatroniWatch
 from omejdn_pg.postgres.repositories.common import ConnectionReader, Reader
 from omejdn_pg.postgres.topology import format_lsn, parse_lsn
-from omejdn_pg.settings import (
+from omejdn_pg.settings.backend import (
     BackendSettings,
-    ConnectionSettings,
     FailoverSettings,
     PoolSettings,
     ReplicaSettings,
     TimeoutSettings,
     TopologySettings,
 )
+from omejdn_pg.settings.connection import ConnectionSettings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -83,7 +83,7 @@ from omejdn_pg.postgres.schema import (
     KeyRecord,
 )
 from omejdn_pg.sealing import Keyring
-from omejdn_pg.settings import BACKEND_NAME
+from omejdn_pg.settings.backend import BACKEND_NAME
 
 _clients: Final = cast(Table, ClientFieldRecord.__table__)
 _ATTRIBUTES: Final = OwnedAttributes(CLIENT_OWNER, identifier_bind="id")

@@ -28,7 +28,7 @@ from omejdn_pg.json_values import MAX_JSON_DEPTH as MAX_JSON_DEPTH
 from omejdn_pg.json_values import check_json as check_json
 from omejdn_pg.json_values import check_text as check_text
 from omejdn_pg.json_values import storable_text as storable_text
-from omejdn_pg.settings import BACKEND_NAME
+from omejdn_pg.settings.backend import BACKEND_NAME
 
 log = logging.getLogger(__name__)
 

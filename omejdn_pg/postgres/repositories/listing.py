@@ -67,7 +67,7 @@ from omejdn_pg.postgres.schema import (
     ClientFieldRecord,
     UserRecord,
 )
-from omejdn_pg.settings import BACKEND_NAME
+from omejdn_pg.settings.backend import BACKEND_NAME
 
 BATCH: Final = 500
 """Rows fetched per round trip of the server-side cursor, once past the first few fetches."""

@@ -67,7 +67,7 @@ from omejdn_pg.postgres.repositories.common import (
     with_documents,
 )
 from omejdn_pg.postgres.schema import USER_OWNER, UserRecord
-from omejdn_pg.settings import BACKEND_NAME
+from omejdn_pg.settings.backend import BACKEND_NAME
 
 _users: Final = cast(Table, UserRecord.__table__)
 _ATTRIBUTES: Final = OwnedAttributes(USER_OWNER, identifier_bind="name")

@@ -1,33 +1,167 @@
-"""Connection URLs as operators write them: tokenised, checked, and reported without secrets.
+"""libpq connection settings: the keywords, the URL forms operators write, and their masking.
 
-libpq parses the URL in the end (``conninfo_to_dict``), so every form it takes
-means what libpq says it means. What is done here first is what libpq would
-do badly for a person: a URL whose user info holds an unencoded ``@`` or
-``/`` is not an error to libpq but a different host (``omejdn:p@ss@db`` is
-user ``omejdn``, password ``p``, host ``ss@db``), so half the password would
-travel to DNS and into every later message. Such a URL is refused before
-libpq sees it, and no message made here ever quotes the user info: the
-password cannot be masked reliably once it has been split in the wrong
-place. libpq's own message for a URL it could not parse quotes the token it
-choked on, so when that token is in the user info the message is replaced
-by one that says so, without it.
+The ``connection`` mapping is handed to libpq unchanged (through psycopg), so
+every libpq keyword, ``PG*`` environment variable and service file works as
+libpq documents it. Its password is masked wherever settings are shown.
+
+A connection URL is checked before libpq sees it. libpq parses it in the end
+(``conninfo_to_dict``), so every form it takes means what libpq says it means.
+What is done here first is what libpq would do badly for a person: a URL whose
+user info holds an unencoded ``@`` or ``/`` is not an error to libpq but a
+different host (``omejdn:p@ss@db`` is user ``omejdn``, password ``p``, host
+``ss@db``), so half the password would travel to DNS and into every later
+message. Such a URL is refused before libpq sees it, and no message made here
+ever quotes the user info: the password cannot be masked reliably once it has
+been split in the wrong place. libpq's own message for a URL it could not
+parse quotes the token it choked on, so when that token is in the user info
+the message is replaced by one that says so, without it.
 
 The trade-off: the check refuses a database name with an unencoded ``@``
-(legal in a URI path, but never seen in practice) with the same hint, since
-it cannot be told apart from a password with an ``@`` and a ``/``.
+(legal in a URI path, but never seen in practice) with the same hint, since it
+cannot be told apart from a password with an ``@`` and a ``/``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import unquote
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
-from omejdn_pg.errors import ConfigurationError
+from omejdn_pg.errors import ConfigurationError, first_line
 
 MASK: Final = "********"
+DEFAULT_CONNECT_TIMEOUT: Final = 10
+"""Seconds a connection may take to be established unless the settings say otherwise:
+libpq's own default is to wait for ever on a server that accepts and never answers."""
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """libpq connection keywords, passed to psycopg unchanged.
+
+    An empty mapping is valid: libpq then takes everything from ``PG*``
+    environment variables, a service file or its compiled-in defaults.
+    """
+
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # libpq expands a dbname that is itself a URI or key=value string; do it
+        # here, so that a password inside it is known, masked and scrubbed too.
+        dbname = self.params.get("dbname", "")
+        if "=" in dbname or dbname.startswith(("postgres://", "postgresql://")):
+            try:
+                expanded = psycopg.conninfo.conninfo_to_dict(dbname)
+            except psycopg.ProgrammingError as exc:
+                raise ConfigurationError("invalid connection string given as dbname") from exc
+            params = {k: v for k, v in self.params.items() if k != "dbname"}
+            params.update({k: str(v) for k, v in expanded.items() if v is not None})
+            object.__setattr__(self, "params", params)
+
+    def __repr__(self) -> str:
+        shown = {k: (MASK if k == "password" else v) for k, v in self.params.items()}
+        return f"ConnectionSettings({shown!r})"
+
+    __str__ = __repr__
+
+    @property
+    def password(self) -> str | None:
+        return self.params.get("password") or os.environ.get("PGPASSWORD") or None
+
+    def describe(self) -> str:
+        """``user@host:port/dbname`` as libpq would resolve it, for messages."""
+        host = self.params.get("host") or self.params.get("hostaddr") or os.environ.get("PGHOST")
+        port = self.params.get("port") or os.environ.get("PGPORT") or "5432"
+        dbname = self.params.get("dbname") or os.environ.get("PGDATABASE")
+        user = self.params.get("user") or os.environ.get("PGUSER")
+        service = self.params.get("service") or os.environ.get("PGSERVICE")
+        where = f"{host or 'localhost'}:{port}/{dbname or user or '(default)'}"
+        who = f"{user}@" if user else ""
+        return f"service {service} ({who}{where})" if service else who + where
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the connection password, if it occurs, masked."""
+        secret = self.password
+        return text.replace(secret, MASK) if secret else text
+
+    def connect_params(self) -> dict[str, str]:
+        """The keywords a connection is made with: ``params`` plus the default
+        ``connect_timeout`` when neither they, ``PGCONNECT_TIMEOUT`` nor a service
+        (whose file may set one, and would be overridden) give one."""
+        params = dict(self.params)
+        chosen = ("connect_timeout", "service")
+        if not any(params.get(key) for key in chosen) and not any(
+            os.environ.get(name) for name in ("PGCONNECT_TIMEOUT", "PGSERVICE")
+        ):
+            params["connect_timeout"] = str(DEFAULT_CONNECT_TIMEOUT)
+        return params
+
+    def conninfo(self) -> str:
+        return make_conninfo(**self.connect_params())
+
+    @classmethod
+    def from_url(cls, url: str) -> ConnectionSettings:
+        """Settings from a connection URL as users write it, or a libpq ``key=value`` string;
+        see :func:`parse_url` for the forms and the errors."""
+        return cls(parse_url(url))
+
+    def with_params(self, **params: str) -> ConnectionSettings:
+        return ConnectionSettings({**self.params, **params})
+
+
+def parse_connection(value: object, where: str) -> ConnectionSettings:
+    if value is None:
+        return ConnectionSettings()
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{where} must be a mapping of libpq keywords (host, dbname, ...)")
+    params: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or isinstance(item, bool) or not isinstance(item, str | int):
+            raise ConfigurationError(
+                f"{where}.{key} must be a string or a number, got {type(item).__name__}"
+            )
+        params[key] = str(item)
+    for key in params:
+        try:
+            make_conninfo(**{key: params[key]})
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(
+                f"{where}: {key!r} is not a libpq connection keyword "
+                "(see the PostgreSQL manual, 'Parameter Key Words')"
+            ) from exc
+    return ConnectionSettings(params)
+
+
+def inherit_connection(
+    base: ConnectionSettings, node: ConnectionSettings, *, read_write: bool = False
+) -> ConnectionSettings:
+    """``node``'s libpq keywords over ``base``'s: another server, same database and role.
+
+    A node that names ``host`` or ``hostaddr`` takes neither from ``base``; one
+    that names neither takes base's (a replica on another port of the same
+    machine). ``port`` is inherited unless the node names it. A multi-host
+    list (``a,b``) is never inherited: it cannot describe one other server.
+    ``target_session_attrs`` is inherited only when ``read_write`` (a standby
+    would otherwise be refused as not read-write).
+    """
+    params = dict(base.params)
+    if "host" in node.params or "hostaddr" in node.params:
+        params.pop("host", None)
+        params.pop("hostaddr", None)
+    for key in ("host", "hostaddr", "port"):
+        if "," in params.get(key, ""):
+            params.pop(key)
+    if not read_write:
+        params.pop("target_session_attrs", None)
+    params.update(node.params)
+    return ConnectionSettings(params)
+
+
 SCHEMES: Final = ("postgresql", "postgres")
 DRIVERS: Final = ("psycopg", "psycopg2", "psycopg2cffi")
 """SQLAlchemy's driver names for libpq-based PostgreSQL drivers: the URL means the same."""
@@ -42,7 +176,7 @@ ENCODE_HINT: Final = (
 )
 
 
-def parse(url: str) -> dict[str, str]:
+def parse_url(url: str) -> dict[str, str]:
     """libpq keywords of a URL or ``key=value`` string; ConfigurationError when malformed.
 
     libpq's ``postgresql://`` and ``postgres://`` URIs, SQLAlchemy's
@@ -72,23 +206,6 @@ def parse(url: str) -> dict[str, str]:
         if problem is None:
             return params
     raise ConfigurationError(f"invalid PostgreSQL connection URL: {problem}")
-
-
-def carries_password(url: str) -> bool:
-    """Whether ``url`` holds a password (in its user info, a query or a ``password=`` pair)."""
-    scheme, rest = split_scheme(url.strip())
-    if scheme is not None:
-        return bool(url_passwords(rest))
-    return bool(keyword_passwords(url))
-
-
-def secrets_of(url: str) -> list[str]:
-    """The passwords of ``url``, as written and percent-decoded: never to appear in a message."""
-    scheme, rest = split_scheme(url.strip())
-    if scheme is None:
-        return keyword_passwords(url)
-    found = url_passwords(rest)
-    return [s for s in (*found, *map(unquote, found)) if s]
 
 
 def split_scheme(text: str) -> tuple[str | None, str]:
@@ -240,8 +357,3 @@ def mask_all(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted(set(secrets), key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text
-
-
-def first_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else text
