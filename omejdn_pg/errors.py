@@ -8,6 +8,9 @@ host) and never carries a password, a private key or a connection password.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 def first_line(text: str) -> str:
     """The first line of a driver's or server's message (the rest is its context)."""
@@ -81,3 +84,25 @@ class TransferError(OmejdnPgError):
 
 class BackupError(TransferError):
     """A backup file cannot be written or restored as it is; nothing was written."""
+
+
+@contextmanager
+def located(
+    where: str,
+    catch: type[OmejdnPgError] | tuple[type[OmejdnPgError], ...] = OmejdnPgError,
+    *,
+    raise_as: type[OmejdnPgError] | None = None,
+) -> Iterator[None]:
+    """Errors of ``catch`` raised inside, told with ``where`` first: ``<where>: <message>``.
+
+    The one way to say where a refusal happened (a file, a key, a section)
+    without threading that place through every function below: they raise
+    what is wrong, the caller that knows the place wraps the call. The error
+    keeps its class unless ``raise_as`` names the caller's own (a transfer's,
+    a backup's), and is raised ``from`` the original, whose message is the
+    same minus the place; nothing is added that the message did not hold.
+    """
+    try:
+        yield
+    except catch as error:
+        raise (raise_as or type(error))(f"{where}: {error}") from error

@@ -164,6 +164,17 @@ def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
         StaticConfiguration.from_files([path])
 
 
+def test_an_alias_bomb_in_a_plugin_file_is_refused_naming_it(tmp_path: Path) -> None:
+    # Nine levels of nine aliases: a few hundred bytes that stand for 387 million strings.
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 9):
+        star = f"*a{level - 1}"
+        lines.append(f"a{level}: &a{level} [{', '.join([star] * 9)}]")
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    with pytest.raises(ConfigurationError, match=rf"{path}: refused: its aliases make it"):
+        StaticConfiguration.from_files([path])
+
+
 def test_a_missing_plugin_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"missing\.yml: cannot read plugin file"):
         StaticConfiguration.from_files([tmp_path / "missing.yml"])
