@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from omejdn_pg.errors import InvalidValue, PasswordRejected
+from omejdn_pg.errors import InvalidValue, PasswordRejected, located
 
 if TYPE_CHECKING:
     # The key vocabulary lives in omejdn_pg.keys/; these names were defined here
@@ -130,10 +130,8 @@ class User:
             raise InvalidValue(f"user {username!r}: 'consent' must be a mapping")
         from omejdn_pg import passwords
 
-        try:
+        with located(f"user {username!r}", PasswordRejected):
             password_hash = passwords.string_to_pass_hash(password) if password else None
-        except PasswordRejected as error:
-            raise PasswordRejected(f"user {username!r}: {error}") from None
         return cls(
             username=username,
             password=password_hash,

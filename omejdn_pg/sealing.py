@@ -151,23 +151,26 @@ class Keyring:
         kek_id = sealed_by(value)
         return kek_id is None or kek_id in self._by_id
 
-    def public_of(self, value: str, context: bytes, what: str) -> bytes | None:
+    def public_of(self, value: str, context: bytes) -> bytes | None:
         """The public half stored with a sealed ``value`` (None: sealed before it was kept),
         for a ``public_only`` keyring without the KEK that sealed it."""
         self.unopened.add(context)
-        return _fields(value, what)[3]
+        return _fields(value)[3]
 
-    def open(self, value: str, context: bytes, what: str) -> str:
-        """The plaintext of a sealed ``value`` (a plain value is returned as it is)."""
+    def open(self, value: str, context: bytes) -> str:
+        """The plaintext of a sealed ``value`` (a plain value is returned as it is).
+
+        InvalidKeyMaterial when it cannot be opened; the caller, which knows the row,
+        puts it first (:func:`omejdn_pg.errors.located`)."""
         if not is_sealed(value):
             return value
-        kek_id, wrapped, ciphertext, public = _fields(value, what)
+        kek_id, wrapped, ciphertext, public = _fields(value)
         bound = _bound(context, public)
         kek = self._by_id.get(kek_id)
         if kek is None:
             configured = ", ".join(repr(k.id) for k in self.keys) or "none"
             raise InvalidKeyMaterial(
-                f"{what}: sealed by key-encryption key {kek_id!r}, which is not configured "
+                f"sealed by key-encryption key {kek_id!r}, which is not configured "
                 f"(configured: {configured})"
             )
         try:
@@ -176,11 +179,11 @@ class Keyring:
             return AESGCM(data_key).decrypt(nonce, body, bound).decode("utf-8")
         except (InvalidTag, ValueError) as error:
             raise InvalidKeyMaterial(
-                f"{what}: key-encryption key {kek_id!r} does not open the sealed value "
+                f"key-encryption key {kek_id!r} does not open the sealed value "
                 "(a different key under the same id, or a value copied from another row)"
             ) from error
 
-    def rewrap(self, value: str, context: bytes, what: str) -> str:
+    def rewrap(self, value: str, context: bytes) -> str:
         """``value`` sealed under the current KEK: a sealed one gets its data key wrapped
         anew (the ciphertext is kept), a plain one is sealed."""
         kek = self.current
@@ -188,20 +191,20 @@ class Keyring:
             raise ConfigurationError("no key-encryption key is configured to seal with")
         if not is_sealed(value):
             return self.seal(value, context)
-        kek_id, wrapped, ciphertext, public = _fields(value, what)
+        kek_id, wrapped, ciphertext, public = _fields(value)
         if kek_id == kek.id:
             return value
         bound = _bound(context, public)
         old = self._by_id.get(kek_id)
         if old is None:
             raise InvalidKeyMaterial(
-                f"{what}: sealed by key-encryption key {kek_id!r}, which is not configured"
+                f"sealed by key-encryption key {kek_id!r}, which is not configured"
             )
         try:
             data_key = old.unwrap(wrapped, bound)
         except (InvalidTag, ValueError) as error:
             raise InvalidKeyMaterial(
-                f"{what}: key-encryption key {kek_id!r} does not open the sealed value"
+                f"key-encryption key {kek_id!r} does not open the sealed value"
             ) from error
         return _format(kek.id, kek.wrap(data_key, bound), ciphertext, public)
 
@@ -248,12 +251,12 @@ def sealed_by(value: str) -> str | None:
     return value[len(PREFIX) :].split("$", 1)[0]
 
 
-def check_sealed(value: str, what: str) -> str:
+def check_sealed(value: str) -> str:
     """The id of the KEK that sealed ``value``, after checking that the value is well
     formed — without opening it (a backup is checked with no KEK at hand)."""
-    kek_id, wrapped, ciphertext = _parts(value, what)
+    kek_id, wrapped, ciphertext = _parts(value)
     if not kek_id or not wrapped or not ciphertext:
-        raise InvalidKeyMaterial(f"{what}: the sealed value is malformed")
+        raise InvalidKeyMaterial("the sealed value is malformed")
     return kek_id
 
 
@@ -262,17 +265,17 @@ def generate_secret() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)).decode("ascii")
 
 
-def _parts(value: str, what: str) -> tuple[str, bytes, bytes]:
-    kek_id, wrapped, ciphertext, _public = _fields(value, what)
+def _parts(value: str) -> tuple[str, bytes, bytes]:
+    kek_id, wrapped, ciphertext, _public = _fields(value)
     return kek_id, wrapped, ciphertext
 
 
-def public_half(value: str, what: str) -> bytes | None:
+def public_half(value: str) -> bytes | None:
     """The public half stored in clear with a sealed ``value``; None when it has none."""
-    return _fields(value, what)[3]
+    return _fields(value)[3]
 
 
-def _fields(value: str, what: str) -> tuple[str, bytes, bytes, bytes | None]:
+def _fields(value: str) -> tuple[str, bytes, bytes, bytes | None]:
     """``(kek id, wrapped data key, ciphertext, public half or None)`` of a sealed value."""
     try:
         kek_id, wrapped, ciphertext, *rest = value[len(PREFIX) :].split("$")
@@ -281,7 +284,7 @@ def _fields(value: str, what: str) -> tuple[str, bytes, bytes, bytes | None]:
         public = _unb64(rest[0]) if rest else None
         return kek_id, _unb64(wrapped), _unb64(ciphertext), public
     except (ValueError, binascii.Error) as error:
-        raise InvalidKeyMaterial(f"{what}: the sealed value is malformed") from error
+        raise InvalidKeyMaterial("the sealed value is malformed") from error
 
 
 def _format(kek_id: str, wrapped: bytes, ciphertext: bytes, public: bytes | None) -> str:

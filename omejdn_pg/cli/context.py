@@ -142,7 +142,7 @@ class CliContext:
         return self._target
 
     def _resolve(self) -> Target:
-        from omejdn_pg.errors import ConfigurationError
+        from omejdn_pg.errors import located
         from omejdn_pg.settings.backend import HANDLER_GROUPS, PLUGIN_NAME
         from omejdn_pg.settings.connection import ConnectionSettings
         from omejdn_pg.settings.validation import key_encryption_from_env, require_chosen_connection
@@ -157,10 +157,8 @@ class CliContext:
         if not url and os.environ.get(URL_ENV):
             url, source = os.environ[URL_ENV], f"${URL_ENV}"
         if url:
-            try:
+            with located(source):
                 connection = ConnectionSettings.from_url(url)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"{source}: {exc}") from exc
             if source == "--url" and "password" in connection.params:
                 self.warnings.append(URL_PASSWORD_WARNING)
             return Target(dataclasses.replace(base, connection=connection), source)

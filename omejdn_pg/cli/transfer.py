@@ -112,12 +112,12 @@ from omejdn_pg.host.files.key_files import KeyFiles
 from omejdn_pg.host.files.store import CLIENT_KEYS, CLIENTS_SECTION, USERS_SECTION, FileStore
 from omejdn_pg.host.files.survey import check_section, ignored_files
 from omejdn_pg.host.files.writing import fsync_directory
+from omejdn_pg.json_values import check_json
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
 from omejdn_pg.names import check_file_name
 from omejdn_pg.passwords import PasswordPolicy, default_policy
 from omejdn_pg.postgres.repositories.bulk import Row, UserImport
-from omejdn_pg.postgres.repositories.common import check_json
 from omejdn_pg.postgres.schema import validate_section_name
 from omejdn_pg.service import layout_losses
 from omejdn_pg.service.host import Host

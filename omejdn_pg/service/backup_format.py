@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Final
 
-from omejdn_pg.errors import BackupError, InvalidInput
+from omejdn_pg.errors import BackupError, InvalidInput, InvalidKeyMaterial, located
 from omejdn_pg.keys.model import Key
 from omejdn_pg.postgres.schema import (
     KEY_ROW_TYPES,
@@ -304,10 +304,8 @@ def _table_line(line: Mapping[str, Any], where: str) -> TableDump:
     section = line.get("section")
     if not name.startswith(SECTION_PREFIX) or section != name[len(SECTION_PREFIX) :]:
         raise BackupError(f"{where}: unknown table {name!r}")
-    try:
+    with located(where, InvalidInput, raise_as=BackupError):
         validate_section_name(section)
-    except InvalidInput as error:
-        raise BackupError(f"{where}: {error}") from None
     section_shape(columns, f"{where}: section {section!r}")
     provisioned = line.get("provisioned", False)
     if not isinstance(provisioned, bool):
@@ -404,7 +402,8 @@ def _check_key(target_type: str, target: str, kid: str, entry: Mapping[str, Any]
     kek = None
     try:
         if key_text is not None and is_sealed(key_text):
-            kek = check_sealed(key_text, what)
+            with located(what, InvalidKeyMaterial):
+                kek = check_sealed(key_text)
             key_text = None
         if key_text or chain:
             Key.from_pem(key_text or None, chain or None, None, what=what)

@@ -34,7 +34,9 @@ def parse_choice(value: object, where: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def duration_setting(value: object, where: str, default: str) -> datetime.timedelta:
+def duration_setting(value: object, where: str, default: str | None = None) -> datetime.timedelta:
+    """:func:`parse_duration` of ``value`` (``default`` when it is None) as a setting:
+    a ConfigurationError naming ``where`` if it is no duration."""
     try:
         return parse_duration(default if value is None else value, where)
     except ValueError as error:

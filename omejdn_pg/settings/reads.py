@@ -12,7 +12,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Final
 
-from omejdn_pg.errors import ConfigurationError
+from omejdn_pg.errors import ConfigurationError, located
 from omejdn_pg.settings.backend import (
     CACHE_DEFAULT_GROUPS,
     HANDLER_GROUPS,
@@ -27,7 +27,6 @@ from omejdn_pg.settings.backend import (
 )
 from omejdn_pg.settings.checks import (
     duration_setting,
-    parse_duration,
     parse_numbers,
     refuse_unknown_keys,
 )
@@ -64,10 +63,7 @@ def parse_cache(value: object, where: str) -> CacheSettings:
         raise ConfigurationError(f"{where}.max_entries must be a whole number, got {entries!r}")
     interval = value.get("log_interval")
     if isinstance(interval, str):
-        try:
-            interval = parse_duration(interval, f"{where}.log_interval").total_seconds()
-        except ValueError as error:
-            raise ConfigurationError(str(error)) from None
+        interval = duration_setting(interval, f"{where}.log_interval").total_seconds()
     numbers = parse_numbers(
         {
             **{k: v for k, v in value.items() if k in _CACHE_NUMBERS and v is not None},
@@ -114,10 +110,8 @@ def parse_replicas(section: Mapping[str, Any], where: str) -> ReplicaSettings:
         nodes=tuple(nodes),
         max_lag=duration_setting(section.get("max_replica_lag"), f"{where}.max_replica_lag", "1s"),
     )
-    try:
+    with located(where):
         replicas.connections(base)
-    except ConfigurationError as error:
-        raise ConfigurationError(f"{where}.{error}") from None
     return replicas
 
 
@@ -167,10 +161,7 @@ def parse_topology(section: Mapping[str, Any], where: str) -> TopologySettings |
     endpoints = tuple(_endpoint(url, f"{here}.patroni[{index}]") for index, url in enumerate(urls))
     durations = {}
     for key, default in (("refresh", "2s"), ("timeout", "1s")):
-        try:
-            durations[key] = parse_duration(value.get(key, default), f"{here}.{key}")
-        except ValueError as error:
-            raise ConfigurationError(str(error)) from None
+        durations[key] = duration_setting(value.get(key), f"{here}.{key}", default)
         if durations[key] <= datetime.timedelta(0):
             raise ConfigurationError(f"{here}.{key} must be more than 0")
     return TopologySettings(endpoints, durations["refresh"], durations["timeout"])

@@ -30,7 +30,6 @@ from omejdn_pg.settings.backend import (
 from omejdn_pg.settings.checks import (
     duration_setting,
     parse_choice,
-    parse_duration,
     parse_numbers,
     refuse_unknown_keys,
 )
@@ -141,10 +140,7 @@ def _parse_key_lifecycle(value: object, where: str) -> KeyLifecycleSettings:
     durations = {}
     for name in _LIFECYCLE_KEYS:
         if value.get(name) is not None:
-            try:
-                durations[name] = parse_duration(value[name], f"{where}.{name}")
-            except ValueError as error:
-                raise ConfigurationError(str(error)) from None
+            durations[name] = duration_setting(value[name], f"{where}.{name}")
     return dataclasses.replace(defaults, **durations)
 
 

@@ -175,7 +175,7 @@ def test_a_key_sealed_before_the_public_half_was_kept_is_listed_after_rewrap(
     (kid, value) = plain_sql.rows("SELECT kid, value FROM keys WHERE type = 'sk'")[0]
     ring = Keyring([LocalKey("kek-1", base64.urlsafe_b64decode(KEK))])
     context = row_context("omejdn", "a", kid, "sk")
-    pem = ring.open(value, context, "test")
+    pem = ring.open(value, context)
     old_style = ring.seal(pem, context)  # as sealed before: no public half
     assert old_style.count("$") == value.count("$") - 1
     plain_sql.execute("UPDATE keys SET value = %s WHERE type = 'sk'", (old_style,))

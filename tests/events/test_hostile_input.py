@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from omejdn_pg import Client, PluginLoader, User
 from omejdn_pg.errors import ConfigurationError, InvalidInput, InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host import events
+from omejdn_pg.json_values import MAX_JSON_DEPTH, check_json
 from omejdn_pg.json_values import check_json_thoroughly as thorough_check
 from omejdn_pg.keys.algorithms import MAX_RSA_BITS
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key, generate_key
-from omejdn_pg.postgres.repositories.common import MAX_JSON_DEPTH, check_json
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests.events.test_storage_events import plugin_yaml
 from tests.helpers import PROPERTY_SETTINGS, PlainSQL, make_chain, omejdn_pg, one_error_line

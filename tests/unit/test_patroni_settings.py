@@ -64,3 +64,15 @@ def test_replicas_and_topology_are_one_or_the_other() -> None:
             {"replicas": [{"host": "db2"}], "topology": {"patroni": ["http://db1:8008"]}},
             "plugins.yml",
         )
+
+
+def test_a_replica_beside_a_multi_host_connection_must_name_its_host() -> None:
+    section = {
+        "connection": {"host": "db1,db2", "password": "s3cret"},
+        "replicas": [{"port": 5433}],
+    }
+    with pytest.raises(ConfigurationError) as caught:
+        parse_backend_section(section, "plugins.yml")
+    assert str(caught.value) == (
+        f"{WHERE}: replicas[0] must name its host: the connection's host is a list"
+    )

@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
+from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue, located
 from omejdn_pg.host.files.reading import KEY_FILE_LIMIT, read_file, read_text
 from omejdn_pg.host.files.writing import JOURNAL, TEMPORARY, remove_orphan, replay
 from omejdn_pg.json_values import check_json
@@ -347,10 +347,8 @@ def _read_descriptor(files: KeyFiles, root: Path | None) -> dict[str, Any]:
     for name in descriptor:
         if not isinstance(name, str):
             raise InvalidKeyMaterial(f"{path}: parameter names must be strings, got {name!r}")
-    try:
+    with located(str(path), InvalidValue, raise_as=InvalidKeyMaterial):
         check_json(descriptor, "descriptor")
-    except InvalidValue as exc:
-        raise InvalidKeyMaterial(f"{path}: {exc}") from exc
     if "x5c" in descriptor:
         raise InvalidKeyMaterial(
             f"{path}: 'x5c' has no place in a descriptor; the chain belongs in "

@@ -43,7 +43,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSON, JSONB, aggregate_order_by
 
 from omejdn_pg.entities import normalize_attributes
-from omejdn_pg.postgres.repositories.common import check_json, check_text, json_column
+from omejdn_pg.json_values import check_json, check_text
+from omejdn_pg.postgres.repositories.common import json_column
 from omejdn_pg.postgres.schema import AttributeRecord
 
 _attributes: Final = cast(Table, AttributeRecord.__table__)

@@ -56,6 +56,7 @@ from omejdn_pg import collector
 from omejdn_pg.client_metadata import check_client_metadata
 from omejdn_pg.entities import Client
 from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
+from omejdn_pg.json_values import check_json, check_text, storable_text
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
 from omejdn_pg.names import check_file_name
@@ -63,11 +64,8 @@ from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_
 from omejdn_pg.postgres.repositories.common import (
     ConnectionReader,
     Reader,
-    check_json,
-    check_text,
     json_column,
     lock_for_update,
-    storable_text,
     with_documents,
 )
 from omejdn_pg.postgres.repositories.keys import (

@@ -1,6 +1,6 @@
-"""What every repository shares: value checks (:mod:`omejdn_pg.json_values`, which the
-file store uses too), JSON columns of either type, write locks, and the :class:`Reader`
-its reads run on.
+"""What every repository shares: JSON columns of either type, write locks, and the
+:class:`Reader` its reads run on (value checks are :mod:`omejdn_pg.json_values`, which
+the file store uses too).
 
 Columns created by Omejdn's Ruby plugin hold JSON as TEXT; ours are JSONB. A
 read casts the column (``CAST(col AS jsonb)`` accepts both), and a write binds
@@ -23,11 +23,6 @@ from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.sql.base import Executable
 
 from omejdn_pg.entities import User
-from omejdn_pg.json_values import MAX_INT_BITS as MAX_INT_BITS
-from omejdn_pg.json_values import MAX_JSON_DEPTH as MAX_JSON_DEPTH
-from omejdn_pg.json_values import check_json as check_json
-from omejdn_pg.json_values import check_text as check_text
-from omejdn_pg.json_values import storable_text as storable_text
 from omejdn_pg.settings.backend import BACKEND_NAME
 
 log = logging.getLogger(__name__)

@@ -81,11 +81,11 @@ from sqlalchemy.schema import DropTable
 from sqlalchemy.types import TypeEngine
 
 from omejdn_pg.errors import InvalidSectionName, InvalidValue, PermissionDenied, StorageError
+from omejdn_pg.json_values import check_json
 from omejdn_pg.postgres.repositories.common import (
     DIALECT,
     ConnectionReader,
     Reader,
-    check_json,
     dumps,
     lock_for_update,
 )

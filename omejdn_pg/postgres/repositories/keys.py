@@ -45,18 +45,13 @@ from typing import Any, Final
 from sqlalchemy import Connection, Table, bindparam, delete, func, insert, or_, select
 
 from omejdn_pg import lifecycle
-from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial
+from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial, located
+from omejdn_pg.json_values import check_json, check_text
 from omejdn_pg.keys.algorithms import weak_key_problem
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
 from omejdn_pg.names import check_file_name
-from omejdn_pg.postgres.repositories.common import (
-    ConnectionReader,
-    Reader,
-    check_json,
-    check_text,
-    lock_for_update,
-)
+from omejdn_pg.postgres.repositories.common import ConnectionReader, Reader, lock_for_update
 from omejdn_pg.postgres.schema import (
     CERTIFICATES,
     CLIENT_CERTIFICATE_TARGET_TYPE,
@@ -288,16 +283,17 @@ class KeyRepository:
                 continue
             what = f"keys {row.target_type}/{row.target}: key {row.kid}"
             context = row_context(row.target_type, row.target, row.kid, SECRET_KEY)
-            if self.keyring.current is not None and (
-                not is_sealed(row.value) or public_half(row.value, what) is None
-            ):
+            with located(what, InvalidKeyMaterial):
                 # Plain, or sealed before the public half was kept with it: sealed anew,
                 # with it (so that listing and publishing need no KEK).
-                pem = self.keyring.open(row.value, context, what)
+                anew = self.keyring.current is not None and (
+                    not is_sealed(row.value) or public_half(row.value) is None
+                )
+                pem = self.keyring.open(row.value, context) if anew else ""
+                resealed = "" if anew else self.keyring.rewrap(row.value, context)
+            if anew:
                 key = Key.from_pem(pem, what=what)
                 resealed = self.keyring.seal(pem, context, public_der(key))
-            else:
-                resealed = self.keyring.rewrap(row.value, context, what)
             if resealed != row.value:
                 origin = sealed_by(row.value) or "plaintext"
                 done[origin] = done.get(origin, 0) + 1
@@ -479,11 +475,12 @@ def keys_from_rows(
                 ring = keyring if keyring is not None else Keyring()
                 context = row_context(target_type, target, row.kid, SECRET_KEY)
                 what = f"keys {target_type}/{target}: key {row.kid}"
-                if ring.public_only and not ring.opens(row.value):
-                    entry["key"] = _public_pem(ring.public_of(row.value, context, what))
-                    entry["unopened"] = (what, sealed_by(row.value))
-                else:
-                    entry["key"] = ring.open(row.value, context, what)
+                with located(what, InvalidKeyMaterial):
+                    if ring.public_only and not ring.opens(row.value):
+                        entry["key"] = _public_pem(ring.public_of(row.value, context))
+                        entry["unopened"] = (what, sealed_by(row.value))
+                    else:
+                        entry["key"] = ring.open(row.value, context)
         elif row.type in _CHAIN_TYPES:
             entry["chain"] = row.value
     keys = []

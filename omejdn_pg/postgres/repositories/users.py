@@ -51,18 +51,15 @@ from sqlalchemy.dialects.postgresql import JSON, JSONB
 from omejdn_pg import collector
 from omejdn_pg.entities import User
 from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound, PasswordRejected
+from omejdn_pg.json_values import MAX_INT_BITS, check_json, check_text, storable_text
 from omejdn_pg.passwords import PasswordPolicy, cost_refusal, default_policy
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
 from omejdn_pg.postgres.repositories.common import (
     EXTERN_TRUE,
-    MAX_INT_BITS,
     ConnectionReader,
     Reader,
-    check_json,
-    check_text,
     json_column,
     read_extern,
-    storable_text,
     user_from_row,
     with_documents,
 )
