@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from os import PathLike
 
 
 def first_line(text: str) -> str:
@@ -88,7 +89,7 @@ class BackupError(TransferError):
 
 @contextmanager
 def located(
-    where: str,
+    where: str | PathLike[str],
     catch: type[OmejdnPgError] | tuple[type[OmejdnPgError], ...] = OmejdnPgError,
     *,
     raise_as: type[OmejdnPgError] | None = None,

@@ -347,7 +347,7 @@ def _read_descriptor(files: KeyFiles, root: Path | None) -> dict[str, Any]:
     for name in descriptor:
         if not isinstance(name, str):
             raise InvalidKeyMaterial(f"{path}: parameter names must be strings, got {name!r}")
-    with located(str(path), InvalidValue, raise_as=InvalidKeyMaterial):
+    with located(path, InvalidValue, raise_as=InvalidKeyMaterial):
         check_json(descriptor, "descriptor")
     if "x5c" in descriptor:
         raise InvalidKeyMaterial(
