@@ -31,6 +31,7 @@ import psycopg
 from omejdn_pg import Client, Host
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
+from omejdn_pg.keys.states import Lifecycle
 from omejdn_pg.settings.connection import ConnectionSettings
 
 BCRYPT_COST: Final = 4
@@ -178,7 +179,9 @@ def signing_keys() -> KeySet:
     return KeySet(
         [
             generate_key("RS256"),
-            generate_key("RS256", state="next", activate_at=now + datetime.timedelta(days=2)),
+            generate_key(
+                "RS256", lifecycle=Lifecycle("next", activate_at=now + datetime.timedelta(days=2))
+            ),
         ]
     )
 

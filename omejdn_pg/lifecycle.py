@@ -120,7 +120,7 @@ def ordered(keys: Iterable[Key]) -> list[Key]:
 
 def _rank(key: Key) -> tuple[int, int, float]:
     if is_signer(key):
-        when = key.activate_at
+        when = key.lifecycle.activate_at
         return (0, 0, -when.timestamp() if when is not None else float("inf"))
     return (_STATE_RANK[key.state], 1, 0.0)
 
@@ -168,11 +168,12 @@ def rotate(
     if pending and can_sign(new_key):
         raise LifecycleError(
             f"key {pending[0].kid} ({pending[0].alg}) is already waiting to sign from "
-            f"{_show(pending[0].activate_at)}; activate or delete it first"
+            f"{_show(pending[0].lifecycle.activate_at)}; activate or delete it first"
         )
     if not keys:
-        return [replace(new_key, state="active", created_at=now, activate_at=now)]
-    waiting = replace(new_key, state="next", created_at=now, activate_at=now + publish_for)
+        started = new_key.lifecycle.published(now, datetime.timedelta(0)).activated(now)
+        return [replace(new_key, lifecycle=started)]
+    waiting = replace(new_key, lifecycle=new_key.lifecycle.published(now, publish_for))
     return ordered([*keys, waiting])
 
 
@@ -202,19 +203,19 @@ def activate(
     if (
         not force
         and chosen.state != "active"
-        and chosen.activate_at is not None
-        and now < chosen.activate_at
+        and chosen.lifecycle.activate_at is not None
+        and now < chosen.lifecycle.activate_at
     ):
         raise TooEarly(
-            f"key {kid} is in its publish window until {_show(chosen.activate_at)} "
-            f"(published since {_show(chosen.created_at)}): relying parties that fetched "
+            f"key {kid} is in its publish window until {_show(chosen.lifecycle.activate_at)} "
+            f"(published since {_show(chosen.lifecycle.created_at)}): relying parties that fetched "
             "the JWK Set before then do not know it yet; wait for `keys maintain`, or force it "
             "(--force)"
         )
     result = []
     for key in keys:
         if key.kid == kid:
-            key = replace(key, state="active", activate_at=now, retired_at=None, destroy_at=None)
+            key = replace(key, lifecycle=key.lifecycle.activated(now))
         elif key.kid in others:
             key = _retired(key, now, retire_for)
         result.append(key)
@@ -274,20 +275,20 @@ def advance(
     changes: list[tuple[str, str]] = []
     current = list(keys)
     due = [k for k in current if k.state == "next" and is_due(k, now)]
-    for key in sorted(due, key=lambda k: (k.activate_at, k.kid)):
+    for key in sorted(due, key=lambda k: (k.lifecycle.activate_at, k.kid)):
         if can_sign(key):
             retiring = [k.kid for k in current if is_signer(k)]
             current = activate(current, key.kid, now, retire_for, force=True)
         else:
             retiring = []
             current = [
-                replace(k, state="active", activate_at=now) if k.kid == key.kid else k
+                replace(k, lifecycle=k.lifecycle.activated(now)) if k.kid == key.kid else k
                 for k in current
             ]
         changes.append((key.kid, "activated"))
         changes.extend((kid, "retired") for kid in retiring)
     signers = [k for k in ordered(current) if is_signer(k)]
-    if len(signers) > 1 and signers[0].activate_at is not None:
+    if len(signers) > 1 and signers[0].lifecycle.activate_at is not None:
         current = activate(current, signers[0].kid, now, retire_for, force=True)
         changes.extend((k.kid, "retired") for k in signers[1:])
     kept = []
@@ -301,15 +302,16 @@ def advance(
 
 def is_due(key: Key, now: datetime.datetime) -> bool:
     """Whether :func:`advance` would change ``key`` at ``now``."""
-    if key.state == "next":
-        return key.activate_at is not None and key.activate_at <= now
-    return key.state == "retired" and key.destroy_at is not None and key.destroy_at <= now
+    dates = key.lifecycle
+    if dates.state == "next":
+        return dates.activate_at is not None and dates.activate_at <= now
+    return dates.state == "retired" and dates.destroy_at is not None and dates.destroy_at <= now
 
 
 def _retired(key: Key, now: datetime.datetime, retire_for: datetime.timedelta) -> Key:
     # A retired key keeps its private key until it is destroyed: an operator
     # may still re-activate it if the new key turns out to be unusable.
-    return replace(key, state="retired", retired_at=now, destroy_at=now + retire_for)
+    return replace(key, lifecycle=key.lifecycle.retired(now, retire_for))
 
 
 def _find(keys: Sequence[Key], kid: str) -> Key:

@@ -16,6 +16,7 @@ import click
 
 from omejdn_pg.cli.context import Group, current
 from omejdn_pg.cli.output import Column, print_document, read_text_source, stream
+from omejdn_pg.keys.states import DATES
 
 if TYPE_CHECKING:
     import datetime
@@ -42,10 +43,7 @@ KEY_FIELDS: Final = (
     "private",
     "certificates",
     "not_after",
-    "created_at",
-    "activate_at",
-    "retired_at",
-    "destroy_at",
+    *DATES,
     "problem",
 )
 
@@ -74,10 +72,7 @@ def key_view(target_type: str, target: str, key: Key) -> dict[str, Any]:
         "private": key.is_private,
         "certificates": len(key.certificates),
         "not_after": _when(key.certificates[0].not_valid_after_utc) if key.certificates else None,
-        "created_at": _when(key.created_at),
-        "activate_at": _when(key.activate_at),
-        "retired_at": _when(key.retired_at),
-        "destroy_at": _when(key.destroy_at),
+        **{name: _when(moment) for name, moment in key.lifecycle.dates().items()},
         "problem": key.certificate_problem(),
     }
 
@@ -321,7 +316,8 @@ def keys_rotate(
         key=given,
         certificate=False if no_cert else None,
     )
-    when = key.activate_at.isoformat(timespec="seconds") if key.activate_at else "now"
+    starts = key.lifecycle.activate_at
+    when = starts.isoformat(timespec="seconds") if starts else "now"
     chain = ""
     if key.certificates:
         chain = f", certificate {key.certificates[0].subject.rfc4514_string()}"
@@ -378,15 +374,19 @@ def keys_activate(target_type: str, target: str, kid: str, force: bool) -> None:
         (
             k
             for k in before
-            if k.kid == kid and k.state != "active" and k.activate_at and k.activate_at > moment
+            if k.kid == kid
+            and k.state != "active"
+            and k.lifecycle.activate_at
+            and k.lifecycle.activate_at > moment
         ),
         None,
     )
     host.keys.activate(target_type, target, kid, force=force, now=moment)
     click.echo(f"{target_type}/{target}: {kid} is the signing key")
-    if early is not None and early.activate_at is not None:
-        since = early.created_at.isoformat(timespec="seconds") if early.created_at else "?"
-        due = early.activate_at.isoformat(timespec="seconds")
+    if early is not None and early.lifecycle.activate_at is not None:
+        created = early.lifecycle.created_at
+        since = created.isoformat(timespec="seconds") if created else "?"
+        due = early.lifecycle.activate_at.isoformat(timespec="seconds")
         cli.note(
             f"{kid} signs before its publish window ends ({due}): relying parties whose "
             f"JWK Set was fetched before {since} do not know it and reject its tokens "

@@ -3,7 +3,7 @@
 The edges (the JWK codec, PEM loading) check everything that comes from
 outside with errors that name the field; the constructor checks the cheap
 invariants again (key types, key and chain match, the descriptor holds no key
-member, ``use`` and ``alg`` fit the key and the certificate, state and dates),
+member, ``use`` and ``alg`` fit the key and the certificate),
 so that a Key built by hand cannot be inconsistent either. The price is a DER
 encoding and a comparison per build. Not checked at all: the certificate's
 validity period — an expired certificate must stay readable and publishable so
@@ -13,7 +13,6 @@ silently); :meth:`Key.certificate_problem` reports it to whoever decides.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -24,7 +23,7 @@ from omejdn_pg.errors import InvalidKeyMaterial
 from omejdn_pg.keys.algorithms import USES, allowed_algs, key_type_problem
 from omejdn_pg.keys.jwk import CHAIN_MEMBERS, KEY_MEMBERS
 from omejdn_pg.keys.pem import public_der
-from omejdn_pg.keys.states import KEY_STATES
+from omejdn_pg.keys.states import Lifecycle
 
 if TYPE_CHECKING:
     from omejdn_pg.keys.model import Key
@@ -109,19 +108,8 @@ def validate(key: Key) -> None:
             f"'alg' {key.alg!r} does not fit an {key.family} key with use {use!r} "
             f"(allowed: {', '.join(allowed)})"
         )
-    if key.state not in KEY_STATES:
-        raise KeyProblem(f"state must be one of {', '.join(KEY_STATES)}, got {key.state!r}")
-
-
-def utc(value: object, name: str) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        raise KeyProblem(f"{name} must be a datetime, got {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        # A naive time is ambiguous; guessing a zone would shift lifecycle dates.
-        raise KeyProblem(f"{name} must be timezone-aware, got {value.isoformat()}")
-    return value.astimezone(UTC)
+    if not isinstance(key.lifecycle, Lifecycle):
+        raise KeyProblem(f"lifecycle must be a Lifecycle, got {type(key.lifecycle).__name__}")
 
 
 def permitted_uses(cert: x509.Certificate) -> frozenset[str] | None:

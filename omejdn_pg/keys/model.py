@@ -35,7 +35,7 @@ from omejdn_pg.keys.algorithms import (
     allowed_algs,
     supported_public_key,
 )
-from omejdn_pg.keys.invariants import KeyProblem, permitted_uses, utc, validate
+from omejdn_pg.keys.invariants import KeyProblem, permitted_uses, validate
 from omejdn_pg.keys.jwk import KEY_MEMBERS, decode_jwk, descriptor, encode_jwk, jwk_thumbprint
 from omejdn_pg.keys.pem import (
     CHAIN_SEPARATOR,
@@ -47,7 +47,7 @@ from omejdn_pg.keys.pem import (
     public_der,
     public_pem,
 )
-from omejdn_pg.keys.states import KeyState
+from omejdn_pg.keys.states import UNDATED, KeyState, Lifecycle
 
 _ISO = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -60,18 +60,15 @@ class Key:
     member (:data:`KEY_MEMBERS`) nor derived from the chain
     (:data:`CHAIN_MEMBERS`), kept exactly as given. ``kid``, ``use`` and
     ``alg`` live there when given; the properties of the same names fill them
-    in when not. The dates are carried for the storage, not interpreted here.
+    in when not. The :class:`~omejdn_pg.keys.states.Lifecycle` is carried for the
+    storage and the rules (:mod:`omejdn_pg.lifecycle`), not interpreted here.
     """
 
     public_key: PublicKey
     private_key: PrivateKey | None = None
     certificates: list[x509.Certificate] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
-    state: KeyState = "active"
-    created_at: datetime | None = None
-    activate_at: datetime | None = None
-    retired_at: datetime | None = None
-    destroy_at: datetime | None = None
+    lifecycle: Lifecycle = UNDATED
 
     def __post_init__(self) -> None:
         if not isinstance(self.params, Mapping):
@@ -82,8 +79,6 @@ class Key:
         # break invariants checked here.
         self.params = dict(self.params)
         self.certificates = list(self.certificates)
-        for name in ("created_at", "activate_at", "retired_at", "destroy_at"):
-            setattr(self, name, utc(getattr(self, name), name))
         validate(self)
 
     # --- derived descriptor -------------------------------------------------------
@@ -131,6 +126,11 @@ class Key:
         return "EC-" + CURVES[self.public_key.curve.name][0]
 
     @property
+    def state(self) -> KeyState:
+        """The state of its lifecycle, the part of it read most often."""
+        return self.lifecycle.state
+
+    @property
     def is_private(self) -> bool:
         return self.private_key is not None
 
@@ -167,11 +167,7 @@ class Key:
         params: Mapping[str, Any] | None = None,
         *,
         what: str = "key",
-        state: KeyState = "active",
-        created_at: datetime | None = None,
-        activate_at: datetime | None = None,
-        retired_at: datetime | None = None,
-        destroy_at: datetime | None = None,
+        lifecycle: Lifecycle = UNDATED,
     ) -> Key:
         """A key from the stored form: a PEM key (private PKCS#8/PKCS#1/SEC1 or
         public), a PEM chain (any separator), and the descriptor."""
@@ -203,11 +199,7 @@ class Key:
             private,
             certificates,
             descriptor(params, certificates, what),
-            state=state,
-            created_at=created_at,
-            activate_at=activate_at,
-            retired_at=retired_at,
-            destroy_at=destroy_at,
+            lifecycle=lifecycle,
         )
 
     def key_pem(self) -> str | None:
@@ -255,7 +247,7 @@ class Key:
         private: PrivateKey | None,
         certificates: list[x509.Certificate],
         params: dict[str, Any],
-        **lifecycle: Any,
+        lifecycle: Lifecycle = UNDATED,
     ) -> Key:
         """A key from parts an edge has read, its invariants' errors prefixed with ``what``."""
         try:
@@ -264,7 +256,7 @@ class Key:
                 private_key=private,
                 certificates=certificates,
                 params=params,
-                **lifecycle,
+                lifecycle=lifecycle,
             )
         except KeyProblem as exc:
             raise InvalidKeyMaterial(f"{what}: {exc.problem}") from None
@@ -274,11 +266,7 @@ def generate_key(
     alg: str = "RS256",
     params: Mapping[str, Any] | None = None,
     *,
-    state: KeyState = "active",
-    created_at: datetime | None = None,
-    activate_at: datetime | None = None,
-    retired_at: datetime | None = None,
-    destroy_at: datetime | None = None,
+    lifecycle: Lifecycle = UNDATED,
 ) -> Key:
     """A new signing key for ``alg``: RSA 2048 (e 65537) for RS*/PS*, the
     matching curve for ES256/ES384/ES512; ``params`` get ``use: sig`` and ``alg``."""
@@ -302,9 +290,5 @@ def generate_key(
         private,
         [],
         descriptor,
-        state=state,
-        created_at=created_at,
-        activate_at=activate_at,
-        retired_at=retired_at,
-        destroy_at=destroy_at,
+        lifecycle=lifecycle,
     )

@@ -45,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from omejdn_pg.keys.states import KEY_STATES
 from omejdn_pg.names import validate_section_name as validate_section_name
 
 NAMING_CONVENTION: Final = {
@@ -62,7 +63,6 @@ CERTIFICATES: Final = "certs"
 EXTRA_SECRET_KEY: Final = "extra_sk"  # noqa: S105 - the row type, not a secret
 EXTRA_CERTIFICATES: Final = "extra_certs"
 KEY_ROW_TYPES: Final = (SECRET_KEY, CERTIFICATES, EXTRA_SECRET_KEY, EXTRA_CERTIFICATES)
-KEY_STATES: Final = ("next", "active", "retired")
 CLIENT_CERTIFICATE_TARGET_TYPE: Final = "clients"
 
 

@@ -41,9 +41,9 @@ from typing import IO, Any, Final
 
 from omejdn_pg.errors import BackupError, InvalidInput, InvalidKeyMaterial, located
 from omejdn_pg.keys.model import Key
+from omejdn_pg.keys.states import KEY_STATES
 from omejdn_pg.postgres.schema import (
     KEY_ROW_TYPES,
-    KEY_STATES,
     SECTION_PREFIX,
     metadata,
     validate_section_name,

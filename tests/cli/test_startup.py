@@ -149,7 +149,7 @@ def test_users_and_clients_load_no_key_or_password_library() -> None:
 NOT_FOR_A_LISTING = ("alembic", "mako", "cryptography", "passlib", "bcrypt", "argon2")
 """What a listing never uses: migrations, keys, password hashing."""
 NOR_OF_THE_PACKAGE = (
-    "omejdn_pg.keys",
+    "omejdn_pg.keys.model",
     "omejdn_pg.passwords",
     "omejdn_pg.sealing",
     "omejdn_pg.service.host",

@@ -170,8 +170,8 @@ class Lifecycle(RuleBasedStateMachine):
         before = self.rows()
         early = (
             chosen.state != "active"
-            and chosen.activate_at is not None
-            and self.now < chosen.activate_at
+            and chosen.lifecycle.activate_at is not None
+            and self.now < chosen.lifecycle.activate_at
         )
         _, error = attempt(
             lambda: self.host.keys.activate(*TARGET, chosen.kid, force=force, now=self.now)

@@ -59,6 +59,7 @@ from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, No
 from omejdn_pg.json_values import check_json, check_text, storable_text
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
+from omejdn_pg.keys.states import DATES
 from omejdn_pg.names import check_file_name
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
 from omejdn_pg.postgres.repositories.common import (
@@ -419,7 +420,7 @@ def check_client_id(value: object) -> str:
 class _KeyRow:
     """A key row folded into jsonb, read like a result row (timestamps parsed back)."""
 
-    _DATES: Final = frozenset({"created_at", "activate_at", "retired_at", "destroy_at"})
+    _DATES: Final = frozenset(DATES)
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         self._data = data

@@ -50,6 +50,7 @@ from omejdn_pg.json_values import check_json, check_text
 from omejdn_pg.keys.algorithms import weak_key_problem
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
+from omejdn_pg.keys.states import Lifecycle
 from omejdn_pg.names import check_file_name
 from omejdn_pg.postgres.repositories.common import ConnectionReader, Reader, lock_for_update
 from omejdn_pg.postgres.schema import (
@@ -370,20 +371,10 @@ def merge(
             problem = weak_key_problem(key) or _refused_certificate(target_type, target, key, now)
             if problem is not None:
                 raise InvalidKeyMaterial(f"keys {target_type}/{target}: key {key.kid}: {problem}")
-            result.append(_with_lifecycle(key, state=key.state, created_at=key.created_at or now))
+            result.append(dataclasses.replace(key, lifecycle=key.lifecycle.created(now)))
             continue
         private = key.private_key if key.private_key is not None else old.private_key
-        result.append(
-            _with_lifecycle(
-                key,
-                private_key=private,
-                state=old.state,
-                created_at=old.created_at,
-                activate_at=old.activate_at,
-                retired_at=old.retired_at,
-                destroy_at=old.destroy_at,
-            )
-        )
+        result.append(dataclasses.replace(key, private_key=private, lifecycle=old.lifecycle))
     return result
 
 
@@ -412,10 +403,6 @@ def _refused_certificate(
     return None
 
 
-def _with_lifecycle(key: Key, **changes: Any) -> Key:
-    return dataclasses.replace(key, **changes)
-
-
 def key_rows(
     target_type: str, target: str, keys: Iterable[Key], keyring: Keyring | None = None
 ) -> list[dict[str, Any]]:
@@ -430,12 +417,8 @@ def key_rows(
             "target": target,
             "kid": key.kid,
             "params": params,
-            "state": key.state,
             "position": position,
-            "created_at": key.created_at or _now(),
-            "activate_at": key.activate_at,
-            "retired_at": key.retired_at,
-            "destroy_at": key.destroy_at,
+            **key.lifecycle.created(_now()).row(),
         }
         first = position == 0
         key_pem = key.key_pem()
@@ -509,11 +492,7 @@ def keys_from_rows(
             entry.get("chain") or None,
             params,
             what=what,
-            state=row.state,
-            created_at=row.created_at,
-            activate_at=row.activate_at,
-            retired_at=row.retired_at,
-            destroy_at=row.destroy_at,
+            lifecycle=Lifecycle.of_row(row),
         )
         _warn_about_certificate(target_type, target, key)
         keys.append(key)
