@@ -9,8 +9,7 @@ imports ``omejdn_pg`` (or ``omejdn-pg --help``) does not pay for SQLAlchemy,
 psycopg and cryptography until it touches them.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from omejdn_pg.errors import (
     AlreadyExists,
@@ -25,6 +24,7 @@ from omejdn_pg.errors import (
     StorageError,
     StorageUnavailable,
 )
+from omejdn_pg.lazy import lazy_names
 
 if TYPE_CHECKING:
     from omejdn_pg.entities import Client, KeyMaterial, User
@@ -40,17 +40,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)
 
 
 __all__ = [

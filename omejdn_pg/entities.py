@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from omejdn_pg.errors import InvalidValue, PasswordRejected, located
+from omejdn_pg.keys import PUBLIC as KEY_MODULES
+from omejdn_pg.lazy import lazy_names
 
 if TYPE_CHECKING:
     # The key vocabulary lives in omejdn_pg.keys/; these names were defined here
@@ -54,18 +56,7 @@ _KEY_NAMES = frozenset(
 """The names of :mod:`omejdn_pg.keys` that stay importable from here."""
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _KEY_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import omejdn_pg.keys
-
-    value = getattr(omejdn_pg.keys, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_KEY_NAMES])
+__getattr__, __dir__ = lazy_names(globals(), {name: KEY_MODULES[name] for name in _KEY_NAMES})
 
 
 def normalize_attributes(attributes: object, owner: str = "attributes") -> dict[str, Any]:

@@ -12,8 +12,9 @@ that defines it; the names below are re-exported lazily for code outside the
 package, so that importing this package loads no ``cryptography``.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from omejdn_pg.lazy import lazy_names
 
 if TYPE_CHECKING:
     from omejdn_pg.keys.algorithms import MAX_RSA_BITS as MAX_RSA_BITS
@@ -52,17 +53,6 @@ PUBLIC = {
 """The public surface: name -> the module that defines it."""
 
 
-def __getattr__(name: str) -> Any:
-    module = PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *PUBLIC])
-
+__getattr__, __dir__ = lazy_names(globals(), PUBLIC)
 
 __all__ = sorted(PUBLIC)

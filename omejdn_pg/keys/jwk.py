@@ -24,7 +24,7 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final
 
@@ -106,15 +106,23 @@ def encode_jwk(key: Key, *, private: bool) -> dict[str, Any]:
     for name, value in key.params.items():
         if name not in DESCRIBED:
             jwk[name] = copy.deepcopy(value)
-    if key.certificates:
-        first = key.certificates[0]
-        jwk["x5c"] = [
-            base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode("ascii")
-            for c in key.certificates
-        ]
-        jwk["x5t"] = b64url(first.fingerprint(hashes.SHA1()))  # noqa: S303
-        jwk["x5t#S256"] = b64url(first.fingerprint(hashes.SHA256()))
+    jwk.update(chain_members(key.certificates))
     return jwk
+
+
+def chain_members(certificates: Sequence[x509.Certificate]) -> dict[str, Any]:
+    """``x5c``, ``x5t`` and ``x5t#S256`` of a chain (RFC 7517 §4.7-4.9); none without one."""
+    if not certificates:
+        return {}
+    first = certificates[0]
+    return {
+        "x5c": [
+            base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode("ascii")
+            for c in certificates
+        ],
+        "x5t": b64url(first.fingerprint(hashes.SHA1())),  # noqa: S303
+        "x5t#S256": b64url(first.fingerprint(hashes.SHA256())),
+    }
 
 
 def jwk_thumbprint(public_key: PublicKey) -> str:

@@ -9,16 +9,15 @@ data, which drops a key's descriptor and lifecycle when converted to it.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 from omejdn_pg.errors import InvalidKeyMaterial
 from omejdn_pg.keys.algorithms import PrivateKey, PublicKey, supported_public_key
-from omejdn_pg.keys.jwk import b64url, jwk_thumbprint, public_jwk_members
+from omejdn_pg.keys.jwk import chain_members, jwk_thumbprint, public_jwk_members
 from omejdn_pg.keys.model import Key
 from omejdn_pg.keys.pem import (
     CHAIN_SEPARATOR,
@@ -26,9 +25,8 @@ from omejdn_pg.keys.pem import (
     load_certificate_chain,
     load_key_pem,
     private_der,
-    private_pem,
     public_der,
-    public_pem,
+    stored_key_pem,
 )
 
 
@@ -103,11 +101,7 @@ class KeyMaterial:
 
     def key_pem(self) -> str | None:
         """The private key as unencrypted PKCS#8 PEM, else the public key, else None."""
-        if self.sk is not None:
-            return private_pem(self.sk)
-        if self.pk is not None and not self.certs:
-            return public_pem(self.pk)
-        return None
+        return stored_key_pem(self.sk, self.pk, self.certs)
 
     def certs_pem(self, separator: str = CHAIN_SEPARATOR) -> str:
         """The chain as PEM certificates joined by ``separator``; '' when there is none."""
@@ -119,13 +113,7 @@ class KeyMaterial:
             raise InvalidKeyMaterial("key material without a public key has no JWK")
         jwk = public_jwk_members(self.pk)
         jwk["kid"] = self.kid
-        if self.certs:
-            jwk["x5c"] = [
-                base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode("ascii")
-                for c in self.certs
-            ]
-            jwk["x5t"] = b64url(self.certs[0].fingerprint(hashes.SHA1()))  # noqa: S303
-            jwk["x5t#S256"] = b64url(self.certs[0].fingerprint(hashes.SHA256()))
+        jwk.update(chain_members(self.certs))
         return jwk
 
     def to_key(self) -> Key | None:

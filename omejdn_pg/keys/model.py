@@ -43,9 +43,8 @@ from omejdn_pg.keys.pem import (
     chain_pem,
     load_certificate_chain,
     load_key_pem,
-    private_pem,
     public_der,
-    public_pem,
+    stored_key_pem,
 )
 from omejdn_pg.keys.states import UNDATED, KeyState, Lifecycle
 
@@ -205,11 +204,7 @@ class Key:
     def key_pem(self) -> str | None:
         """The private key as unencrypted PKCS#8 PEM; else the public key (SPKI
         PEM) when there is no certificate; else None (the certificate has it)."""
-        if self.private_key is not None:
-            return private_pem(self.private_key)
-        if not self.certificates:
-            return public_pem(self.public_key)
-        return None
+        return stored_key_pem(self.private_key, self.public_key, self.certificates)
 
     def certs_pem(self, separator: str = CHAIN_SEPARATOR) -> str:
         """The chain as PEM certificates joined by ``separator``; '' when there is none."""

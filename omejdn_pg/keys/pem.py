@@ -14,7 +14,7 @@ a new key and up to 64 parsed keys held in memory.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Final
 
@@ -119,6 +119,18 @@ def certificate_key(cert: x509.Certificate, what: str) -> object:
         raise InvalidKeyMaterial(
             f"{what}: only RSA and EC (P-256, P-384, P-521) keys are supported"
         ) from None
+
+
+def stored_key_pem(
+    private: PrivateKey | None, public: PublicKey | None, certificates: Sequence[x509.Certificate]
+) -> str | None:
+    """The key as stored: the private key as unencrypted PKCS#8 PEM; else the public
+    key (SPKI PEM) when no certificate holds it; else None (the certificate has it)."""
+    if private is not None:
+        return private_pem(private)
+    if public is not None and not certificates:
+        return public_pem(public)
+    return None
 
 
 def private_pem(key: PrivateKey) -> str:
