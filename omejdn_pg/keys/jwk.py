@@ -32,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from omejdn_pg.errors import InvalidKeyMaterial
+from omejdn_pg.errors import InvalidKeyMaterial, located
 from omejdn_pg.keys.algorithms import (
     CRV,
     CURVES,
@@ -40,7 +40,7 @@ from omejdn_pg.keys.algorithms import (
     PrivateKey,
     PublicKey,
     supported_public_key,
-    too_large,
+    too_large_problem,
 )
 from omejdn_pg.keys.pem import certificate_key
 
@@ -65,34 +65,40 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*(={0,2})")
 def decode_jwk(
     jwk: Mapping[str, Any], what: str
 ) -> tuple[PublicKey, PrivateKey | None, list[x509.Certificate], dict[str, Any]]:
-    """The public key, private key, chain and descriptor of a JWK dict, each member checked."""
+    """The public key, private key, chain and descriptor of a JWK dict, each member checked;
+    InvalidKeyMaterial naming ``what`` and the member otherwise."""
+    with located(what, InvalidKeyMaterial):
+        return _decode(jwk)
+
+
+def _decode(
+    jwk: Mapping[str, Any],
+) -> tuple[PublicKey, PrivateKey | None, list[x509.Certificate], dict[str, Any]]:
     if not isinstance(jwk, Mapping):
-        raise InvalidKeyMaterial(f"{what}: a JWK must be a JSON object, got {type(jwk).__name__}")
+        raise InvalidKeyMaterial(f"a JWK must be a JSON object, got {type(jwk).__name__}")
     for name in jwk:
         if not isinstance(name, str):
-            raise InvalidKeyMaterial(f"{what}: member names must be strings, got {name!r}")
-    certificates = _x5c(jwk["x5c"], what) if "x5c" in jwk else []
+            raise InvalidKeyMaterial(f"member names must be strings, got {name!r}")
+    certificates = _x5c(jwk["x5c"]) if "x5c" in jwk else []
     kty = jwk.get("kty")
     private: PrivateKey | None = None
     if certificates and not any(m in jwk for m in KEY_MEMBERS - {"kty"}):
         # RFC 7517 §4.7: the certificate carries the key.
-        public = supported_public_key(
-            certificate_key(certificates[0], f"{what}: 'x5c'[0]"), f"{what}: 'x5c'[0]"
-        )
+        public = supported_public_key(certificate_key(certificates[0], "'x5c'[0]"), "'x5c'[0]")
         held = "RSA" if isinstance(public, rsa.RSAPublicKey) else "EC"
         if "kty" in jwk and kty != held:
             raise InvalidKeyMaterial(
-                f"{what}: 'kty' is {kty!r} but the first certificate holds an {held} key"
+                f"'kty' is {kty!r} but the first certificate holds an {held} key"
             )
     elif "kty" not in jwk:
-        raise InvalidKeyMaterial(f"{what}: 'kty' is missing")
+        raise InvalidKeyMaterial("'kty' is missing")
     elif kty == "RSA":
-        public, private = _rsa_from_jwk(jwk, what)
+        public, private = _rsa_from_jwk(jwk)
     elif kty == "EC":
-        public, private = _ec_from_jwk(jwk, what)
+        public, private = _ec_from_jwk(jwk)
     else:
-        raise InvalidKeyMaterial(f'{what}: \'kty\' must be "RSA" or "EC", got {kty!r}')
-    return public, private, certificates, descriptor(jwk, certificates, what)
+        raise InvalidKeyMaterial(f'\'kty\' must be "RSA" or "EC", got {kty!r}')
+    return public, private, certificates, _params(jwk, certificates)
 
 
 def encode_jwk(key: Key, *, private: bool) -> dict[str, Any]:
@@ -138,12 +144,17 @@ def descriptor(
 ) -> dict[str, Any]:
     """The params of a JWK: members other than the key's and the chain's,
     deep-copied so that the caller's dict and the key share nothing."""
+    with located(what, InvalidKeyMaterial):
+        return _params(members, certificates)
+
+
+def _params(members: Mapping[str, Any], certificates: list[x509.Certificate]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for name, value in members.items():
         if name in KEY_MEMBERS or name == "x5c":
             continue
         if name in ("x5t", "x5t#S256") and certificates:
-            _check_thumbprint(name, value, certificates[0], what)
+            _check_thumbprint(name, value, certificates[0])
             continue
         # Without a chain a thumbprint names a certificate held elsewhere
         # (x5u, a registry): a parameter like any other.
@@ -151,9 +162,9 @@ def descriptor(
     return params
 
 
-def _check_thumbprint(name: str, value: object, cert: x509.Certificate, what: str) -> None:
+def _check_thumbprint(name: str, value: object, cert: x509.Certificate) -> None:
     if not isinstance(value, str):
-        raise InvalidKeyMaterial(f"{what}: {name!r} must be a string, got {type(value).__name__}")
+        raise InvalidKeyMaterial(f"{name!r} must be a string, got {type(value).__name__}")
     digest = cert.fingerprint(hashes.SHA1() if name == "x5t" else hashes.SHA256())  # noqa: S303
     padded = base64.urlsafe_b64encode(digest).decode("ascii")
     # Upstream Omejdn (adapt_to_cert) writes base64url of the *hex* digest,
@@ -161,56 +172,52 @@ def _check_thumbprint(name: str, value: object, cert: x509.Certificate, what: st
     # (and written back correctly).
     legacy = base64.urlsafe_b64encode(digest.hex().encode("ascii")).decode("ascii")
     if value not in (padded.rstrip("="), padded, legacy, legacy.rstrip("=")):
-        raise InvalidKeyMaterial(f"{what}: {name!r} does not match the first certificate of 'x5c'")
+        raise InvalidKeyMaterial(f"{name!r} does not match the first certificate of 'x5c'")
 
 
-def _x5c(value: object, what: str) -> list[x509.Certificate]:
+def _x5c(value: object) -> list[x509.Certificate]:
     if not isinstance(value, list | tuple) or not value:
-        raise InvalidKeyMaterial(f"{what}: 'x5c' must be a non-empty list of base64 certificates")
+        raise InvalidKeyMaterial("'x5c' must be a non-empty list of base64 certificates")
     certificates = []
     for index, item in enumerate(value):
         if not isinstance(item, str):
-            raise InvalidKeyMaterial(
-                f"{what}: 'x5c'[{index}] must be a string, got {type(item).__name__}"
-            )
+            raise InvalidKeyMaterial(f"'x5c'[{index}] must be a string, got {type(item).__name__}")
         try:
             # x5c is standard base64 (RFC 7517 §4.7), not base64url.
             der = binascii.a2b_base64(item.encode("ascii"), strict_mode=True)
         except (binascii.Error, UnicodeEncodeError):
-            raise InvalidKeyMaterial(f"{what}: 'x5c'[{index}] is not base64") from None
+            raise InvalidKeyMaterial(f"'x5c'[{index}] is not base64") from None
         try:
             certificates.append(x509.load_der_x509_certificate(der))
         except ValueError:
-            raise InvalidKeyMaterial(
-                f"{what}: 'x5c'[{index}] is not a DER X.509 certificate"
-            ) from None
+            raise InvalidKeyMaterial(f"'x5c'[{index}] is not a DER X.509 certificate") from None
     return certificates
 
 
-def _rsa_from_jwk(jwk: Mapping[str, Any], what: str) -> tuple[PublicKey, PrivateKey | None]:
+def _rsa_from_jwk(jwk: Mapping[str, Any]) -> tuple[PublicKey, PrivateKey | None]:
     for name in ("crv", "x", "y"):
         if name in jwk:
-            raise InvalidKeyMaterial(f"{what}: {name!r} is not a member of an RSA key")
+            raise InvalidKeyMaterial(f"{name!r} is not a member of an RSA key")
     if "oth" in jwk:
-        raise InvalidKeyMaterial(f"{what}: multi-prime RSA keys ('oth') are not supported")
-    n = _uint(jwk, "n", what)
+        raise InvalidKeyMaterial("multi-prime RSA keys ('oth') are not supported")
+    n = _uint(jwk, "n")
     if n.bit_length() > MAX_RSA_BITS:
-        raise InvalidKeyMaterial(too_large(what, n.bit_length()))
-    e = _uint(jwk, "e", what)
+        raise InvalidKeyMaterial(too_large_problem(n.bit_length()))
+    e = _uint(jwk, "e")
     try:
         public = rsa.RSAPublicNumbers(e, n).public_key()
     except ValueError:
-        raise InvalidKeyMaterial(f"{what}: 'n' and 'e' are not a valid RSA public key") from None
+        raise InvalidKeyMaterial("'n' and 'e' are not a valid RSA public key") from None
     given = [name for name in _RSA_PRIVATE if name in jwk]
     if not given:
         return public, None
     if "d" not in jwk:
-        raise InvalidKeyMaterial(f"{what}: 'd' is missing (private members {given} need it)")
-    values = {name: _uint(jwk, name, what) if name in jwk else None for name in _RSA_PRIVATE}
+        raise InvalidKeyMaterial(f"'d' is missing (private members {given} need it)")
+    values = {name: _uint(jwk, name) if name in jwk else None for name in _RSA_PRIVATE}
     if ("p" in jwk) != ("q" in jwk):
-        raise InvalidKeyMaterial(f"{what}: 'p' and 'q' go together")
+        raise InvalidKeyMaterial("'p' and 'q' go together")
     if "p" not in jwk and any(name in jwk for name in ("dp", "dq", "qi")):
-        raise InvalidKeyMaterial(f"{what}: 'dp', 'dq' and 'qi' need 'p' and 'q'")
+        raise InvalidKeyMaterial("'dp', 'dq' and 'qi' need 'p' and 'q'")
     try:
         private = _rsa_private_key(
             n,
@@ -224,7 +231,7 @@ def _rsa_from_jwk(jwk: Mapping[str, Any], what: str) -> tuple[PublicKey, Private
         )
     except ValueError:
         raise InvalidKeyMaterial(
-            f"{what}: the private members do not form one RSA key with 'n' and 'e'"
+            "the private members do not form one RSA key with 'n' and 'e'"
         ) from None
     return public, private
 
@@ -254,38 +261,36 @@ def _rsa_private_key(
     return rsa.RSAPrivateNumbers(p, q, d, dp, dq, qi, rsa.RSAPublicNumbers(e, n)).private_key()
 
 
-def _ec_from_jwk(jwk: Mapping[str, Any], what: str) -> tuple[PublicKey, PrivateKey | None]:
+def _ec_from_jwk(jwk: Mapping[str, Any]) -> tuple[PublicKey, PrivateKey | None]:
     for name in ("n", "e", "p", "q", "dp", "dq", "qi", "oth"):
         if name in jwk:
-            raise InvalidKeyMaterial(f"{what}: {name!r} is not a member of an EC key")
+            raise InvalidKeyMaterial(f"{name!r} is not a member of an EC key")
     if "crv" not in jwk:
-        raise InvalidKeyMaterial(f"{what}: 'crv' is missing")
+        raise InvalidKeyMaterial("'crv' is missing")
     crv = jwk["crv"]
     if not isinstance(crv, str) or crv not in CRV:
-        raise InvalidKeyMaterial(f"{what}: 'crv' must be P-256, P-384 or P-521, got {crv!r}")
+        raise InvalidKeyMaterial(f"'crv' must be P-256, P-384 or P-521, got {crv!r}")
     curve, size, prime, _ = CRV[crv]
-    x = _uint(jwk, "x", what, size)
-    y = _uint(jwk, "y", what, size)
+    x = _uint(jwk, "x", size)
+    y = _uint(jwk, "y", size)
     # OpenSSL would reduce a coordinate modulo the prime: another spelling of
     # the same point, which would not round-trip and would dodge kid checks.
     for name, value in (("x", x), ("y", y)):
         if value >= prime:
-            raise InvalidKeyMaterial(f"{what}: {name!r} is not a {crv} coordinate")
+            raise InvalidKeyMaterial(f"{name!r} is not a {crv} coordinate")
     try:
         public = ec.EllipticCurvePublicNumbers(x, y, curve()).public_key()
     except ValueError:
-        raise InvalidKeyMaterial(
-            f"{what}: the point ('x', 'y') is not on the curve {crv}"
-        ) from None
+        raise InvalidKeyMaterial(f"the point ('x', 'y') is not on the curve {crv}") from None
     if "d" not in jwk:
         return public, None
-    d = _uint(jwk, "d", what, size)
+    d = _uint(jwk, "d", size)
     try:
         private = _ec_private_key(crv, d)
     except ValueError:
-        raise InvalidKeyMaterial(f"{what}: 'd' is not a {crv} private key") from None
+        raise InvalidKeyMaterial(f"'d' is not a {crv} private key") from None
     if private.public_key().public_numbers() != public.public_numbers():
-        raise InvalidKeyMaterial(f"{what}: 'd' does not match 'x' and 'y'")
+        raise InvalidKeyMaterial("'d' does not match 'x' and 'y'")
     return public, private
 
 
@@ -294,26 +299,24 @@ def _ec_private_key(crv: str, d: int) -> ec.EllipticCurvePrivateKey:
     return ec.derive_private_key(d, CRV[crv][0]())
 
 
-def _uint(jwk: Mapping[str, Any], name: str, what: str, max_bytes: int | None = None) -> int:
+def _uint(jwk: Mapping[str, Any], name: str, max_bytes: int | None = None) -> int:
     """A base64url-encoded unsigned integer member (RFC 7518 §2, Base64urlUInt).
 
     Padding and leading zero octets are tolerated (some producers emit them);
     :func:`encode_jwk` writes the canonical form.
     """
     if name not in jwk:
-        raise InvalidKeyMaterial(f"{what}: {name!r} is missing")
+        raise InvalidKeyMaterial(f"{name!r} is missing")
     value = jwk[name]
     if not isinstance(value, str):
-        raise InvalidKeyMaterial(
-            f"{what}: {name!r} must be a base64url string, got {type(value).__name__}"
-        )
+        raise InvalidKeyMaterial(f"{name!r} must be a base64url string, got {type(value).__name__}")
     data = _b64url_decode(value)
     if data is None:
-        raise InvalidKeyMaterial(f"{what}: {name!r} is not base64url")
+        raise InvalidKeyMaterial(f"{name!r} is not base64url")
     if not data:
-        raise InvalidKeyMaterial(f"{what}: {name!r} is empty")
+        raise InvalidKeyMaterial(f"{name!r} is empty")
     if max_bytes is not None and len(data.lstrip(b"\0")) > max_bytes:
-        raise InvalidKeyMaterial(f"{what}: {name!r} is longer than {max_bytes} bytes")
+        raise InvalidKeyMaterial(f"{name!r} is longer than {max_bytes} bytes")
     return int.from_bytes(data, "big")
 
 
