@@ -2,7 +2,7 @@
 
 The public surface: the host contract (:class:`PluginLoader` and the event
 names in :mod:`omejdn_pg.host.events`), the domain objects the events carry, the
-facade Omejdn's core calls (:class:`Host`), and the package's exceptions.
+service layer Omejdn's core calls (:class:`Host`), and the package's exceptions.
 
 The classes are imported when first used, not with the package: a host that
 imports ``omejdn_pg`` (or ``omejdn-pg --help``) does not pay for SQLAlchemy,

@@ -1,6 +1,6 @@
 """``omejdn-pg``: the operator's command line — the root group, its global options, ``main``.
 
-Every command that touches data goes through the host facade, i.e. through
+Every command that touches data goes through the Host, i.e. through
 Omejdn's storage events, exactly as the server's own writes do; listings read
 through one streamed statement (:mod:`omejdn_pg.postgres.repositories.listing`),
 and ``check`` counts rows. One module per command group

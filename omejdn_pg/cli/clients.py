@@ -1,6 +1,6 @@
 """``omejdn-pg clients``: list, show, add, update, set-attr, rotate-secret, delete, set-cert.
 
-Edits are read-modify-write through the host facade, so a client's metadata
+Edits are read-modify-write through the Host, so a client's metadata
 that a command does not name is saved as it was. ``client_secret`` is masked
 in every view unless ``--show-secrets``; a generated or rotated secret is
 printed once, on stdout, and logged nowhere. ``update -f`` takes a client as
@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING, Any, Final
 import click
 
 from omejdn_pg.cli.context import Group, current
-from omejdn_pg.cli.lists import Source, criteria_from, listing_options, show_listing
+from omejdn_pg.cli.lists import criteria_from, listing_options, show_listing
 from omejdn_pg.cli.output import (
     MASK,
     Column,
     Failure,
     parse_document,
-    parse_json,
     parse_scalar,
     print_document,
     read_text_source,
@@ -30,7 +29,7 @@ from omejdn_pg.cli.output import (
     words,
 )
 from omejdn_pg.cli.prompts import read_password
-from omejdn_pg.cli.records import attribute_text, delete_many, find
+from omejdn_pg.cli.records import add_delete_and_set_attr, attribute_text, find
 from omejdn_pg.client_metadata import AUTH_METHODS
 
 if TYPE_CHECKING:
@@ -97,23 +96,6 @@ def client_columns(values: bool) -> list[Column]:
     return columns
 
 
-def client_source() -> Source[Client]:
-    from omejdn_pg.host import events
-    from omejdn_pg.postgres.repositories import listing
-
-    return Source(
-        noun="clients",
-        group="client",
-        get_all_event=events.CLIENT_GET_ALL,
-        rows=listing.clients,
-        count=listing.count_clients,
-        everyone=lambda host: host.clients.all(),
-        name=lambda client: client.client_id,
-        fields=lambda client: [client.metadata, client.attributes],
-        backend=lambda client: client.backend,
-    )
-
-
 @clients.command("list")
 @listing_options("clients", "Only clients whose metadata field or attribute KEY is VALUE.")
 @show_secrets_option
@@ -125,11 +107,13 @@ def clients_list(
     show_secrets: bool,
 ) -> None:
     """List clients, by client_id, as they are read (client secrets masked; -v: attributes)."""
+    from omejdn_pg.service import listing
+
     cli = current()
     criteria = criteria_from(filters, search, limit, offset)
     show_listing(
         cli,
-        client_source(),
+        listing.client_source(),
         criteria,
         lambda client: client_record(client, show_secrets),
         client_columns(cli.verbose > 0),
@@ -375,34 +359,6 @@ def edit_metadata(client: Client, edits: Mapping[str, Any], unsets: tuple[str, .
     check_auth_method(client.metadata)
 
 
-@clients.command("set-attr")
-@click.argument("client_id")
-@click.argument("key")
-@click.argument("value", required=False)
-@click.option("--json-value", is_flag=True, help="Parse VALUE as JSON (true, 42, [..], {..}).")
-@click.option("--unset", is_flag=True, help="Remove the attribute instead.")
-def clients_set_attr(
-    client_id: str, key: str, value: str | None, json_value: bool, unset: bool
-) -> None:
-    """Set (or --unset) one attribute of a client."""
-    from omejdn_pg.errors import NotFound
-
-    if unset == (value is not None):
-        raise click.UsageError("give either VALUE or --unset")
-    parsed = None if value is None else parse_json(value) if json_value else value
-    host = current().host()
-    with host.batch():
-        client: Client = find(host.clients, "client", client_id)
-        if unset and key not in client.attributes:
-            raise NotFound(f"client {client_id!r} has no attribute {key!r}")
-        if unset:
-            del client.attributes[key]
-        else:
-            client.attributes[key] = parsed
-        host.clients.save(client)
-    click.echo(f"{'removed' if unset else 'set'} attribute {key} of {client_id}")
-
-
 @clients.command("rotate-secret")
 @click.argument("client_id")
 def clients_rotate_secret(client_id: str) -> None:
@@ -430,14 +386,13 @@ def clients_rotate_secret(client_id: str) -> None:
     cli.note(f"rotated the client_secret of {client_id}; it is not shown again")
 
 
-@clients.command("delete")
-@click.argument("client_ids", nargs=-1, required=True, metavar="CLIENT_ID...")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
-def clients_delete(client_ids: tuple[str, ...], yes: bool, dry_run: bool) -> None:
-    """Delete clients, their attributes and certificates, after one confirmation."""
-    cli = current()
-    delete_many(cli, cli.host().clients, "client", client_ids, yes=yes, dry_run=dry_run)
+add_delete_and_set_attr(
+    clients,
+    "client",
+    "CLIENT_ID",
+    lambda host: host.clients,
+    "Delete clients, their attributes and certificates, after one confirmation.",
+)
 
 
 @clients.command("set-cert")

@@ -5,7 +5,7 @@ global options wherever they are given — before the subcommand or after it
 (``omejdn-pg users list --url ...``); a later one wins, ``--config`` adds up.
 Nothing is resolved while options are parsed, so ``--help`` touches no
 database and imports no driver: this module imports click and nothing heavy
-at module level, and the settings, the facade and the embedded server are
+at module level, and the settings, the Host and the embedded server are
 imported when a command first asks for them.
 
 Where the database is, first match wins: ``--url``, ``$OMEJDN_PG_URL``, the
@@ -14,7 +14,7 @@ Where the database is, first match wins: ``--url``, ``$OMEJDN_PG_URL``, the
 demand. A command opens one engine (one :class:`Database`) and builds the
 :class:`Host` over it when it first asks for the host; both are closed with
 the command. A listing asks for the Database alone, so it pays neither for
-the facade nor for what the facade imports (the plugin, the key and password
+the Host nor for what the Host imports (the plugin, the key and password
 libraries). The trade-off: a command that needs no database still pays
 nothing, but one that does pays the driver's import on its first database
 call, not before.

@@ -1,6 +1,6 @@
 """Field-level differences for ``import -v``: which fields of which record an import changes.
 
-The import engine (:mod:`omejdn_pg.cli.transfer`) decides per user, client,
+The import engine (:mod:`omejdn_pg.service.transfer`) decides per user, client,
 section and key target whether it is created, updated or left alone; it does
 not say which fields differ. This module compares the deployment's record
 with the stored one, for display only — the engine's decision stands. A
@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from omejdn_pg.cli.output import compact, json_equal
+from omejdn_pg.cli.output import compact
+from omejdn_pg.service.listing import json_equal
 
 if TYPE_CHECKING:
     from omejdn_pg.entities import Client, User

@@ -1,9 +1,9 @@
 """``omejdn-pg keys``: key sets and their lifecycle — list, generate, import, jwks, rotate,
 activate, retire, delete, maintain, rewrap.
 
-Keys travel as JWK Sets through the host facade, exactly as Omejdn's core
+Keys travel as JWK Sets through the Host, exactly as Omejdn's core
 stores and loads them; the lifecycle (rotate, activate, retire, maintain) and
-sealing (rewrap) are kept in PostgreSQL and reached through the facade's
+sealing (rewrap) are kept in PostgreSQL and reached through the Host's
 lifecycle calls. The key libraries are imported inside the commands, so
 loading this module for ``--help`` costs nothing.
 """

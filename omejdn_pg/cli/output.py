@@ -87,19 +87,6 @@ def words(value: Any) -> str:
     return cell(value)
 
 
-def json_equal(left: Any, right: Any) -> bool:
-    """Equality as jsonb sees it: numbers by value, but ``true`` is not ``1``."""
-    if isinstance(left, bool) or isinstance(right, bool):
-        return isinstance(left, bool) and isinstance(right, bool) and left == right
-    if isinstance(left, int | float) and isinstance(right, int | float):
-        return left == right
-    if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(map(json_equal, left, right))
-    if isinstance(left, dict) and isinstance(right, dict):
-        return left.keys() == right.keys() and all(json_equal(left[k], right[k]) for k in left)
-    return type(left) is type(right) and bool(left == right)
-
-
 # --- whole documents --------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""``omejdn-pg import`` and ``export``: commands over the engine in ``omejdn_pg.cli.transfer``.
+"""``omejdn-pg import`` and ``export``: commands over :mod:`omejdn_pg.service.transfer`.
 
 The engine reads, plans and writes; these commands size its progress bar,
 print its report and, with ``-v``, say which fields of which record change.
@@ -26,9 +26,9 @@ from omejdn_pg.cli.context import CliContext, Command, current
 from omejdn_pg.cli.output import print_document, print_table, printable
 
 if TYPE_CHECKING:
-    from omejdn_pg.cli import transfer
     from omejdn_pg.cli.diff import FieldChange
     from omejdn_pg.passwords import PasswordPolicy
+    from omejdn_pg.service import transfer
     from omejdn_pg.service.host import Host
 
 Diffs = dict[tuple[str, str], list["FieldChange"]]
@@ -96,7 +96,7 @@ def import_progress(cli: CliContext) -> Iterator[Any]:
 def run_import(
     directory: Path, host: Host, policy: PasswordPolicy, dry_run: bool, progress: Any
 ) -> transfer.Report:
-    from omejdn_pg.cli import transfer
+    from omejdn_pg.service import transfer
 
     task = progress.add_task(f"reading {directory}", total=None) if progress else None
 
@@ -115,7 +115,8 @@ def run_import(
 
 def field_diffs(directory: Path, host: Host, policy: PasswordPolicy) -> Diffs:
     """``{(kind, name): field changes}`` of every record of the deployment, against the store."""
-    from omejdn_pg.cli import diff, transfer
+    from omejdn_pg.cli import diff
+    from omejdn_pg.service import transfer
 
     deployment = transfer.read_deployment(directory)
     diffs: Diffs = {}
@@ -180,7 +181,7 @@ def export(directory: Path, force: bool) -> None:
     Safe while the server runs: everything is read in a single REPEATABLE READ
     transaction. Private keys are written with mode 0600.
     """
-    from omejdn_pg.cli import transfer
+    from omejdn_pg.service import transfer
 
     cli = current()
     report = transfer.export_deployment(cli.host(), directory, force=force)

@@ -1,6 +1,6 @@
 """``omejdn-pg users``: list, show, add, update, passwd, set-attr, delete, consent.
 
-Everything goes through the host facade — the same storage events as the
+Everything goes through the Host — the same storage events as the
 server — except the listing's PostgreSQL part, which is streamed by one
 statement (:mod:`omejdn_pg.cli.lists`). A password is never taken from an
 argument and never shown, nor is its hash: views say ``has_password``.
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 import click
 
 from omejdn_pg.cli.context import Group, current
-from omejdn_pg.cli.lists import Source, criteria_from, listing_options, show_listing
+from omejdn_pg.cli.lists import criteria_from, listing_options, show_listing
 from omejdn_pg.cli.output import (
     Column,
     parse_json,
@@ -24,7 +24,7 @@ from omejdn_pg.cli.output import (
     stream,
 )
 from omejdn_pg.cli.prompts import read_password
-from omejdn_pg.cli.records import attribute_text, delete_many, find
+from omejdn_pg.cli.records import add_delete_and_set_attr, attribute_text, find
 
 if TYPE_CHECKING:
     from omejdn_pg.entities import User
@@ -74,23 +74,6 @@ def user_columns(values: bool) -> list[Column]:
     ]
 
 
-def user_source() -> Source[User]:
-    from omejdn_pg.host import events
-    from omejdn_pg.postgres.repositories import listing
-
-    return Source(
-        noun="users",
-        group="user",
-        get_all_event=events.USER_GET_ALL,
-        rows=listing.users,
-        count=listing.count_users,
-        everyone=lambda host: host.users.all(),
-        name=lambda user: user.username,
-        fields=lambda user: [user.attributes],
-        backend=lambda user: user.backend,
-    )
-
-
 @users.command("list")
 @listing_options("users", "Only users whose attribute KEY is VALUE.")
 def users_list(
@@ -100,9 +83,11 @@ def users_list(
 
     The table's count ("3 of 20000 users") goes to stderr.
     """
+    from omejdn_pg.service import listing
+
     cli = current()
     criteria = criteria_from(filters, search, limit, offset)
-    show_listing(cli, user_source(), criteria, user_record, user_columns(cli.verbose > 0))
+    show_listing(cli, listing.user_source(), criteria, user_record, user_columns(cli.verbose > 0))
 
 
 @users.command("show")
@@ -278,37 +263,13 @@ def users_hash_report() -> None:
         )
 
 
-@users.command("delete")
-@click.argument("usernames", nargs=-1, required=True, metavar="USERNAME...")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
-def users_delete(usernames: tuple[str, ...], yes: bool, dry_run: bool) -> None:
-    """Delete users and their attributes, after one confirmation for all of them."""
-    cli = current()
-    delete_many(cli, cli.host().users, "user", usernames, yes=yes, dry_run=dry_run)
-
-
-@users.command("set-attr")
-@click.argument("username")
-@click.argument("key")
-@click.argument("value", required=False)
-@click.option("--json-value", is_flag=True, help="Parse VALUE as JSON (true, 42, [..], {..}).")
-@click.option("--unset", is_flag=True, help="Remove the attribute instead.")
-def users_set_attr(
-    username: str, key: str, value: str | None, json_value: bool, unset: bool
-) -> None:
-    """Set (or --unset) one attribute of a user."""
-    if unset == (value is not None):
-        raise click.UsageError("give either VALUE or --unset")
-    edits: dict[str, Any] = {}
-    if value is not None:
-        edits[key] = parse_json(value) if json_value else value
-    host = current().host()
-    with host.batch():
-        user: User = find(host.users, "user", username)
-        apply_user_edits(user, edits, (key,) if unset else (), None, False)
-        host.users.save(user)
-    click.echo(f"{'removed' if unset else 'set'} attribute {key} of {username}")
+add_delete_and_set_attr(
+    users,
+    "user",
+    "USERNAME",
+    lambda host: host.users,
+    "Delete users and their attributes, after one confirmation for all of them.",
+)
 
 
 # --- consent ---------------------------------------------------------------------------

@@ -20,13 +20,13 @@ import yaml
 
 from omejdn_pg.cli.clients import client_record
 from omejdn_pg.cli.context import CliContext
-from omejdn_pg.cli.lists import json_equal, value_matches
 from omejdn_pg.cli.users import USER_FIELDS, user_record
 from omejdn_pg.entities import Client, User
 from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories import listing
 from omejdn_pg.service.host import Host
+from omejdn_pg.service.listing import json_equal, value_matches
 from omejdn_pg.settings.backend import BackendSettings, PoolSettings
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import CLEAN_ENV, PlainSQL, ok, omejdn_pg

@@ -27,7 +27,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from omejdn_pg import PluginLoader
-from omejdn_pg.cli import transfer
 from omejdn_pg.entities import User
 from omejdn_pg.errors import AlreadyExists, InvalidInput, StorageError
 from omejdn_pg.host import events
@@ -38,7 +37,10 @@ from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.attributes import checked_attributes
 from omejdn_pg.postgres.repositories.users import UserRepository
+from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
+from omejdn_pg.service.transfer import apply as applying
+from omejdn_pg.service.transfer import deployment as deployment_module
 from omejdn_pg.settings.backend import BackendSettings, PasswordSettings
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests.helpers import PROPERTY_SETTINGS, PlainSQL, write_plugins
@@ -216,7 +218,7 @@ def test_every_user_is_checked_once(
 
     values: list[object] = []
     monkeypatch.setattr(UserRepository, "checked", counting)
-    monkeypatch.setattr(transfer, "check_json", lambda value, _field: values.append(value))
+    monkeypatch.setattr(deployment_module, "check_json", lambda value, _field: values.append(value))
 
     transfer.import_deployment(deployment, host)
 
@@ -285,7 +287,7 @@ def test_a_user_stored_meanwhile_makes_the_import_plan_again(
             )
         return plan
 
-    monkeypatch.setattr(transfer, "plan_import", overtaken)
+    monkeypatch.setattr(applying, "plan_import", overtaken)
 
     report = transfer.import_deployment(deployment, host)
 
@@ -309,7 +311,7 @@ def test_a_user_stored_meanwhile_every_time_is_named(
         )
         return plan
 
-    monkeypatch.setattr(transfer, "plan_import", overtaken)
+    monkeypatch.setattr(applying, "plan_import", overtaken)
 
     with pytest.raises(AlreadyExists, match="user 'user00044' exists already"):
         transfer.import_deployment(deployment, host)
@@ -351,7 +353,7 @@ def test_an_import_pauses_the_garbage_collector_only_while_it_imports(
         seen.append(gc.isenabled())
         return plan(*args, **kwargs)
 
-    monkeypatch.setattr(transfer, "plan_import", planning)
+    monkeypatch.setattr(applying, "plan_import", planning)
     assert gc.isenabled()
     transfer.import_deployment(deployment, host)
     assert seen == [False]
@@ -360,7 +362,7 @@ def test_an_import_pauses_the_garbage_collector_only_while_it_imports(
     def failing(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("an import failed")
 
-    monkeypatch.setattr(transfer, "plan_import", failing)
+    monkeypatch.setattr(applying, "plan_import", failing)
     with pytest.raises(RuntimeError):
         transfer.import_deployment(deployment, host)
     assert gc.isenabled()
@@ -381,7 +383,7 @@ def test_a_failure_after_the_users_rolls_back_every_user(
         plan = original(*args, **kwargs)
         return [*plan, transfer.Change("keys", "x/y", transfer.Action.CREATE, fail)]
 
-    monkeypatch.setattr(transfer, "plan_import", failing_plan)
+    monkeypatch.setattr(applying, "plan_import", failing_plan)
     with pytest.raises(StorageError, match="simulated"):
         transfer.import_deployment(deployment, host)
 

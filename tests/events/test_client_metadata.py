@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from omejdn_pg import Client, PluginLoader
-from omejdn_pg.cli import transfer
 from omejdn_pg.client_metadata import metadata_problems
 from omejdn_pg.errors import InvalidValue
 from omejdn_pg.host import events
+from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.connection import ConnectionSettings

@@ -292,7 +292,7 @@ def test_keys_import_generate_and_import_refuse_it(
     tmp_path: Path,
     examples: Path,
 ) -> None:
-    from omejdn_pg.cli import transfer
+    from omejdn_pg.service import transfer
     from omejdn_pg.service.host import Host
     from omejdn_pg.settings.backend import BackendSettings
 

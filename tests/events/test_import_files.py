@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from omejdn_pg.cli import transfer
 from omejdn_pg.errors import InvalidValue
 from omejdn_pg.host.files import reading
 from omejdn_pg.host.files.store import FileStore
+from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.connection import ConnectionSettings

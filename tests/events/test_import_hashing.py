@@ -8,14 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import yaml
 
-from omejdn_pg.cli import transfer
-from omejdn_pg.cli.hashing import WORKERS_ENV, map_passwords, workers
+from omejdn_pg.errors import ConfigurationError
 from omejdn_pg.passwords import PasswordPolicy
+from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
+from omejdn_pg.service.transfer.hashing import WORKERS_ENV, map_passwords, workers
 from omejdn_pg.settings.backend import BackendSettings, PasswordSettings
 from omejdn_pg.settings.connection import ConnectionSettings
 
@@ -78,5 +78,5 @@ def test_the_pool_keeps_the_order_and_its_size_is_checked(
     assert workers() >= 1
     for bad in ("0", "two"):
         monkeypatch.setenv(WORKERS_ENV, bad)
-        with pytest.raises(click.UsageError, match=WORKERS_ENV):
+        with pytest.raises(ConfigurationError, match=WORKERS_ENV):
             workers()

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import yaml
 
-from omejdn_pg.cli import transfer
 from omejdn_pg.entities import KeySet, User
 from omejdn_pg.errors import (
     AlreadyExists,
@@ -30,7 +29,9 @@ from omejdn_pg.errors import (
 from omejdn_pg.host import events
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.passwords import PasswordPolicy
+from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
+from omejdn_pg.service.transfer import apply as applying
 from omejdn_pg.settings.backend import BackendSettings, PasswordSettings
 from omejdn_pg.settings.connection import ConnectionSettings
 
@@ -177,7 +178,7 @@ def test_import_is_all_or_nothing(
 
         return [*plan, transfer.Change("keys", "x/y", transfer.Action.CREATE, fail)]
 
-    monkeypatch.setattr(transfer, "plan_import", failing_plan)
+    monkeypatch.setattr(applying, "plan_import", failing_plan)
     with pytest.raises(StorageError, match="simulated"):
         transfer.import_deployment(examples, host)
 
@@ -391,7 +392,7 @@ def test_a_deployment_written_as_json_is_read_without_the_yaml_parser(tmp_path: 
     users = [{"username": f"u{i}", "attributes": {"n": i, "ok": True}} for i in range(3)]
     (config / "users.yml").write_text("".join(f"- {json.dumps(u)}\n" for u in users))
     code = (
-        "import sys; from pathlib import Path; from omejdn_pg.cli import transfer; "
+        "import sys; from pathlib import Path; from omejdn_pg.service import transfer; "
         f"found = transfer.read_deployment(Path({str(tmp_path)!r})); "
         "print(len(found.users), 'yaml' in sys.modules)"
     )

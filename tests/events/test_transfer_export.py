@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from omejdn_pg.cli import transfer
 from omejdn_pg.errors import InvalidValue, TransferError
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.keys.model import Key, generate_key
+from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
+from omejdn_pg.service.transfer import swap
 from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.connection import ConnectionSettings
 
@@ -144,7 +145,7 @@ def test_force_replaces_a_previous_export_whole(
     stale.write_text("a key deleted from the database since")
     (out / "config" / "gone.yml").write_text("a: 1\n")
     if not exchange:
-        monkeypatch.setattr(transfer, "_exchange", lambda _a, _b: False)
+        monkeypatch.setattr(swap, "exchange", lambda _a, _b: False)
 
     with pytest.raises(TransferError, match="not empty"):
         transfer.export_deployment(imported, out)

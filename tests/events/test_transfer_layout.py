@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from omejdn_pg.cli import transfer
 from omejdn_pg.entities import PrivateKey
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host.files.store import FileStore
@@ -35,6 +34,7 @@ from omejdn_pg.keys.jwk import jwk_thumbprint
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
 from omejdn_pg.sealing import generate_secret, is_sealed
+from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.connection import ConnectionSettings

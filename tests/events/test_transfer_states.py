@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from omejdn_pg.cli import transfer
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.sealing import generate_secret
+from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.connection import ConnectionSettings
@@ -86,7 +86,9 @@ def test_export_warns_once_per_kind_and_import_back_keeps_every_state(
     # older export, or an operator's copy), they stay retired and next.
     for key in host.keys.stored("omejdn", "omejdn"):
         (out / "keys" / "omejdn" / f"omejdn.{key.kid}.key").write_text(key.key_pem() or "")
-    transfer.import_deployment(out, host)
+    # No change either: their private keys are stored, which the import asks of the
+    # Host's lifecycle read, sealed or not (so the backend's keyring opens them).
+    assert transfer.import_deployment(out, host).changed == []
     assert plain_sql.rows(STATES) == before
     signer = host.keys.signing_key()
     assert states[signer.kid] == "active"

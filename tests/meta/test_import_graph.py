@@ -15,8 +15,11 @@ for the type checker alone. The layers, top to bottom:
 7. ``omejdn_pg.host.events`` (and the ``omejdn_pg.host`` package itself)
 8. the vocabulary: every other top-level module (errors, entities, settings, ...)
 
-A module may import its own layer or any layer below it. These tests need no
-database.
+A module may import its own layer or any layer below it. Two arrows the order
+would allow may still not exist, not even for the type checker (:data:`NEVER`):
+``omejdn_pg.host`` imports nothing of ``omejdn_pg.postgres`` (the composition
+root above both wires them), and ``omejdn_pg.cli`` nothing of
+``omejdn_pg.postgres.repositories``. These tests need no database.
 """
 
 from __future__ import annotations
@@ -114,25 +117,26 @@ def is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
-    """Every node, at any depth, except the bodies of ``if TYPE_CHECKING:``."""
+def runtime_nodes(tree: ast.AST, *, typing: bool = False) -> Iterator[ast.AST]:
+    """Every node, at any depth, except (unless ``typing``) the bodies of ``if TYPE_CHECKING:``."""
     stack = [tree]
     while stack:
         node = stack.pop()
         yield node
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and is_type_checking(child.test):
+            if not typing and isinstance(child, ast.If) and is_type_checking(child.test):
                 stack.extend(child.orelse)
                 stack.append(child.test)
             else:
                 stack.append(child)
 
 
-def imports_of(source: str) -> list[Import]:
+def imports_of(source: str, *, typing: bool = False) -> list[Import]:
+    """What ``source`` imports at run time (with ``typing``, for the type checker too)."""
     tree = ast.parse(MODULES[source].read_text(encoding="utf-8"), str(MODULES[source]))
     found: list[Import] = []
     aliases: dict[str, str] = {}
-    for node in runtime_nodes(tree):
+    for node in runtime_nodes(tree, typing=typing):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 target = known(alias.name) if within(alias.name, PACKAGE) else None
@@ -158,7 +162,7 @@ def imports_of(source: str) -> list[Import]:
                     continue
                 private = alias.name if alias.name.startswith("_") else None
                 found.append(Import(source, target, node.lineno, private))
-    for node in runtime_nodes(tree):
+    for node in runtime_nodes(tree, typing=typing):
         if (
             isinstance(node, ast.Attribute)
             and isinstance(node.value, ast.Name)
@@ -272,6 +276,57 @@ def test_no_private_names_of_other_modules() -> None:
     assert not problems, "\n".join(problems)
 
 
+NEVER: list[tuple[str, str, str]] = [
+    (
+        f"{PACKAGE}.host",
+        f"{PACKAGE}.postgres",
+        "Omejdn's side of the contract knows nothing of the backend; "
+        "omejdn_pg.bootstrap wires the two",
+    ),
+    (
+        f"{PACKAGE}.cli",
+        f"{PACKAGE}.postgres.repositories",
+        "the CLI parses, calls omejdn_pg.service (or omejdn_pg.postgres.admin) and prints",
+    ),
+]
+"""``(importer, imported, why)``: arrows the layers would allow, or that only the type
+checker follows, and that still may not exist."""
+
+
+def never(edge: Import) -> str | None:
+    """Why ``edge`` may not exist at all, or None."""
+    for importer, imported, why in NEVER:
+        if within(edge.source, importer) and within(edge.target, imported):
+            return f"{edge.source} imports {edge.target}: {why}"
+    return None
+
+
+def test_no_forbidden_imports_even_for_the_type_checker() -> None:
+    problems = [
+        f"{where(edge)}: {reason}"
+        for name in MODULES
+        for edge in imports_of(name, typing=True)
+        if (reason := never(edge)) is not None
+    ]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "forbidden"),
+    [
+        ("omejdn_pg.host.loader", "omejdn_pg.postgres.plugin", True),
+        ("omejdn_pg.host.files.store", "omejdn_pg.postgres", True),
+        ("omejdn_pg.cli.users", "omejdn_pg.postgres.repositories.listing", True),
+        ("omejdn_pg.cli.users", "omejdn_pg.postgres.repositories", True),
+        ("omejdn_pg.cli.keys", "omejdn_pg.postgres.admin", False),
+        ("omejdn_pg.service.host", "omejdn_pg.postgres.repositories.keys", False),
+        ("omejdn_pg.bootstrap", "omejdn_pg.postgres.plugin", False),
+    ],
+)
+def test_the_never_rule(source: str, target: str, forbidden: bool) -> None:
+    assert (never(Import(source, target, 1)) is not None) is forbidden
+
+
 @pytest.mark.parametrize(
     ("source", "target", "allowed"),
     [
@@ -289,6 +344,11 @@ def test_no_private_names_of_other_modules() -> None:
         ("omejdn_pg.cli.backup", "omejdn_pg.service.backup", True),
         ("omejdn_pg.service.backup", "omejdn_pg.postgres.database", True),
         ("omejdn_pg.service.backup", "omejdn_pg.cli.output", False),
+        ("omejdn_pg.cli.transfer_commands", "omejdn_pg.service.transfer", True),
+        ("omejdn_pg.service.transfer.plan", "omejdn_pg.cli.diff", False),
+        ("omejdn_pg.service.listing", "omejdn_pg.postgres.repositories.listing", True),
+        ("omejdn_pg.postgres.admin", "omejdn_pg.service.host", False),
+        ("omejdn_pg.service.keys", "omejdn_pg.postgres.admin", True),
     ],
 )
 def test_the_layer_rule(source: str, target: str, allowed: bool) -> None:

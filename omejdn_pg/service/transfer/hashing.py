@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeVar
 
-import click
+from omejdn_pg.errors import ConfigurationError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,11 +36,11 @@ def workers() -> int:
         try:
             count = int(configured)
         except ValueError:
-            raise click.UsageError(
+            raise ConfigurationError(
                 f"{WORKERS_ENV} must be a whole number of threads, got {configured!r}"
             ) from None
         if count < 1:
-            raise click.UsageError(f"{WORKERS_ENV} must be at least 1, got {count}")
+            raise ConfigurationError(f"{WORKERS_ENV} must be at least 1, got {count}")
         return count
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -82,7 +82,10 @@ class _Progress:
         self.done += 1
         if time.monotonic() >= self.next:
             self.next = time.monotonic() + PROGRESS_EVERY
-            click.echo(f"\r{self.what}: {self.done:,}/{self.total:,}", err=True, nl=False)
+            self._show(end="")
 
     def finish(self) -> None:
-        click.echo(f"\r{self.what}: {self.done:,}/{self.total:,}", err=True)
+        self._show(end="\n")
+
+    def _show(self, *, end: str) -> None:
+        print(f"\r{self.what}: {self.done:,}/{self.total:,}", end=end, file=sys.stderr, flush=True)
