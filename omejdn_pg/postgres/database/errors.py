@@ -6,8 +6,10 @@ or ``pg_hba.conf`` (a refused login, which waiting will not cure), wait for a
 failover (a server that went away), or raise the pool's size (no free
 connection). :func:`translate` makes that call from the SQLSTATE and the
 message's first line, with the host and database named and the password
-masked; the predicates here (:func:`connection_lost`, :func:`is_unavailable`)
-are what the unit of work's retry rules are written in.
+masked. Every way into the database leaves through one context manager,
+:class:`translating`, so no caller writes its own translate-on-error pair;
+the predicates here (:func:`connection_lost`, :func:`is_unavailable`) are
+what the retry rules inside it are written in.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import getpass
 import os
 import re
+from types import TracebackType
 from typing import Final
 
 import psycopg
@@ -135,3 +138,33 @@ def translate(error: exc.SQLAlchemyError, connection: ConnectionSettings) -> Sto
         )
     reason = first_line(str(original if original is not None else error))
     return StorageError(f"database error at {where}: {connection.scrub(reason)}")
+
+
+class translating:
+    """``with translating(connection):`` a driver error leaves the block as the package's own.
+
+    The one place a SQLAlchemy or psycopg exception becomes a
+    :class:`~omejdn_pg.errors.StorageError` (:func:`translate`), its cause kept
+    as ``__cause__``; anything else passes through unchanged, so a retry loop
+    inside the block decides what to retry and simply re-raises the rest. A
+    class rather than a generator: entering and leaving it costs no generator
+    frame, which the point-read path pays on every read (named in lower case,
+    like :class:`contextlib.suppress`, because it reads as a statement).
+    """
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: ConnectionSettings) -> None:
+        self.connection = connection
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(error, exc.SQLAlchemyError):
+            raise translate(error, self.connection) from error

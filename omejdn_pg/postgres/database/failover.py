@@ -30,14 +30,13 @@ from sqlalchemy import Engine, event, exc
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from omejdn_pg.errors import OmejdnPgError
 from omejdn_pg.postgres.database.errors import (
     CONFIGURATION_CLASSES,
     READ_ONLY_STATE,
     connection_lost,
     is_unavailable,
     sqlstate,
-    translate,
+    translating,
 )
 from omejdn_pg.postgres.database.readpool import node_read_only
 from omejdn_pg.settings.backend import FailoverSettings
@@ -145,16 +144,18 @@ class ReadWait:
     def run(self, attempt: Callable[[], T]) -> T:
         deadline: float | None = None
         pause = READ_BACKOFF_FIRST
-        for number in itertools.count(1):
-            try:
-                result = attempt()
-                self.answered = True
-                return result
-            except exc.DBAPIError as error:
-                if number == 1 and error.connection_invalidated:
-                    log.info("retrying a read on a fresh connection after a disconnect")
-                    continue
-                if self.may_wait(error):
+        with translating(self.connection):
+            for number in itertools.count(1):
+                try:
+                    result = attempt()
+                    self.answered = True
+                    return result
+                except exc.DBAPIError as error:
+                    if number == 1 and error.connection_invalidated:
+                        log.info("retrying a read on a fresh connection after a disconnect")
+                        continue
+                    if not self.may_wait(error):
+                        raise
                     now = time.monotonic()
                     if deadline is None:
                         deadline = now + self.failover.read_wait.total_seconds()
@@ -163,15 +164,10 @@ class ReadWait:
                             self.connection.describe(),
                             self.failover.read_wait,
                         )
-                    if now < deadline:
-                        time.sleep(min(pause * random.uniform(0.5, 1.0), deadline - now))  # noqa: S311
-                        pause = min(READ_BACKOFF_MAX, pause * 2)
-                        continue
-                raise translate(error, self.connection) from error
-            except OmejdnPgError:
-                raise
-            except exc.SQLAlchemyError as error:
-                raise translate(error, self.connection) from error
+                    if now >= deadline:
+                        raise
+                    time.sleep(min(pause * random.uniform(0.5, 1.0), deadline - now))  # noqa: S311
+                    pause = min(READ_BACKOFF_MAX, pause * 2)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def may_wait(self, error: exc.DBAPIError) -> bool:

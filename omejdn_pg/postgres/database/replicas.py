@@ -31,7 +31,7 @@ from typing import Any, Final, TypeVar
 import psycopg
 from sqlalchemy import Connection, Engine, RootTransaction, exc
 
-from omejdn_pg.errors import OmejdnPgError, first_line
+from omejdn_pg.errors import first_line
 from omejdn_pg.postgres.database.engine import behind_pooler, build_engine, connect_arguments
 from omejdn_pg.postgres.database.errors import connection_lost, is_unavailable
 from omejdn_pg.postgres.database.readpool import ReadPool
@@ -198,8 +198,6 @@ class ReplicaRouter:
             with self._lock:
                 self.served[replica.name] = self.served.get(replica.name, 0) + 1
             return [result]
-        except OmejdnPgError:
-            raise
         except exc.SQLAlchemyError as error:
             # Whatever went wrong there, the primary's answer is the authority.
             if isinstance(error, exc.DBAPIError) and (

@@ -44,14 +44,14 @@ from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, RootTransaction, exc
 
-from omejdn_pg.errors import InvalidValue, OmejdnPgError, StorageUnavailable
+from omejdn_pg.errors import InvalidValue, StorageUnavailable
 from omejdn_pg.postgres.database.engine import behind_pooler, build_engine, connect_arguments
 from omejdn_pg.postgres.database.errors import (
     MAX_CONFLICT_RETRIES,
     RETRYABLE_STATES,
     connection_lost,
     sqlstate,
-    translate,
+    translating,
 )
 from omejdn_pg.postgres.database.failover import ReadOnlyGuard, ReadWait
 from omejdn_pg.postgres.database.readpool import DirectReader, ReadPool
@@ -236,7 +236,7 @@ class Database:
             )
             if answered:
                 return answered[0]
-        return self._read_primary(lambda: self._on_connection(self._autocommit, operation))
+        return self.read_wait.run(lambda: self._on_connection(self._autocommit, operation))
 
     def query(self, operation: Callable[[Reader], T], *, on_primary: bool = False) -> T:
         """:meth:`read` for an operation written against a :class:`Reader`: the hot path.
@@ -259,7 +259,7 @@ class Database:
             )
             if answered:
                 return answered[0]
-        return self._read_primary(
+        return self.read_wait.run(
             lambda: self._reading(self.direct_reads, self._autocommit, operation)
         )
 
@@ -298,9 +298,6 @@ class Database:
         with engine.connect() as conn:
             return operation(conn)
 
-    def _read_primary(self, attempt: Callable[[], T]) -> T:
-        return self.read_wait.run(attempt)
-
     def write(self, operation: Callable[[Connection], T]) -> T:
         """Run ``operation`` in one transaction: all of it commits, or none of it.
 
@@ -312,40 +309,48 @@ class Database:
                 return operation(conn)
         reconnected = False
         conflicts = 0
-        while True:
-            committing = False
-            try:
-                with self.engine.connect() as conn:
-                    transaction = conn.begin()
-                    try:
+        with translating(self.connection):
+            while True:
+                try:
+                    with self._transaction() as conn:
                         result = operation(conn)
-                    except BaseException:
-                        if transaction.is_active:
-                            transaction.rollback()
-                        raise
-                    committing = True
-                    self._commit(conn, transaction)
                     self.read_wait.answered = True
                     return result
+                except exc.DBAPIError as error:
+                    if connection_lost(error) and not reconnected:
+                        reconnected = True
+                        log.info("retrying a write on a fresh connection after a disconnect")
+                        continue
+                    if sqlstate(error) in RETRYABLE_STATES and conflicts < MAX_CONFLICT_RETRIES:
+                        conflicts += 1
+                        time.sleep(random.uniform(0.005, 0.02) * 2**conflicts)  # noqa: S311
+                        continue
+                    raise
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """One transaction on a fresh checkout, untranslated: what :meth:`write` retries.
+
+        A connection lost during COMMIT is not retried (the commit may have
+        landed): that is StorageUnavailable saying the outcome is unknown.
+        """
+        with self.engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                if transaction.is_active:
+                    transaction.rollback()
+                raise
+            try:
+                self._commit(conn, transaction)
             except exc.DBAPIError as error:
-                if committing and connection_lost(error):
+                if connection_lost(error):
                     raise StorageUnavailable(
                         f"the connection to {self.connection.describe()} was lost during "
                         "COMMIT: the outcome of the write is unknown; read before retrying"
                     ) from error
-                if not committing and connection_lost(error) and not reconnected:
-                    reconnected = True
-                    log.info("retrying a write on a fresh connection after a disconnect")
-                    continue
-                if sqlstate(error) in RETRYABLE_STATES and conflicts < MAX_CONFLICT_RETRIES:
-                    conflicts += 1
-                    time.sleep(random.uniform(0.005, 0.02) * 2**conflicts)  # noqa: S311
-                    continue
-                raise translate(error, self.connection) from error
-            except OmejdnPgError:
                 raise
-            except exc.SQLAlchemyError as error:
-                raise translate(error, self.connection) from error
 
     def _commit(self, conn: Connection, transaction: RootTransaction) -> None:
         """COMMIT; with replicas, learn the commit's WAL position in the same round trip."""
@@ -363,26 +368,12 @@ class Database:
         Inside :meth:`batch` it is the batch's transaction, committed with the batch.
         """
         batch = self._batch.get()
-        if batch is not None:
-            try:
+        with translating(self.connection):
+            if batch is not None:
                 yield batch
-            except exc.SQLAlchemyError as error:
-                raise translate(error, self.connection) from error
-            return
-        try:
-            with self.engine.connect() as conn:
-                transaction = conn.begin()
-                try:
-                    yield conn
-                except BaseException:
-                    if transaction.is_active:
-                        transaction.rollback()
-                    raise
-                self._commit(conn, transaction)
-        except OmejdnPgError:
-            raise
-        except exc.SQLAlchemyError as error:
-            raise translate(error, self.connection) from error
+                return
+            with self._transaction() as conn:
+                yield conn
 
     @contextmanager
     def batch(self) -> Iterator[Connection]:
@@ -397,10 +388,8 @@ class Database:
                 self._batch.reset(token)
 
     def _in_batch(self, conn: Connection, operation: Callable[[Connection], T]) -> T:
-        try:
+        with translating(self.connection):
             return operation(conn)
-        except exc.SQLAlchemyError as error:
-            raise translate(error, self.connection) from error
 
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:
@@ -410,19 +399,15 @@ class Database:
         """
         if self._batch.get() is not None:
             raise RuntimeError("a snapshot cannot start inside a batch or another snapshot")
-        try:
-            with (
-                self.engine.connect().execution_options(
-                    isolation_level="REPEATABLE READ", postgresql_readonly=True
-                ) as conn,
-                conn.begin(),
-            ):
-                token = self._batch.set(conn)
-                try:
-                    yield conn
-                finally:
-                    self._batch.reset(token)
-        except OmejdnPgError:
-            raise
-        except exc.SQLAlchemyError as error:
-            raise translate(error, self.connection) from error
+        with (
+            translating(self.connection),
+            self.engine.connect().execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            ) as conn,
+            conn.begin(),
+        ):
+            token = self._batch.set(conn)
+            try:
+                yield conn
+            finally:
+                self._batch.reset(token)
