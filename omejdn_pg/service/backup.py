@@ -15,8 +15,9 @@ file's layout, :mod:`omejdn_pg.service.restore` puts it back.
 Reading: one REPEATABLE READ, read-only transaction (``Database.snapshot``),
 so the file is one consistent state while the server keeps writing; each
 table is counted, then streamed with ``row_to_json`` in primary-key order
-(``C`` collation), so the rows are PostgreSQL's own text and the file is the
-same for the same content. Written to a file, it goes to a temporary file of
+(``C`` collation), json values wrapped (``[value]``, so a JSON null is not SQL
+NULL), so the rows are PostgreSQL's own text and the file is the same for the
+same content. Written to a file, it goes to a temporary file of
 mode 0600 beside the target, is synced, and is linked or renamed into place
 only when complete: a reader never finds half a backup under the name.
 """
@@ -39,7 +40,13 @@ from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.config import PROVISIONED, ConfigRepository
 from omejdn_pg.postgres.schema import section_table_name
-from omejdn_pg.service.backup_format import TABLES, BackupWriter, TableDump, section_shape
+from omejdn_pg.service.backup_format import (
+    JSON_TYPES,
+    TABLES,
+    BackupWriter,
+    TableDump,
+    section_shape,
+)
 
 ORDER: Final = {
     "users": ("username",),
@@ -142,12 +149,24 @@ def _dump(conn: Connection, writer: BackupWriter, dump: TableDump, order: list[s
         f"t.{column}" + (' COLLATE "C"' if dump.columns.get(column) == "text" else "")
         for column in order
     )
+    # A json value goes out wrapped, [value], so a JSON null ([null]) is not SQL NULL (null).
+    listed = ", ".join(
+        _wrapped(quote(conn, column), kind) + f" AS {quote(conn, column)}"
+        for column, kind in dump.columns.items()
+    )
     rows = conn.execute(
-        text(f"SELECT row_to_json(t)::text FROM {table} AS t ORDER BY {by}").execution_options(
-            yield_per=CHUNK_ROWS
-        )
+        text(
+            f"SELECT row_to_json(s)::text FROM {table} AS t "
+            f"CROSS JOIN LATERAL (SELECT {listed}) AS s ORDER BY {by}"
+        ).execution_options(yield_per=CHUNK_ROWS)
     ).scalars()
     writer.table(dump, count, rows)
+
+
+def _wrapped(column: str, kind: str) -> str:
+    if kind not in JSON_TYPES:
+        return f"t.{column}"
+    return f"CASE WHEN t.{column} IS NULL THEN NULL ELSE {kind}_build_array(t.{column}) END"
 
 
 def write_backup_file(database: Database, path: Path, *, force: bool = False) -> BackupSummary:

@@ -1,14 +1,14 @@
 """The backup file: a versioned, checksummed JSON Lines document, written and verified.
 
-A backup is UTF-8 text, one JSON value per line (format version 1)::
+A backup is UTF-8 text, one JSON value per line (format version 2)::
 
-    {"format": "omejdn-pg backup", "version": 1, "schema_revision": "0004", "created_at": ...}
+    {"format": "omejdn-pg backup", "version": 2, "schema_revision": "0004", "created_at": ...}
     {"table": "users", "columns": {"username": "text", ...}, "rows": 2}
-    {"username": "alice", "password": "$2a$12$...", "extern": null, "consent": {}}
+    {"username": "alice", "password": "$2a$12$...", "extern": null, "consent": [{}]}
     {"username": "bob", ...}
     {"table": "configuration_omejdn", "section": "omejdn", "columns": {...}, "rows": 3, ...}
     ...
-    {"manifest": {"format": ..., "version": 1, "schema_revision": "0004", "created_at": ...,
+    {"manifest": {"format": ..., "version": 2, "schema_revision": "0004", "created_at": ...,
                   "counts": {"users": 2, ...}, "sha256": "<hex>"}}
 
 The header names the format first, so a reader refuses a file of a newer
@@ -16,10 +16,16 @@ format before it looks at anything else. Each table line gives the table's
 columns (PostgreSQL's own type names) and how many row lines follow; a row
 is the row as PostgreSQL's ``row_to_json`` wrote it, so jsonb values keep
 every digit and text keeps every byte (a sealed private key is the string it
-is in the database). The manifest is the last line: the counts per table and
-the SHA-256 of every byte before it. A file cut short has no manifest, a file
-edited anywhere has another checksum, and both are refused before a single
-row is looked at, let alone written.
+is in the database). A json or jsonb value is wrapped in a one-element array
+(``[null]`` is a JSON null, a bare ``null`` is SQL NULL): JSON alone has one
+null for both, and Omejdn stores JSON nulls (an attribute ``{"nickname": null}``)
+in columns that refuse SQL NULL. Format 1 wrote them bare; it is still read
+where a null is unambiguous (a NOT NULL column: it was a JSON null) and refused
+where it is not (a nullable json column, e.g. another plugin's section).
+The manifest is the last line: the counts per table and the SHA-256 of every
+byte before it. A file cut short has no manifest, a file edited anywhere has
+another checksum, and both are refused before a single row is looked at, let
+alone written.
 
 Why this shape rather than a binary or ``pg_dump`` archive: it can be read,
 diffed and checked with nothing but a text editor and ``sha256sum``
@@ -28,6 +34,9 @@ lines, and its rows are plain JSON that a newer schema can map into its own
 layout (:mod:`omejdn_pg.service.restore`). The price is size — JSON is larger
 than COPY's binary format — and that a reader holds the file in memory to
 verify it whole before trusting it: a few megabytes for ten thousand users.
+
+Over 400 lines on purpose: the file's layout is written and verified in one
+module, so what a writer emits and what a reader accepts cannot drift apart.
 """
 
 from __future__ import annotations
@@ -51,8 +60,10 @@ from omejdn_pg.postgres.schema import (
 from omejdn_pg.sealing import check_sealed, is_sealed
 
 FORMAT: Final = "omejdn-pg backup"
-VERSION: Final = 1
+VERSION: Final = 2
 """The format version this package writes and the newest it reads."""
+WRAPPED_SINCE: Final = 2
+"""The first format version that wraps json values (``[value]``; bare ``null`` is SQL NULL)."""
 TABLES: Final = ("users", "clients", "attributes", "keys")
 """The fixed tables a backup holds, in the order they are written and restored."""
 OWNER_TYPES: Final = ("user", "client")
@@ -60,10 +71,10 @@ SECTION_COLUMN_TYPES: Final = frozenset({"jsonb", "json", "text"})
 """Types a section's ``value``/``item`` column may have: ours (jsonb), the Ruby plugin's (text)."""
 
 _TEXT_TYPES: Final = frozenset({"text"})
-_JSON_TYPES: Final = frozenset({"jsonb", "json"})
+JSON_TYPES: Final = frozenset({"jsonb", "json"})
 _INTEGER_TYPES: Final = frozenset({"integer", "bigint", "smallint"})
 _TIMESTAMP_TYPES: Final = frozenset({"timestamp with time zone"})
-_KNOWN_TYPES: Final = _TEXT_TYPES | _JSON_TYPES | _INTEGER_TYPES | _TIMESTAMP_TYPES
+_KNOWN_TYPES: Final = _TEXT_TYPES | JSON_TYPES | _INTEGER_TYPES | _TIMESTAMP_TYPES
 
 
 @dataclass
@@ -81,6 +92,8 @@ class TableDump:
     """Whether the section's table carries the "provisioned" comment."""
     first_line: int = 0
     """The file's line number of the first row (for messages)."""
+    wrapped: bool = True
+    """Whether json values are wrapped (``[value]``), as from format 2 on."""
 
     def header(self, count: int) -> dict[str, Any]:
         line: dict[str, Any] = {"table": self.name}
@@ -221,7 +234,7 @@ def read_backup(data: bytes, where: str) -> Backup:
     revision = header.get("schema_revision")
     if not isinstance(revision, str) or not revision:
         raise BackupError(f"{where}: line 1: no schema_revision")
-    tables = _tables(data[first_end + 1 : start], where)
+    tables = _tables(data[first_end + 1 : start], where, wrapped=version >= WRAPPED_SINCE)
     sealed: dict[str, int] = {}
     for table in tables:
         for kek in _check_table(table, where):
@@ -251,7 +264,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _tables(body: bytes, where: str) -> list[TableDump]:
+def _tables(body: bytes, where: str, *, wrapped: bool) -> list[TableDump]:
     lines = body.split(b"\n")[:-1] if body else []
     tables: list[TableDump] = []
     seen: set[str] = set()
@@ -275,6 +288,7 @@ def _tables(body: bytes, where: str) -> list[TableDump]:
             )
         dump.rows = [raw.decode() for raw in lines[index + 1 : index + 1 + count]]
         dump.first_line = number + 1
+        dump.wrapped = wrapped
         tables.append(dump)
         index += 1 + count
     return tables
@@ -335,7 +349,11 @@ def _check_table(table: TableDump, where: str) -> list[str]:
     """Every row of ``table`` parses, has exactly the table's columns, and each value
     has its column's type; key rows also hold parseable key material. The ids of the
     key-encryption keys that sealed its private keys, one per sealed key."""
-    known = metadata.tables[table.name].c if table.section is None else None
+    if table.section is None:
+        known = metadata.tables[table.name].c
+        nullable = {column: bool(known[column].nullable) for column in table.columns}
+    else:
+        nullable = section_nullable(table.columns, table.section)
     first = table.first_line
     keys: dict[tuple[str, str, str], dict[str, Any]] = {}
     for offset, text in enumerate(table.rows):
@@ -344,8 +362,11 @@ def _check_table(table: TableDump, where: str) -> list[str]:
         if not isinstance(row, dict) or set(row) != set(table.columns):
             raise BackupError(f"{at}: a row must have exactly the columns {list(table.columns)}")
         for column, kind in table.columns.items():
-            nullable = known[column].nullable if known is not None else column != "key"
-            _check_value(row[column], kind, bool(nullable), f"{at}: {column}")
+            value = row[column]
+            if kind in JSON_TYPES:
+                value = _unwrapped(value, table.wrapped, nullable[column], f"{at}: {column}")
+            _check_value(value, kind, nullable[column], f"{at}: {column}")
+            row[column] = value
         if table.name == "attributes" and row["type"] not in OWNER_TYPES:
             raise BackupError(f"{at}: type {row['type']!r} is not one of {OWNER_TYPES}")
         if table.name == "keys":
@@ -357,10 +378,43 @@ def _check_table(table: TableDump, where: str) -> list[str]:
     return [kek for kek in found if kek is not None]
 
 
+def section_nullable(columns: Mapping[str, str], section: str) -> dict[str, bool]:
+    """``{column: nullable}`` of a section's table: ours (a jsonb mapping or positioned
+    list) refuses NULL values; the Ruby plugin's and other layouts allow them."""
+    shape, kind, positioned = section_shape(columns, f"section {section!r}")
+    ours = kind == "jsonb" and (shape == "dict" or positioned)
+    return {column: column not in ("key", "position") and not ours for column in columns}
+
+
+_NULL: Final = object()
+"""A json column's JSON null, told apart from SQL NULL (``None``) while checking."""
+
+
+def _unwrapped(value: Any, wrapped: bool, nullable: bool, where: str) -> Any:
+    """A json column's value from its row: ``None`` for SQL NULL, ``_NULL`` for JSON null."""
+    if wrapped:
+        if value is None:
+            return None
+        if not isinstance(value, list) or len(value) != 1:
+            raise BackupError(f"{where}: a json value must be wrapped as [value] (or null)")
+        return _NULL if value[0] is None else value[0]
+    if value is None:
+        if nullable:
+            raise BackupError(
+                f"{where}: a format 1 backup cannot tell a JSON null from SQL NULL in this "
+                "nullable column; restore it with the omejdn-pg that wrote it, back the "
+                "source up again with this one, or edit the value (and the checksum)"
+            )
+        return _NULL  # the column refuses SQL NULL: the source held a JSON null
+    return value
+
+
 def _check_value(value: Any, kind: str, nullable: bool, where: str) -> None:
     if value is None:
         if not nullable:
             raise BackupError(f"{where}: may not be null")
+        return
+    if value is _NULL:
         return
     if kind in _TEXT_TYPES:
         ok = isinstance(value, str) and "\x00" not in value

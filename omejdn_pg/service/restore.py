@@ -8,11 +8,12 @@ old content until the commit; the target's schema revision is checked (the
 backup's or a newer one this package knows), the target must be empty unless
 ``replace`` (then everything is deleted and sections the backup lacks are
 dropped), rows go in by ``INSERT … SELECT FROM json_populate_recordset`` of a
-few thousand rows at a time — PostgreSQL converts each value from its own
-text, so nothing passes through Python's floats and a sealed key is the same
-bytes — and every read cache is told that every group changed
-(:func:`~omejdn_pg.postgres.cache.changes.publish_change`). Anything wrong rolls it
-all back. No key-encryption key is involved: nothing is opened.
+few thousand rows at a time (json values unwrapped, a JSON null staying one) —
+PostgreSQL converts each value from its own text, so nothing passes through
+Python's floats and a sealed key is the same bytes — and every read cache is
+told that every group changed
+(:func:`~omejdn_pg.postgres.cache.changes.publish_change`). Anything wrong rolls
+it all back. No key-encryption key is involved: nothing is opened.
 
 A newer target: a column the backup has is restored into the column of that
 name and type; a column the target added since the backup's revision gets
@@ -49,7 +50,13 @@ from omejdn_pg.postgres.schema import (
     section_table_name,
 )
 from omejdn_pg.service.backup import CHUNK_ROWS, ColumnInfo, column_kinds, quote, table_columns
-from omejdn_pg.service.backup_format import TABLES, Backup, TableDump, section_shape
+from omejdn_pg.service.backup_format import (
+    JSON_TYPES,
+    TABLES,
+    Backup,
+    TableDump,
+    section_shape,
+)
 
 RowMapping = Callable[[TableDump], TableDump]
 ROW_MAPPINGS: Final[dict[str, RowMapping]] = {}
@@ -234,7 +241,7 @@ def _restore_table(conn: Connection, dump: TableDump) -> None:
     table = quote(conn, dump.name)
     statement = text(
         f"INSERT INTO {table} ({names}) {'OVERRIDING SYSTEM VALUE ' if overriding else ''}"
-        f"SELECT {', '.join('r.' + c for c in columns)} "
+        f"SELECT {', '.join(_unwrapped(dump, c, target[c]) for c in columns)} "
         f"FROM json_populate_recordset(NULL::{table}, CAST(:rows AS json)) "
         "WITH ORDINALITY AS r ORDER BY r.ordinality"
     )
@@ -251,6 +258,23 @@ def _restore_table(conn: Connection, dump: TableDump) -> None:
                 ),
                 {"table": table, "column": column},
             )
+
+
+def _unwrapped(dump: TableDump, column: str, target: ColumnInfo) -> str:
+    """The select expression of ``column``: a json value as the source held it.
+
+    json_populate_recordset makes a bare JSON null SQL NULL: format 2 wraps a value
+    as ``[value]`` (``-> 0`` unwraps it, ``[null]`` giving a JSON null); format 1
+    wrote it bare, and ``read_backup`` let a null through only where the column
+    refuses SQL NULL, which makes it a JSON null."""
+    kind = dump.columns[column]
+    if kind not in JSON_TYPES:
+        return f"r.{column}"
+    if dump.wrapped:
+        return f"r.{column} -> 0"
+    if target.not_null:
+        return f"COALESCE(r.{column}, 'null'::{kind})"
+    return f"r.{column}"
 
 
 def _prepare_section(conn: Connection, dump: TableDump) -> None:

@@ -103,3 +103,22 @@ def test_a_damaged_file_is_one_error_line_and_nothing_is_written(
     assert PlainSQL(other_database).rows("SELECT * FROM users") == []
     missing = one_error_line(omejdn_pg("--url", target, "restore", str(tmp_path / "nothing")))
     assert "No such file" in missing
+
+
+def test_an_attribute_whose_value_is_null_survives_backup_and_restore(
+    database: ConnectionSettings, other_database: ConnectionSettings, tmp_path: Path
+) -> None:
+    with Host.from_settings(BackendSettings(connection=database)) as host:
+        host.users.add(User(username="alice", attributes={"nickname": None}))
+    file = tmp_path / "omejdn.backup"
+    ok(omejdn_pg("--url", database.conninfo(), "backup", str(file)))
+
+    ok(omejdn_pg("--url", other_database.conninfo(), "restore", str(file)))
+
+    assert PlainSQL(other_database).rows(
+        "SELECT identifier, key, value IS NULL, jsonb_typeof(value) FROM attributes"
+    ) == [("alice", "nickname", False, "null")]
+    with Host.from_settings(BackendSettings(connection=other_database)) as host:
+        found = host.users.find("alice")
+        assert found is not None
+        assert found.attributes == {"nickname": None}

@@ -372,7 +372,7 @@ def users_of(settings: ConnectionSettings) -> list[tuple[Any, ...]]:
         (lambda d: d[: d.rfind(b"\n", 0, len(d) - 1) + 1], "truncated: the last line"),
         (lambda d: d.replace(b"alice", b"alicf", 1), "checksum mismatch"),
         (lambda d: d.replace(b'"sha256": "', b'"sha256": "0', 1), "checksum mismatch"),
-        (lambda d: d.replace(b'"version": 1', b'"version": 2', 1), "format version 2 is newer"),
+        (lambda d: d.replace(b'"version": 2', b'"version": 3', 1), "format version 3 is newer"),
         (lambda d: b"", "empty file"),
         (lambda d: b"PGDMP\x01\x0e", "not an omejdn-pg backup"),
         (
@@ -509,3 +509,163 @@ def test_an_existing_file_is_kept_unless_force(db: Database, tmp_path: Path) -> 
     assert stat.S_IMODE(file.stat().st_mode) == 0o600
     assert read_backup(file.read_bytes(), str(file)).counts()["users"] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jsonl"]
+
+
+# --- JSON null is not SQL NULL -----------------------------------------------------
+
+
+def fire_one(loader: PluginLoader, event: str, **arguments: Any) -> Any:
+    (answer,) = loader.fire(event, **arguments)
+    return answer
+
+
+def test_json_null_values_come_back_as_json_null_and_sql_null_as_sql_null(
+    database: ConnectionSettings, other_database: ConnectionSettings, tmp_path: Path
+) -> None:
+    """Omejdn stores ``{"nickname": null}``: a jsonb null, which a backup must not turn
+    into SQL NULL (a NOT NULL column refuses it) nor an SQL NULL into a jsonb null."""
+    source = PluginLoader.from_files(
+        [write_plugins(tmp_path / "source.yml", database, "false")], base_dir=tmp_path
+    )
+    try:
+        alice = User(username="alice", attributes={"nickname": None, "x": {"y": None}})
+        fire_one(source, events.USER_CREATE, user=alice, user_backend="postgres")
+        app = Client(metadata={"client_id": "app", "logo_uri": None}, attributes={"a": None})
+        fire_one(source, events.CLIENT_CREATE, client=app, client_backend="postgres")
+        fire_one(source, events.CONFIGURATION_STORE, section="omejdn", data={"issuer": None})
+        fire_one(source, events.CONFIGURATION_STORE, section="scopes", data=[None, "a", [None]])
+        before_user = fire_one(source, events.USER_GET, username="alice")
+        before_client = fire_one(source, events.CLIENT_GET, client_id="app")
+    finally:
+        source.close()
+    sql = PlainSQL(database)
+    sql.execute("""UPDATE keys SET params = '{"note": null}'""")
+    # A section of another layout: nullable jsonb, holding both kinds of null.
+    sql.execute("CREATE TABLE configuration_other (item JSONB)")
+    sql.execute("INSERT INTO configuration_other VALUES ('null'), (NULL), ('1')")
+    sql.execute("CREATE TABLE configuration_ruby (key TEXT PRIMARY KEY, value TEXT)")
+    sql.execute("INSERT INTO configuration_ruby VALUES ('gone', NULL), ('null', 'null')")
+    source_db = Database.connect(database)
+    try:
+        out = io.BytesIO()
+        service.backup(source_db, out)
+    finally:
+        source_db.dispose()
+
+    report = restore_into(other_database, out.getvalue())
+
+    assert report.counts["attributes"] == 3
+    target = PlainSQL(other_database)
+    jsonb_nulls = (
+        "SELECT {column} IS NULL, jsonb_typeof({column}), {column}::text FROM {table} "
+        "WHERE {where} ORDER BY 3"
+    )
+    assert target.rows(jsonb_nulls.format(column="value", table="attributes", where="true")) == [
+        (False, "null", "null"),
+        (False, "null", "null"),
+        (False, "object", '{"y": null}'),
+    ]
+    assert target.rows(
+        jsonb_nulls.format(column="value", table="clients", where="key = 'logo_uri'")
+    ) == [(False, "null", "null")]
+    assert target.rows(
+        jsonb_nulls.format(column="value", table="configuration_omejdn", where="true")
+    ) == [(False, "null", "null")]
+    assert target.rows("SELECT item::text FROM configuration_scopes ORDER BY position") == [
+        ("null",),
+        ('"a"',),
+        ("[null]",),
+    ]
+    assert target.rows("SELECT item::text FROM configuration_other ORDER BY ctid") == [
+        ("null",),
+        (None,),
+        ("1",),
+    ]
+    assert target.rows("SELECT key, value FROM configuration_ruby ORDER BY key") == [
+        ("gone", None),
+        ("null", "null"),
+    ]
+    assert {params for (params,) in target.rows("SELECT params::text FROM keys")} <= {
+        '{"note": null}'
+    }
+    restored = PluginLoader.from_files(
+        [write_plugins(tmp_path / "target.yml", other_database, "false")], base_dir=tmp_path
+    )
+    try:
+        assert fire_one(restored, events.USER_GET, username="alice") == before_user
+        assert before_user.attributes == {"nickname": None, "x": {"y": None}}
+        assert fire_one(restored, events.CLIENT_GET, client_id="app") == before_client
+        assert fire_one(restored, events.CONFIGURATION_LOAD, section="scopes", fallback=None) == [
+            None,
+            "a",
+            [None],
+        ]
+    finally:
+        restored.close()
+
+
+def as_format_1(data: bytes) -> bytes:
+    """``data`` (format 2) as format 1 wrote it: json values bare, a checksum to match."""
+    lines = [json.loads(line) for line in data.split(b"\n")[:-1]]
+    header, body, manifest = lines[0], lines[1:-1], lines[-1]
+    header["version"] = manifest["manifest"]["version"] = 1
+    out = [header]
+    index = 0
+    while index < len(body):
+        table = body[index]
+        out.append(table)
+        wrapped = [c for c, kind in table["columns"].items() if kind in ("json", "jsonb")]
+        for row in body[index + 1 : index + 1 + table["rows"]]:
+            out.append({c: v[0] if c in wrapped and v is not None else v for c, v in row.items()})
+        index += 1 + table["rows"]
+    text = "".join(json.dumps(line) + "\n" for line in out).encode()
+    manifest["manifest"]["sha256"] = hashlib.sha256(text).hexdigest()
+    return text + json.dumps(manifest).encode() + b"\n"
+
+
+def test_a_format_1_backup_restores_where_its_nulls_are_unambiguous(
+    db: Database, plain_sql: PlainSQL, other_database: ConnectionSettings
+) -> None:
+    plain_sql.execute("INSERT INTO users (username) VALUES ('alice')")
+    plain_sql.execute("""INSERT INTO attributes VALUES ('user', 'alice', 'nick', 'null')""")
+    plain_sql.execute("""INSERT INTO attributes VALUES ('user', 'alice', 'x', '[1, null]')""")
+    plain_sql.execute("CREATE TABLE configuration_ruby (key TEXT PRIMARY KEY, value TEXT)")
+    plain_sql.execute("INSERT INTO configuration_ruby VALUES ('gone', NULL)")
+    out = io.BytesIO()
+    service.backup(db, out)
+    old = as_format_1(out.getvalue())
+    assert b'"version": 1' in old
+    assert b'"value": null' in old
+
+    restore_into(other_database, old)
+
+    # In a NOT NULL column a format 1 null can only have been a JSON null.
+    assert PlainSQL(other_database).rows(
+        "SELECT key, value IS NULL, value::text FROM attributes ORDER BY key"
+    ) == [("nick", False, "null"), ("x", False, "[1, null]")]
+    assert PlainSQL(other_database).rows("SELECT value FROM configuration_ruby") == [(None,)]
+
+
+def test_a_format_1_null_in_a_nullable_json_column_is_refused_as_ambiguous(
+    db: Database, plain_sql: PlainSQL, other_database: ConnectionSettings
+) -> None:
+    plain_sql.execute("INSERT INTO users (username) VALUES ('alice')")
+    plain_sql.execute("CREATE TABLE configuration_other (item JSONB)")
+    plain_sql.execute("INSERT INTO configuration_other VALUES ('null')")
+    out = io.BytesIO()
+    service.backup(db, out)
+    assert restore_into(other_database, out.getvalue(), dry_run=True).counts["users"] == 1
+
+    with pytest.raises(BackupError, match=r"item: a format 1 backup cannot tell a JSON null"):
+        restore_into(other_database, as_format_1(out.getvalue()))
+    assert users_of(other_database) == []
+
+
+def test_a_json_value_not_wrapped_in_format_2_is_refused(
+    backup_bytes: bytes, other_database: ConnectionSettings
+) -> None:
+    old, bare = b'"value":["a@example.org"]', b'"value":"a@example.org"'
+    damaged = rewritten(backup_bytes, old, bare, checksum=True)
+    with pytest.raises(BackupError, match=r"value: a json value must be wrapped"):
+        restore_into(other_database, damaged)
+    assert users_of(other_database) == []
