@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from omejdn_pg.cli import transfer
 from omejdn_pg.entities import Client, User
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories import listing
 from omejdn_pg.service import backup as service
 from omejdn_pg.service import restore as restoring
+from omejdn_pg.service import transfer
 from omejdn_pg.service.backup_format import read_backup
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings, CacheSettings
@@ -132,8 +132,7 @@ def test_an_import_keeps_the_order_and_a_new_order_is_a_change(
 def test_a_backup_restores_the_order(
     database: ConnectionSettings, other_database: ConnectionSettings
 ) -> None:
-    # Without GIVEN's null: a backup cannot hold an attribute whose value is JSON null.
-    given = {key: value for key, value in GIVEN.items() if value is not None}
+    given = dict(GIVEN)  # its JSON null too
     with Host.from_settings(BackendSettings(connection=database)) as host:
         host.users.add(User(username="alice", attributes=given))
         host.clients.add(Client(metadata={"client_id": "web"}, attributes=dict(REORDERED)))
@@ -154,6 +153,7 @@ def test_a_backup_restores_the_order(
         assert alice is not None
         assert web is not None
         assert list(alice.attributes) == list(given)
+        assert alice.attributes == given
         assert list(web.attributes) == list(REORDERED)
         # A later write by a writer that does not know the column still appends.
     sql = PlainSQL(other_database)
