@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from omejdn_pg.client_metadata import check_client_metadata
 from omejdn_pg.entities import Client, User
-from omejdn_pg.errors import InvalidInput, InvalidSectionName, InvalidValue, TransferError
+from omejdn_pg.errors import InvalidInput, InvalidSectionName, InvalidValue, TransferError, located
 from omejdn_pg.host.files.key_files import KeyFiles
 from omejdn_pg.host.files.store import CLIENT_KEYS, CLIENTS_SECTION, USERS_SECTION, FileStore
 from omejdn_pg.host.files.survey import check_section, ignored_files
@@ -74,10 +74,8 @@ def read_deployment(path: Path) -> Deployment:
     notes = ignored_files(path)
     section_names = []
     for file in sorted(store.config_dir.glob("*.yml")) if store.config_dir.is_dir() else []:
-        try:
+        with located(file, InvalidSectionName):
             section_names.append(validate_section_name(file.stem))
-        except InvalidSectionName as exc:
-            raise InvalidSectionName(f"{file}: {exc}") from exc
     users, user_records = _user_entries(store)
     clients, written_jwks = _clients(store)
     sections: dict[str, Any] = {}
@@ -161,12 +159,10 @@ def _user_entries(store: FileStore) -> tuple[list[Mapping[str, Any]], dict[str, 
             )
         # A user with a hash (or none) is complete already.
         complete = not password or policy.is_hash(password)
-        try:
+        with located(file, InvalidInput):
             user = User.from_dict(
                 item if complete else {k: v for k, v in item.items() if k != "password"}
             )
-        except InvalidInput as exc:
-            raise type(exc)(f"{file}: {exc}") from exc
         if complete:
             user.backend = None
             records[username] = user
@@ -189,11 +185,9 @@ def _clients(store: FileStore) -> tuple[list[Client], dict[str, KeySet]]:
     seen: set[str] = set()
     for index, item in enumerate(_entries(store, CLIENTS_SECTION)):
         where = f"{file}: entry {index + 1}"
-        try:
+        with located(where, InvalidInput):
             client = Client.from_dict(item)
             check_file_name(client.client_id, "client_id")
-        except InvalidInput as exc:
-            raise type(exc)(f"{where}: {exc}") from exc
         if client.client_id in seen:
             raise InvalidValue(f"{where}: client {client.client_id!r} appears twice")
         seen.add(client.client_id)
@@ -219,10 +213,8 @@ def _key_sets(
     groups: dict[Target, KeyFiles] = {}
     for target_type in store.key_types():
         for stored in store.stored_keys(target_type):
-            try:
+            with located(stored.files.shown, InvalidValue):
                 check_file_name(stored.target, "target")
-            except InvalidValue as exc:
-                raise InvalidValue(f"{stored.files.shown}: {exc}") from exc
             if ".yml" in stored.files.suffixes:
                 _check_json(stored.key.params, stored.files.path(".yml"), "descriptor")
             grouped.setdefault((target_type, stored.target), []).append(stored.key)
@@ -240,7 +232,5 @@ def _key_sets(
 
 
 def _check_json(value: object, file: Path, what: str) -> None:
-    try:
+    with located(file, InvalidValue):
         check_json(value, what)
-    except InvalidValue as exc:
-        raise InvalidValue(f"{file}: {exc}") from exc

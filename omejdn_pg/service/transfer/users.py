@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from omejdn_pg.entities import User
-from omejdn_pg.errors import InvalidInput
+from omejdn_pg.errors import InvalidInput, located
 from omejdn_pg.host.files.store import USERS_SECTION
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.postgres.repositories.bulk import Row, UserImport
@@ -131,10 +131,8 @@ def _check_staged(
     """:meth:`UserImport.check`, its refusal naming ``file`` (it names the user and field)."""
     if not users:
         return
-    try:
+    with located(file, InvalidInput):
         bulk.check(users, into)
-    except InvalidInput as exc:
-        raise type(exc)(f"{file}: {exc}") from exc
 
 
 class _Once:
