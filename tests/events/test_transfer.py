@@ -136,7 +136,8 @@ def test_only_differences_are_written(examples: Path, host: Host, plain_sql: Any
     users = yaml.safe_load(users_file.read_text())
     users[1]["attributes"]["department"] = "management"
     users.append({"username": "dave", "password": FAST_POLICY.hash("pw"), "attributes": {}})
-    users_file.write_text(yaml.safe_dump(users))
+    # The file keeps each user's attribute order: order is data (it is stored and answered).
+    users_file.write_text(yaml.safe_dump(users, sort_keys=False))
     webfinger = examples / "config" / "webfinger.yml"
     webfinger.write_text(yaml.safe_dump({"example.org": {}}))
 
