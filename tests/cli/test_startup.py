@@ -156,6 +156,8 @@ NOR_OF_THE_PACKAGE = (
     "omejdn_pg.bootstrap",
     "omejdn_pg.host.loader",
     "omejdn_pg.postgres.plugin",
+    "omejdn_pg.postgres.plugin_core",
+    "omejdn_pg.postgres.handlers",
 )
 """The facade and the plugin: the CLI's own host has PostgreSQL alone, a listing reads it."""
 

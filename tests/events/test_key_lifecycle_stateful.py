@@ -47,7 +47,7 @@ from omejdn_pg import PluginLoader
 from omejdn_pg.host import events
 from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.lifecycle import LifecycleError, TooEarly, is_signer
-from omejdn_pg.postgres.repositories import keys as key_repository
+from omejdn_pg.postgres.repositories import key_mapping
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests.events.test_storage_events import plugin_yaml
@@ -99,7 +99,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.signerless_allowed = False
         self.host_extras: set[str] = set()
         self.host.keys.delete(*TARGET)
-        key_repository._now = lambda: self.now  # KEYS_STORE dates by the machine's clock
+        key_mapping.now = lambda: self.now  # KEYS_STORE dates by the machine's clock
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -338,7 +338,7 @@ def lifecycle_host(database: ConnectionSettings, tmp_path: Path) -> Iterator[Hos
 def test_the_lifecycle_keeps_its_invariants_under_any_schedule(
     lifecycle_host: Host, plain_sql: PlainSQL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(key_repository, "_now", key_repository._now)  # restored afterwards
+    monkeypatch.setattr(key_mapping, "now", key_mapping.now)  # restored afterwards
     Lifecycle.host = lifecycle_host
     Lifecycle.loader = lifecycle_host.loader
     Lifecycle.sql = plain_sql

@@ -69,12 +69,9 @@ from omejdn_pg.postgres.repositories.common import (
     lock_for_update,
     with_documents,
 )
-from omejdn_pg.postgres.repositories.keys import (
-    KEY_COLUMNS,
-    JwksAnswers,
-    KeyRepository,
-    keys_from_rows,
-)
+from omejdn_pg.postgres.repositories.jwks_answers import JwksAnswers
+from omejdn_pg.postgres.repositories.key_mapping import KEY_COLUMNS, keys_from_rows
+from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.postgres.schema import (
     CLIENT_CERTIFICATE_TARGET_TYPE,
     CLIENT_OWNER,
