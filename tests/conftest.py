@@ -7,8 +7,8 @@ created and dropped around it: ``empty_database`` for a bare one (migration
 tests), ``database`` for one at the current schema (cloned from a template
 migrated once per session, so migrating costs nothing per test).
 
-Only fixtures live here; the helpers test modules share (``PlainSQL``, wire
-traces, thread runners, strategies, subprocess runners) are in ``helpers.py``.
+These fixtures serve every folder of tests; a folder's own live in its
+``conftest.py``, and what modules share besides fixtures in ``tests/kits``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from omejdn_pg.errors import OmejdnPgError
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets
-from tests.helpers import PlainSQL as PlainSQL  # also re-exported: modules import it from here
-from tests.helpers import make_examples
+from tests.kits.commands import make_examples
+from tests.kits.witness import PlainSQL
 
 TEST_DSN_ENV = "OMEJDN_PG_TEST_DSN"
 

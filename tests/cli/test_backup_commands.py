@@ -14,7 +14,8 @@ from omejdn_pg.sealing import generate_secret, is_sealed
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
+from tests.kits.commands import ok, omejdn_pg, one_error_line
+from tests.kits.witness import PlainSQL
 from tests.secrets import watch
 
 KEK_ENV = "OMEJDN_PG_TEST_BACKUP_CLI_KEK"

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from tests.cluster.ruby.harness import ruby
-from tests.helpers import REPO, ok, omejdn_pg, one_error_line, python_m
+from tests.kits.commands import REPO, ok, omejdn_pg, one_error_line, python_m
 
 SHIPPED = REPO / "omejdn_pg" / "bridge" / "ruby" / "omejdn_pg.rb"
 

@@ -27,7 +27,7 @@ from omejdn_pg.postgres.database import unit_of_work
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import ok, omejdn_pg, one_error_line
+from tests.kits.commands import ok, omejdn_pg, one_error_line
 
 
 @pytest.fixture

@@ -16,7 +16,9 @@ import bcrypt
 import pytest
 
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import PlainSQL, omejdn_pg, run_together
+from tests.kits.commands import omejdn_pg
+from tests.kits.threads import run_together
+from tests.kits.witness import PlainSQL
 
 PROCESSES = 4
 HASH = bcrypt.hashpw(b"x", bcrypt.gensalt(4)).decode()

@@ -24,7 +24,7 @@ from omejdn_pg import PluginLoader
 from omejdn_pg.errors import ConfigurationError, StorageUnavailable
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets
-from tests.helpers import CLEAN_ENV, ok, omejdn_pg, one_error_line, python_m
+from tests.kits.commands import CLEAN_ENV, ok, omejdn_pg, one_error_line, python_m
 
 DEFAULT_CONNECT_TIMEOUT = 10
 """Seconds, as the README documents (``omejdn_pg.settings.connection.DEFAULT_CONNECT_TIMEOUT``)."""

@@ -16,7 +16,8 @@ import yaml
 
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
+from tests.kits.commands import ok, omejdn_pg, one_error_line
+from tests.kits.witness import PlainSQL
 
 SECRET = "s3cret-client-value"
 

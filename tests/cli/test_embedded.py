@@ -21,13 +21,16 @@ import pytest
 from omejdn_pg.cli import embedded
 from omejdn_pg.errors import OmejdnPgError, StorageUnavailable
 from omejdn_pg.sealing import generate_secret
-from tests import helpers, secrets
-from tests.helpers import ok
+from tests import secrets
+from tests.kits import commands
+from tests.kits.commands import ok
 
 
 def omejdn_pg(*args: str, data: Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the CLI with ``data`` as OMEJDN_PG_DATA, in the folder that holds it."""
-    return helpers.omejdn_pg(*args, input=input, env={"OMEJDN_PG_DATA": str(data)}, cwd=data.parent)
+    return commands.omejdn_pg(
+        *args, input=input, env={"OMEJDN_PG_DATA": str(data)}, cwd=data.parent
+    )
 
 
 @pytest.fixture
@@ -180,7 +183,7 @@ def test_the_server_inherits_no_secret_of_the_cli(data_dir: Path) -> None:
         "PGPASSWORD": password,
         "OMEJDN_PG_SECRET_HINT": f"postgresql://u:{password}@db/x",
     }
-    ok(helpers.omejdn_pg("db", "start", env=env, cwd=data_dir.parent))
+    ok(commands.omejdn_pg("db", "start", env=env, cwd=data_dir.parent))
     status = embedded.status(data_dir)
     assert status.pid is not None
     pids = [status.pid, *children_of(status.pid)]
@@ -192,7 +195,7 @@ def test_the_server_inherits_no_secret_of_the_cli(data_dir: Path) -> None:
         assert "PGPASSWORD" not in environ, pid
         assert "OMEJDN_PG_KEK_TEST" not in environ, pid
     # The CLI's own environment is whole again after the start (it still connects).
-    ok(helpers.omejdn_pg("users", "list", env=env, cwd=data_dir.parent))
+    ok(commands.omejdn_pg("users", "list", env=env, cwd=data_dir.parent))
 
 
 def children_of(pid: int) -> list[int]:

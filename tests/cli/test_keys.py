@@ -9,7 +9,8 @@ import pytest
 
 from omejdn_pg.sealing import generate_secret, sealed_by
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
+from tests.kits.commands import ok, omejdn_pg, one_error_line
+from tests.kits.witness import PlainSQL
 from tests.secrets import watch
 
 OMEJDN_HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"  # "mypassword"

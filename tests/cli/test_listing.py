@@ -29,7 +29,8 @@ from omejdn_pg.service.host import Host
 from omejdn_pg.service.listing import json_equal, value_matches
 from omejdn_pg.settings.backend import BackendSettings, PoolSettings
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import CLEAN_ENV, PlainSQL, ok, omejdn_pg
+from tests.kits.commands import CLEAN_ENV, ok, omejdn_pg
+from tests.kits.witness import PlainSQL
 
 MANY = 20_000
 SEED_USERS = f"""

@@ -26,8 +26,8 @@ import yaml
 from omejdn_pg.postgres import migrate
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets
-from tests.conftest import PlainSQL
-from tests.helpers import CLEAN_ENV, ok, omejdn_pg, one_error_line
+from tests.kits.commands import CLEAN_ENV, ok, omejdn_pg, one_error_line
+from tests.kits.witness import PlainSQL
 
 # --- secrets off the command line --------------------------------------------------------
 

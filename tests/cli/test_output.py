@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import CLEAN_ENV, PlainSQL, ok, omejdn_pg, one_error_line
+from tests.kits.commands import CLEAN_ENV, ok, omejdn_pg, one_error_line
+from tests.kits.witness import PlainSQL
 
 
 @pytest.fixture

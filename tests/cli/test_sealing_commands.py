@@ -18,8 +18,8 @@ from omejdn_pg.errors import ConfigurationError
 from omejdn_pg.sealing import Keyring, LocalKey, generate_secret, row_context
 from omejdn_pg.settings.connection import ConnectionSettings
 from omejdn_pg.settings.validation import parse_backend_section
-from tests.conftest import PlainSQL
-from tests.helpers import ok, omejdn_pg, one_error_line
+from tests.kits.commands import ok, omejdn_pg, one_error_line
+from tests.kits.witness import PlainSQL
 from tests.secrets import watch
 
 KEK = watch(generate_secret())

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import CLEAN_ENV, REPO, PlainSQL
+from tests.kits.commands import CLEAN_ENV, REPO
+from tests.kits.witness import PlainSQL
 
 HEAVY = ("sqlalchemy", "alembic", "cryptography", "rich", "psycopg", "yaml", "passlib")
 """What a command pays for only when it touches data (yaml: when it reads or prints YAML)."""

@@ -15,7 +15,7 @@ import pytest
 from omejdn_pg.errors import ConfigurationError
 from omejdn_pg.postgres import migrate
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import REPO, ok, omejdn_pg, one_error_line, python_m
+from tests.kits.commands import REPO, ok, omejdn_pg, one_error_line, python_m
 
 SECRET = "Pw-7#secret"
 QUOTED = quote(SECRET, safe="")

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets
-from tests.helpers import CLEAN_ENV
+from tests.kits.commands import CLEAN_ENV
 
 PROTOCOL = 1
 
@@ -83,23 +82,6 @@ class BridgeClient:
 
 
 # --- the service as a subprocess -----------------------------------------------------
-
-
-def plugin_file(path: Path, connection: ConnectionSettings, extra: str = "") -> Path:
-    """A plugin file serving every group from ``connection`` (bcrypt cost 5, so a cost-4
-    hash is upgraded at login); ``extra``: more lines of the postgres_backend section
-    (indented by six spaces)."""
-    params = "".join(f"         {k}: '{v}'\n" for k, v in connection.params.items())
-    path.write_text(
-        "plugins:\n"
-        "   postgres_backend:\n"
-        "      connection:\n"
-        f"{params}"
-        "      passwords: {bcrypt_rounds: 5}\n"
-        f"{extra}"
-        "deactivate_defaults: [config, keys, client, user]\n"
-    )
-    return path
 
 
 class Service:

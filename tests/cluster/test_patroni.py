@@ -23,16 +23,15 @@ Marked slow: CI runs it once, on the embedded run, not again on the second serve
 from __future__ import annotations
 
 import datetime
-import functools
 import itertools
 import os
 import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 import pytest
@@ -47,13 +46,14 @@ from omejdn_pg.settings.backend import (
     PoolSettings,
 )
 from tests.cluster.bridge_client import BridgeClient, Service
-from tests.cluster.bridge_client import plugin_file as service_plugin_file
 from tests.cluster.patroni import PatroniCluster, PatroniNode, patroni_or_fail
+from tests.cluster.traffic import Call, Caller, HostCaller, Traffic
+from tests.kits.passwords import OMEJDN_HASH
+from tests.kits.plugins import plugin_file
 
 pytestmark = pytest.mark.slow
 
 APP = "omejdn-patroni-test"
-HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
 UNKNOWN = "outcome of the write is unknown"
 UNCERTAIN = "outcome unknown"
 """How the tallies name a COMMIT whose connection broke: it may have landed, or not."""
@@ -83,115 +83,6 @@ def settings_for(rig: PatroniCluster) -> BackendSettings:
         # Longer than the lease (ttl 10 s): a killed node's reads must not give up first.
         failover=FailoverSettings(read_wait=datetime.timedelta(seconds=20)),
     )
-
-
-@dataclass
-class Call:
-    started: float
-    ended: float
-    error: BaseException | None = None
-    name: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-class Caller(Protocol):
-    """What the traffic fires events through: a host in this process, or a service's socket."""
-
-    def create(self, name: str) -> None: ...
-
-    def find(self, name: str) -> bool: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass
-class HostCaller:
-    host: Host
-
-    def create(self, name: str) -> None:
-        # The backend named, as Omejdn's core names it: no configuration read first.
-        self.host.users.add(User(username=name, password=HASH), BACKEND_NAME)
-
-    def find(self, name: str) -> bool:
-        return self.host.users.find(name) is not None
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass
-class Traffic:
-    """A writer creating users and readers finding them, until stopped; each thread opens
-    its own caller (one host shared by all, or one service connection each)."""
-
-    callers: Callable[[], Caller]
-    prefix: str
-    readers: int = 2
-    stop: threading.Event = field(default_factory=threading.Event)
-    writes: list[Call] = field(default_factory=list)
-    reads: list[Call] = field(default_factory=list)
-    acknowledged: list[str] = field(default_factory=list)
-    stale: list[str] = field(default_factory=list)
-    threads: list[threading.Thread] = field(default_factory=list)
-
-    def __enter__(self) -> Traffic:
-        self.threads = [threading.Thread(target=self._write, daemon=True)]
-        self.threads += [
-            threading.Thread(target=self._read, daemon=True) for _ in range(self.readers)
-        ]
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(60)
-
-    def _write(self) -> None:
-        caller = self.callers()
-        try:
-            for n in range(1_000_000):
-                if self.stop.is_set():
-                    return
-                name = f"{self.prefix}-{n}"
-                call = self._call(functools.partial(caller.create, name))
-                call.name = name
-                self.writes.append(call)
-                if call.ok:
-                    self.acknowledged.append(name)
-                time.sleep(0.01)
-        finally:
-            caller.close()
-
-    def _read(self) -> None:
-        caller = self.callers()
-        try:
-            while not self.stop.is_set():
-                # Read-your-writes: the last create acknowledged must be found.
-                latest = self.acknowledged[-1] if self.acknowledged else None
-
-                def find(latest: str | None = latest) -> None:
-                    assert caller.find("alice")
-                    if latest is not None and not caller.find(latest):
-                        self.stale.append(latest)
-
-                self.reads.append(self._call(find))
-                time.sleep(0.01)
-        finally:
-            caller.close()
-
-    @staticmethod
-    def _call(operation: Callable[[], object]) -> Call:
-        started = time.monotonic()
-        try:
-            operation()
-        except Exception as error:  # every failure a caller would see is recorded
-            return Call(started, time.monotonic(), error)
-        return Call(started, time.monotonic())
 
 
 class PromotionWatch(threading.Thread):
@@ -292,7 +183,7 @@ def run_event(
     prefix = f"{kind}-{time.monotonic_ns()}"
     with Host.from_settings(settings_for(rig)) as host:
         if host.users.find("alice") is None:
-            host.users.add(User(username="alice", password=HASH))
+            host.users.add(User(username="alice", password=OMEJDN_HASH))
         with Traffic(via or (lambda: HostCaller(host)), prefix) as traffic:
             time.sleep(0.5)
             watch = PromotionWatch(rig, old)
@@ -437,7 +328,7 @@ class ServiceCaller:
     client: BridgeClient
 
     def create(self, name: str) -> None:
-        user = {"username": name, "password": HASH, "attributes": {}}
+        user = {"username": name, "password": OMEJDN_HASH, "attributes": {}}
         self.client.call("USER_CREATE", {"user": user, "user_backend": BACKEND_NAME})
 
     def find(self, name: str) -> bool:
@@ -452,8 +343,12 @@ def test_the_storage_service_rides_out_a_crash_of_the_leader(
 ) -> None:
     """The same, through ``omejdn-pg serve``'s socket: the service is never restarted."""
     connection = rig.connection(target_session_attrs="read-write", connect_timeout="2")
-    config = service_plugin_file(
-        tmp_path / "plugins.yml", connection, "      failover: {read_wait: 20s}\n"
+    config = plugin_file(
+        tmp_path / "plugins.yml",
+        connection,
+        bcrypt_rounds=5,
+        backend="      failover: {read_wait: 20s}\n",
+        postgres_by_default=False,
     )
     service = Service(tmp_path / "omejdn-pg.sock", config).wait_ready()
     try:

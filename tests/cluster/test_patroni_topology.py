@@ -44,8 +44,9 @@ from omejdn_pg.settings.backend import (
 )
 from tests.cluster.patroni import PatroniCluster, PatroniNode, patroni_or_fail
 from tests.cluster.rig import Cluster, cluster_or_skip
-from tests.cluster.test_patroni import HASH, HostCaller, Traffic
-from tests.helpers import ok, omejdn_pg
+from tests.cluster.traffic import HostCaller, Traffic
+from tests.kits.commands import ok, omejdn_pg
+from tests.kits.passwords import OMEJDN_HASH
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +104,7 @@ def test_a_member_added_serves_reads_within_a_refresh_and_one_stopped_is_dropped
     with Host.from_settings(settings_for(rig)) as host:
         database = database_of(host)
         if host.users.find("alice") is None:
-            host.users.add(User(username="alice", password=HASH), "postgres")
+            host.users.add(User(username="alice", password=OMEJDN_HASH), "postgres")
         # The replicas are the members Patroni lists as such, none configured.
         assert ports_routed(database) == non_leaders(rig)
         deadline = time.monotonic() + 10
@@ -164,7 +165,7 @@ def test_after_a_switchover_the_old_leader_serves_reads_and_no_write_is_lost(
     with Host.from_settings(settings_for(rig)) as host:
         database = database_of(host)
         if host.users.find("alice") is None:
-            host.users.add(User(username="alice", password=HASH), "postgres")
+            host.users.add(User(username="alice", password=OMEJDN_HASH), "postgres")
         assert old.port not in ports_routed(database)
         with Traffic(lambda: HostCaller(host), prefix) as traffic:
             time.sleep(0.5)

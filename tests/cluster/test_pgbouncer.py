@@ -34,7 +34,7 @@ from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.settings.connection import ConnectionSettings
 from omejdn_pg.settings.validation import parse_backend_section
 from tests.cluster.rig import PgBouncer, compare_latency, latency_line, pgbouncer_or_skip
-from tests.conftest import PlainSQL
+from tests.kits.witness import PlainSQL
 
 HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"  # "mypassword"
 ROUNDS = 7

@@ -33,8 +33,8 @@ from omejdn_pg.settings.backend import TimeoutSettings
 from omejdn_pg.settings.connection import ConnectionSettings
 from omejdn_pg.settings.validation import parse_backend_section
 from tests.cluster.rig import PgBouncer
-from tests.conftest import PlainSQL
-from tests.helpers import ok, omejdn_pg
+from tests.kits.commands import ok, omejdn_pg
+from tests.kits.witness import PlainSQL
 
 HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"  # "mypassword"
 USERS = metadata.tables["users"]

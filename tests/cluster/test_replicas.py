@@ -32,7 +32,7 @@ from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.validation import parse_backend_section
 from tests.cluster.rig import Cluster, cluster_or_skip, compare_latency, latency_line
-from tests.helpers import run_together
+from tests.kits.threads import run_together
 
 APP = "omejdn-replica-test"
 HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"

@@ -20,7 +20,7 @@ import pytest
 from omejdn_pg.postgres import topology
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests.cluster.rig import Cluster, cluster_or_skip
-from tests.helpers import ok, omejdn_pg
+from tests.kits.commands import ok, omejdn_pg
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,10 @@ from typing import Any
 import pytest
 
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.cluster.ruby.harness import (
-    RubyDriver,
-    RubyError,
-    Service,
-    install,
-    omejdn_plugins,
-    plugin_file,
-)
-from tests.helpers import PlainSQL, ok, omejdn_pg
+from tests.cluster.ruby.harness import RubyDriver, RubyError, Service, install, omejdn_plugins
+from tests.kits.commands import ok, omejdn_pg
+from tests.kits.plugins import plugin_file
+from tests.kits.witness import PlainSQL
 
 HASH = "$2b$04$97nGfbT5aTJG0osbDpneLe7ChbV0JL.KlPMKG.wK87UVnGMSmyoeu"  # "right-password"
 RSA_PUBLIC = {
@@ -45,7 +40,15 @@ RSA_PUBLIC = {
 
 @pytest.fixture
 def service(database: ConnectionSettings, tmp_path: Path) -> Iterator[Service]:
-    running = Service(tmp_path / "omejdn-pg.sock", plugin_file(tmp_path / "service.yml", database))
+    running = Service(
+        tmp_path / "omejdn-pg.sock",
+        plugin_file(
+            tmp_path / "service.yml",
+            database,
+            cache="{max_staleness: 0.5}",
+            postgres_by_default=False,
+        ),
+    )
     running.start()
     try:
         yield running
@@ -296,7 +299,9 @@ def test_without_the_services_read_cache_nothing_is_kept_in_ruby(
 ) -> None:
     """A service running with `cache: false` refuses `watch`: the plugin then asks the
     service every time, so another writer's change is seen at once."""
-    config = plugin_file(tmp_path / "service.yml", database).read_text()
+    config = plugin_file(
+        tmp_path / "service.yml", database, cache="{max_staleness: 0.5}", postgres_by_default=False
+    ).read_text()
     (tmp_path / "uncached.yml").write_text(config.replace("{max_staleness: 0.5}", "false"))
     service = Service(tmp_path / "omejdn-pg.sock", tmp_path / "uncached.yml").start()
     try:

@@ -25,15 +25,9 @@ from pathlib import Path
 import pytest
 
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.cluster.ruby.harness import (
-    RubyDriver,
-    RubyError,
-    Service,
-    install,
-    omejdn_plugins,
-    plugin_file,
-)
-from tests.helpers import PlainSQL
+from tests.cluster.ruby.harness import RubyDriver, RubyError, Service, install, omejdn_plugins
+from tests.kits.plugins import plugin_file
+from tests.kits.witness import PlainSQL
 
 HASH = "$2b$04$97nGfbT5aTJG0osbDpneLe7ChbV0JL.KlPMKG.wK87UVnGMSmyoeu"  # "right-password"
 ALICE = {"username": "alice", "password": HASH, "attributes": {}, "backend": "yaml"}
@@ -131,7 +125,9 @@ def test_without_the_service_every_event_raises(tmp_path: Path) -> None:
 @pytest.fixture
 def slow_hashing_service(database: ConnectionSettings, tmp_path: Path) -> Iterator[Service]:
     """A service whose password changes hash at cost 15 (about a second or more)."""
-    config = plugin_file(tmp_path / "service.yml", database).read_text()
+    config = plugin_file(
+        tmp_path / "service.yml", database, cache="{max_staleness: 0.5}", postgres_by_default=False
+    ).read_text()
     config = config.replace("bcrypt_rounds: 4", "bcrypt_rounds: 15")
     (tmp_path / "slow.yml").write_text(config)
     running = Service(tmp_path / "omejdn-pg.sock", tmp_path / "slow.yml").start()
@@ -175,7 +171,12 @@ def test_a_service_killed_mid_call_raises_and_writes_nothing(
 def test_copies_kept_in_ruby_go_with_the_service(
     database: ConnectionSettings, tmp_path: Path
 ) -> None:
-    service = Service(tmp_path / "omejdn-pg.sock", plugin_file(tmp_path / "s.yml", database))
+    service = Service(
+        tmp_path / "omejdn-pg.sock",
+        plugin_file(
+            tmp_path / "s.yml", database, cache="{max_staleness: 0.5}", postgres_by_default=False
+        ),
+    )
     service.start()
     try:
         with driver_for(tmp_path, service.path) as omejdn:
@@ -259,7 +260,12 @@ def test_sixteen_threads_do_not_queue_behind_one_another(tmp_path: Path) -> None
 def test_sixteen_threads_on_the_real_service(
     database: ConnectionSettings, tmp_path: Path, plain_sql: PlainSQL
 ) -> None:
-    service = Service(tmp_path / "omejdn-pg.sock", plugin_file(tmp_path / "s.yml", database))
+    service = Service(
+        tmp_path / "omejdn-pg.sock",
+        plugin_file(
+            tmp_path / "s.yml", database, cache="{max_staleness: 0.5}", postgres_by_default=False
+        ),
+    )
     service.start()
     try:
         with driver_for(tmp_path, service.path) as omejdn:
@@ -299,7 +305,9 @@ def test_a_refused_peer_uid_raises(database: ConnectionSettings, tmp_path: Path)
     nobody = pwd.getpwnam("nobody")
     shared = Path(tempfile.mkdtemp(prefix="omejdn-pg-peer-"))
     shared.chmod(0o755)
-    config = plugin_file(shared / "s.yml", database)
+    config = plugin_file(
+        shared / "s.yml", database, cache="{max_staleness: 0.5}", postgres_by_default=False
+    )
     service = Service(shared / "omejdn-pg.sock", config, "--group", "daemon")
     service.start()
 

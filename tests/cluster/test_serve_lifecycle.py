@@ -26,8 +26,10 @@ from omejdn_pg.postgres.cache.listener import LISTENER_APPLICATION_NAME
 from omejdn_pg.sealing import generate_secret, sealed_by
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets
-from tests.cluster.bridge_client import BridgeClient, BridgeError, Service, plugin_file
-from tests.helpers import PlainSQL, omejdn_pg, one_error_line
+from tests.cluster.bridge_client import BridgeClient, BridgeError, Service
+from tests.kits.commands import omejdn_pg, one_error_line
+from tests.kits.plugins import plugin_file
+from tests.kits.witness import PlainSQL
 
 HASH = "$2b$04$97nGfbT5aTJG0osbDpneLe7ChbV0JL.KlPMKG.wK87UVnGMSmyoeu"  # "right-password"
 SLOW = 1.5
@@ -55,7 +57,13 @@ def socket_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def config(database: ConnectionSettings, tmp_path: Path) -> Path:
-    return plugin_file(tmp_path / "plugins.yml", database, TIMEOUTS)
+    return plugin_file(
+        tmp_path / "plugins.yml",
+        database,
+        bcrypt_rounds=5,
+        backend=TIMEOUTS,
+        postgres_by_default=False,
+    )
 
 
 def start(socket_dir: Path, config: Path, *args: str) -> Service:
@@ -325,7 +333,13 @@ def hears(watcher: BridgeClient, group: str, timeout: float = 3) -> None:
 def test_watch_is_refused_without_a_read_cache(
     database: ConnectionSettings, socket_dir: Path, tmp_path: Path
 ) -> None:
-    config = plugin_file(tmp_path / "plugins.yml", database, "      cache: false\n")
+    config = plugin_file(
+        tmp_path / "plugins.yml",
+        database,
+        bcrypt_rounds=5,
+        cache="false",
+        postgres_by_default=False,
+    )
     service = start(socket_dir, config)
     try:
         with BridgeClient(service.path) as client:
@@ -386,7 +400,13 @@ def test_configured_as_every_command_key_encryption_applies_through_the_socket(
     stored sealed, KEYS_LOAD opens it, and the key-encryption key is never said."""
     kek = secrets.watch(generate_secret())
     extra = "      key_encryption: [{id: kek-1, env: OMEJDN_PG_TEST_KEK}]\n"
-    config = plugin_file(tmp_path / "plugins.yml", database, extra)
+    config = plugin_file(
+        tmp_path / "plugins.yml",
+        database,
+        bcrypt_rounds=5,
+        backend=extra,
+        postgres_by_default=False,
+    )
     env = {"OMEJDN_PLUGINS": str(config), "OMEJDN_PG_TEST_KEK": kek}
     service = Service(socket_dir / "omejdn-pg.sock", None, env=env).wait_ready()
     try:

@@ -12,14 +12,14 @@ from omejdn_pg import PluginLoader
 from omejdn_pg.host import events
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import write_plugins
+from tests.kits.plugins import plugin_file
 
 
 def test_a_subscriber_hears_own_and_foreign_writes_per_group(
     database: ConnectionSettings, tmp_path: Path
 ) -> None:
-    reader_file = write_plugins(tmp_path / "reader.yml", database, "{max_staleness: 0.5}")
-    writer_file = write_plugins(tmp_path / "writer.yml", database, "false")
+    reader_file = plugin_file(tmp_path / "reader.yml", database, cache="{max_staleness: 0.5}")
+    writer_file = plugin_file(tmp_path / "writer.yml", database, cache="false")
     heard: list[frozenset[str] | None] = []
     lock = threading.Lock()
 

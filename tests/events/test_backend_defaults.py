@@ -14,7 +14,8 @@ from omejdn_pg.errors import ConfigurationError
 from omejdn_pg.host import events
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import REPO, PlainSQL
+from tests.kits.commands import REPO
+from tests.kits.witness import PlainSQL
 
 DESIGN = REPO.parent / "shared" / "DESIGN.md"
 SEED_YAML = """\

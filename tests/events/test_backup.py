@@ -44,7 +44,8 @@ from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests.conftest import create_database, drop_database
-from tests.helpers import PlainSQL, write_plugins
+from tests.kits.plugins import plugin_file
+from tests.kits.witness import PlainSQL
 from tests.secrets import watch
 
 KEK_ENV = "OMEJDN_PG_TEST_BACKUP_KEK"
@@ -244,7 +245,7 @@ def test_a_running_servers_cached_answers_follow_a_restore(
     service.backup(db, out)
     backup = read_backup(out.getvalue(), "backup")
 
-    path = write_plugins(tmp_path / "plugins.yml", other_database, "{max_staleness: 0.5}")
+    path = plugin_file(tmp_path / "plugins.yml", other_database, cache="{max_staleness: 0.5}")
     loader = PluginLoader.from_files([path], base_dir=tmp_path)
     try:
         postgres = loader.plugins["postgres_backend"]
@@ -525,7 +526,7 @@ def test_json_null_values_come_back_as_json_null_and_sql_null_as_sql_null(
     """Omejdn stores ``{"nickname": null}``: a jsonb null, which a backup must not turn
     into SQL NULL (a NOT NULL column refuses it) nor an SQL NULL into a jsonb null."""
     source = PluginLoader.from_files(
-        [write_plugins(tmp_path / "source.yml", database, "false")], base_dir=tmp_path
+        [plugin_file(tmp_path / "source.yml", database, cache="false")], base_dir=tmp_path
     )
     try:
         alice = User(username="alice", attributes={"nickname": None, "x": {"y": None}})
@@ -591,7 +592,7 @@ def test_json_null_values_come_back_as_json_null_and_sql_null_as_sql_null(
     ]
     assert target.rows("SELECT params::text FROM keys") == [('{"note": null}',)]
     restored = PluginLoader.from_files(
-        [write_plugins(tmp_path / "target.yml", other_database, "false")], base_dir=tmp_path
+        [plugin_file(tmp_path / "target.yml", other_database, cache="false")], base_dir=tmp_path
     )
     try:
         assert fire_one(restored, events.USER_GET, username="alice") == before_user

@@ -43,7 +43,9 @@ from omejdn_pg.service.transfer import apply as applying
 from omejdn_pg.service.transfer import deployment as deployment_module
 from omejdn_pg.settings.backend import BackendSettings, PasswordSettings
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import PROPERTY_SETTINGS, PlainSQL, write_plugins
+from tests.kits.plugins import plugin_file
+from tests.kits.strategies import PROPERTY_SETTINGS
+from tests.kits.witness import PlainSQL
 
 HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
 OTHER_HASH = bcrypt.hashpw(b"other", bcrypt.gensalt(4)).decode()
@@ -75,12 +77,6 @@ def write_users(directory: Path, users: list[dict[str, Any]]) -> Path:
     config.mkdir(parents=True, exist_ok=True)
     (config / "users.yml").write_text("".join(f"- {json.dumps(u)}\n" for u in users))
     return directory
-
-
-@pytest.fixture
-def host(database: ConnectionSettings) -> Iterator[Host]:
-    with Host.from_settings(BackendSettings(connection=database)) as facade:
-        yield facade
 
 
 @pytest.fixture
@@ -409,7 +405,7 @@ def open_loader(
     opened: list[PluginLoader] = []
 
     def open_(cache: str) -> PluginLoader:
-        path = write_plugins(tmp_path / f"plugins-{len(opened)}.yml", database, cache)
+        path = plugin_file(tmp_path / f"plugins-{len(opened)}.yml", database, cache=cache)
         loader = PluginLoader.from_files([path], base_dir=tmp_path)
         opened.append(loader)
         plugin = loader.plugins["postgres_backend"]

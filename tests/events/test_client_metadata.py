@@ -19,8 +19,9 @@ from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.events.test_storage_events import plugin_yaml
-from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
+from tests.kits.commands import ok, omejdn_pg, one_error_line
+from tests.kits.plugins import plugin_yaml
+from tests.kits.witness import PlainSQL
 
 REPORTED = {
     "client_id": "bad",
@@ -29,14 +30,6 @@ REPORTED = {
     "scope": 42,
 }
 """The three the report found stored, in one client."""
-
-
-@pytest.fixture
-def loader(database: ConnectionSettings, tmp_path: Path) -> Iterator[PluginLoader]:
-    path = tmp_path / "plugins.yml"
-    path.write_text(plugin_yaml(database))
-    with PluginLoader.from_files([path], base_dir=tmp_path) as loaded:
-        yield loaded
 
 
 @pytest.fixture

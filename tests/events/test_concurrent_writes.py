@@ -22,8 +22,10 @@ from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.events.test_storage_events import OMEJDN_HASH, plugin_yaml
-from tests.helpers import PlainSQL, run_together
+from tests.kits.passwords import OMEJDN_HASH
+from tests.kits.plugins import plugin_yaml
+from tests.kits.threads import run_together
+from tests.kits.witness import PlainSQL
 
 THREADS, WRITES = 16, 200
 KEY_POOL = [generate_key("ES256") for _ in range(6)]
@@ -41,7 +43,7 @@ def keys_of(writer: int, seq: int) -> KeySet:
 
 
 @pytest.fixture
-def host(database: ConnectionSettings, tmp_path: Path) -> Iterator[Host]:
+def seeded_host(database: ConnectionSettings, tmp_path: Path) -> Iterator[Host]:
     path = tmp_path / "plugins.yml"
     path.write_text(
         plugin_yaml(database).replace(
@@ -56,14 +58,14 @@ def host(database: ConnectionSettings, tmp_path: Path) -> Iterator[Host]:
 
 @pytest.mark.slow
 def test_sixteen_writers_leave_one_whole_write_of_each_object(
-    host: Host, plain_sql: PlainSQL
+    seeded_host: Host, plain_sql: PlainSQL
 ) -> None:
     def work(writer: int) -> int:
         rng = random.Random(writer)
         for seq in range(WRITES):
             kind = rng.choice(("user", "client", "section", "keys"))
             if kind == "user":
-                host.users.save(
+                seeded_host.users.save(
                     User(
                         username="alice",
                         password=OMEJDN_HASH,
@@ -80,15 +82,15 @@ def test_sixteen_writers_leave_one_whole_write_of_each_object(
                     "seq": seq,
                     "jwks": keys_of(writer, seq).to_jwks(private=False),
                 }
-                host.clients.save(
+                seeded_host.clients.save(
                     Client(
                         metadata=metadata, attributes=attributes_of(writer, seq), backend="postgres"
                     )
                 )
             elif kind == "section":
-                host.config.write("omejdn", attributes_of(writer, seq))
+                seeded_host.config.write("omejdn", attributes_of(writer, seq))
             else:
-                host.keys.store("omejdn", "omejdn", keys_of(writer, seq))
+                seeded_host.keys.store("omejdn", "omejdn", keys_of(writer, seq))
         return writer
 
     results = run_together(THREADS, work)

@@ -7,7 +7,6 @@ import base64
 import json
 import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +26,12 @@ from omejdn_pg.keys.algorithms import MAX_RSA_BITS
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.events.test_storage_events import plugin_yaml
-from tests.helpers import PROPERTY_SETTINGS, PlainSQL, make_chain, omejdn_pg, one_error_line
+from tests.kits.certificates import make_chain
+from tests.kits.commands import omejdn_pg, one_error_line
+from tests.kits.strategies import PROPERTY_SETTINGS
+from tests.kits.witness import PlainSQL
 
 TABLES = ("users", "clients", "attributes", "keys")
-
-
-@pytest.fixture
-def loader(database: ConnectionSettings, tmp_path: Path) -> Iterator[PluginLoader]:
-    path = tmp_path / "plugins.yml"
-    path.write_text(plugin_yaml(database))
-    with PluginLoader.from_files([path], base_dir=tmp_path) as loaded:
-        yield loaded
 
 
 def snapshot(sql: PlainSQL) -> dict[str, Any]:

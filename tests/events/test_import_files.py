@@ -22,10 +22,9 @@ from omejdn_pg.host.files import reading
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.connection import ConnectionSettings
 from omejdn_pg.yamlio import parse_yaml
-from tests.helpers import ok, omejdn_pg, one_error_line
+from tests.kits.commands import ok, omejdn_pg, one_error_line
 
 BOMB = "\n".join(
     [
@@ -37,12 +36,6 @@ BOMB = "\n".join(
     ]
 )
 """Nine lines, 9**9 strings once expanded: what the report's 480-byte omejdn.yml held."""
-
-
-@pytest.fixture
-def host(database: ConnectionSettings) -> Any:
-    with Host.from_settings(BackendSettings(connection=database)) as facade:
-        yield facade
 
 
 @pytest.fixture

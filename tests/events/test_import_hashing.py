@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +15,9 @@ from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
 from omejdn_pg.service.transfer.hashing import WORKERS_ENV, map_passwords, workers
-from omejdn_pg.settings.backend import BackendSettings, PasswordSettings
-from omejdn_pg.settings.connection import ConnectionSettings
+from omejdn_pg.settings.backend import PasswordSettings
 
 USERS = 12
-
-
-@pytest.fixture
-def host(database: ConnectionSettings) -> Iterator[Host]:
-    with Host.from_settings(BackendSettings(connection=database)) as facade:
-        yield facade
 
 
 def test_plaintext_users_are_hashed_on_several_threads_and_all_verify(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,10 @@ from omejdn_pg.host import events
 from omejdn_pg.lifecycle import TooEarly
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.events.test_storage_events import plugin_yaml
-from tests.helpers import PlainSQL, ok, omejdn_pg, one_error_line
+from tests.kits.certificates import self_signed
+from tests.kits.commands import ok, omejdn_pg, one_error_line
+from tests.kits.plugins import plugin_yaml
+from tests.kits.witness import PlainSQL
 
 NOW = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
 HOUR = datetime.timedelta(hours=1)
@@ -101,18 +102,6 @@ def write_config(database: ConnectionSettings, path: Path, lifecycle: str = "") 
     return path
 
 
-@pytest.fixture
-def loader(database: ConnectionSettings, tmp_path: Path) -> Iterator[PluginLoader]:
-    path = write_config(database, tmp_path / "plugins.yml")
-    with PluginLoader.from_files([path], base_dir=tmp_path) as loaded:
-        yield loaded
-
-
-@pytest.fixture
-def host(loader: PluginLoader) -> Host:
-    return Host(loader)
-
-
 def cli(config: Path, *args: str) -> Any:
     return omejdn_pg("--config", str(config), "keys", *args)
 
@@ -136,10 +125,10 @@ def short_lifetimes(host: Host, seconds: int) -> None:
 
 
 def test_an_es256_rotation_of_an_rs256_signer_takes_over_through_the_cli(
-    database: ConnectionSettings, tmp_path: Path, host: Host, loader: PluginLoader
+    database: ConnectionSettings, tmp_path: Path, plugin_host: Host, loader: PluginLoader
 ) -> None:
     config = write_config(database, tmp_path / "cli.yml", "retire_margin: 1s")
-    short_lifetimes(host, 60)
+    short_lifetimes(plugin_host, 60)
     ok(cli(config, "generate", "omejdn", "omejdn"))
     rs256 = signing_jwk(loader)
     assert rs256["alg"] == "RS256"
@@ -167,11 +156,11 @@ def test_an_es256_rotation_of_an_rs256_signer_takes_over_through_the_cli(
 
 
 def test_a_maintain_three_hours_late_keeps_the_old_key_until_its_tokens_expire(
-    host: Host, loader: PluginLoader, plain_sql: PlainSQL
+    plugin_host: Host, loader: PluginLoader, plain_sql: PlainSQL
 ) -> None:
     # Omejdn's defaults: tokens live 1 h, the margin is 1 h, so a retired key stays 2 h.
-    first = host.keys.load("omejdn", "omejdn", create=True)[0]
-    second = host.keys.rotate("omejdn", "omejdn", publish_for=48 * HOUR, now=NOW)
+    first = plugin_host.keys.load("omejdn", "omejdn", create=True)[0]
+    second = plugin_host.keys.rotate("omejdn", "omejdn", publish_for=48 * HOUR, now=NOW)
     # The timer was stopped: nothing ran at 48 h. Tokens signed by the first key
     # until the late run are valid for an hour after it.
     late = NOW + 51 * HOUR
@@ -179,7 +168,7 @@ def test_a_maintain_three_hours_late_keeps_the_old_key_until_its_tokens_expire(
     assert jwk["kid"] == first.kid
     tokens = issue_tokens(jwk)
 
-    changes = host.keys.maintain(now=late)
+    changes = plugin_host.keys.maintain(now=late)
     assert [(c.kid, c.change) for c in changes] == [
         (second.kid, "activated"),
         (first.kid, "retired"),
@@ -190,37 +179,37 @@ def test_a_maintain_three_hours_late_keeps_the_old_key_until_its_tokens_expire(
     )[0]
     assert retired_at == late
     assert destroy_at == late + 2 * HOUR
-    assert host.keys.maintain(now=late + 2 * HOUR - SECOND) == []
+    assert plugin_host.keys.maintain(now=late + 2 * HOUR - SECOND) == []
     assert first.kid in {k["kid"] for k in published_jwks(loader)["keys"]}
-    gone = host.keys.maintain(now=late + 2 * HOUR)
+    gone = plugin_host.keys.maintain(now=late + 2 * HOUR)
     assert [(c.kid, c.change) for c in gone] == [(first.kid, "destroyed")]
 
 
 def test_an_es256_rotation_takes_over_on_a_simulated_clock(
-    host: Host, loader: PluginLoader, plain_sql: PlainSQL
+    plugin_host: Host, loader: PluginLoader, plain_sql: PlainSQL
 ) -> None:
-    first = host.keys.load("omejdn", "omejdn", create=True)[0]
+    first = plugin_host.keys.load("omejdn", "omejdn", create=True)[0]
     assert first.alg == "RS256"
-    second = host.keys.rotate("omejdn", "omejdn", "ES256", publish_for=48 * HOUR, now=NOW)
-    assert host.keys.maintain(now=NOW + 48 * HOUR - SECOND) == []
+    second = plugin_host.keys.rotate("omejdn", "omejdn", "ES256", publish_for=48 * HOUR, now=NOW)
+    assert plugin_host.keys.maintain(now=NOW + 48 * HOUR - SECOND) == []
     assert signing_jwk(loader)["kid"] == first.kid
-    changes = host.keys.maintain(now=NOW + 48 * HOUR)
+    changes = plugin_host.keys.maintain(now=NOW + 48 * HOUR)
     assert [(c.kid, c.change) for c in changes] == [
         (second.kid, "activated"),
         (first.kid, "retired"),
     ]
     assert (signing_jwk(loader)["kid"], signing_jwk(loader)["alg"]) == (second.kid, "ES256")
     assert plain_sql.value("SELECT kid FROM keys WHERE type = 'sk'") == second.kid
-    assert host.keys.maintain(now=NOW + 48 * HOUR) == []
+    assert plugin_host.keys.maintain(now=NOW + 48 * HOUR) == []
 
 
 def test_a_late_maintain_through_the_cli_with_real_windows(
-    database: ConnectionSettings, tmp_path: Path, host: Host, loader: PluginLoader
+    database: ConnectionSettings, tmp_path: Path, plugin_host: Host, loader: PluginLoader
 ) -> None:
     # Tokens live 4 s and the margin is 2 s: a retired key stays 6 s. The rotation is
     # due after 1 s; maintain comes 8 s after that, later than the whole window.
     config = write_config(database, tmp_path / "cli.yml", "retire_margin: 2s")
-    short_lifetimes(host, 4)
+    short_lifetimes(plugin_host, 4)
     ok(cli(config, "generate", "omejdn", "omejdn", "--ec", "P-256"))
     ok(cli(config, "rotate", "omejdn", "omejdn", "--publish-for", "1s"))
     (due,) = [k["activate_at"] for k in listed(config).values() if k["state"] == "next"]
@@ -288,11 +277,11 @@ def test_activate_inside_the_publish_window_is_refused_unless_forced(
 
 
 def test_activate_makes_a_key_of_another_family_the_signer(
-    host: Host, loader: PluginLoader, plain_sql: PlainSQL
+    plugin_host: Host, loader: PluginLoader, plain_sql: PlainSQL
 ) -> None:
-    first = host.keys.load("omejdn", "omejdn", create=True)[0]  # RS256
-    second = host.keys.rotate("omejdn", "omejdn", "ES384", publish_for=HOUR, now=NOW)
-    host.keys.activate("omejdn", "omejdn", second.kid, now=NOW + 2 * HOUR)
+    first = plugin_host.keys.load("omejdn", "omejdn", create=True)[0]  # RS256
+    second = plugin_host.keys.rotate("omejdn", "omejdn", "ES384", publish_for=HOUR, now=NOW)
+    plugin_host.keys.activate("omejdn", "omejdn", second.kid, now=NOW + 2 * HOUR)
     jwk = signing_jwk(loader)
     assert (jwk["kid"], jwk["alg"]) == (second.kid, "ES384")
     assert dict(plain_sql.rows("SELECT kid, state FROM keys")) == {
@@ -301,7 +290,7 @@ def test_activate_makes_a_key_of_another_family_the_signer(
     }
     assert plain_sql.value("SELECT kid FROM keys WHERE type = 'sk'") == second.kid
     # A rollback to the RSA key retires the EC one, dated from the rollback.
-    host.keys.activate("omejdn", "omejdn", first.kid, now=NOW + 3 * HOUR)
+    plugin_host.keys.activate("omejdn", "omejdn", first.kid, now=NOW + 3 * HOUR)
     jwk = signing_jwk(loader)
     assert jwk["kid"] == first.kid
     assert plain_sql.rows(
@@ -310,20 +299,20 @@ def test_activate_makes_a_key_of_another_family_the_signer(
 
 
 def test_two_signers_left_by_earlier_versions_are_repaired_by_maintain(
-    host: Host, loader: PluginLoader, plain_sql: PlainSQL
+    plugin_host: Host, loader: PluginLoader, plain_sql: PlainSQL
 ) -> None:
     # Before the one-signer rule, an ES256 rotation left both keys active.
-    first = host.keys.load("omejdn", "omejdn", create=True)[0]
-    second = host.keys.rotate("omejdn", "omejdn", "ES256", publish_for=HOUR, now=NOW)
+    first = plugin_host.keys.load("omejdn", "omejdn", create=True)[0]
+    second = plugin_host.keys.rotate("omejdn", "omejdn", "ES256", publish_for=HOUR, now=NOW)
     plain_sql.execute(
         "UPDATE keys SET state = 'active', activate_at = %s WHERE kid = %s",
         (NOW + HOUR, second.kid),
     )
-    changes = host.keys.maintain(now=NOW + 2 * HOUR)
+    changes = plugin_host.keys.maintain(now=NOW + 2 * HOUR)
     assert [(c.kid, c.change) for c in changes] == [(first.kid, "retired")]
     jwk = signing_jwk(loader)
     assert jwk["kid"] == second.kid
-    assert host.keys.maintain(now=NOW + 2 * HOUR) == []
+    assert plugin_host.keys.maintain(now=NOW + 2 * HOUR) == []
 
 
 # --- targets and certificates -----------------------------------------------------------
@@ -364,7 +353,7 @@ def test_rotate_activate_retire_refuse_a_target_that_does_not_exist(
 
 
 def test_rotating_a_signer_with_a_chain_gives_the_new_key_one(
-    database: ConnectionSettings, tmp_path: Path, host: Host, loader: PluginLoader
+    database: ConnectionSettings, tmp_path: Path, plugin_host: Host, loader: PluginLoader
 ) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -383,7 +372,7 @@ def test_rotating_a_signer_with_a_chain_gives_the_new_key_one(
     assert "x5c" in published[new]
     cert = x509.load_der_x509_certificate(__import__("base64").b64decode(published[new]["x5c"][0]))
     assert cert.subject.rfc4514_string() == "CN=id.example"
-    assert cert.public_key() == host.keys.stored("omejdn", "omejdn").by_kid(new).public_key  # type: ignore[union-attr]
+    assert cert.public_key() == plugin_host.keys.stored("omejdn", "omejdn").by_kid(new).public_key  # type: ignore[union-attr]
     ok(cli(config, "delete", "--yes", "--", "omejdn", "omejdn", new))
 
     # --no-cert: explicitly none.
@@ -416,11 +405,10 @@ def test_rotating_a_signer_with_a_chain_gives_the_new_key_one(
     assert "--cert needs --key" in one_error_line(usage, code=2)
 
     # An expired chain is refused, as KEYS_STORE refuses it, and nothing is written.
-    from .test_key_sets import certificate
 
     past = datetime.datetime.now(datetime.UTC) - 10 * 24 * HOUR
     cert_file.write_bytes(
-        certificate(private, valid_from=past, days=1).public_bytes(serialization.Encoding.PEM)
+        self_signed(private, valid_from=past, days=1).public_bytes(serialization.Encoding.PEM)
     )
     ok(cli(config, "delete", "--yes", "--", "omejdn", "omejdn", listed_next(config)))
     before = listed(config)
@@ -436,13 +424,13 @@ def listed_next(config: Path) -> str:
     return kid
 
 
-def test_retiring_a_next_key_does_not_skip_its_publish_window(host: Host) -> None:
+def test_retiring_a_next_key_does_not_skip_its_publish_window(plugin_host: Host) -> None:
     # A way around the publish window the state machine looks for: retire the next
     # key, then activate it "as a rollback" while relying parties still lack it.
-    host.keys.load("omejdn", "omejdn", create=True)
-    waiting = host.keys.rotate("omejdn", "omejdn", publish_for=48 * HOUR, now=NOW)
-    host.keys.retire("omejdn", "omejdn", waiting.kid, now=NOW + HOUR)
+    plugin_host.keys.load("omejdn", "omejdn", create=True)
+    waiting = plugin_host.keys.rotate("omejdn", "omejdn", publish_for=48 * HOUR, now=NOW)
+    plugin_host.keys.retire("omejdn", "omejdn", waiting.kid, now=NOW + HOUR)
     with pytest.raises(TooEarly, match="publish window"):
-        host.keys.activate("omejdn", "omejdn", waiting.kid, now=NOW + 2 * HOUR)
-    host.keys.activate("omejdn", "omejdn", waiting.kid, now=NOW + 48 * HOUR)
-    assert host.keys.stored("omejdn", "omejdn")[0].kid == waiting.kid
+        plugin_host.keys.activate("omejdn", "omejdn", waiting.kid, now=NOW + 2 * HOUR)
+    plugin_host.keys.activate("omejdn", "omejdn", waiting.kid, now=NOW + 48 * HOUR)
+    assert plugin_host.keys.stored("omejdn", "omejdn")[0].kid == waiting.kid

@@ -50,8 +50,9 @@ from omejdn_pg.lifecycle import LifecycleError, TooEarly, is_signer
 from omejdn_pg.postgres.repositories import key_mapping
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.events.test_storage_events import plugin_yaml
-from tests.helpers import PlainSQL, run_together
+from tests.kits.plugins import plugin_yaml
+from tests.kits.threads import run_together
+from tests.kits.witness import PlainSQL
 
 T = TypeVar("T")
 EXAMPLES = int(os.environ.get("OMEJDN_PG_LIFECYCLE_EXAMPLES", "10"))

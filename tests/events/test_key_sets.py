@@ -11,15 +11,13 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from omejdn_pg import Client, PluginLoader
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue, MigrationError
@@ -31,47 +29,13 @@ from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.events.test_storage_events import plugin_yaml
-from tests.helpers import PlainSQL, run_together
+from tests.kits.certificates import self_signed
+from tests.kits.plugins import plugin_yaml
+from tests.kits.threads import run_together
+from tests.kits.witness import PlainSQL
 
 NOW = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
 HOUR = datetime.timedelta(hours=1)
-
-
-@pytest.fixture
-def loader(database: ConnectionSettings, tmp_path: Path) -> Iterator[PluginLoader]:
-    path = tmp_path / "plugins.yml"
-    path.write_text(plugin_yaml(database))
-    with PluginLoader.from_files([path], base_dir=tmp_path) as loaded:
-        yield loaded
-
-
-@pytest.fixture
-def host(loader: PluginLoader) -> Host:
-    return Host(loader)
-
-
-def certificate(
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
-    *,
-    valid_from: datetime.datetime | None = None,
-    days: int = 30,
-    key_usage: x509.KeyUsage | None = None,
-) -> x509.Certificate:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "omejdn")])
-    start = valid_from or datetime.datetime.now(datetime.UTC) - HOUR
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=days))
-    )
-    if key_usage is not None:
-        builder = builder.add_extension(key_usage, critical=True)
-    return builder.sign(key, hashes.SHA256())
 
 
 def private_key(kind: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
@@ -109,7 +73,7 @@ def test_a_three_key_set_with_custom_descriptors_round_trips(
                 **jwk_of(keys[2], kid="with-chain"),
                 "x5c": [
                     __import__("base64")
-                    .b64encode(certificate(keys[2]).public_bytes(serialization.Encoding.DER))
+                    .b64encode(self_signed(keys[2]).public_bytes(serialization.Encoding.DER))
                     .decode()
                 ],
             },
@@ -165,20 +129,22 @@ def test_an_empty_set_deletes_and_nothing_stored_loads_as_none(
     assert plain_sql.value("SELECT count(*) FROM keys") == 0
 
 
-def test_the_host_creates_one_rs256_key_on_first_load(host: Host, plain_sql: PlainSQL) -> None:
-    keys = host.keys.load("omejdn", "omejdn", create=True)
+def test_the_host_creates_one_rs256_key_on_first_load(
+    plugin_host: Host, plain_sql: PlainSQL
+) -> None:
+    keys = plugin_host.keys.load("omejdn", "omejdn", create=True)
     assert [(key.alg, key.use, key.is_private) for key in keys] == [("RS256", "sig", True)]
     assert plain_sql.rows("SELECT kid, type FROM keys") == [(keys[0].kid, "sk")]
-    again = host.keys.load("omejdn", "omejdn", create=True)
+    again = plugin_host.keys.load("omejdn", "omejdn", create=True)
     assert [key.kid for key in again] == [keys[0].kid]
     assert plain_sql.value("SELECT count(*) FROM keys") == 1
 
 
 def test_a_loaded_set_stored_back_without_private_members_keeps_them(
-    host: Host, loader: PluginLoader, plain_sql: PlainSQL
+    plugin_host: Host, loader: PluginLoader, plain_sql: PlainSQL
 ) -> None:
-    host.keys.load("omejdn", "omejdn", create=True)
-    nxt = host.keys.rotate("omejdn", "omejdn", now=NOW)
+    plugin_host.keys.load("omejdn", "omejdn", create=True)
+    nxt = plugin_host.keys.rotate("omejdn", "omejdn", now=NOW)
     (answer,) = loader.fire(events.KEYS_LOAD, target_type="omejdn", target="omejdn")
     assert "d" in answer["keys"][0]
     assert "d" not in answer["keys"][1]  # next keys come without private members
@@ -188,13 +154,13 @@ def test_a_loaded_set_stored_back_without_private_members_keeps_them(
     loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks=answer)
 
     assert plain_sql.rows("SELECT kid, type, value, state FROM keys ORDER BY kid, type") == before
-    stored = host.keys.stored("omejdn", "omejdn")
+    stored = plugin_host.keys.stored("omejdn", "omejdn")
     assert stored.by_kid(nxt.kid).is_private  # type: ignore[union-attr]
     assert stored.by_kid(nxt.kid).state == "next"  # type: ignore[union-attr]
 
 
 def test_rows_written_by_the_ruby_plugin_read_as_one_active_key(
-    host: Host, plain_sql: PlainSQL
+    plugin_host: Host, plain_sql: PlainSQL
 ) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pkcs1 = key.private_bytes(
@@ -202,7 +168,7 @@ def test_rows_written_by_the_ruby_plugin_read_as_one_active_key(
         serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption(),
     ).decode()
-    chain = certificate(key).public_bytes(serialization.Encoding.PEM).decode()
+    chain = self_signed(key).public_bytes(serialization.Encoding.PEM).decode()
     # Exactly what the Ruby plugin's store_key sends.
     plain_sql.execute(
         "INSERT INTO keys(target_type,target,type,value) VALUES ('omejdn','omejdn','sk',%s)",
@@ -212,12 +178,12 @@ def test_rows_written_by_the_ruby_plugin_read_as_one_active_key(
         "INSERT INTO keys(target_type,target,type,value) VALUES ('omejdn','omejdn','certs',%s)",
         (chain,),
     )
-    (loaded,) = host.keys.load("omejdn", "omejdn")
+    (loaded,) = plugin_host.keys.load("omejdn", "omejdn")
     assert loaded.state == "active"
     assert loaded.private_key is not None
     assert loaded.private_key.private_numbers() == key.private_numbers()
     assert loaded.certificates[0] == certificate_from(chain)
-    assert host.keys.signing_key().kid == loaded.kid
+    assert plugin_host.keys.signing_key().kid == loaded.kid
 
 
 def certificate_from(pem: str) -> x509.Certificate:
@@ -225,22 +191,22 @@ def certificate_from(pem: str) -> x509.Certificate:
 
 
 def test_load_all_is_every_key_of_the_type_without_private_members(
-    host: Host, loader: PluginLoader
+    plugin_host: Host, loader: PluginLoader
 ) -> None:
-    host.keys.store("omejdn", "omejdn", [generate_key("RS256"), generate_key("ES256")])
-    host.keys.store("omejdn", "other", [generate_key("ES384")])
-    host.keys.store("clients", "portal", [generate_key("ES256")])
+    plugin_host.keys.store("omejdn", "omejdn", [generate_key("RS256"), generate_key("ES256")])
+    plugin_host.keys.store("omejdn", "other", [generate_key("ES384")])
+    plugin_host.keys.store("clients", "portal", [generate_key("ES256")])
     (answer,) = loader.fire(events.KEYS_LOAD_ALL, target_type="omejdn")
     assert len(answer["keys"]) == 3
     assert all("d" not in jwk and "p" not in jwk for jwk in answer["keys"])
-    assert host.keys.jwks("omejdn") == answer
+    assert plugin_host.keys.jwks("omejdn") == answer
 
 
 def test_a_new_key_with_an_expired_certificate_is_refused(
     loader: PluginLoader, plain_sql: PlainSQL
 ) -> None:
     key = private_key("P-256")
-    old = certificate(key, valid_from=NOW - datetime.timedelta(days=400), days=30)
+    old = self_signed(key, valid_from=NOW - datetime.timedelta(days=400), days=30)
     jwk = Key(key.public_key(), key, [old]).to_jwk()
     with pytest.raises(InvalidKeyMaterial, match=r"keys omejdn/omejdn: key .*expired"):
         loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks={"keys": [jwk]})
@@ -253,7 +219,7 @@ def test_a_client_key_with_an_expired_certificate_is_stored_with_a_warning(
     # Omejdn's admin API answers 500 if the store refuses a client's registration;
     # the relying party verifies its own client's assertion, so the key is kept.
     key = private_key("P-256")
-    old = certificate(key, valid_from=datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC), days=30)
+    old = self_signed(key, valid_from=datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC), days=30)
     jwk = Key(key.public_key(), None, [old]).to_jwk()
     with caplog.at_level("WARNING", logger="omejdn_pg"):
         loader.fire(events.KEYS_STORE, target_type="clients", target="portal", jwks={"keys": [jwk]})
@@ -282,7 +248,7 @@ def test_a_certificate_that_forbids_signing_gives_use_enc(loader: PluginLoader) 
         encipher_only=False,
         decipher_only=False,
     )
-    jwk = Key(key.public_key(), key, [certificate(key, key_usage=usage)]).to_jwk()
+    jwk = Key(key.public_key(), key, [self_signed(key, key_usage=usage)]).to_jwk()
     loader.fire(events.KEYS_STORE, target_type="omejdn", target="enc", jwks={"keys": [jwk]})
     (answer,) = loader.fire(events.KEYS_LOAD, target_type="omejdn", target="enc")
     assert answer["keys"][0]["use"] == "enc"
@@ -385,9 +351,9 @@ def published(host: Host) -> list[str]:
 
 
 def test_a_rotation_publishes_first_signs_later_and_retires_after_its_window(
-    host: Host, loader: PluginLoader, plain_sql: PlainSQL
+    plugin_host: Host, loader: PluginLoader, plain_sql: PlainSQL
 ) -> None:
-    host.config.write(
+    plugin_host.config.write(
         "omejdn",
         {
             "issuer": "https://id.example",
@@ -395,62 +361,67 @@ def test_a_rotation_publishes_first_signs_later_and_retires_after_its_window(
             "id_token": {"expiration": 300},
         },
     )
-    first = host.keys.load("omejdn", "omejdn", create=True)[0]
+    first = plugin_host.keys.load("omejdn", "omejdn", create=True)[0]
     assert signing_kid(loader) == first.kid
-    assert published(host) == [first.kid]
+    assert published(plugin_host) == [first.kid]
 
-    second = host.keys.rotate("omejdn", "omejdn", publish_for=48 * HOUR, now=NOW)
+    second = plugin_host.keys.rotate("omejdn", "omejdn", publish_for=48 * HOUR, now=NOW)
     assert second.state == "next"
     assert signing_kid(loader) == first.kid  # published, not yet signing
-    assert sorted(published(host)) == sorted([first.kid, second.kid])
+    assert sorted(published(plugin_host)) == sorted([first.kid, second.kid])
     with pytest.raises(LifecycleError, match="already waiting"):
-        host.keys.rotate("omejdn", "omejdn", now=NOW)
+        plugin_host.keys.rotate("omejdn", "omejdn", now=NOW)
 
-    assert host.keys.maintain(now=NOW + 47 * HOUR) == []
+    assert plugin_host.keys.maintain(now=NOW + 47 * HOUR) == []
     assert signing_kid(loader) == first.kid
 
-    changes = host.keys.maintain(now=NOW + 49 * HOUR)
+    changes = plugin_host.keys.maintain(now=NOW + 49 * HOUR)
     assert [(c.kid, c.change) for c in changes] == [
         (second.kid, "activated"),
         (first.kid, "retired"),
     ]
     assert signing_kid(loader) == second.kid
-    assert sorted(published(host)) == sorted([first.kid, second.kid])  # retired, still published
+    assert sorted(published(plugin_host)) == sorted(
+        [first.kid, second.kid]
+    )  # retired, still published
     states = dict(plain_sql.rows("SELECT kid, state FROM keys"))
     assert states == {first.kid: "retired", second.kid: "active"}
     # The signing key is the one Ruby's plugin reads (type sk).
     assert plain_sql.value("SELECT kid FROM keys WHERE type = 'sk'") == second.kid
 
     # Retired for the longest token lifetime (600 s) plus the margin (1 h), from activation.
-    window = host.keys.retirement_window()
+    window = plugin_host.keys.retirement_window()
     assert window == datetime.timedelta(seconds=600) + HOUR
     # The window starts when the run retired it (49 h), not when it was due (48 h).
-    assert host.keys.maintain(now=NOW + 49 * HOUR + window - datetime.timedelta(seconds=1)) == []
-    assert first.kid in published(host)
-    changes = host.keys.maintain(now=NOW + 49 * HOUR + window)
+    assert (
+        plugin_host.keys.maintain(now=NOW + 49 * HOUR + window - datetime.timedelta(seconds=1))
+        == []
+    )
+    assert first.kid in published(plugin_host)
+    changes = plugin_host.keys.maintain(now=NOW + 49 * HOUR + window)
     assert [(c.kid, c.change) for c in changes] == [(first.kid, "destroyed")]
-    assert published(host) == [second.kid]
+    assert published(plugin_host) == [second.kid]
     assert signing_kid(loader) == second.kid
-    assert host.keys.maintain(now=NOW + 100 * HOUR) == []  # idempotent
+    assert plugin_host.keys.maintain(now=NOW + 100 * HOUR) == []  # idempotent
 
 
-def test_activate_retire_and_delete_by_hand(host: Host, loader: PluginLoader) -> None:
-    first = host.keys.load("omejdn", "omejdn", create=True)[0]
+def test_activate_retire_and_delete_by_hand(plugin_host: Host, loader: PluginLoader) -> None:
+    first = plugin_host.keys.load("omejdn", "omejdn", create=True)[0]
     with pytest.raises(LifecycleError, match="only active signing key"):
-        host.keys.retire("omejdn", "omejdn", first.kid, now=NOW)
-    second = host.keys.rotate("omejdn", "omejdn", now=NOW)
+        plugin_host.keys.retire("omejdn", "omejdn", first.kid, now=NOW)
+    second = plugin_host.keys.rotate("omejdn", "omejdn", now=NOW)
     with pytest.raises(LifecycleError, match="publish window"):
-        host.keys.activate("omejdn", "omejdn", second.kid, now=NOW)
-    host.keys.activate("omejdn", "omejdn", second.kid, now=NOW, force=True)
+        plugin_host.keys.activate("omejdn", "omejdn", second.kid, now=NOW)
+    plugin_host.keys.activate("omejdn", "omejdn", second.kid, now=NOW, force=True)
     assert signing_kid(loader) == second.kid
-    keys = host.keys.stored("omejdn", "omejdn")
+    keys = plugin_host.keys.stored("omejdn", "omejdn")
     assert [(k.kid, k.state) for k in keys] == [(second.kid, "active"), (first.kid, "retired")]
-    host.keys.activate("omejdn", "omejdn", first.kid, now=NOW)  # a rollback
+    plugin_host.keys.activate("omejdn", "omejdn", first.kid, now=NOW)  # a rollback
     assert signing_kid(loader) == first.kid
-    host.keys.delete("omejdn", "omejdn", second.kid)
-    assert published(host) == [first.kid]
+    plugin_host.keys.delete("omejdn", "omejdn", second.kid)
+    assert published(plugin_host) == [first.kid]
     with pytest.raises(LifecycleError, match="no key with kid 'nope'"):
-        host.keys.delete("omejdn", "omejdn", "nope")
+        plugin_host.keys.delete("omejdn", "omejdn", "nope")
 
 
 MAINTAIN = textwrap.dedent(
@@ -466,12 +437,12 @@ MAINTAIN = textwrap.dedent(
 
 
 def test_maintain_from_four_processes_applies_each_transition_once(
-    host: Host, database: ConnectionSettings, tmp_path: Path, plain_sql: PlainSQL
+    plugin_host: Host, database: ConnectionSettings, tmp_path: Path, plain_sql: PlainSQL
 ) -> None:
     targets = [f"t{i}" for i in range(6)]
     for target in targets:
-        host.keys.store("omejdn", target, [generate_key("ES256")])
-        host.keys.rotate("omejdn", target, now=NOW)
+        plugin_host.keys.store("omejdn", target, [generate_key("ES256")])
+        plugin_host.keys.rotate("omejdn", target, now=NOW)
     path = tmp_path / "plugins.yml"
     path.write_text(plugin_yaml(database))
     # After the default publish window (2 d), inside the retirement window (2 h).
@@ -519,7 +490,7 @@ def test_0001_to_0002_and_back_keeps_every_row(
         serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption(),
     ).decode()
-    chain = certificate(key).public_bytes(serialization.Encoding.PEM).decode()
+    chain = self_signed(key).public_bytes(serialization.Encoding.PEM).decode()
     sql.execute(
         "INSERT INTO keys VALUES ('omejdn','omejdn','sk',%s), ('omejdn','omejdn','certs',%s), "
         "('clients','portal','certs',%s)",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import threading
 from collections.abc import Iterator
@@ -12,9 +11,8 @@ from typing import Any
 import bcrypt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from omejdn_pg import Client, KeyMaterial, PluginLoader, User
 from omejdn_pg.errors import AlreadyExists, ConfigurationError, SchemaOutOfDate
@@ -25,54 +23,10 @@ from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.common import lock_for_update
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.conftest import PlainSQL
-
-OMEJDN_HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"  # "mypassword"
-
-
-def plugin_yaml(
-    connection: ConnectionSettings,
-    *,
-    handlers: str = "[keys, config, client, user]",
-    deactivate: str = "[config, keys, client, user]",
-    extra: str = "",
-) -> str:
-    lines = "".join(f"         {k}: '{v}'\n" for k, v in connection.params.items())
-    return (
-        "plugins:\n"
-        "   postgres_backend:\n"
-        "      connection:\n"
-        f"{lines}"
-        f"      handlers: {handlers}\n"
-        "      passwords: {bcrypt_rounds: 4}\n"
-        f"deactivate_defaults: {deactivate}\n"
-        "user_backend_default: postgres\n"
-        "client_backend_default: postgres\n"
-        f"{extra}"
-    )
-
-
-@pytest.fixture
-def loader(database: ConnectionSettings, tmp_path: Path) -> Iterator[PluginLoader]:
-    path = tmp_path / "plugins.yml"
-    path.write_text(plugin_yaml(database))
-    with PluginLoader.from_files([path], base_dir=tmp_path) as loaded:
-        yield loaded
-
-
-def certificate(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, name: str) -> x509.Certificate:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
+from tests.kits.certificates import self_signed
+from tests.kits.passwords import OMEJDN_HASH
+from tests.kits.plugins import plugin_yaml
+from tests.kits.witness import PlainSQL
 
 
 def single(answers: list[Any]) -> Any:
@@ -185,7 +139,7 @@ def test_client_events(legacy_loader: PluginLoader, plain_sql: PlainSQL) -> None
     assert plain_sql.value("SELECT count(*) FROM clients WHERE key = 'backend'") == 0
 
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = certificate(key, "portal")
+    cert = self_signed(key, "portal")
     loader.fire(events.CLIENT_AUTHENTICATION_CERTIFICATE_UPDATE, client=found, new_cert=cert)
     stored = plain_sql.value(
         "SELECT value FROM keys WHERE target_type = 'clients' AND target = 'portal' "
@@ -221,7 +175,7 @@ def test_configuration_events(loader: PluginLoader, plain_sql: PlainSQL) -> None
 def test_key_events(legacy_loader: PluginLoader, plain_sql: PlainSQL) -> None:
     loader = legacy_loader
     signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    material = KeyMaterial(sk=signing_key, certs=[certificate(signing_key, "omejdn")])
+    material = KeyMaterial(sk=signing_key, certs=[self_signed(signing_key, "omejdn")])
     loader.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", key_material=material)
     rows = dict(plain_sql.rows("SELECT type, value FROM keys"))
     assert rows["sk"].startswith("-----BEGIN PRIVATE KEY-----")
@@ -350,7 +304,7 @@ def test_mixed_backends_each_serve_their_own_clients(mixed: Host, plain_sql: Pla
 def test_host_facade_jwks(loader: PluginLoader) -> None:
     host = Host(loader)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    signer = Key(key.public_key(), key, [certificate(key, "omejdn")])
+    signer = Key(key.public_key(), key, [self_signed(key, "omejdn")])
     host.keys.store("omejdn", "omejdn", [signer])
     ec_key = ec.generate_private_key(ec.SECP256R1())
     host.keys.store("omejdn", "ec", [Key(ec_key.public_key(), ec_key)])
@@ -415,7 +369,7 @@ def test_a_client_certificate_written_as_keys_waits_for_the_client_lock(
     loader: PluginLoader, db: Database
 ) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    material = KeyMaterial(certs=[certificate(key, "portal")])
+    material = KeyMaterial(certs=[self_signed(key, "portal")])
     done = threading.Event()
 
     def store() -> None:

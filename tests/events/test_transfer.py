@@ -10,7 +10,6 @@ import json
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +31,10 @@ from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
 from omejdn_pg.service.transfer import apply as applying
-from omejdn_pg.settings.backend import BackendSettings, PasswordSettings
-from omejdn_pg.settings.connection import ConnectionSettings
+from omejdn_pg.settings.backend import PasswordSettings
 
 # bcrypt cost 4 keeps the tests of plaintext passwords fast.
 FAST_POLICY = PasswordPolicy(PasswordSettings(bcrypt_rounds=4))
-
-
-@pytest.fixture
-def host(database: ConnectionSettings) -> Iterator[Host]:
-    with Host.from_settings(BackendSettings(connection=database)) as facade:
-        yield facade
 
 
 def counts(plain_sql: Any) -> tuple[int, int, int, int]:

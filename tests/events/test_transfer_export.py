@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,6 @@ from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
 from omejdn_pg.service.transfer import swap
-from omejdn_pg.settings.backend import BackendSettings
-from omejdn_pg.settings.connection import ConnectionSettings
-
-
-@pytest.fixture
-def host(database: ConnectionSettings) -> Iterator[Host]:
-    with Host.from_settings(BackendSettings(connection=database)) as facade:
-        yield facade
 
 
 @pytest.fixture

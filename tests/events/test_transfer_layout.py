@@ -38,7 +38,8 @@ from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import PlainSQL, make_chain
+from tests.kits.certificates import make_chain
+from tests.kits.witness import PlainSQL
 from tests.secrets import watch
 
 TRADITIONAL = serialization.PrivateFormat.TraditionalOpenSSL  # PKCS#1 / SEC1, as Ruby writes
@@ -47,12 +48,6 @@ ALICE_HASH = bcrypt.hashpw(b"alice", bcrypt.gensalt(4, prefix=b"2a")).decode()
 
 
 KEK_ENV = "OMEJDN_PG_TEST_LAYOUT_KEK"
-
-
-@pytest.fixture
-def host(database: ConnectionSettings) -> Iterator[Host]:
-    with Host.from_settings(BackendSettings(connection=database)) as facade:
-        yield facade
 
 
 @pytest.fixture(params=["unsealed", "sealed"])

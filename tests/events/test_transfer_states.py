@@ -23,7 +23,8 @@ from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import PlainSQL, ok, omejdn_pg
+from tests.kits.commands import ok, omejdn_pg
+from tests.kits.witness import PlainSQL
 from tests.secrets import watch
 
 KEK_ENV = "OMEJDN_PG_TEST_STATES_KEK"
@@ -35,7 +36,7 @@ STATES = (
 
 
 @pytest.fixture(params=["unsealed", "sealed"])
-def host(
+def sealed_or_unsealed_host(
     request: pytest.FixtureRequest, database: ConnectionSettings, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Host]:
     settings = BackendSettings(connection=database)
@@ -60,16 +61,16 @@ def mid_rotation(host: Host) -> dict[str, str]:
 
 
 def test_export_warns_once_per_kind_and_import_back_keeps_every_state(
-    host: Host, plain_sql: PlainSQL, tmp_path: Path
+    sealed_or_unsealed_host: Host, plain_sql: PlainSQL, tmp_path: Path
 ) -> None:
-    states = mid_rotation(host)
+    states = mid_rotation(sealed_or_unsealed_host)
     before = plain_sql.rows(STATES)
     out = tmp_path / "out"
 
-    report = transfer.export_deployment(host, out)
+    report = transfer.export_deployment(sealed_or_unsealed_host, out)
 
     warnings = [note for note in report.notes if note.startswith("warning:")]
-    sealed = bool(host.postgres and host.postgres.keyring)
+    sealed = bool(sealed_or_unsealed_host.postgres and sealed_or_unsealed_host.postgres.keyring)
     assert len(warnings) == (3 if sealed else 2)
     assert all("omejdn-pg backup" in line for line in warnings)
     assert "2 keys are in a lifecycle state" in warnings[0]
@@ -79,33 +80,35 @@ def test_export_warns_once_per_kind_and_import_back_keeps_every_state(
     exported = FileStore(out).load_keys("omejdn", "omejdn")
     assert {key.kid for key in exported} == set(states)  # the layout is still written
 
-    assert transfer.import_deployment(out, host).changed == []
+    assert transfer.import_deployment(out, sealed_or_unsealed_host).changed == []
     assert plain_sql.rows(STATES) == before
 
     # Even with the private keys of the retired and next keys in the files (an
     # older export, or an operator's copy), they stay retired and next.
-    for key in host.keys.stored("omejdn", "omejdn"):
+    for key in sealed_or_unsealed_host.keys.stored("omejdn", "omejdn"):
         (out / "keys" / "omejdn" / f"omejdn.{key.kid}.key").write_text(key.key_pem() or "")
     # No change either: their private keys are stored, which the import asks of the
     # Host's lifecycle read, sealed or not (so the backend's keyring opens them).
-    assert transfer.import_deployment(out, host).changed == []
+    assert transfer.import_deployment(out, sealed_or_unsealed_host).changed == []
     assert plain_sql.rows(STATES) == before
-    signer = host.keys.signing_key()
+    signer = sealed_or_unsealed_host.keys.signing_key()
     assert states[signer.kid] == "active"
     # And the lifecycle goes on: the retired key still expires, the next key activates.
     later = NOW + datetime.timedelta(days=400)
-    changes = {(c.kid, c.change) for c in host.keys.maintain(now=later)}
+    changes = {(c.kid, c.change) for c in sealed_or_unsealed_host.keys.maintain(now=later)}
     retired = next(kid for kid, state in states.items() if state == "retired")
     upcoming = next(kid for kid, state in states.items() if state == "next")
     assert (retired, "destroyed") in changes
     assert (upcoming, "activated") in changes
 
 
-def test_an_export_of_active_keys_only_warns_of_nothing(host: Host, tmp_path: Path) -> None:
-    host.keys.signing_key()
-    report = transfer.export_deployment(host, tmp_path / "out")
+def test_an_export_of_active_keys_only_warns_of_nothing(
+    sealed_or_unsealed_host: Host, tmp_path: Path
+) -> None:
+    sealed_or_unsealed_host.keys.signing_key()
+    report = transfer.export_deployment(sealed_or_unsealed_host, tmp_path / "out")
     warnings = [note for note in report.notes if note.startswith("warning:")]
-    sealed = bool(host.postgres and host.postgres.keyring)
+    sealed = bool(sealed_or_unsealed_host.postgres and sealed_or_unsealed_host.postgres.keyring)
     assert len(warnings) == (1 if sealed else 0)
 
 

@@ -16,22 +16,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from omejdn_pg.entities import Client
 from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound
 from omejdn_pg.host import events
-from omejdn_pg.host.files.plugins import FILE_BACKEND, register_defaults
-from omejdn_pg.host.loader import PluginLoader
+from omejdn_pg.host.files.plugins import FILE_BACKEND
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
 from omejdn_pg.service.host import Host
-from tests.helpers import make_chain
+from tests.kits.certificates import make_chain
 
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Host:
-    loader = PluginLoader(base_dir=tmp_path)
-    register_defaults(loader, frozenset())
-    return Host(loader)
 
 
 def client_files(base: Path) -> list[str]:

@@ -14,7 +14,7 @@ import yaml
 
 from omejdn_pg.entities import Client, User
 from omejdn_pg.host import events
-from omejdn_pg.host.files.plugins import FILE_BACKEND, register_defaults
+from omejdn_pg.host.files.plugins import FILE_BACKEND
 from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.settings.backend import PasswordSettings
@@ -36,13 +36,6 @@ def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(PasswordPolicy, "hash", counting_hash)
     return calls
-
-
-@pytest.fixture
-def loader(tmp_path: Path) -> PluginLoader:
-    files = PluginLoader(base_dir=tmp_path)
-    register_defaults(files, frozenset())
-    return files
 
 
 def write_users(base: Path, users: list[dict[str, object]]) -> Path:

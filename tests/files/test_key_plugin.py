@@ -23,27 +23,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.host import events
 from omejdn_pg.host.files import writing
-from omejdn_pg.host.files.plugins import register_defaults
 from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.keys.jwk import jwk_thumbprint
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.service.host import Host
-from tests.helpers import make_chain
+from tests.kits.certificates import make_chain
 
 RSA_1 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 RSA_2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_256 = ec.generate_private_key(ec.SECP256R1())
 EC_384 = ec.generate_private_key(ec.SECP384R1())
 EC_521 = ec.generate_private_key(ec.SECP521R1())
-
-
-@pytest.fixture
-def loader(tmp_path: Path) -> PluginLoader:
-    files = PluginLoader(base_dir=tmp_path)
-    register_defaults(files, frozenset())
-    return files
 
 
 def keys_dir(base: Path, target_type: str = "omejdn") -> Path:

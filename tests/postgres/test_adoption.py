@@ -32,7 +32,8 @@ from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database.engine import build_engine
 from omejdn_pg.postgres.schema import dict_section_table, list_section_table
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import PlainSQL, python_m, schema_differences
+from tests.kits.commands import python_m
+from tests.kits.witness import PlainSQL, schema_differences
 
 # --- the Ruby plugin's layout and data -----------------------------------------
 

@@ -29,7 +29,7 @@ from omejdn_pg.service.backup_format import read_backup
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings, CacheSettings
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import PlainSQL
+from tests.kits.witness import PlainSQL
 
 # Neither alphabetical nor jsonb's order (shorter keys first).
 GIVEN = {"zeta": 1, "email": "a@example.org", "a": {"y": 1, "x": [2, 1]}, "mm": None}

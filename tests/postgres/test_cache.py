@@ -33,7 +33,8 @@ from omejdn_pg.postgres.cache.listener import LISTENER_APPLICATION_NAME
 from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import PlainSQL, cache_of, plugin, write_plugins
+from tests.kits.plugins import cache_of, plugin, plugin_file
+from tests.kits.witness import PlainSQL
 
 BOUND = 0.5
 """``max_staleness`` of the caches under test, in seconds."""
@@ -113,7 +114,7 @@ def open_loader(
     opened: list[PluginLoader] = []
 
     def open_(cache: str = CACHE, *, wait: bool = True) -> PluginLoader:
-        path = write_plugins(tmp_path / f"plugins-{len(opened)}.yml", database, cache)
+        path = plugin_file(tmp_path / f"plugins-{len(opened)}.yml", database, cache=cache)
         loader = PluginLoader.from_files([path], base_dir=tmp_path)
         opened.append(loader)
         found = plugin(loader).cache
@@ -648,10 +649,10 @@ def test_a_server_restart_flushes_what_was_cached(tmp_path: Path) -> None:
         settings = ConnectionSettings.from_url(servers[0].get_uri())
         migrate.upgrade(settings)
         reader = PluginLoader.from_files(
-            [write_plugins(tmp_path / "reader.yml", settings, CACHE)], base_dir=tmp_path
+            [plugin_file(tmp_path / "reader.yml", settings, cache=CACHE)], base_dir=tmp_path
         )
         writer = PluginLoader.from_files(
-            [write_plugins(tmp_path / "writer.yml", settings, OFF)], base_dir=tmp_path
+            [plugin_file(tmp_path / "writer.yml", settings, cache=OFF)], base_dir=tmp_path
         )
         with reader, writer:
             cache = cache_of(reader)
@@ -680,7 +681,7 @@ def test_a_server_restart_flushes_what_was_cached(tmp_path: Path) -> None:
 def test_close_stops_the_listener_and_its_connection(
     database: ConnectionSettings, tmp_path: Path, plain_sql: PlainSQL
 ) -> None:
-    path = write_plugins(tmp_path / "plugins.yml", database, CACHE)
+    path = plugin_file(tmp_path / "plugins.yml", database, cache=CACHE)
     loader = PluginLoader.from_files([path], base_dir=tmp_path)
     cache = cache_of(loader)
     assert cache.wait_until_serving(10)

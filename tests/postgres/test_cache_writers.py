@@ -26,7 +26,8 @@ from omejdn_pg.host import events
 from omejdn_pg.postgres.cache.changes import publish_change
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import PlainSQL, cache_of, plugin
+from tests.kits.plugins import cache_of, plugin
+from tests.kits.witness import PlainSQL
 
 BOUND = 0.5
 MARGIN = 1.0

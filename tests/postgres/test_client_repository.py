@@ -24,15 +24,9 @@ from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.clients import ClientRepository
 from omejdn_pg.settings.backend import BACKEND_NAME
-from tests.helpers import (
-    PROPERTY_SETTINGS,
-    WRITERS,
-    json_values,
-    names,
-    run_together,
-    same_json,
-    traced_read,
-)
+from tests.kits.strategies import PROPERTY_SETTINGS, json_values, names, same_json
+from tests.kits.threads import WRITERS, run_together
+from tests.kits.wire import traced_read
 
 
 def repo(conn: Connection) -> ClientRepository:

@@ -20,13 +20,10 @@ from omejdn_pg.errors import InvalidSectionName, InvalidValue, StorageError
 from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.config import ConfigRepository
-from tests.helpers import (
-    PROPERTY_SETTINGS,
-    PlainSQL,
-    assert_point_read,
-    read_while_writing,
-    same_json,
-)
+from tests.kits.strategies import PROPERTY_SETTINGS, same_json
+from tests.kits.threads import read_while_writing
+from tests.kits.wire import assert_point_read
+from tests.kits.witness import PlainSQL
 
 OMEJDN = {
     "host": "https://auth.example.org",

@@ -27,7 +27,7 @@ from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.postgres.repositories.users import UserRepository, find_user
 from omejdn_pg.settings.backend import PoolSettings
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import PlainSQL
+from tests.kits.witness import PlainSQL
 
 HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
 APP = "omejdn-pg-direct-reads"

@@ -22,8 +22,9 @@ from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.events.test_storage_events import OMEJDN_HASH, plugin_yaml
-from tests.helpers import PlainSQL
+from tests.kits.passwords import OMEJDN_HASH
+from tests.kits.plugins import plugin_yaml
+from tests.kits.witness import PlainSQL
 
 NOW = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
 STATE_QUERIES = (
@@ -36,7 +37,7 @@ STATE_QUERIES = (
 
 
 @pytest.fixture
-def host(database: ConnectionSettings, tmp_path: Path) -> Iterator[Host]:
+def seeded_host(database: ConnectionSettings, tmp_path: Path) -> Iterator[Host]:
     path = tmp_path / "plugins.yml"
     path.write_text(plugin_yaml(database))
     with Host(PluginLoader.from_files([path], base_dir=tmp_path)) as opened:
@@ -170,24 +171,24 @@ KILL_POINTS = [
 
 @pytest.mark.parametrize(("write", "at"), KILL_POINTS)
 def test_a_write_killed_on_every_attempt_changes_nothing(
-    host: Host, plain_sql: PlainSQL, write: str, at: int | str
+    seeded_host: Host, plain_sql: PlainSQL, write: str, at: int | str
 ) -> None:
     before = state(plain_sql)
-    with Killer(host, plain_sql, at, times=10) as killer, pytest.raises(StorageUnavailable):
-        WRITES[write](host)
+    with Killer(seeded_host, plain_sql, at, times=10) as killer, pytest.raises(StorageUnavailable):
+        WRITES[write](seeded_host)
     assert killer.kills >= 1
     assert state(plain_sql) == before
-    WRITES[write](host)  # the next call succeeds
+    WRITES[write](seeded_host)  # the next call succeeds
     assert state(plain_sql) != before
 
 
 @pytest.mark.parametrize("write", [w for w in WRITES if w != "import"])
 def test_a_write_killed_once_is_retried_and_lands_whole(
-    host: Host, plain_sql: PlainSQL, write: str
+    seeded_host: Host, plain_sql: PlainSQL, write: str
 ) -> None:
     reference_host_state = state(plain_sql)
     second_or_only = 1 if write == "password change" else 2
-    with Killer(host, plain_sql, second_or_only, times=1) as killer:
-        WRITES[write](host)
+    with Killer(seeded_host, plain_sql, second_or_only, times=1) as killer:
+        WRITES[write](seeded_host)
     assert killer.kills == 1
     assert state(plain_sql) != reference_host_state

@@ -17,14 +17,10 @@ from omejdn_pg.keys.model import Key
 from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.keys import KeyRepository
-from tests.helpers import (
-    PlainSQL,
-    assert_point_read,
-    make_chain,
-    pem,
-    public_pem,
-    read_while_writing,
-)
+from tests.kits.certificates import make_chain, pem, public_pem
+from tests.kits.threads import read_while_writing
+from tests.kits.wire import assert_point_read
+from tests.kits.witness import PlainSQL
 
 T = TypeVar("T")
 

@@ -18,8 +18,9 @@ from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.config import KNOWN_SECTIONS, ConfigRepository
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.events.test_storage_events import OMEJDN_HASH, plugin_yaml
-from tests.helpers import PlainSQL
+from tests.kits.passwords import OMEJDN_HASH
+from tests.kits.plugins import plugin_yaml
+from tests.kits.witness import PlainSQL
 
 
 @pytest.fixture

@@ -32,7 +32,8 @@ from omejdn_pg.postgres.schema import (
     metadata,
 )
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import REPO, PlainSQL, python_m, schema_differences
+from tests.kits.commands import REPO, python_m
+from tests.kits.witness import PlainSQL, schema_differences
 
 TABLES = ["attributes", "clients", "keys", "omejdn_pg_changes", "users"]
 

@@ -27,7 +27,7 @@ from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings.backend import PasswordSettings
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.helpers import ok, omejdn_pg
+from tests.kits.commands import ok, omejdn_pg
 
 OMEJDN_HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
 """What Omejdn (Ruby, bcrypt gem) stores for ``mypassword``."""

@@ -26,7 +26,8 @@ from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings, PasswordSettings, TimeoutSettings
 from omejdn_pg.settings.connection import ConnectionSettings
 from omejdn_pg.settings.validation import parse_backend_section
-from tests.helpers import PlainSQL, run_together
+from tests.kits.threads import run_together
+from tests.kits.witness import PlainSQL
 
 HASH = "$2a$12$s1UhO7bRO9b5fTTiRE4KxOR88vz3462Bxn8DGh/iDX26Neh95AHrC"
 

@@ -21,7 +21,7 @@ from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.sealing import PREFIX, Keyring, generate_secret, sealed_by
 from omejdn_pg.settings.connection import ConnectionSettings
 from omejdn_pg.settings.validation import parse_backend_section
-from tests.helpers import PlainSQL
+from tests.kits.witness import PlainSQL
 from tests.secrets import watch
 
 OLD, NEW = watch(generate_secret()), watch(generate_secret())
@@ -195,7 +195,7 @@ def test_the_plugin_seals_what_keys_store_sends_and_keys_load_opens_it(
     from omejdn_pg import PluginLoader
     from omejdn_pg.host import events
     from omejdn_pg.service.host import Host
-    from tests.events.test_storage_events import plugin_yaml
+    from tests.kits.plugins import plugin_yaml
 
     monkeypatch.setenv("OMEJDN_PG_TEST_KEK", NEW)
     path = tmp_path / "plugins.yml"

@@ -1,7 +1,7 @@
 """UserRepository against a real PostgreSQL: results checked with plain SQL.
 
 Round trips are counted on the wire (libpq's protocol trace of the pooled
-connection, taken by ``tests.helpers.traced_read``), not through SQLAlchemy's
+connection, taken by ``tests.kits.wire.traced_read``), not through SQLAlchemy's
 begin/rollback events: under AUTOCOMMIT SQLAlchemy still fires those for its
 own bookkeeping although the driver sends nothing, so only the trace tells
 what the server actually saw.
@@ -27,16 +27,9 @@ from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings.backend import BACKEND_NAME, PasswordSettings
-from tests.helpers import (
-    PROPERTY_SETTINGS,
-    WRITERS,
-    json_values,
-    names,
-    run_together,
-    same_json,
-    texts,
-    traced_read,
-)
+from tests.kits.strategies import PROPERTY_SETTINGS, json_values, names, same_json, texts
+from tests.kits.threads import WRITERS, run_together
+from tests.kits.wire import traced_read
 
 POLICY = PasswordPolicy(PasswordSettings(bcrypt_rounds=4))
 HASH = POLICY.hash("correct horse")

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from omejdn_pg import Client, User
 from omejdn_pg.postgres.cache.copies import freeze
-from tests.helpers import json_values, names, texts
+from tests.kits.strategies import json_values, names, texts
 
 
 def vandalise(value: Any) -> None:

@@ -19,7 +19,7 @@ from omejdn_pg.settings.backend import CacheSettings
 from omejdn_pg.settings.connection import ConnectionSettings
 from omejdn_pg.settings.reads import parse_cache
 from omejdn_pg.settings.validation import parse_backend_section
-from tests.helpers import NO_NUL, PROPERTY_SETTINGS
+from tests.kits.strategies import NO_NUL, PROPERTY_SETTINGS
 
 WHERE = "plugins.yml: plugins.postgres_backend.cache"
 

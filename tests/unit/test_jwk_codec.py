@@ -29,7 +29,8 @@ from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.material import KeyMaterial
 from omejdn_pg.keys.model import Key, generate_key
 from omejdn_pg.keys.states import KEY_STATES, Lifecycle
-from tests.helpers import PROPERTY_SETTINGS, json_values, make_chain, names
+from tests.kits.certificates import make_chain
+from tests.kits.strategies import PROPERTY_SETTINGS, json_values, names
 
 UTC = datetime.UTC
 

@@ -36,7 +36,7 @@ from omejdn_pg.errors import InvalidKeyMaterial
 from omejdn_pg.keys.algorithms import CRV, PrivateKey, allowed_algs
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
-from tests.helpers import PROPERTY_SETTINGS
+from tests.kits.strategies import PROPERTY_SETTINGS
 
 CURVES = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
 PUBLIC_MEMBERS = {"RSA": ("kty", "n", "e"), "EC": ("kty", "crv", "x", "y")}

@@ -17,7 +17,7 @@ from omejdn_pg.entities import (
     load_key_pem,
 )
 from omejdn_pg.errors import InvalidKeyMaterial
-from tests.helpers import make_chain, pem, public_pem
+from tests.kits.certificates import make_chain, pem, public_pem
 
 # RFC 7638 §3.1: the example RSA key and its thumbprint.
 RFC7638_N = (

@@ -24,9 +24,8 @@ from typing import Any
 
 import pytest
 
-from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets
-from tests.helpers import CLEAN_ENV, REPO, ok, omejdn_pg
+from tests.kits.commands import CLEAN_ENV, REPO, ok, omejdn_pg
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "drive.rb"
@@ -38,22 +37,6 @@ def ruby() -> str:
     if found is None:
         pytest.fail("ruby is not installed: `apt-get install ruby` (.ci/run does)")
     return found
-
-
-def plugin_file(path: Path, connection: ConnectionSettings, extra: str = "") -> Path:
-    """The service's configuration: every group on PostgreSQL at ``connection``."""
-    params = "".join(f"         {k}: '{v}'\n" for k, v in connection.params.items())
-    path.write_text(
-        "plugins:\n"
-        "   postgres_backend:\n"
-        "      connection:\n"
-        f"{params}"
-        "      passwords: {bcrypt_rounds: 4}\n"
-        "      cache: {max_staleness: 0.5}\n"
-        f"{extra}"
-        "deactivate_defaults: [config, keys, client, user]\n"
-    )
-    return path
 
 
 class Service:
