@@ -19,8 +19,9 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -32,6 +33,7 @@ from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets
 from tests.kits.commands import make_examples
+from tests.kits.plugins import plugin, plugin_file
 from tests.kits.witness import PlainSQL
 
 TEST_DSN_ENV = "OMEJDN_PG_TEST_DSN"
@@ -126,15 +128,15 @@ def template_database(server: ConnectionSettings) -> Iterator[str]:
 @pytest.fixture
 def empty_database(server: ConnectionSettings) -> Iterator[ConnectionSettings]:
     """Connection settings of a new, empty database of this test's own."""
-    name = create_database(server)
-    try:
-        yield server.with_params(dbname=name)
-    finally:
-        drop_database(server, name)
+    with fresh_database(server, None) as settings:
+        yield settings
 
 
 @contextlib.contextmanager
-def fresh_database(server: ConnectionSettings, template: str) -> Iterator[ConnectionSettings]:
+def fresh_database(
+    server: ConnectionSettings, template: str | None
+) -> Iterator[ConnectionSettings]:
+    """A new database cloned from ``template`` (None: an empty one), dropped afterwards."""
     name = create_database(server, template=template)
     try:
         yield server.with_params(dbname=name)
@@ -230,3 +232,32 @@ def password_server() -> Iterator[ConnectionSettings]:
         yield admin.with_params(user="alice", dbname="postgres", password="right-password")
     finally:
         embedded.cleanup()
+
+
+@pytest.fixture
+def open_loader(
+    database: ConnectionSettings, tmp_path: Path
+) -> Iterator[Callable[..., PluginLoader]]:
+    """Opens loaders of plugin files on this test's database, each a stand-in for a server
+    process, all closed after the test.
+
+    ``open_loader(cache, wait=True, **options)``: ``cache`` is the plugin's cache setting,
+    ``options`` those of :func:`tests.kits.plugins.plugin_yaml`; with ``wait``, a read
+    cache is serving before the loader is returned.
+    """
+    opened: list[PluginLoader] = []
+
+    def open_(cache: str, *, wait: bool = True, **options: Any) -> PluginLoader:
+        path = plugin_file(
+            tmp_path / f"plugins-{len(opened)}.yml", database, cache=cache, **options
+        )
+        loader = PluginLoader.from_files([path], base_dir=tmp_path)
+        opened.append(loader)
+        found = plugin(loader).cache
+        if wait and found is not None:
+            assert found.wait_until_serving(10), found.stats()
+        return loader
+
+    yield open_
+    for loader in opened:
+        loader.close()

@@ -1,5 +1,6 @@
-"""A tiny client of the storage service's wire protocol, for the tests (the real client
-is the Ruby plugin): one connection, one request at a time, JSON-RPC 2.0 lines."""
+"""The storage service for the tests: ``omejdn-pg serve`` as a child process, and a tiny
+client of its wire protocol (the real client is the Ruby plugin): one connection, one
+request at a time, JSON-RPC 2.0 lines."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets
-from tests.kits.commands import CLEAN_ENV
+from tests.kits.commands import CLEAN_ENV, REPO
+from tests.kits.plugins import plugin_file
 
 PROTOCOL = 1
 
@@ -32,11 +35,16 @@ class BridgeError(Exception):
 
 class BridgeClient:
     def __init__(
-        self, path: str, *, hello: bool = True, timeout: float = 30, protocol: int = PROTOCOL
+        self,
+        path: str | Path,
+        *,
+        hello: bool = True,
+        timeout: float = 30,
+        protocol: int = PROTOCOL,
     ) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        self.sock.connect(path)
+        self.sock.connect(os.fspath(path))
         self.reader = self.sock.makefile("rb")
         self._ids = itertools.count(1)
         if hello:
@@ -85,7 +93,13 @@ class BridgeClient:
 
 
 class Service:
-    """``omejdn-pg serve`` started as a subprocess; its stderr is its log."""
+    """``omejdn-pg serve --socket PATH`` in a child process of its own; what it prints is its log.
+
+    :meth:`start` starts it and returns once it answers the protocol's hello; after
+    :meth:`kill` it may be started again at the same socket, its log going on. It runs
+    in the socket's folder (``python -m`` puts the working directory first on the
+    path, so the repository is put on ``PYTHONPATH`` instead).
+    """
 
     def __init__(
         self,
@@ -95,20 +109,30 @@ class Service:
         env: dict[str, str] | None = None,
     ) -> None:
         """``config``: the plugin file given with ``--config`` (None: none; ``env`` may name
-        one in ``OMEJDN_PLUGINS``)."""
-        self.path = str(socket_path)
-        self.log_path = socket_path.with_suffix(".log")
-        environment = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-        environment.update(env or {})
-        self._log = self.log_path.open("wb")
-        command = [sys.executable, "-m", "omejdn_pg", "serve", "--socket", self.path, *args]
-        if config is not None:
-            command += ["--config", str(config)]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=self._log, env=environment
-        )
+        one in ``OMEJDN_PLUGINS``); ``args``: more options of ``serve``."""
+        self.path = socket_path
+        self.config = config
+        self.args = args
+        self.env = env or {}
+        self.log_path = socket_path.parent / f"{socket_path.name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
 
-    def wait_ready(self, timeout: float = 60) -> Service:
+    def start(self, timeout: float = 60) -> Service:
+        environment = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+        environment["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO), environment.get("PYTHONPATH")])
+        )
+        environment.update(self.env)
+        command = [sys.executable, "-m", "omejdn_pg", "serve", "--socket", str(self.path)]
+        command += [*self.args, *(["--config", str(self.config)] if self.config else [])]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.path.parent,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -120,12 +144,13 @@ class Service:
                 time.sleep(0.05)
         raise AssertionError(f"serve did not answer within {timeout}s: {self.log()}")
 
-    def log(self) -> str:
-        text = self.log_path.read_text()
-        secrets.said(text)
-        return text
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
 
     def stop(self, timeout: float = 30) -> int:
+        assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
@@ -133,6 +158,25 @@ class Service:
         except subprocess.TimeoutExpired:
             self.process.kill()
             code = self.process.wait()
-        self._log.close()
         self.log()
         return code
+
+    def log(self) -> str:
+        """Everything the service printed so far (shown to the secrets sweep)."""
+        if not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace")
+        secrets.said(text)
+        return text
+
+
+def service_for(
+    connection: ConnectionSettings, folder: Path, *args: str, **options: Any
+) -> Service:
+    """The service on ``connection``, its socket and plugin file in ``folder``; ``args``: more
+    options of ``serve``, ``options`` those of :func:`tests.kits.plugins.plugin_yaml` (the
+    service serves every group, so none is made PostgreSQL's by default). Not started yet."""
+    config = plugin_file(
+        folder / "service.yml", connection, **{"postgres_by_default": False, **options}
+    )
+    return Service(folder / "omejdn-pg.sock", config, *args)

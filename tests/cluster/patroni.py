@@ -47,7 +47,7 @@ import yaml
 
 from omejdn_pg.cli.embedded import process_exists
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.cluster.rig import RigUnavailable, _own, _run, free_port
+from tests.cluster.rig import RigUnavailable, Server, free_port, own, run
 
 SERVICE_USER = "postgres"
 """Who runs Patroni and PostgreSQL when the tests run as root (Debian's packages make it)."""
@@ -137,8 +137,10 @@ def _service_user() -> str | None:
 
 
 @dataclass
-class PatroniNode:
+class PatroniNode(Server):
     """One Patroni daemon and the PostgreSQL server it runs."""
+
+    connect_timeout = 3
 
     name: str
     folder: Path
@@ -168,27 +170,6 @@ class PatroniNode:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    def settings(self, dbname: str = "postgres", **params: str) -> ConnectionSettings:
-        return ConnectionSettings(
-            {"host": "127.0.0.1", "port": str(self.port), "user": "postgres", "dbname": dbname}
-            | params
-        )
-
-    def connect(self, dbname: str = "postgres", timeout: int = 3) -> psycopg.Connection[Any]:
-        return psycopg.connect(
-            self.settings(dbname).conninfo(), autocommit=True, connect_timeout=timeout
-        )
-
-    def query(self, statement: str, params: Any = None, dbname: str = "postgres") -> list[Any]:
-        with self.connect(dbname) as conn:
-            cursor = conn.execute(statement.encode(), params)
-            return cursor.fetchall() if cursor.description else []
-
-    def value(self, statement: str, params: Any = None, dbname: str = "postgres") -> Any:
-        rows = self.query(statement, params, dbname)
-        assert len(rows) == 1, rows
-        return rows[0][0]
 
     def postmaster_pid(self) -> int | None:
         """The running postmaster of this node's data folder (re-parented or not), or None."""
@@ -281,7 +262,7 @@ class PatroniCluster:
         self.bindir = postgres_bindir()
         self.user = _service_user()
         self.base = Path(tempfile.mkdtemp(prefix="omejdn-pg-patroni-"))
-        _own(self.base, self.user)
+        own(self.base, self.user)
         self.scope = f"omejdn-test-{uuid.uuid4().hex[:8]}"
         self.etcd_port = free_port()
         self.etcd_peer_port = free_port()
@@ -297,7 +278,7 @@ class PatroniCluster:
         index = len(self.nodes) + len(self.removed)
         folder = self.base / f"node{index}"
         folder.mkdir()
-        _own(folder, self.user)
+        own(folder, self.user)
         node = PatroniNode(
             name=f"node{index}", folder=folder, port=free_port(), api_port=free_port(), rig=self
         )
@@ -333,7 +314,7 @@ class PatroniCluster:
             },
         }
         node.config.write_text(yaml.safe_dump(config))
-        _own(node.config, self.user)
+        own(node.config, self.user)
         self.nodes.append(node)
         return node
 
@@ -341,7 +322,7 @@ class PatroniCluster:
         """A daemon of ours: output to ``log``, a minimal environment (nothing of ours leaks)."""
         tool = self.tools.get(command[0], command[0])
         with log.open("ab") as out:
-            _own(log, self.user)
+            own(log, self.user)
             return subprocess.Popen(
                 [tool, *command[1:]],
                 stdin=subprocess.DEVNULL,
@@ -361,7 +342,7 @@ class PatroniCluster:
         """etcd, then every node; returns once a leader and a streaming replica per node run."""
         etcd_dir = self.base / "etcd"
         etcd_dir.mkdir()
-        _own(etcd_dir, self.user)
+        own(etcd_dir, self.user)
         peer = f"http://127.0.0.1:{self.etcd_peer_port}"
         client = f"http://127.0.0.1:{self.etcd_port}"
         self.etcd = self.spawn(
@@ -513,7 +494,7 @@ class PatroniCluster:
             time.sleep(0.05)
 
     def patronictl(self, *args: str, timeout: float = 60) -> str:
-        return _run(
+        return run(
             [self.tools["patronictl"], "-c", str(self.nodes[0].config), *args],
             self.user,
             timeout=timeout,

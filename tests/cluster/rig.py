@@ -119,7 +119,7 @@ def _prepare_binaries(folder: Path) -> None:
     ensure_folder_permissions(folder.parent / "lib", readable)
 
 
-def _own(path: Path, user: str | None) -> None:
+def own(path: Path, user: str | None) -> None:
     if user is not None:
         shutil.chown(path, user, user)
 
@@ -127,7 +127,7 @@ def _own(path: Path, user: str | None) -> None:
 def _own_tree(path: Path, user: str | None) -> None:
     if user is None:
         return
-    _own(path, user)
+    own(path, user)
     for folder, folders, files in os.walk(path):
         for name in folders + files:
             shutil.chown(os.path.join(folder, name), user, user)
@@ -141,9 +141,9 @@ def _initdb_template(bin_folder: Path, user: str | None) -> Path:
     if bin_folder not in _TEMPLATES:
         base = Path(tempfile.mkdtemp(prefix="omejdn-pg-initdb-"))
         atexit.register(shutil.rmtree, base, ignore_errors=True)
-        _own(base, user)
+        own(base, user)
         data = base / "data"
-        _run(
+        run(
             [
                 str(bin_folder / "initdb"),
                 "-D",
@@ -160,7 +160,7 @@ def _initdb_template(bin_folder: Path, user: str | None) -> Path:
     return _TEMPLATES[bin_folder]
 
 
-def _run(command: Sequence[str], user: str | None, timeout: float = 60) -> str:
+def run(command: Sequence[str], user: str | None, timeout: float = 60) -> str:
     """Run a server binary; its output goes to files, never to pipes a daemon could inherit."""
     with tempfile.TemporaryFile("w+") as out:
         try:
@@ -181,8 +181,42 @@ def _run(command: Sequence[str], user: str | None, timeout: float = 60) -> str:
         return out.read()
 
 
+class Server:
+    """What the tests ask of any server of a rig: its connection settings, and plain SQL
+    on it (autocommit, a connection per call)."""
+
+    port: int
+    connect_timeout = 5
+
+    def settings(self, dbname: str = "postgres", **params: str) -> ConnectionSettings:
+        """Connection settings of this server alone (TCP on 127.0.0.1)."""
+        return ConnectionSettings(
+            {"host": "127.0.0.1", "port": str(self.port), "user": "postgres", "dbname": dbname}
+            | params
+        )
+
+    def connect(
+        self, dbname: str = "postgres", timeout: int | None = None
+    ) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            self.settings(dbname).conninfo(),
+            autocommit=True,
+            connect_timeout=timeout or self.connect_timeout,
+        )
+
+    def query(self, statement: str, params: Any = None, dbname: str = "postgres") -> list[Any]:
+        with self.connect(dbname) as conn:
+            cursor = conn.execute(statement.encode(), params)
+            return cursor.fetchall() if cursor.description else []
+
+    def value(self, statement: str, params: Any = None, dbname: str = "postgres") -> Any:
+        rows = self.query(statement, params, dbname)
+        assert len(rows) == 1, rows
+        return rows[0][0]
+
+
 @dataclass
-class Node:
+class Node(Server):
     """One PostgreSQL server of a cluster."""
 
     name: str
@@ -200,26 +234,6 @@ class Node:
         """Its Unix socket folder: outside the data folder, or a base backup would copy
         the socket's lock file into the clone."""
         return self.data.parent / f"{self.name}.sockets"
-
-    def settings(self, dbname: str = "postgres", **params: str) -> ConnectionSettings:
-        """Connection settings of this node alone (TCP on 127.0.0.1)."""
-        return ConnectionSettings(
-            {"host": "127.0.0.1", "port": str(self.port), "user": "postgres", "dbname": dbname}
-            | params
-        )
-
-    def connect(self, dbname: str = "postgres") -> psycopg.Connection[Any]:
-        return psycopg.connect(self.settings(dbname).conninfo(), autocommit=True, connect_timeout=5)
-
-    def query(self, statement: str, params: Any = None, dbname: str = "postgres") -> list[Any]:
-        with self.connect(dbname) as conn:
-            cursor = conn.execute(statement.encode(), params)
-            return cursor.fetchall() if cursor.description else []
-
-    def value(self, statement: str, params: Any = None, dbname: str = "postgres") -> Any:
-        rows = self.query(statement, params, dbname)
-        assert len(rows) == 1, rows
-        return rows[0][0]
 
     def in_recovery(self) -> bool:
         return bool(self.value("SELECT pg_is_in_recovery()"))
@@ -274,7 +288,7 @@ class Cluster:
         if self.user is not None:
             _prepare_binaries(self.bin)
         self.base = base or Path(tempfile.mkdtemp(prefix="omejdn-pg-cluster-"))
-        _own(self.base, self.user)
+        own(self.base, self.user)
         self.nodes: list[Node] = []
 
     @classmethod
@@ -332,7 +346,7 @@ class Cluster:
         return node
 
     def _base_backup(self, node: Node, source: Node) -> None:
-        _run(
+        run(
             [
                 self._tool("pg_basebackup"),
                 "-h",
@@ -363,14 +377,14 @@ class Cluster:
         auto = node.data / "postgresql.auto.conf"
         with auto.open("a") as conf:
             conf.write(line + "\n")
-        _own(auto, self.user)
+        own(auto, self.user)
 
     def start(self, node: Node) -> None:
         if node.running:
             return
         node.sockets.mkdir(exist_ok=True)
-        _own(node.sockets, self.user)
-        _run(
+        own(node.sockets, self.user)
+        run(
             [
                 self._tool("pg_ctl"),
                 "-D",
@@ -393,12 +407,12 @@ class Cluster:
         """Stop ``node``: ``fast`` (clean shutdown) or ``immediate`` (as if it crashed)."""
         if not node.running:
             return
-        _run([self._tool("pg_ctl"), "-D", str(node.data), "-m", mode, "-w", "stop"], self.user)
+        run([self._tool("pg_ctl"), "-D", str(node.data), "-m", mode, "-w", "stop"], self.user)
         node.running = False
 
     def promote(self, node: Node) -> None:
         """Promote a standby; returns once it accepts writes."""
-        _run([self._tool("pg_ctl"), "-D", str(node.data), "-w", "promote"], self.user)
+        run([self._tool("pg_ctl"), "-D", str(node.data), "-w", "promote"], self.user)
 
     def follow(self, standby: Node, primary: Node) -> None:
         """Re-point a running standby at ``primary`` (after a promotion); no restart needed."""
@@ -529,7 +543,7 @@ class PgBouncer:
         self.binary = pgbouncer_binary()
         self.user = _service_user()
         self.folder = Path(tempfile.mkdtemp(prefix="omejdn-pg-pgbouncer-"))
-        _own(self.folder, self.user)
+        own(self.folder, self.user)
         self.port = free_port()
         host = server.params.get("host", "127.0.0.1")
         port = server.params.get("port", "5432")

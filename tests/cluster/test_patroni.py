@@ -45,11 +45,10 @@ from omejdn_pg.settings.backend import (
     PasswordSettings,
     PoolSettings,
 )
-from tests.cluster.bridge_client import BridgeClient, Service
+from tests.cluster.bridge_client import BridgeClient, service_for
 from tests.cluster.patroni import PatroniCluster, PatroniNode, patroni_or_fail
 from tests.cluster.traffic import Call, Caller, HostCaller, Traffic
 from tests.kits.passwords import OMEJDN_HASH
-from tests.kits.plugins import plugin_file
 
 pytestmark = pytest.mark.slow
 
@@ -343,14 +342,8 @@ def test_the_storage_service_rides_out_a_crash_of_the_leader(
 ) -> None:
     """The same, through ``omejdn-pg serve``'s socket: the service is never restarted."""
     connection = rig.connection(target_session_attrs="read-write", connect_timeout="2")
-    config = plugin_file(
-        tmp_path / "plugins.yml",
-        connection,
-        bcrypt_rounds=5,
-        backend="      failover: {read_wait: 20s}\n",
-        postgres_by_default=False,
-    )
-    service = Service(tmp_path / "omejdn-pg.sock", config).wait_ready()
+    failover = "      failover: {read_wait: 20s}\n"
+    service = service_for(connection, tmp_path, bcrypt_rounds=5, backend=failover).start()
     try:
         outcome = run_event(
             rig,

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.cluster.ruby.harness import RubyDriver, RubyError, Service, install, omejdn_plugins
+from tests.cluster.bridge_client import Service, service_for
+from tests.cluster.ruby.harness import RubyDriver, RubyError, install, omejdn_plugins
 from tests.kits.commands import ok, omejdn_pg
-from tests.kits.plugins import plugin_file
 from tests.kits.witness import PlainSQL
 
 HASH = "$2b$04$97nGfbT5aTJG0osbDpneLe7ChbV0JL.KlPMKG.wK87UVnGMSmyoeu"  # "right-password"
@@ -40,16 +40,7 @@ RSA_PUBLIC = {
 
 @pytest.fixture
 def service(database: ConnectionSettings, tmp_path: Path) -> Iterator[Service]:
-    running = Service(
-        tmp_path / "omejdn-pg.sock",
-        plugin_file(
-            tmp_path / "service.yml",
-            database,
-            cache="{max_staleness: 0.5}",
-            postgres_by_default=False,
-        ),
-    )
-    running.start()
+    running = service_for(database, tmp_path, cache="{max_staleness: 0.5}").start()
     try:
         yield running
     finally:
@@ -299,11 +290,7 @@ def test_without_the_services_read_cache_nothing_is_kept_in_ruby(
 ) -> None:
     """A service running with `cache: false` refuses `watch`: the plugin then asks the
     service every time, so another writer's change is seen at once."""
-    config = plugin_file(
-        tmp_path / "service.yml", database, cache="{max_staleness: 0.5}", postgres_by_default=False
-    ).read_text()
-    (tmp_path / "uncached.yml").write_text(config.replace("{max_staleness: 0.5}", "false"))
-    service = Service(tmp_path / "omejdn-pg.sock", tmp_path / "uncached.yml").start()
+    service = service_for(database, tmp_path, cache="false").start()
     try:
         plugins = install(tmp_path / "omejdn")
         yml = omejdn_plugins(tmp_path / "omejdn.yml", service.path)

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.cluster.ruby.harness import RubyDriver, RubyError, Service, install, omejdn_plugins
-from tests.kits.plugins import plugin_file
+from tests.cluster.bridge_client import Service, service_for
+from tests.cluster.ruby.harness import RubyDriver, RubyError, install, omejdn_plugins
 from tests.kits.witness import PlainSQL
 
 HASH = "$2b$04$97nGfbT5aTJG0osbDpneLe7ChbV0JL.KlPMKG.wK87UVnGMSmyoeu"  # "right-password"
@@ -125,12 +125,9 @@ def test_without_the_service_every_event_raises(tmp_path: Path) -> None:
 @pytest.fixture
 def slow_hashing_service(database: ConnectionSettings, tmp_path: Path) -> Iterator[Service]:
     """A service whose password changes hash at cost 15 (about a second or more)."""
-    config = plugin_file(
-        tmp_path / "service.yml", database, cache="{max_staleness: 0.5}", postgres_by_default=False
-    ).read_text()
-    config = config.replace("bcrypt_rounds: 4", "bcrypt_rounds: 15")
-    (tmp_path / "slow.yml").write_text(config)
-    running = Service(tmp_path / "omejdn-pg.sock", tmp_path / "slow.yml").start()
+    running = service_for(
+        database, tmp_path, bcrypt_rounds=15, cache="{max_staleness: 0.5}"
+    ).start()
     try:
         yield running
     finally:
@@ -171,13 +168,7 @@ def test_a_service_killed_mid_call_raises_and_writes_nothing(
 def test_copies_kept_in_ruby_go_with_the_service(
     database: ConnectionSettings, tmp_path: Path
 ) -> None:
-    service = Service(
-        tmp_path / "omejdn-pg.sock",
-        plugin_file(
-            tmp_path / "s.yml", database, cache="{max_staleness: 0.5}", postgres_by_default=False
-        ),
-    )
-    service.start()
+    service = service_for(database, tmp_path, cache="{max_staleness: 0.5}").start()
     try:
         with driver_for(tmp_path, service.path) as omejdn:
             omejdn.fire("CONFIGURATION_STORE", section="omejdn", data={"issuer": "https://x"})
@@ -260,13 +251,7 @@ def test_sixteen_threads_do_not_queue_behind_one_another(tmp_path: Path) -> None
 def test_sixteen_threads_on_the_real_service(
     database: ConnectionSettings, tmp_path: Path, plain_sql: PlainSQL
 ) -> None:
-    service = Service(
-        tmp_path / "omejdn-pg.sock",
-        plugin_file(
-            tmp_path / "s.yml", database, cache="{max_staleness: 0.5}", postgres_by_default=False
-        ),
-    )
-    service.start()
+    service = service_for(database, tmp_path, cache="{max_staleness: 0.5}").start()
     try:
         with driver_for(tmp_path, service.path) as omejdn:
             user = {**ALICE, "username": "user{thread}"}
@@ -305,11 +290,9 @@ def test_a_refused_peer_uid_raises(database: ConnectionSettings, tmp_path: Path)
     nobody = pwd.getpwnam("nobody")
     shared = Path(tempfile.mkdtemp(prefix="omejdn-pg-peer-"))
     shared.chmod(0o755)
-    config = plugin_file(
-        shared / "s.yml", database, cache="{max_staleness: 0.5}", postgres_by_default=False
-    )
-    service = Service(shared / "omejdn-pg.sock", config, "--group", "daemon")
-    service.start()
+    service = service_for(
+        database, shared, "--group", "daemon", cache="{max_staleness: 0.5}"
+    ).start()
 
     def become_nobody() -> None:
         os.setgroups([group])

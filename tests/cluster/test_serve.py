@@ -14,8 +14,7 @@ import pytest
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.cluster.bridge_client import BridgeClient, BridgeError, Service
-from tests.kits.plugins import plugin_file
+from tests.cluster.bridge_client import BridgeClient, BridgeError, Service, service_for
 from tests.kits.witness import PlainSQL
 
 HASH = "$2b$04$97nGfbT5aTJG0osbDpneLe7ChbV0JL.KlPMKG.wK87UVnGMSmyoeu"  # "right-password"
@@ -23,14 +22,7 @@ HASH = "$2b$04$97nGfbT5aTJG0osbDpneLe7ChbV0JL.KlPMKG.wK87UVnGMSmyoeu"  # "right-
 
 @pytest.fixture
 def service(database: ConnectionSettings, tmp_path: Path) -> Iterator[Service]:
-    config = plugin_file(
-        tmp_path / "plugins.yml",
-        database,
-        bcrypt_rounds=5,
-        cache="{max_staleness: 0.5}",
-        postgres_by_default=False,
-    )
-    running = Service(tmp_path / "omejdn-pg.sock", config).wait_ready()
+    running = service_for(database, tmp_path, bcrypt_rounds=5, cache="{max_staleness: 0.5}").start()
     try:
         yield running
     finally:

@@ -67,10 +67,10 @@ def config(database: ConnectionSettings, tmp_path: Path) -> Path:
 
 
 def start(socket_dir: Path, config: Path, *args: str) -> Service:
-    return Service(socket_dir / "omejdn-pg.sock", config, *args).wait_ready()
+    return Service(socket_dir / "omejdn-pg.sock", config, *args).start()
 
 
-def seed(path: str, users: int = 0) -> None:
+def seed(path: str | Path, users: int = 0) -> None:
     with BridgeClient(path) as client:
         client.call("CONFIGURATION_STORE", {"section": "omejdn", "data": {"issuer": "x"}})
         client.call("CLIENT_CREATE", {"client": {"client_id": "portal"}, "client_backend": None})
@@ -79,7 +79,7 @@ def seed(path: str, users: int = 0) -> None:
             client.call("USER_CREATE", {"user": user, "user_backend": None})
 
 
-def update(path: str, username: str, value: int) -> Any:
+def update(path: str | Path, username: str, value: int) -> Any:
     with BridgeClient(path) as client:
         user = {"username": username, "password": HASH, "attributes": {"v": value}}
         return client.call("USER_UPDATE", {"user": user})
@@ -208,7 +208,7 @@ def test_a_stale_socket_is_replaced_a_live_one_refused_and_check_tells_which(
     assert "exists and is not a socket" in one_error_line(taken)
 
 
-def connect_as(path: str, uid: int, gid: int, groups: list[int]) -> bytes:
+def connect_as(path: str | Path, uid: int, gid: int, groups: list[int]) -> bytes:
     """What the service says to a client running as ``uid`` (a forked child)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -220,7 +220,7 @@ def connect_as(path: str, uid: int, gid: int, groups: list[int]) -> bytes:
             os.setuid(uid)
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             conn.settimeout(10)
-            conn.connect(path)
+            conn.connect(str(path))
             hello = b'{"jsonrpc":"2.0","id":1,"method":"hello","params":{"protocol":1}}\n'
             # A refused peer is told so at once and closed: its hello may meet a closed
             # socket, while the refusal is still there to read.
@@ -408,7 +408,7 @@ def test_configured_as_every_command_key_encryption_applies_through_the_socket(
         postgres_by_default=False,
     )
     env = {"OMEJDN_PLUGINS": str(config), "OMEJDN_PG_TEST_KEK": kek}
-    service = Service(socket_dir / "omejdn-pg.sock", None, env=env).wait_ready()
+    service = Service(socket_dir / "omejdn-pg.sock", None, env=env).start()
     try:
         signer = generate_key("ES256")
         target = {"target_type": "omejdn", "target": "omejdn"}

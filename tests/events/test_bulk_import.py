@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,7 +34,6 @@ from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.passwords import PasswordPolicy
 from omejdn_pg.postgres import migrate
 from omejdn_pg.postgres.database.engine import count_statements
-from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.attributes import checked_attributes
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.service import transfer
@@ -43,7 +42,6 @@ from omejdn_pg.service.transfer import apply as applying
 from omejdn_pg.service.transfer import deployment as deployment_module
 from omejdn_pg.settings.backend import BackendSettings, PasswordSettings
 from omejdn_pg.settings.connection import ConnectionSettings
-from tests.kits.plugins import plugin_file
 from tests.kits.strategies import PROPERTY_SETTINGS
 from tests.kits.witness import PlainSQL
 
@@ -396,27 +394,6 @@ def test_a_dry_run_plans_the_same_and_writes_nothing(
     assert report.counts()["users"] == {"create": COUNT, "update": 0, "unchanged": 0}
     assert plain_sql.value("SELECT count(*) FROM users") == 0
     assert plain_sql.value("SELECT count(*) FROM pg_tables WHERE tablename LIKE '%staged%'") == 0
-
-
-@pytest.fixture
-def open_loader(
-    database: ConnectionSettings, tmp_path: Path
-) -> Iterator[Callable[[str], PluginLoader]]:
-    opened: list[PluginLoader] = []
-
-    def open_(cache: str) -> PluginLoader:
-        path = plugin_file(tmp_path / f"plugins-{len(opened)}.yml", database, cache=cache)
-        loader = PluginLoader.from_files([path], base_dir=tmp_path)
-        opened.append(loader)
-        plugin = loader.plugins["postgres_backend"]
-        assert isinstance(plugin, PostgresBackendPlugin)
-        if plugin.cache is not None:
-            assert plugin.cache.wait_until_serving(10)
-        return loader
-
-    yield open_
-    for loader in opened:
-        loader.close()
 
 
 def test_a_read_cache_sees_what_a_bulk_import_changed(

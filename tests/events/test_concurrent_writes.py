@@ -23,7 +23,7 @@ from omejdn_pg.keys.model import generate_key
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests.kits.passwords import OMEJDN_HASH
-from tests.kits.plugins import plugin_yaml
+from tests.kits.plugins import plugin_file
 from tests.kits.threads import run_together
 from tests.kits.witness import PlainSQL
 
@@ -44,12 +44,7 @@ def keys_of(writer: int, seq: int) -> KeySet:
 
 @pytest.fixture
 def seeded_host(database: ConnectionSettings, tmp_path: Path) -> Iterator[Host]:
-    path = tmp_path / "plugins.yml"
-    path.write_text(
-        plugin_yaml(database).replace(
-            "      passwords:", "      pool: {size: 16}\n      passwords:"
-        )
-    )
+    path = plugin_file(tmp_path / "plugins.yml", database, backend="      pool: {size: 16}\n")
     with Host(PluginLoader.from_files([path], base_dir=tmp_path)) as opened:
         opened.users.add(User(username="alice", password=OMEJDN_HASH))
         opened.clients.add(Client(metadata={"client_id": "portal"}))

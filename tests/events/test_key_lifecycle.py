@@ -29,7 +29,7 @@ from omejdn_pg.service.host import Host
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests.kits.certificates import self_signed
 from tests.kits.commands import ok, omejdn_pg, one_error_line
-from tests.kits.plugins import plugin_yaml
+from tests.kits.plugins import plugin_file
 from tests.kits.witness import PlainSQL
 
 NOW = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
@@ -96,10 +96,8 @@ def verifies(token: str, jwks: dict[str, Any]) -> bool:
 
 
 def write_config(database: ConnectionSettings, path: Path, lifecycle: str = "") -> Path:
-    extra = f"      key_lifecycle: {{{lifecycle}}}\n" if lifecycle else ""
-    text = plugin_yaml(database).replace("      passwords:", extra + "      passwords:")
-    path.write_text(text)
-    return path
+    backend = f"      key_lifecycle: {{{lifecycle}}}\n" if lifecycle else ""
+    return plugin_file(path, database, backend=backend)
 
 
 def cli(config: Path, *args: str) -> Any:

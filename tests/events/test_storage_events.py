@@ -25,7 +25,7 @@ from omejdn_pg.service.host import Host
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests.kits.certificates import self_signed
 from tests.kits.passwords import OMEJDN_HASH
-from tests.kits.plugins import plugin_yaml
+from tests.kits.plugins import plugin_file, plugin_yaml
 from tests.kits.witness import PlainSQL
 
 
@@ -37,11 +37,8 @@ def single(answers: list[Any]) -> Any:
 @pytest.fixture
 def legacy_loader(database: ConnectionSettings, tmp_path: Path) -> Iterator[PluginLoader]:
     """The key events of Omejdn's core before JWKS: ``key_events: key_material``."""
-    path = tmp_path / "plugins.yml"
-    path.write_text(
-        plugin_yaml(database).replace(
-            "      passwords:", "      key_events: key_material\n      passwords:"
-        )
+    path = plugin_file(
+        tmp_path / "plugins.yml", database, backend="      key_events: key_material\n"
     )
     with PluginLoader.from_files([path], base_dir=tmp_path) as loaded:
         yield loaded

@@ -11,11 +11,9 @@ with plain SQL; exported files are read back byte by byte where it matters.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,36 +31,15 @@ from omejdn_pg.host.files.store import FileStore
 from omejdn_pg.keys.jwk import jwk_thumbprint
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
-from omejdn_pg.sealing import generate_secret, is_sealed
+from omejdn_pg.sealing import is_sealed
 from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
-from omejdn_pg.settings.backend import BackendSettings
-from omejdn_pg.settings.connection import ConnectionSettings
 from tests.kits.certificates import make_chain
 from tests.kits.witness import PlainSQL
-from tests.secrets import watch
 
 TRADITIONAL = serialization.PrivateFormat.TraditionalOpenSSL  # PKCS#1 / SEC1, as Ruby writes
 PKCS8 = serialization.PrivateFormat.PKCS8
 ALICE_HASH = bcrypt.hashpw(b"alice", bcrypt.gensalt(4, prefix=b"2a")).decode()
-
-
-KEK_ENV = "OMEJDN_PG_TEST_LAYOUT_KEK"
-
-
-@pytest.fixture(params=["unsealed", "sealed"])
-def any_host(
-    request: pytest.FixtureRequest, database: ConnectionSettings, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Host]:
-    """A host storing private keys as they are, or sealed under a key-encryption key."""
-    settings = BackendSettings(connection=database)
-    if request.param == "sealed":
-        monkeypatch.setenv(KEK_ENV, watch(generate_secret()))
-        settings = dataclasses.replace(
-            settings, key_encryption=({"id": "layout-kek", "env": KEK_ENV},)
-        )
-    with Host.from_settings(settings) as facade:
-        yield facade
 
 
 # --- writing a deployment by hand ----------------------------------------------------

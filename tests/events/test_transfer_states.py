@@ -9,42 +9,23 @@ retired and next keys or not.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from omejdn_pg.host.files.store import FileStore
-from omejdn_pg.sealing import generate_secret
 from omejdn_pg.service import transfer
 from omejdn_pg.service.host import Host
 from omejdn_pg.settings.backend import BackendSettings
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests.kits.commands import ok, omejdn_pg
 from tests.kits.witness import PlainSQL
-from tests.secrets import watch
 
-KEK_ENV = "OMEJDN_PG_TEST_STATES_KEK"
 NOW = datetime.datetime.now(datetime.UTC)
 STATES = (
     "SELECT kid, state, activate_at, retired_at, destroy_at, position FROM keys "
     "WHERE target_type = 'omejdn' AND target = 'omejdn' AND type LIKE '%%sk' ORDER BY kid"
 )
-
-
-@pytest.fixture(params=["unsealed", "sealed"])
-def sealed_or_unsealed_host(
-    request: pytest.FixtureRequest, database: ConnectionSettings, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Host]:
-    settings = BackendSettings(connection=database)
-    if request.param == "sealed":
-        monkeypatch.setenv(KEK_ENV, watch(generate_secret()))
-        settings = dataclasses.replace(settings, key_encryption=({"id": "kek", "env": KEK_ENV},))
-    with Host.from_settings(settings) as facade:
-        yield facade
 
 
 def mid_rotation(host: Host) -> dict[str, str]:
@@ -61,16 +42,16 @@ def mid_rotation(host: Host) -> dict[str, str]:
 
 
 def test_export_warns_once_per_kind_and_import_back_keeps_every_state(
-    sealed_or_unsealed_host: Host, plain_sql: PlainSQL, tmp_path: Path
+    any_host: Host, plain_sql: PlainSQL, tmp_path: Path
 ) -> None:
-    states = mid_rotation(sealed_or_unsealed_host)
+    states = mid_rotation(any_host)
     before = plain_sql.rows(STATES)
     out = tmp_path / "out"
 
-    report = transfer.export_deployment(sealed_or_unsealed_host, out)
+    report = transfer.export_deployment(any_host, out)
 
     warnings = [note for note in report.notes if note.startswith("warning:")]
-    sealed = bool(sealed_or_unsealed_host.postgres and sealed_or_unsealed_host.postgres.keyring)
+    sealed = bool(any_host.postgres and any_host.postgres.keyring)
     assert len(warnings) == (3 if sealed else 2)
     assert all("omejdn-pg backup" in line for line in warnings)
     assert "2 keys are in a lifecycle state" in warnings[0]
@@ -80,35 +61,33 @@ def test_export_warns_once_per_kind_and_import_back_keeps_every_state(
     exported = FileStore(out).load_keys("omejdn", "omejdn")
     assert {key.kid for key in exported} == set(states)  # the layout is still written
 
-    assert transfer.import_deployment(out, sealed_or_unsealed_host).changed == []
+    assert transfer.import_deployment(out, any_host).changed == []
     assert plain_sql.rows(STATES) == before
 
     # Even with the private keys of the retired and next keys in the files (an
     # older export, or an operator's copy), they stay retired and next.
-    for key in sealed_or_unsealed_host.keys.stored("omejdn", "omejdn"):
+    for key in any_host.keys.stored("omejdn", "omejdn"):
         (out / "keys" / "omejdn" / f"omejdn.{key.kid}.key").write_text(key.key_pem() or "")
     # No change either: their private keys are stored, which the import asks of the
     # Host's lifecycle read, sealed or not (so the backend's keyring opens them).
-    assert transfer.import_deployment(out, sealed_or_unsealed_host).changed == []
+    assert transfer.import_deployment(out, any_host).changed == []
     assert plain_sql.rows(STATES) == before
-    signer = sealed_or_unsealed_host.keys.signing_key()
+    signer = any_host.keys.signing_key()
     assert states[signer.kid] == "active"
     # And the lifecycle goes on: the retired key still expires, the next key activates.
     later = NOW + datetime.timedelta(days=400)
-    changes = {(c.kid, c.change) for c in sealed_or_unsealed_host.keys.maintain(now=later)}
+    changes = {(c.kid, c.change) for c in any_host.keys.maintain(now=later)}
     retired = next(kid for kid, state in states.items() if state == "retired")
     upcoming = next(kid for kid, state in states.items() if state == "next")
     assert (retired, "destroyed") in changes
     assert (upcoming, "activated") in changes
 
 
-def test_an_export_of_active_keys_only_warns_of_nothing(
-    sealed_or_unsealed_host: Host, tmp_path: Path
-) -> None:
-    sealed_or_unsealed_host.keys.signing_key()
-    report = transfer.export_deployment(sealed_or_unsealed_host, tmp_path / "out")
+def test_an_export_of_active_keys_only_warns_of_nothing(any_host: Host, tmp_path: Path) -> None:
+    any_host.keys.signing_key()
+    report = transfer.export_deployment(any_host, tmp_path / "out")
     warnings = [note for note in report.notes if note.startswith("warning:")]
-    sealed = bool(sealed_or_unsealed_host.postgres and sealed_or_unsealed_host.postgres.keyring)
+    sealed = bool(any_host.postgres and any_host.postgres.keyring)
     assert len(warnings) == (1 if sealed else 0)
 
 

@@ -4,6 +4,7 @@ read cache."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.postgres.cache.read_cache import ReadCache
@@ -47,31 +48,9 @@ def plugin_yaml(
     return text + extra
 
 
-def plugin_file(
-    path: Path,
-    connection: ConnectionSettings,
-    *,
-    bcrypt_rounds: int = 4,
-    handlers: str | None = None,
-    cache: str | None = None,
-    backend: str = "",
-    deactivate: str = ALL_GROUPS,
-    postgres_by_default: bool = True,
-    extra: str = "",
-) -> Path:
-    """:func:`plugin_yaml` written to ``path``."""
-    path.write_text(
-        plugin_yaml(
-            connection,
-            bcrypt_rounds=bcrypt_rounds,
-            handlers=handlers,
-            cache=cache,
-            backend=backend,
-            deactivate=deactivate,
-            postgres_by_default=postgres_by_default,
-            extra=extra,
-        )
-    )
+def plugin_file(path: Path, connection: ConnectionSettings, **options: Any) -> Path:
+    """:func:`plugin_yaml` (with the same ``options``) written to ``path``."""
+    path.write_text(plugin_yaml(connection, **options))
     return path
 
 

@@ -106,32 +106,11 @@ def kill_listener(sql: PlainSQL, user: str | None = None) -> int:
     return pid
 
 
-@pytest.fixture
-def open_loader(
-    database: ConnectionSettings, tmp_path: Path
-) -> Iterator[Callable[..., PluginLoader]]:
-    """Opens loaders on the test's database (each a stand-in for a server process)."""
-    opened: list[PluginLoader] = []
-
-    def open_(cache: str = CACHE, *, wait: bool = True) -> PluginLoader:
-        path = plugin_file(tmp_path / f"plugins-{len(opened)}.yml", database, cache=cache)
-        loader = PluginLoader.from_files([path], base_dir=tmp_path)
-        opened.append(loader)
-        found = plugin(loader).cache
-        if wait and found is not None:
-            assert found.wait_until_serving(10), found.stats()
-        return loader
-
-    yield open_
-    for loader in opened:
-        loader.close()
-
-
 # --- hits ---------------------------------------------------------------------------
 
 
 def test_cached_point_reads_send_no_statement(open_loader: Callable[..., PluginLoader]) -> None:
-    loader = open_loader()
+    loader = open_loader(CACHE)
     store(loader, {"issuer": "https://a.example", "scopes": ["openid"]})
     store(loader, ["webfinger", "entry"], name="webfinger")
     signer = jwks()
@@ -203,7 +182,7 @@ def test_answers_are_copies(open_loader: Callable[..., PluginLoader]) -> None:
 def test_users_and_clients_are_not_cached_by_default(
     open_loader: Callable[..., PluginLoader],
 ) -> None:
-    loader = open_loader()
+    loader = open_loader(CACHE)
     loader.fire(
         events.CLIENT_CREATE,
         client=Client(metadata={"client_id": "app"}),
@@ -296,7 +275,7 @@ def test_a_process_reads_its_own_writes_at_once(
 
 def test_reads_inside_a_batch_are_never_kept(open_loader: Callable[..., PluginLoader]) -> None:
     """A batch reads its own uncommitted writes; rolled back, they must not linger."""
-    loader = open_loader()
+    loader = open_loader(CACHE)
     host = Host(loader)
     store(loader, {"n": 1})
     warm(lambda: section(loader), loader)
@@ -367,7 +346,7 @@ def test_a_killed_listener_mid_stream_never_serves_beyond_the_bound(
 ) -> None:
     """Writes every 10 ms in one loader, reads in a loop in another, whose listener
     connection is terminated every 0.8 s: every read is at most the bound behind."""
-    reader = open_loader()
+    reader = open_loader(CACHE)
     writer = open_loader(OFF)
     store(writer, {"n": 0})
     warm(lambda: section(reader), reader)
@@ -426,7 +405,7 @@ def test_a_change_without_its_notice_is_caught_by_the_counter(
     lost notice): the listener's poll finds the session's counter row at a value its chain
     of notices does not reach and flushes within the bound; and the session's next notice,
     whose prior link was never heard, flushes at once."""
-    reader = open_loader()
+    reader = open_loader(CACHE)
     writer = open_loader(OFF)
     store(writer, {"n": 1})
     assert warm(lambda: section(reader), reader) == {"n": 1}
@@ -464,7 +443,7 @@ def test_a_change_without_its_notice_is_caught_by_the_counter(
 def test_hand_sql_on_keys_is_announced_by_the_trigger(
     open_loader: Callable[..., PluginLoader], plain_sql: PlainSQL
 ) -> None:
-    reader = open_loader()
+    reader = open_loader(CACHE)
     writer = open_loader(OFF)
     writer.fire(events.KEYS_STORE, target_type="omejdn", target="omejdn", jwks=jwks())
     load = lambda: one(reader, events.KEYS_LOAD, target_type="omejdn", target="omejdn")  # noqa: E731
@@ -614,7 +593,7 @@ def test_a_stalled_listener_steps_aside_and_comes_back(
 ) -> None:
     """The listener's server process is frozen (SIGSTOP) — alive, connected, silent:
     past the bound the cache serves nothing; thawed, it catches up and serves again."""
-    reader = open_loader()
+    reader = open_loader(CACHE)
     writer = open_loader(OFF)
     store(writer, {"n": 1})
     assert warm(lambda: section(reader), reader) == {"n": 1}

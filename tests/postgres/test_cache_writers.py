@@ -10,11 +10,11 @@ machine is shared.
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -25,7 +25,6 @@ from omejdn_pg import PluginLoader, User
 from omejdn_pg.host import events
 from omejdn_pg.postgres.cache.changes import publish_change
 from omejdn_pg.postgres.repositories.users import UserRepository
-from omejdn_pg.settings.connection import ConnectionSettings
 from tests.kits.plugins import cache_of, plugin
 from tests.kits.witness import PlainSQL
 
@@ -45,35 +44,10 @@ def names() -> list[str]:
 
 
 @pytest.fixture
-def open_loader(
-    database: ConnectionSettings, tmp_path: Path
-) -> Iterator[Callable[[str], PluginLoader]]:
-    opened: list[PluginLoader] = []
-
-    def open_(cache: str) -> PluginLoader:
-        params = "".join(f"         {k}: '{v}'\n" for k, v in database.params.items())
-        path = tmp_path / f"plugins-{len(opened)}.yml"
-        path.write_text(
-            "plugins:\n"
-            "   postgres_backend:\n"
-            "      connection:\n"
-            f"{params}"
-            f"      pool: {{size: {WRITERS + 2}, max_overflow: 0}}\n"
-            "      passwords: {bcrypt_rounds: 4}\n"
-            f"      cache: {cache}\n"
-            "deactivate_defaults: [config, keys, client, user]\n"
-            "user_backend_default: postgres\n"
-        )
-        loader = PluginLoader.from_files([path], base_dir=tmp_path)
-        opened.append(loader)
-        found = plugin(loader).cache
-        if found is not None:
-            assert found.wait_until_serving(10), found.stats()
-        return loader
-
-    yield open_
-    for loader in opened:
-        loader.close()
+def open_pooled(open_loader: Callable[..., PluginLoader]) -> Callable[[str], PluginLoader]:
+    """Loaders whose pool has a connection for every writer: none waits for one."""
+    pool = f"      pool: {{size: {WRITERS + 2}, max_overflow: 0}}\n"
+    return functools.partial(open_loader, backend=pool)
 
 
 def waiting_locks(sql: PlainSQL) -> list[tuple[Any, ...]]:
@@ -85,12 +59,12 @@ def waiting_locks(sql: PlainSQL) -> list[tuple[Any, ...]]:
 
 
 def test_writers_of_one_group_do_not_wait_for_each_other(
-    open_loader: Callable[[str], PluginLoader], plain_sql: PlainSQL
+    open_pooled: Callable[[str], PluginLoader], plain_sql: PlainSQL
 ) -> None:
     """A user write of the package holds its transaction open after announcing its
     change; 15 writes of other users — the package's, and hand SQL announcing itself with
     a lock_timeout of one second — commit meanwhile, and nobody waits in pg_locks."""
-    writer = open_loader("false")
+    writer = open_pooled("false")
     backend = plugin(writer)
     for name in names():
         writer.fire(events.USER_CREATE, user=User(name, HASH), user_backend="postgres")
@@ -149,7 +123,7 @@ def test_writers_of_one_group_do_not_wait_for_each_other(
 
 
 def test_sixteen_writers_never_leave_a_cache_stale_beyond_the_bound(
-    open_loader: Callable[[str], PluginLoader],
+    open_pooled: Callable[[str], PluginLoader],
 ) -> None:
     """16 threads rewrite 16 users as fast as they can for 3 s; another loader reads them
     through its cache, whose listener drops one notice in five on the floor. Every read
@@ -157,8 +131,8 @@ def test_sixteen_writers_never_leave_a_cache_stale_beyond_the_bound(
     Then, with every user cached, the 16 write once more at the same moment and every
     one of those notices is lost: the chains of counters alone bring the cache up to date
     within the bound."""
-    reader = open_loader(f"{{max_staleness: {BOUND}, user: true}}")
-    writer = open_loader("false")
+    reader = open_pooled(f"{{max_staleness: {BOUND}, user: true}}")
+    writer = open_pooled("false")
     for name in names():
         writer.fire(
             events.USER_CREATE,
@@ -257,13 +231,13 @@ def test_sixteen_writers_never_leave_a_cache_stale_beyond_the_bound(
 
 
 def test_no_session_can_silence_the_announcement_of_its_change(
-    open_loader: Callable[[str], PluginLoader], plain_sql: PlainSQL
+    open_pooled: Callable[[str], PluginLoader], plain_sql: PlainSQL
 ) -> None:
     """0004 let any session set ``omejdn_pg.self_announcing=on`` and change users unheard;
     now only the keys a transaction announced itself are spared a notice — whatever a
     session sets, announces for another user, or creates as a temporary table."""
-    reader = open_loader(f"{{max_staleness: {BOUND}, user: true}}")
-    writer = open_loader("false")
+    reader = open_pooled(f"{{max_staleness: {BOUND}, user: true}}")
+    writer = open_pooled("false")
     for name in ("alice", "bob"):
         writer.fire(events.USER_CREATE, user=User(name, HASH), user_backend="postgres")
 
@@ -306,13 +280,13 @@ def test_no_session_can_silence_the_announcement_of_its_change(
 
 
 def test_rows_idle_for_two_hours_are_pruned_and_a_new_row_is_still_followed(
-    open_loader: Callable[[str], PluginLoader], plain_sql: PlainSQL
+    open_pooled: Callable[[str], PluginLoader], plain_sql: PlainSQL
 ) -> None:
     """Pruning keeps the counters as many rows as recent writing sessions; a session whose
     row was pruned starts a new one (its values still above the old ones), and a change it
     counts without its notice is still caught by the next poll."""
-    reader = open_loader(f"{{max_staleness: {BOUND}, user: true}}")
-    writer = open_loader("false")
+    reader = open_pooled(f"{{max_staleness: {BOUND}, user: true}}")
+    writer = open_pooled("false")
     writer.fire(events.USER_CREATE, user=User("alice", HASH), user_backend="postgres")
     conninfo = plain_sql.settings.conninfo()
     with psycopg.connect(conninfo, autocommit=True) as session:

@@ -195,15 +195,13 @@ def test_the_plugin_seals_what_keys_store_sends_and_keys_load_opens_it(
     from omejdn_pg import PluginLoader
     from omejdn_pg.host import events
     from omejdn_pg.service.host import Host
-    from tests.kits.plugins import plugin_yaml
+    from tests.kits.plugins import plugin_file
 
     monkeypatch.setenv("OMEJDN_PG_TEST_KEK", NEW)
-    path = tmp_path / "plugins.yml"
-    path.write_text(
-        plugin_yaml(database).replace(
-            "      passwords:",
-            "      key_encryption: [{id: kek-1, env: OMEJDN_PG_TEST_KEK}]\n      passwords:",
-        )
+    path = plugin_file(
+        tmp_path / "plugins.yml",
+        database,
+        backend="      key_encryption: [{id: kek-1, env: OMEJDN_PG_TEST_KEK}]\n",
     )
     signer = generate_key("ES256")
     with PluginLoader.from_files([path], base_dir=tmp_path) as loader:

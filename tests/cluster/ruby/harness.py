@@ -1,6 +1,6 @@
 """The Ruby side of the bridge tests: the storage service, the shipped plugin, a real Ruby.
 
-:class:`Service` runs ``python -m omejdn_pg serve`` on a test database;
+The storage service itself is :class:`tests.cluster.bridge_client.Service`;
 :func:`install` puts the shipped plugin into a directory laid out as Omejdn's
 (with ``omejdn-pg bridge install``, as an operator does); :class:`RubyDriver`
 runs ``tests/cluster/ruby/drive.rb`` — the plugin inside a stand-in of Omejdn's
@@ -13,11 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests import secrets
-from tests.kits.commands import CLEAN_ENV, REPO, ok, omejdn_pg
+from tests.kits.commands import ok, omejdn_pg
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "drive.rb"
@@ -37,68 +33,6 @@ def ruby() -> str:
     if found is None:
         pytest.fail("ruby is not installed: `apt-get install ruby` (.ci/run does)")
     return found
-
-
-class Service:
-    """``omejdn-pg serve --socket PATH`` in a child process of its own."""
-
-    def __init__(self, path: Path, config: Path, *args: str) -> None:
-        self.path = path
-        self.config = config
-        self.args = args
-        self.log_path = path.parent / f"{path.name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Service:
-        env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "omejdn_pg",
-                    "serve",
-                    "--socket",
-                    str(self.path),
-                    "--config",
-                    str(self.config),
-                    *self.args,
-                ],
-                cwd=self.path.parent,  # `python -m` puts its directory first on the path
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log()
-            if self.path.exists():
-                with socket.socket(socket.AF_UNIX) as probe:
-                    if probe.connect_ex(str(self.path)) == 0:
-                        return self
-            time.sleep(0.05)
-        raise AssertionError(f"the service did not come up:\n{self.log()}")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-    def stop(self) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        secrets.said(self.log())
-        return self.process.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def install(omejdn_dir: Path) -> Path:
