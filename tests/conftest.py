@@ -1,8 +1,9 @@
 """A real PostgreSQL for every test: never a mock, never SQLite.
 
 The server is ``OMEJDN_PG_TEST_DSN`` when set, otherwise an embedded
-PostgreSQL (the ``pgserver`` wheel) started once for the whole session in a
-temporary folder and deleted afterwards. Each test gets a database of its own,
+PostgreSQL (the ``pgserver`` wheel) started once for the whole session, when
+the first test asks for a database (``tests/unit`` never does), in a temporary
+folder deleted afterwards. Each test gets a database of its own,
 created and dropped around it: ``empty_database`` for a bare one (migration
 tests), ``database`` for one at the current schema (cloned from a template
 migrated once per session, so migrating costs nothing per test).
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg import sql
 
 from omejdn_pg.errors import OmejdnPgError
+from omejdn_pg.host.loader import PluginLoader
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.settings.connection import ConnectionSettings
 from tests import secrets

@@ -21,7 +21,7 @@ from sqlalchemy import Connection
 from omejdn_pg.certificates import self_signed_certificate
 from omejdn_pg.client_metadata import FIELDS as CHECKED_FIELDS
 from omejdn_pg.entities import Client
-from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
+from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue, NotFound
 from omejdn_pg.names import is_file_name
 from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.postgres.database.unit_of_work import Database
@@ -310,36 +310,6 @@ def writer_version(n: int) -> Client:
         metadata={"client_id": "abc", "who": n} | {f"m{n}-{k}": k for k in range(5)},
         attributes={f"a{n}-{k}": [n, k] for k in range(5)},
     )
-
-
-@pytest.mark.slow
-def test_concurrent_updates_serialize_and_never_mix(db: Database, plain_sql: Any) -> None:
-    create(db, Client(metadata={"client_id": "abc"}, attributes={"initial": True}))
-    versions = [writer_version(n) for n in range(WRITERS)]
-    for _ in range(5):
-        results = run_together(WRITERS, lambda n: db.write(lambda c: repo(c).update(versions[n])))
-        assert results == [None] * WRITERS
-        found = get(db, "abc")
-        assert found is not None
-        winner = versions[found.metadata["who"]]
-        assert found == Client(winner.metadata, winner.attributes, backend=BACKEND_NAME)
-        assert metadata_rows(plain_sql, "abc") == winner.metadata
-        assert attribute_rows(plain_sql, "abc") == winner.attributes
-
-
-@pytest.mark.slow
-def test_concurrent_creates_one_wins_the_others_get_already_exists(
-    db: Database, plain_sql: Any
-) -> None:
-    versions = [writer_version(n) for n in range(WRITERS)]
-    for _ in range(3):
-        results = run_together(WRITERS, lambda n: db.write(lambda c: repo(c).create(versions[n])))
-        winners = [n for n, r in enumerate(results) if r is None]
-        assert len(winners) == 1, results
-        assert all(isinstance(r, AlreadyExists) for r in results if r is not None), results
-        assert metadata_rows(plain_sql, "abc") == versions[winners[0]].metadata
-        assert attribute_rows(plain_sql, "abc") == versions[winners[0]].attributes
-        assert db.write(lambda c: repo(c).delete("abc"))
 
 
 @pytest.mark.slow

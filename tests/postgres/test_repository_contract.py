@@ -27,6 +27,7 @@ from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.clients import ClientRepository
 from omejdn_pg.postgres.repositories.users import UserRepository
 from omejdn_pg.settings.backend import BACKEND_NAME, PasswordSettings
+from tests.kits.threads import WRITERS, run_together
 from tests.kits.wire import traced_read
 
 POLICY = PasswordPolicy(PasswordSettings(bcrypt_rounds=4))
@@ -42,6 +43,12 @@ class Kind:
     repository: Callable[[Connection], Any]
     make: Callable[[str, dict[str, Any]], Any]
     """An entity named ``name`` with ``attributes`` and one field of its own."""
+    rival: Callable[[int], Any]
+    """Writer ``n``'s whole version of the entity ``rival``: no key shared with another's."""
+    own_rows: Callable[[Any, str], Any]
+    """What the entity's own table holds of ``name`` (plain SQL)."""
+    own_fields: Callable[[Any], Any]
+    """The same, as an entity should have stored it."""
 
     def create(self, db: Database, entity: Any) -> None:
         db.write(lambda c: self.repository(c).create(entity))
@@ -62,12 +69,25 @@ class Kind:
         )
 
 
+HASHES = (POLICY.hash("correct horse"), POLICY.hash("battery staple"))
+
 USERS = Kind(
     noun="user",
     table="users",
     name_column="username",
     repository=lambda conn: UserRepository(conn, POLICY),
     make=lambda name, attributes: User(username=name, attributes=attributes, extern="idp"),
+    rival=lambda n: User(
+        username="rival",
+        password=HASHES[n % 2],
+        attributes={f"w{n}-{k}": n * 10 + k for k in range(6)} | {"who": n},
+        extern=f"idp-{n}",
+        consent={f"client-{n}": ["openid"]},
+    ),
+    own_rows=lambda plain_sql, name: plain_sql.rows(
+        "SELECT password, extern, consent FROM users WHERE username = %s", (name,)
+    ),
+    own_fields=lambda user: [(user.password, user.extern, user.consent)],
 )
 CLIENTS = Kind(
     noun="client",
@@ -77,6 +97,14 @@ CLIENTS = Kind(
     make=lambda name, attributes: Client(
         metadata={"client_id": name, "client_name": name.title()}, attributes=attributes
     ),
+    rival=lambda n: Client(
+        metadata={"client_id": "rival"} | {f"m{n}-{k}": k for k in range(5)},
+        attributes={f"a{n}-{k}": [n, k] for k in range(5)} | {"who": n},
+    ),
+    own_rows=lambda plain_sql, name: dict(
+        plain_sql.rows("SELECT key, value::jsonb FROM clients WHERE client_id = %s", (name,))
+    ),
+    own_fields=lambda client: client.metadata,
 )
 
 
@@ -321,3 +349,44 @@ def test_invalid_values_are_refused_before_any_sql(
             db.write(lambda c, op=operation: getattr(kind.repository(c), op)(entity))  # type: ignore[misc]
     assert statements == []
     assert plain_sql.value(f"SELECT count(*) FROM {kind.table}") == 0
+
+
+# --- concurrency ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_concurrent_creates_one_wins_the_others_get_already_exists(
+    db: Database, plain_sql: Any, kind: Kind
+) -> None:
+    versions = [kind.rival(n) for n in range(WRITERS)]
+    for round_ in range(3):
+        results = run_together(
+            WRITERS, lambda n: db.write(lambda c: kind.repository(c).create(versions[n]))
+        )
+        winners = [n for n, r in enumerate(results) if r is None]
+        assert len(winners) == 1, results
+        losers = [r for r in results if r is not None]
+        assert all(isinstance(r, AlreadyExists) for r in losers), losers
+        winner = versions[winners[0]]
+        assert kind.own_rows(plain_sql, "rival") == kind.own_fields(winner)
+        assert kind.attribute_rows(plain_sql, "rival") == winner.attributes
+        assert db.write(lambda c: kind.repository(c).delete("rival")), round_
+
+
+@pytest.mark.slow
+def test_concurrent_updates_serialize_and_never_mix(
+    db: Database, plain_sql: Any, kind: Kind
+) -> None:
+    kind.create(db, kind.make("rival", {"initial": True}))
+    versions = [kind.rival(n) for n in range(WRITERS)]
+    for _ in range(5):
+        results = run_together(
+            WRITERS, lambda n: db.write(lambda c: kind.repository(c).update(versions[n]))
+        )
+        assert results == [None] * WRITERS
+        found = kind.get(db, "rival")
+        assert found is not None
+        winner = versions[found.attributes["who"]]
+        assert found == dataclasses.replace(winner, backend=BACKEND_NAME)
+        assert kind.own_rows(plain_sql, "rival") == kind.own_fields(winner)
+        assert kind.attribute_rows(plain_sql, "rival") == winner.attributes

@@ -194,7 +194,7 @@ def test_delete_of_unknown_user_leaves_others_alone(db: Database, plain_sql: Any
     assert plain_sql.value("SELECT count(*) FROM attributes") == 1
 
 
-# --- passwords (the repository side; schemes are in test_passwords.py) ----------
+# --- passwords (the repository side; schemes are in unit/test_passwords.py) -----
 
 
 def test_set_password_stores_a_hash_of_it(db: Database, plain_sql: Any) -> None:
@@ -329,35 +329,6 @@ def writer_version(n: int) -> User:
         extern=f"idp-{n}",
         consent={f"client-{n}": ["openid"]},
     )
-
-
-@pytest.mark.slow
-def test_concurrent_updates_serialize_and_never_mix(db: Database, plain_sql: Any) -> None:
-    create(db, User(username="alice", attributes={"initial": True}))
-    versions = [writer_version(n) for n in range(WRITERS)]
-    for _ in range(5):
-        results = run_together(WRITERS, lambda n: db.write(lambda c: repo(c).update(versions[n])))
-        assert results == [None] * WRITERS
-        found = get(db, "alice")
-        assert found is not None
-        winner = found.attributes["who"]
-        assert found == User(**{**versions[winner].__dict__, "backend": "postgres"})
-        assert attribute_rows(plain_sql, "alice") == versions[winner].attributes
-
-
-@pytest.mark.slow
-def test_concurrent_creates_one_wins_the_others_get_already_exists(
-    db: Database, plain_sql: Any
-) -> None:
-    versions = [writer_version(n) for n in range(WRITERS)]
-    for round_ in range(3):
-        results = run_together(WRITERS, lambda n: db.write(lambda c: repo(c).create(versions[n])))
-        winners = [n for n, r in enumerate(results) if r is None]
-        assert len(winners) == 1, results
-        losers = [r for r in results if r is not None]
-        assert all(isinstance(r, AlreadyExists) for r in losers), losers
-        assert attribute_rows(plain_sql, "alice") == versions[winners[0]].attributes
-        assert db.write(lambda c: repo(c).delete("alice")), round_
 
 
 @pytest.mark.slow
