@@ -117,7 +117,8 @@ class Service:
         self.log_path = socket_path.parent / f"{socket_path.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60) -> Service:
+    def launch(self) -> Service:
+        """Starts the process and returns at once, ready or not."""
         environment = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
         environment["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(REPO), environment.get("PYTHONPATH")])
@@ -133,6 +134,12 @@ class Service:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        return self
+
+    def start(self, timeout: float = 60) -> Service:
+        """Starts the process and returns once it answers the protocol's hello."""
+        self.launch()
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -498,7 +498,7 @@ def test_systemd_is_told_when_the_service_is_ready_and_when_it_stops(
         systemd.settimeout(60)
         service = Service(
             socket_dir / "omejdn-pg.sock", config, env={"NOTIFY_SOCKET": str(tmp_path / "notify")}
-        )
+        ).launch()
         try:
             assert systemd.recv(100) == b"READY=1"
             # Ready means ready: the socket answers a hello now.
