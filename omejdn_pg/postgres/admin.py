@@ -31,8 +31,9 @@ from omejdn_pg.postgres.cache.entries import USER
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.plugin import PostgresBackendPlugin
 from omejdn_pg.postgres.repositories.bulk import UserImport
-from omejdn_pg.postgres.repositories.config import ConfigRepository, Shape
+from omejdn_pg.postgres.repositories.config import ConfigRepository
 from omejdn_pg.postgres.repositories.keys import KeyRepository
+from omejdn_pg.postgres.repositories.section_layouts import Shape
 from omejdn_pg.settings.backend import PLUGIN_NAME, KeyLifecycleSettings
 
 

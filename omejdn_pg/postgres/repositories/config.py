@@ -10,7 +10,8 @@ we write: their TEXT columns get compact JSON text (what ``JSON.generate``
 writes), and a list without positions is read in physical order (``ctid``),
 which is the Ruby plugin's insertion order as long as it is rewritten whole.
 
-A section's shape is read from its columns, never assumed, so a load needs
+A section's shape is read from its columns, never assumed
+(:mod:`~omejdn_pg.postgres.repositories.section_layouts`), so a load needs
 no fallback and one statement serves every layout: the table's columns (from
 ``pg_attribute``) and all its rows (each whole row as JSON, aggregated) come
 back in one round trip, costing the server about what a plain ``SELECT key,
@@ -42,21 +43,12 @@ so Omejdn's core still falls back to its defaults; the price is that
 deliberately storing an empty section there also reads back as None. A store
 that would need a new or reshaped table under such a role fails with the
 command that fixes it, instead of PostgreSQL's bare "permission denied".
-
-jsonb keeps numbers as exact decimals and prints integral values without a
-fraction, so in JSONB sections a float like ``1e16`` comes back as the int
-``10**16`` (equal in value, not in Python type); TEXT columns keep the text.
-Dict sections come back in physical row order, which is the order written in
-the common case; JSON objects promise no order, so nothing may rely on it.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import psycopg
 from sqlalchemy import (
@@ -78,16 +70,21 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.schema import DropTable
-from sqlalchemy.types import TypeEngine
 
-from omejdn_pg.errors import InvalidSectionName, InvalidValue, PermissionDenied, StorageError
-from omejdn_pg.json_values import check_json
+from omejdn_pg.errors import InvalidSectionName, InvalidValue, PermissionDenied
 from omejdn_pg.postgres.repositories.common import (
     DIALECT,
     ConnectionReader,
     Reader,
-    dumps,
     lock_for_update,
+)
+from omejdn_pg.postgres.repositories.section_layouts import (
+    OURS,
+    Layout,
+    Shape,
+    layout_of,
+    section_content,
+    section_payload,
 )
 from omejdn_pg.postgres.schema import (
     SECTION_PREFIX,
@@ -96,8 +93,6 @@ from omejdn_pg.postgres.schema import (
     section_table_name,
     validate_section_name,
 )
-
-Shape = Literal["dict", "list"]
 
 PROVISIONED: Final = "omejdn-pg: provisioned section"
 """The table comment of a section created ahead of its first write."""
@@ -128,37 +123,6 @@ _PG_CLASS: Final = table(
     column("relkind"),
     schema="pg_catalog",
 )
-_JSON_TYPES: Final = frozenset({"jsonb", "json"})
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """What a section table looks like in this database."""
-
-    shape: Shape
-    column: str
-    """``value`` (dict) or ``item`` (list): the column holding the JSON values."""
-    column_type: str
-    """``jsonb`` (ours), ``text`` (the Ruby plugin's) or another type PostgreSQL reports."""
-    positioned: bool
-    """Whether rows carry a ``position``; the Ruby plugin's lists do not."""
-
-    @property
-    def holds_json(self) -> bool:
-        return self.column_type in _JSON_TYPES
-
-    def sql_type(self) -> TypeEngine[Any]:
-        if self.column_type == "jsonb":
-            return JSONB()
-        if self.column_type == "json":
-            return JSON()
-        return Text()
-
-
-_OURS: Final[dict[Shape, _Layout]] = {
-    "dict": _Layout("dict", "value", "jsonb", positioned=False),
-    "list": _Layout("list", "item", "jsonb", positioned=True),
-}
 
 
 class ConfigRepository:
@@ -170,14 +134,14 @@ class ConfigRepository:
     def store(self, section: str, data: dict[str, Any] | list[Any]) -> None:
         """Replace the section's whole content with ``data``, creating or reshaping its table."""
         name = section_table_name(section)
-        shape, payload = _payload(section, data)
+        shape, payload = section_payload(section, data)
 
         lock_for_update(self.conn, "config", section)
         columns = self.conn.execute(_COLUMNS, {"regclass": regclass_text(name)}).scalar_one()
-        layout = _layout(section, columns) if columns is not None else None
+        layout = layout_of(section, columns) if columns is not None else None
         if layout is None or layout.shape != shape:
             self._create(section, shape, replace=layout is not None)
-            layout = _OURS[shape]
+            layout = OURS[shape]
 
         self.conn.execute(delete(table(name)))
         if data:
@@ -193,7 +157,7 @@ class ConfigRepository:
         lock_for_update(self.conn, "config", section)
         columns = self.conn.execute(_COLUMNS, {"regclass": regclass_text(name)}).scalar_one()
         if columns is not None:
-            layout = _layout(section, columns)
+            layout = layout_of(section, columns)
             if layout.shape == shape:
                 return False
             if not replace:
@@ -305,7 +269,7 @@ def load_section(reader: Reader, section: str) -> dict[str, Any] | list[Any] | N
     if not content and reader.rows(_COMMENT, regclass)[0][0] == PROVISIONED:
         # Provisioned (an empty table) and never written; asked only when empty.
         return None
-    return _content(section, _layout(section, columns), content or [])
+    return section_content(section, layout_of(section, columns), content or [])
 
 
 # --- statements ----------------------------------------------------------------
@@ -351,7 +315,7 @@ def _load_query(name: str) -> Select[Any]:
 
 
 @lru_cache(maxsize=1024)
-def _insert_statement(name: str, layout: _Layout) -> Insert:
+def _insert_statement(name: str, layout: Layout) -> Insert:
     """INSERT … SELECT unpacking one JSON document (``:document``) in the server, in order.
 
     ``json`` (not jsonb) keeps each value's text as sent, so a TEXT column gets
@@ -377,67 +341,3 @@ def _insert_statement(name: str, layout: _Layout) -> Insert:
         [layout.column],
         select(cast(elements.c.value, value_type)).order_by(elements.c.ordinality),
     )
-
-
-# --- values --------------------------------------------------------------------
-
-
-def _payload(section: str, data: object) -> tuple[Shape, str]:
-    """The section's shape and its compact JSON text, after checking every value."""
-    shape: Shape
-    if isinstance(data, Mapping):
-        shape = "dict"
-        for key, value in data.items():
-            if not isinstance(key, str):
-                raise InvalidValue(f"section {section!r}: key {key!r} is not a string")
-            # A key is a TEXT row key: the same characters are refused as in values.
-            check_json(key, f"section {section!r}: key {key!r}")
-            check_json(value, f"section {section!r}: {key}")
-    elif isinstance(data, list):
-        shape = "list"
-        for index, item in enumerate(data):
-            check_json(item, f"section {section!r}: [{index}]")
-    else:
-        raise InvalidValue(
-            f"section {section!r}: data must be a dict or a list, got {type(data).__name__}"
-        )
-    return shape, dumps(data)
-
-
-def _layout(section: str, columns: Mapping[str, str]) -> _Layout:
-    if "key" in columns and "value" in columns:
-        return _Layout("dict", "value", columns["value"], positioned=False)
-    if "item" in columns:
-        return _Layout("list", "item", columns["item"], positioned="position" in columns)
-    raise StorageError(
-        f"table {SECTION_PREFIX}{section} is not a configuration section: "
-        f"it has the columns {', '.join(sorted(columns))}, "
-        "expected (key, value) or (position, item)"
-    )
-
-
-def _content(
-    section: str, layout: _Layout, rows: list[dict[str, Any]]
-) -> dict[str, Any] | list[Any]:
-    if layout.shape == "dict":
-        return {
-            row["key"]: _decode(section, layout, row.get("value"), f"key {row['key']!r}")
-            for row in rows
-        }
-    if layout.positioned:
-        rows = sorted(rows, key=lambda row: row["position"])
-    return [
-        _decode(section, layout, row.get("item"), f"item {index}") for index, row in enumerate(rows)
-    ]
-
-
-def _decode(section: str, layout: _Layout, value: Any, where: str) -> Any:
-    """A value as stored: jsonb arrives parsed, JSON text must be parsed here."""
-    if layout.holds_json or value is None:
-        return value
-    try:
-        return json.loads(value)
-    except (TypeError, ValueError) as error:
-        raise StorageError(
-            f"configuration section {section!r}: {where} is not valid JSON"
-        ) from error
