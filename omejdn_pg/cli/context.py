@@ -18,6 +18,9 @@ the Host nor for what the Host imports (the plugin, the key and password
 libraries). The trade-off: a command that needs no database still pays
 nothing, but one that does pays the driver's import on its first database
 call, not before.
+
+Over 400 lines on purpose: the global options, the callbacks that fill the
+context and the lazy resolution they feed are one job, read best in one module.
 """
 
 from __future__ import annotations
