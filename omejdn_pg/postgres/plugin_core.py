@@ -40,9 +40,9 @@ class PluginCore:
         self.settings: BackendSettings | None = None
         self.policy = PasswordPolicy()
         self.keyring = Keyring()
+        """Key-encryption keys sealing private keys at rest (none: plain PEM)."""
         self.allow_plaintext = False
         """Let key writes store a plain private key beside sealed ones (``--allow-plaintext``)."""
-        """Key-encryption keys sealing private keys at rest (none: plain PEM)."""
         self.cache: ReadCache | None = None
         """The read cache, once :meth:`start_cache` (``init``) started it."""
         self._announcements = Announcements()
