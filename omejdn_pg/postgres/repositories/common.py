@@ -36,7 +36,7 @@ DIALECT: Final = PGDialect_psycopg()  # type: ignore[no-untyped-call]
 
 class Reader(Protocol):
     """Where a repository's reads run: a SQLAlchemy connection (:class:`ConnectionReader`),
-    or the primary's direct read path (:class:`~omejdn_pg.postgres.readpool.DirectReader`).
+    or the primary's direct read path (:class:`~omejdn_pg.postgres.database.readpool.DirectReader`).
 
     Rows come back with their columns as attributes; a driver error is raised as
     SQLAlchemy's wrapper of it (``error.orig`` is psycopg's) on either.
