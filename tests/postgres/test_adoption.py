@@ -180,7 +180,8 @@ def snapshot(sql: PlainSQL, adopted: bool) -> dict[str, Any]:
         )
     if "attributes" in tables:
         data["attributes"] = sorted(
-            (t, i, k, canonical(parse(v))) for t, i, k, v in sql.rows("SELECT * FROM attributes")
+            (t, i, k, canonical(parse(v)))
+            for t, i, k, v in sql.rows("SELECT type, identifier, key, value FROM attributes")
         )
     if "keys" in tables:
         data["keys"] = sorted(sql.rows("SELECT target_type, target, type, value FROM keys"))
