@@ -213,6 +213,10 @@ def test_ctrl_c_during_import_says_nothing_was_written(
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            # As from a terminal: a shell that starts a job in the background has
+            # it ignore SIGINT, the child would inherit that, and Python then installs no
+            # KeyboardInterrupt handler.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 60
         while not plain_sql.value(
