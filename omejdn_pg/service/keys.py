@@ -167,13 +167,7 @@ class Keys:
     ) -> KeySet:
         """Make key ``kid`` the signer now; the previous signer retires. A key still in
         its publish window is refused unless ``force``."""
-        moment = now or _now()
-        retire_for = self.retirement_window()
-        return self._modify_existing(
-            target_type,
-            target,
-            lambda stored: lifecycle.activate(stored, kid, moment, retire_for, force=force),
-        )
+        return self._change_one(lifecycle.activate, target_type, target, kid, force, now)
 
     def retire(
         self,
@@ -184,12 +178,25 @@ class Keys:
         force: bool = False,
         now: datetime.datetime | None = None,
     ) -> KeySet:
+        """Retire key ``kid`` now: it stays published for the retirement window."""
+        return self._change_one(lifecycle.retire, target_type, target, kid, force, now)
+
+    def _change_one(
+        self,
+        rule: Callable[..., list[Key]],
+        target_type: str,
+        target: str,
+        kid: str,
+        force: bool,
+        now: datetime.datetime | None,
+    ) -> KeySet:
+        """Apply a lifecycle rule that changes one key, dated by this run, to a stored set."""
         moment = now or _now()
         retire_for = self.retirement_window()
         return self._modify_existing(
             target_type,
             target,
-            lambda stored: lifecycle.retire(stored, kid, moment, retire_for, force=force),
+            lambda stored: rule(stored, kid, moment, retire_for, force=force),
         )
 
     def delete(
