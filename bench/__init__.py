@@ -14,7 +14,9 @@ per case (:mod:`bench.cases`), a runner that times them side by side
 The rest is set-up: the server (:mod:`bench.server`), the data
 (:mod:`bench.seed`), the floor (:mod:`bench.floor`), the import command
 (:mod:`bench.importing`), the growth series (:mod:`bench.growth`) and a
-profile of the point reads (:mod:`bench.profiling`).
+profile of the point reads (:mod:`bench.profiling`); two rows time commands as an
+operator runs them: ``users list`` in each output format (:mod:`bench.output_formats`)
+and an import of plaintext passwords by hashing workers (:mod:`bench.plaintext_import`).
 """
 
 RESULTS_SCHEMA = 1

@@ -4,7 +4,9 @@ The run, in order: start (or reach) the server; seed the main database; time
 every case against its floor, interleaved; USER_GET under 1, 4 and 8 threads;
 profile USER_GET and CLIENT_GET; time how soon a write here is served by the read
 cache of another process; grow a second database for USER_GET_ALL; run
-``omejdn-pg import`` at each size; read on a standby and through PgBouncer; fire
+``omejdn-pg import`` at each size; list every user with ``omejdn-pg users list`` in
+each output format; import plaintext passwords with 1 and 2 hashing workers; read on
+a standby and through PgBouncer; fire
 events through ``omejdn-pg serve``'s socket beside the same events in-process,
 and token requests through it under 1, 4 and 8 threads. Only then are the tables printed and the
 files written, so a run that fails leaves no partial result behind.
@@ -35,6 +37,8 @@ from bench import (
     growth,
     hosting,
     importing,
+    output_formats,
+    plaintext_import,
     plot,
     profiling,
     report,
@@ -83,6 +87,16 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--writes", type=int, help="writes timed for cross-process staleness (200; quick 20)"
     )
+    parser.add_argument(
+        "--listing-users",
+        type=int,
+        help="users listed by `omejdn-pg users list` (20000; quick 500)",
+    )
+    parser.add_argument(
+        "--plaintext-users",
+        type=int,
+        help="plaintext passwords imported per worker count (48; quick 4)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder ({RESULTS})")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -91,6 +105,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args.seconds = args.seconds or (0.5 if quick else 3.0)
     args.profile_calls = args.profile_calls or (300 if quick else 5000)
     args.writes = args.writes or (20 if quick else 200)
+    args.listing_users = args.listing_users or (500 if quick else 20_000)
+    args.listing_runs = 3 if quick else 5
+    args.plaintext_users = args.plaintext_users or (4 if quick else 48)
     sizes = args.growth or ("200,1000" if quick else "1000,10000,100000")
     args.growth = sorted({int(n) for n in sizes.split(",") if n.strip()} | {args.users})
     args.threads = [int(n) for n in args.threads.split(",") if n.strip()]
@@ -305,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "growth_sizes": args.growth,
             "profile_calls": args.profile_calls,
             "staleness_writes": args.writes,
+            "listing_users": args.listing_users,
+            "plaintext_users": args.plaintext_users,
         },
     }
     placement = Placement.split()
@@ -414,6 +433,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             startup = None
         results["import"] = {**main_import, "startup_s": startup}
         results["growth"] = {"get_all": listing, "import": imports}
+        phase("output formats", f"users list -o json|yaml|table, {args.listing_users:,} users")
+        results["output_formats"] = output_formats.measure(
+            server, args.listing_users, hashes, args.listing_runs
+        )
+        phase("plaintext import", f"{args.plaintext_users} users, hashing workers 1 and 2")
+        results["plaintext_import"] = plaintext_import.measure(
+            server, args.plaintext_users, workdir, placement
+        )
         phase("topologies", "USER_GET on a standby and through PgBouncer")
         results["topologies"] = topologies.measure(quick=args.quick, placement=placement)
         for label, row in results["topologies"]["rows"].items():

@@ -21,15 +21,17 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from bench import seed
+from bench.placement import on_cores
 from bench.seed import PasswordHashes
 from bench.server import Server
 from omejdn_pg.settings.connection import ConnectionSettings
 
-_SCRUBBED_ENV: Final = ("OMEJDN_PG_URL", "OMEJDN_PLUGINS", "OMEJDN_PG_DATA")
+SCRUBBED_ENV: Final = ("OMEJDN_PG_URL", "OMEJDN_PLUGINS", "OMEJDN_PG_DATA")
 
 
 def command() -> list[str]:
@@ -38,8 +40,14 @@ def command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "omejdn_pg"]
 
 
-def write_deployment(directory: Path, count: int, hashes: PasswordHashes) -> Path:
-    """An Omejdn deployment directory with ``count`` users (pre-hashed passwords)."""
+class Passwords(Protocol):
+    """The password of user ``index`` in ``users.yml``: a hash, or plaintext to be hashed."""
+
+    def of(self, index: int) -> str: ...
+
+
+def write_deployment(directory: Path, count: int, hashes: Passwords) -> Path:
+    """An Omejdn deployment directory with ``count`` users, their passwords from ``hashes``."""
     config = directory / "config"
     config.mkdir(parents=True, exist_ok=True)
     with (config / "users.yml").open("w", encoding="utf-8") as out:
@@ -53,12 +61,22 @@ def write_deployment(directory: Path, count: int, hashes: PasswordHashes) -> Pat
     return directory
 
 
-def _run(arguments: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+def _run(
+    arguments: list[str],
+    extra_env: Mapping[str, str] | None = None,
+    cores: frozenset[int] | None = None,
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run the command (on ``cores`` if given, else the bench's own); wall seconds."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env.update(extra_env or {})
     began = time.perf_counter()
-    done = subprocess.run(  # checked below, its stderr in the message
-        arguments, capture_output=True, text=True, env=env, timeout=1800
-    )
+    if cores:
+        with on_cores(cores):
+            done = subprocess.run(  # checked below, its stderr in the message
+                arguments, capture_output=True, text=True, env=env, timeout=1800
+            )
+    else:
+        done = subprocess.run(arguments, capture_output=True, text=True, env=env, timeout=1800)
     elapsed = time.perf_counter() - began
     if done.returncode != 0:
         raise RuntimeError(
@@ -73,10 +91,19 @@ def startup_seconds() -> float:
     return min(_run([*command(), "--help"])[0] for _ in range(2))
 
 
-def import_once(settings: ConnectionSettings, directory: Path) -> dict[str, Any]:
-    """Run ``omejdn-pg --url ... import DIR --json``: wall seconds, and what its report says."""
+def import_once(
+    settings: ConnectionSettings,
+    directory: Path,
+    options: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
+    cores: frozenset[int] | None = None,
+) -> dict[str, Any]:
+    """Run ``omejdn-pg --url ... [options] import DIR --json``: wall seconds, and what its
+    report says; ``extra_env`` added to its environment, on ``cores`` if given."""
     elapsed, done = _run(
-        [*command(), "--url", settings.conninfo(), "import", str(directory), "--json"]
+        [*command(), "--url", settings.conninfo(), *options, "import", str(directory), "--json"],
+        extra_env,
+        cores,
     )
     found: dict[str, Any] = {"seconds": round(elapsed, 3), "changes": None, "own_seconds": None}
     try:
@@ -104,7 +131,7 @@ def measure(server: Server, count: int, hashes: PasswordHashes, workdir: Path) -
     try:
         first = import_once(database, directory)
         again = import_once(database, directory)
-        stored = _count_users(database)
+        stored = count_users(database)
     finally:
         server.drop(database)
     if stored != count:
@@ -141,7 +168,7 @@ def failed(count: int, error: BaseException) -> dict[str, Any]:
     }
 
 
-def _count_users(settings: ConnectionSettings) -> int:
+def count_users(settings: ConnectionSettings) -> int:
     import psycopg
 
     with psycopg.connect(settings.conninfo()) as conn:

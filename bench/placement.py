@@ -55,12 +55,27 @@ def starting_servers(placement: Placement | None) -> Iterator[None]:
     if placement is None:
         yield
         return
+    with on_cores(placement.servers):
+        yield
+
+
+@contextmanager
+def on_cores(cores: frozenset[int]) -> Iterator[None]:
+    """This thread, and the processes it starts inside, on ``cores``; as before after."""
     before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, placement.servers)
+    os.sched_setaffinity(0, cores)
     try:
         yield
     finally:
         os.sched_setaffinity(0, before)
+
+
+def all_cores(placement: Placement | None) -> frozenset[int]:
+    """Every core this run may use: the bench's and the servers' when placed, else this
+    thread's own (nothing was pinned)."""
+    if placement is not None:
+        return placement.bench | placement.servers
+    return frozenset(os.sched_getaffinity(0)) if _CAN_PIN else frozenset()
 
 
 def unplaced(reason: str) -> dict[str, Any]:

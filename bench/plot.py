@@ -1,9 +1,13 @@
-"""The figure: (a) each case's latency as a ratio to its floor, (b) growth with N.
+"""The figure: (a) each case's latency as a ratio to its floor, (b) growth with N,
+(c) events through the socket, (d) the listing's output formats, (e) a plaintext
+import with 1 and 2 hashing workers.
 
 Drawn with matplotlib's Agg backend (no display needed), from the results
 document alone, so a committed JSON can be re-plotted. Panel (a) marks the
 floor (1x) and the issue's target for point reads (1.3x); panel (b) is
-log-log, where linear growth is a line of slope one.
+log-log, where linear growth is a line of slope one. (d) and (e) are in
+seconds of a whole command, below (b) and (c); a document written before they
+were measured leaves them empty.
 """
 
 from __future__ import annotations
@@ -17,14 +21,21 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
+from bench import output_formats, plaintext_import
+
 TARGET_RATIO = 1.3
 
 
 def draw(results: dict[str, Any], out: Path, stamp: str, quick: bool) -> Path:
     """``<out>/<stamp>[-quick].png`` and ``latest[-quick].png``; the first path."""
-    figure, (ratios, growth, bridge) = plt.subplots(
-        1, 3, figsize=(20, 6.5), layout="constrained", width_ratios=(3, 2, 2)
+    figure, panels = plt.subplot_mosaic(
+        [["a", "b", "c"], ["a", "d", "e"]],
+        figsize=(20, 11),
+        layout="constrained",
+        width_ratios=(3, 2, 2),
+        height_ratios=(3, 2),
     )
+    ratios, growth, bridge = panels["a"], panels["b"], panels["c"]
     cached = [
         {**row, "group": "cached", "ratio_median": row["ratio_to_floor"], "ratio_p99": None}
         for row in results["cached"]["rows"]
@@ -33,6 +44,14 @@ def draw(results: dict[str, Any], out: Path, stamp: str, quick: bool) -> Path:
     _ratios(ratios, results["latency"] + [{**r, "name": f"{r['name']} (cached)"} for r in cached])
     _growth(growth, results["growth"])
     _bridge(bridge, results["bridge"])
+    for key, found, draw_panel in (
+        ("d", results.get("output_formats"), output_formats.draw),
+        ("e", results.get("plaintext_import"), plaintext_import.draw),
+    ):
+        if found:
+            draw_panel(panels[key], found)
+        else:
+            panels[key].set_axis_off()
     parameters, server, machine = results["parameters"], results["server"], results["machine"]
     title = (
         f"omejdn_pg bench {results['started_at'][:10]} · {parameters['users']:,} users · "

@@ -19,6 +19,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench import output_formats, plaintext_import
+
 _REPOSITORY = Path(__file__).resolve().parents[1]
 
 
@@ -222,6 +224,39 @@ def print_tables(results: dict[str, Any], console: Console | None = None) -> Non
     startup = results["import"]["startup_s"]
     if startup is not None:
         console.print(f"CLI start-up alone: {startup:.2f} s", style="dim")
+
+    found = results.get("output_formats")
+    if found:
+        table = Table(title=f"omejdn-pg users list -o FORMAT, {found['users']:,} users")
+        for column in ("format", "median", "min", "users/s", "output", "/ json"):
+            table.add_column(column, justify="left" if column == "format" else "right")
+        for cells in output_formats.table_rows(found):
+            table.add_row(*cells)
+        console.print(table)
+        console.print(
+            f"subprocess, median of {found['runs']} runs, formats taking turns; -o yaml within "
+            f"{found['yaml_bound']:g}x -o json: {'yes' if found['yaml_within_2x_json'] else 'NO'}",
+            style="dim",
+            markup=False,
+        )
+
+    found = results.get("plaintext_import")
+    if found:
+        table = Table(
+            title=f"omejdn-pg import, {found['users']:,} plaintext passwords, bcrypt cost "
+            f"{found['bcrypt_cost']}"
+        )
+        for column in ("workers", "s", "own s", "users/s", "re-import s", "own s ", "users/s "):
+            table.add_column(column, justify="right")
+        for cells in plaintext_import.table_rows(found):
+            table.add_row(*cells)
+        console.print(table)
+        console.print(
+            f"subprocess on {found['usable_cores']} usable cores; "
+            f"{plaintext_import.speedups(found)}",
+            style="dim",
+            markup=False,
+        )
 
     table = Table(title="USER_GET_ALL as users grow")
     for column in ("users", "stmts", "omejdn_pg", "floor", "N+1 (Ruby)", "ratio", "N+1 / ours"):

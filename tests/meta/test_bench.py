@@ -240,3 +240,46 @@ def test_events_through_the_storage_service_beside_in_process(results: dict[str,
     for row in found["token_requests"]:
         assert row["errors"] == 0, row
         assert positive(row["ops_per_s"]), row
+
+
+def test_every_output_format_lists_every_user_timed_in_turns(results: dict[str, Any]) -> None:
+    found = results["output_formats"]
+    assert found["users"] == results["parameters"]["listing_users"] == QUICK_USERS
+    assert found["runs"] >= 3
+    rows = {row["format"]: row for row in found["rows"]}
+    assert list(rows) == ["json", "yaml", "table"]
+    for name, row in rows.items():
+        assert len(row["runs_s"]) == found["runs"], name
+        assert all(positive(value) for value in row["runs_s"]), name
+        assert row["min_s"] <= row["median_s"] <= row["max_s"], name
+        assert positive(row["users_per_s"]), name
+        assert row["bytes"] > QUICK_USERS * 20, name  # the check run's whole listing
+    assert rows["json"]["over_json"] == 1.0
+    assert found["yaml_over_json"] == rows["yaml"]["over_json"]
+    assert found["table_over_json"] == rows["table"]["over_json"]
+    # The acceptance is recorded, not asserted: CI's timings are not the machine's.
+    assert found["yaml_within_2x_json"] is (found["yaml_over_json"] <= found["yaml_bound"])
+
+
+def test_a_plaintext_import_is_timed_with_one_and_two_hashing_workers(
+    results: dict[str, Any],
+) -> None:
+    found = results["plaintext_import"]
+    users = results["parameters"]["plaintext_users"]
+    assert found["users"] == users > 0
+    assert found["bcrypt_cost"] >= 10  # hashing is most of the command
+    assert [row["workers"] for row in found["rows"]] == [1, 2]
+    for row in found["rows"]:
+        assert row["changes"] == users, row
+        assert row["reimport_changes"] == 0, row
+        for key in ("seconds", "users_per_s", "reimport_seconds", "reimport_users_per_s"):
+            assert positive(row[key]), (row["workers"], key)
+    assert positive(found["speedup"])
+    assert positive(found["reimport_speedup"])
+    # The import ran on every core of the run, not on the bench's one.
+    placement = results["placement"]
+    if placement["bench_cores"]:
+        assert found["import_cores"] == sorted(
+            set(placement["bench_cores"]) | set(placement["server_cores"])
+        )
+    assert found["usable_cores"] == len(found["import_cores"]) >= 1
