@@ -155,6 +155,7 @@ def draw(axes: Any, found: dict[str, Any]) -> None:
             xytext=(4, -4),
             textcoords="offset points",
             fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
         )
     json_s = next(row["median_s"] for row in rows if row["format"] == "json")
     bound = json_s * found["yaml_bound"]
