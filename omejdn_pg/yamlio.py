@@ -1,30 +1,32 @@
-"""One YAML reader and writer for the package: libyaml's C loader and emitter, bounded.
+"""One YAML reader and writer for the package: libyaml's C loader, a writer of its own, bounded.
 
 Every YAML the package reads or writes goes through here: Omejdn's plugin
 files (``OMEJDN_PLUGINS``), a deployment's ``config/*.yml`` and key
 descriptors, ``$OMEJDN_PG_KEY_ENCRYPTION``, the command line's ``--set``
-values and ``-o yaml`` output. libyaml's ``CSafeLoader``/``CSafeDumper`` are
-used where PyYAML was built with them (several times faster on a users.yml
-of thousands of entries, five times on ``-o yaml``); the pure-Python
-``SafeLoader``/``SafeDumper`` otherwise, with the same results. PyYAML is
-imported on first use only: ``omejdn-pg --help`` and a file written as JSON
-(:func:`json_form`) never load it.
+values and ``-o yaml`` output. libyaml's ``CSafeLoader`` reads where PyYAML
+was built with it (several times faster on a users.yml of thousands of
+entries); the pure-Python ``SafeLoader`` otherwise, with the same results.
+JSON-shaped data — every listing, section, users.yml and clients.yml — is
+written by :mod:`omejdn_pg.yaml_emit`, as fast as ``-o json``; anything else
+by libyaml's ``CSafeDumper`` (or ``SafeDumper``). PyYAML is imported on
+first use only: ``omejdn-pg --help``, JSON-shaped output and a file written
+as JSON (:func:`json_form`) never load it.
 
 Errors name the source and the line (``config/users.yml: line 3: ...``), as
 the package's own exception (InvalidValue unless the caller names another,
 e.g. ConfigurationError for a plugin file).
 
-Aliases are bounded. - *What it may become.* A YAML alias repeats a node without repeating its
-  text: nine lines of nine aliases each make a 400-byte file that stands for
-  387 million strings. PyYAML builds such a file fast (every alias is the
-  same object), but everything after it — the JSON checks, a copy, the
-  database's text form — walks the expansion and hangs for minutes. So a file
-  that has anchors at all is measured before it is built: its expanded size
-  (nodes plus scalar characters, every alias counted in full) may exceed its
-  own size only by :data:`ALIAS_ALLOWANCE`, and an alias to a node containing
-  it is refused. A file without both an ``&`` and a ``*`` cannot have an alias
-  and pays nothing; one with both pays a walk over its nodes (about 40% more
-  than the parse: 20,000 users with both in each password, 1.5 s instead of
+Aliases are bounded. A YAML alias repeats a node without repeating its
+text: nine lines of nine aliases each make a 400-byte file that stands for
+387 million strings. PyYAML builds such a file fast (every alias is the
+same object), but everything after it — the JSON checks, a copy, the
+database's text form — walks the expansion and hangs for minutes. So a file
+that has anchors at all is measured before it is built: its expanded size
+(nodes plus scalar characters, every alias counted in full) may exceed its
+own size only by :data:`ALIAS_ALLOWANCE`, and an alias to a node containing
+it is refused. A file without both an ``&`` and a ``*`` cannot have an alias
+and pays nothing; one with both pays a walk over its nodes (about 40% more
+than the parse, measured on 20,000 users with both in each password).
 
 Written YAML has no anchors: a value shared in memory is written out again,
 so what this module writes never counts against that bound when read back.

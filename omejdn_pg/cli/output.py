@@ -95,7 +95,8 @@ def print_json(data: Any) -> None:
 
 
 YAML_BATCH: Final = 500
-"""Records a streamed YAML listing hands the emitter at once (its set-up is per call)."""
+"""Records a streamed YAML listing hands the writer at once (PyYAML's set-up, for a
+record that is not JSON-shaped, is per call)."""
 
 
 def print_yaml(data: Any) -> None:

@@ -7,6 +7,7 @@ test_cli). stdout carries data only; notes, counts and prompts go to stderr.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -358,14 +360,15 @@ def test_users_list_escapes_control_characters_in_human_output(
 def test_a_streamed_yaml_listing_is_the_text_safe_dump_writes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Batched through libyaml's emitter, a listing reads back as the same list and is
-    the very text of one ``yaml.safe_dump`` per record; a value shared between records
-    is written out in each, never as an anchor."""
+    """Batched, a listing reads back as the same list and is the very text of one
+    ``yaml.safe_dump`` per record; a value shared between records is written out in
+    each, never as an anchor. A multi-line string is double-quoted on one line where
+    PyYAML folds it into single quotes: another text, the same value."""
     from omejdn_pg.cli.output import YAML_BATCH, _stream_yaml
 
     shared = {"role": "staff"}
     records = [
-        {"username": f"u{i}", "attributes": shared, "note": "é\nzwei", "password": None}
+        {"username": f"u{i}", "attributes": shared, "note": "é zwei", "password": None}
         for i in range(2 * YAML_BATCH + 3)
     ]
     assert _stream_yaml(records) == len(records)
@@ -379,3 +382,44 @@ def test_a_streamed_yaml_listing_is_the_text_safe_dump_writes(
     assert yaml.safe_load(text) == records
     assert _stream_yaml([]) == 0
     assert capsys.readouterr().out == "[]\n"
+
+    lines = [{"username": "u", "note": "é\nzwei"}]
+    assert _stream_yaml(lines) == 1
+    text = capsys.readouterr().out
+    assert text == '- username: u\n  note: "é\\nzwei"\n'
+    assert yaml.safe_load(text) == lines
+
+
+class _Terminal(io.StringIO):
+    """stdout whose reader sees only what was flushed."""
+
+    shown = ""
+
+    def flush(self) -> None:
+        self.shown = self.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "yaml"])
+def test_a_listing_shows_its_first_rows_before_its_last_record_is_read(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every format streams: the first rows reach the reader while the records are still
+    being read (a table after its first WIDTH_SAMPLE rows, which set its widths)."""
+    from omejdn_pg.cli.output import WIDTH_SAMPLE, YAML_BATCH, Column, stream
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    total = max(WIDTH_SAMPLE, YAML_BATCH) + 10
+    shown_before_last: list[str] = []
+
+    def records() -> Iterator[dict[str, Any]]:
+        for index in range(total):
+            if index == total - 1:
+                shown_before_last.append(terminal.shown)
+            yield {"username": f"user{index:04d}", "consent": {}}
+
+    columns = [Column("username", lambda record: record["username"])]
+    assert stream(fmt, records(), columns) == total
+    assert "user0000" in shown_before_last[0]
+    assert f"user{total - 1:04d}" not in shown_before_last[0]
+    assert f"user{total - 1:04d}" in terminal.shown

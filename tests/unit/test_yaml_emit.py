@@ -42,7 +42,7 @@ ADVERSARIAL = [
     *("2001-12-14t21:59:43.10-05:00", "2001-12-14 21:59:43.10 -5", "2001-12-14 21:59:43 +0100"),
     *("-2001-12-14 21:59:43", "2001-1-1", ".inf", "-.Inf", "+.INF", ".nan", ".NaN", ".iNf"),
     *("<<", "=", "< <", "[a]", "{a: 1}", "a, b", ",", "[", "]", "{", "}", "a[b]", "x,y"),
-    *("\U0001f600", "a\U00010000b", "\u00a0", "\u3000x\u3000", "é\nzwei", "it's", "say \"hi\""),
+    *("\U0001f600", "a\U00010000b", "\u00a0", "\u3000x\u3000", "é\nzwei", "it's", 'say "hi"'),
     *("$2b$04$abcdefghijklmnopqrstuv", "https://a.example/cb?x=1#f", "user@example.org"),
 ]
 ADVERSARIAL_PIECES = st.sampled_from(ADVERSARIAL)
@@ -242,7 +242,8 @@ def test_anything_not_json_shaped_is_left_to_pyyaml() -> None:
 def test_a_shared_value_is_written_out_in_each_place() -> None:
     shared = {"role": "staff"}
     text = dump_yaml([{"a": shared}, {"b": shared}])
-    assert "&" not in text and "*" not in text
+    assert "&" not in text
+    assert "*" not in text
     assert text == "- a:\n    role: staff\n- b:\n    role: staff\n"
 
 
@@ -279,13 +280,6 @@ def test_psych_reads_every_adversarial_string_back() -> None:
 
 @given(st.lists(STRINGS, min_size=1, max_size=60), st.lists(SCALARS, max_size=10))
 @settings(max_examples=40, deadline=None)
-def test_psych_reads_generated_strings_back(strings: list[str], scalars: list[Any]) -> None:
-    finite = [s for s in scalars if not (isinstance(s, float) and not math.isfinite(s))]
-    data = {"items": strings, "map": {s: s for s in strings}, "scalars": finite}
-    read = psych_reads(emit(data))
-    # Ruby's JSON writes an integral float as 1.0 and a big one as 1.0e+16: compare numbers.
-    assert same(read["items"], strings)
-    assert same(read["map"], data["map"])
-    assert len(read["scalars"]) == len(finite)
-    for got, wrote in zip(read["scalars"], finite, strict=True):
-        assert got == wrote and (type(got) is type(wrote) or isinstance(wrote, float))
+def test_psych_reads_generated_documents_back(strings: list[str], scalars: list[Any]) -> None:
+    data = {"items": strings, "map": {s: s for s in strings}, "scalars": scalars}
+    assert same(psych_reads(emit(data)), data)
