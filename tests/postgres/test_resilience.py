@@ -87,6 +87,27 @@ def test_a_write_on_a_connection_that_died_while_idle_is_retried_and_succeeds(
     assert plain_sql.value("SELECT count(*) FROM users") == 1
 
 
+def test_a_write_after_every_pooled_connection_died_is_retried_once_and_lands(
+    db: Database, plain_sql: PlainSQL
+) -> None:
+    # The first statement meets a dead connection; the retry must not be handed
+    # another dead one from the pool: every connection made before is discarded.
+    db.write(lambda conn: UserRepository(conn).create(User(username="alice", password=HASH)))
+    with db.engine.connect() as first, db.engine.connect() as second, db.engine.connect():
+        first.exec_driver_sql("SELECT 1")
+        second.exec_driver_sql("SELECT 1")
+    assert kill_pool(plain_sql) >= 3
+    attempts = []
+
+    def update(conn: Connection) -> None:
+        attempts.append(1)
+        UserRepository(conn).update(User(username="alice", password=HASH, attributes={"a": 1}))
+
+    db.write(update)
+    assert len(attempts) == 2
+    assert plain_sql.value("SELECT value FROM attributes WHERE identifier = 'alice'") == 1
+
+
 def test_a_connection_lost_in_the_middle_of_a_write_leaves_nothing(
     db: Database, plain_sql: PlainSQL
 ) -> None:

@@ -40,6 +40,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy import exc as sa_exc
 
 from omejdn_pg.errors import SchemaOutOfDate
+from omejdn_pg.postgres.database.direct import execute
 from omejdn_pg.postgres.schema import CHANGE_GROUPS
 
 CHANNEL: Final = "omejdn_pg_changes"
@@ -57,7 +58,7 @@ def publish_change(conn: Connection, group: str, key: Sequence[str] | None) -> i
     """
     parts = list(key) if key is not None else None
     try:
-        counter = conn.execute(_PUBLISH, {"group": group, "parts": parts}).scalar_one()
+        (counter,) = execute(conn, _PUBLISH, {"group": group, "parts": parts}).fetchall()[0]
     except sa_exc.ProgrammingError as error:
         if isinstance(error.orig, psycopg.errors.UndefinedFunction):
             raise SchemaOutOfDate(

@@ -10,6 +10,7 @@ returns (read-your-writes).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -19,6 +20,7 @@ from omejdn_pg.postgres.schema import KeyRecord
 
 _KEYS_TABLE: Final = KeyRecord.__table__
 _WROTE_KEYS: Final = "omejdn_pg.cache.wrote_keys"
+_CHANGES_KEYS: Final = re.compile(r"\s*(?:INSERT INTO|UPDATE|DELETE FROM) keys\b", re.IGNORECASE)
 
 
 class KeyWriteWatch:
@@ -46,7 +48,12 @@ class KeyWriteWatch:
     @staticmethod
     def _executed(conn: Connection, *args: Any) -> None:
         context = args[3]
-        if context is None or not (context.isinsert or context.isupdate or context.isdelete):
+        if context is None:
+            # A statement sent on the driver connection (postgres.database.direct).
+            if _CHANGES_KEYS.match(args[1]):
+                conn.info[_WROTE_KEYS] = True
+            return
+        if not (context.isinsert or context.isupdate or context.isdelete):
             return
         compiled = context.compiled
         if compiled is not None and getattr(compiled.statement, "table", None) is _KEYS_TABLE:

@@ -103,6 +103,16 @@ class ReadOnlyGuard:
         self.discarded += 1
         log.info("discarding the connections to a node that became read-only")
 
+    def connection_lost(self, *, read_only: bool) -> None:
+        """A statement sent outside SQLAlchemy's execution found its connection broken or
+        its node read-only: every pooled connection made before goes, as SQLAlchemy
+        discards its whole pool after a disconnect."""
+        if read_only:
+            self.found_read_only()
+            return
+        self.since = time.monotonic()
+        log.info("discarding the pooled connections made before a lost connection")
+
     def connected(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         record.info["connected"] = time.monotonic()
         record.info["fresh"] = True

@@ -45,32 +45,46 @@ from typing import Any, Final, Protocol
 import psycopg
 from psycopg.rows import RowMaker, namedtuple_row, tuple_row
 from sqlalchemy import exc
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
 from omejdn_pg.postgres.database.startup import StartupSettings
-from omejdn_pg.postgres.repositories.common import DIALECT
 from omejdn_pg.settings.backend import PoolSettings
+
+DIALECT: Final = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+"""The dialect every statement of the package is compiled for."""
 
 
 class CompiledRead:
-    """A statement compiled once to the driver's SQL, with its constant bound values."""
+    """A statement compiled once to the driver's SQL, with its constant bound values.
 
-    __slots__ = ("_make_row", "constants", "required", "sql")
+    Values the driver cannot take as they are (a JSON document) go through the
+    dialect's bind processors, as SQLAlchemy's execution would pass them.
+    """
+
+    __slots__ = ("_make_row", "constants", "processors", "required", "sql")
 
     def __init__(self, statement: Executable) -> None:
         if not isinstance(statement, ClauseElement):
             raise TypeError(f"not a SQL statement: {statement!r}")
         compiled = statement.compile(dialect=DIALECT)
         assert isinstance(compiled, SQLCompiler)
+        if "POSTCOMPILE" in compiled.string:
+            # An expanding IN list: its SQL is only known with its values.
+            raise TypeError("a statement with an expanding IN list cannot be compiled once")
+        processors = {}
         for name, bind in compiled.binds.items():
-            if bind.type.bind_processor(DIALECT) is not None:
-                # A value the driver cannot take as it is (say, a JSON document):
-                # such statements go through SQLAlchemy's execution.
-                raise TypeError(f"bound value {name!r} needs conversion; not a direct read")
+            processor = bind.type.dialect_impl(DIALECT).bind_processor(DIALECT)
+            if processor is not None:
+                processors[name] = processor
         self.sql: Final = compiled.string
-        self.constants: Final = dict(compiled.params)
+        self.processors: Final = processors
+        self.constants: Final = {
+            name: processors[name](value) if name in processors else value
+            for name, value in compiled.params.items()
+        }
         self.required: Final = frozenset(
             name for name in self.constants if compiled.binds[name].required
         )
@@ -81,7 +95,11 @@ class CompiledRead:
         missing = self.required - given.keys()
         if missing:
             raise TypeError(f"no value for {', '.join(sorted(missing))}")
-        return {**self.constants, **given}
+        values = {**self.constants, **given}
+        for name, processor in self.processors.items():
+            if name in given:
+                values[name] = processor(given[name])
+        return values
 
     def row_factory(self, cursor: psycopg.Cursor[Any]) -> RowMaker[Any]:
         """Named tuples, their class made once: a statement always has the same columns."""
@@ -98,7 +116,7 @@ STREAM_CHUNK: Final = 500
 CHUNKED_ROWS: Final = psycopg.pq.version() >= 170000
 """Whether this libpq can hand rows over in chunks (``PQsetChunkedRowsMode``, libpq 17)."""
 
-_compiled: dict[Executable, CompiledRead] = {}
+_compiled: dict[Executable, CompiledRead | TypeError] = {}
 _MAX_COMPILED: Final = 4096
 """Statements per table name (configuration sections) are many; the rest are fixed."""
 
@@ -118,11 +136,18 @@ def node_read_only(pgconn: psycopg.pq.abc.PGconn) -> bool:
 
 
 def compiled(statement: Executable) -> CompiledRead:
+    """``statement`` compiled once; TypeError for one that cannot be (asked again, at once)."""
     found = _compiled.get(statement)
     if found is None:
         if len(_compiled) >= _MAX_COMPILED:
             _compiled.clear()
-        found = _compiled[statement] = CompiledRead(statement)
+        try:
+            found = _compiled[statement] = CompiledRead(statement)
+        except TypeError as refusal:
+            _compiled[statement] = refusal
+            raise
+    if isinstance(found, TypeError):
+        raise TypeError(*found.args)
     return found
 
 

@@ -44,6 +44,7 @@ from sqlalchemy.dialects.postgresql import JSON, JSONB, aggregate_order_by
 
 from omejdn_pg.entities import normalize_attributes
 from omejdn_pg.json_values import check_json, check_text
+from omejdn_pg.postgres.database.direct import execute
 from omejdn_pg.postgres.repositories.common import json_column
 from omejdn_pg.postgres.schema import AttributeRecord
 
@@ -103,14 +104,14 @@ class OwnedAttributes:
 
     def remove(self, conn: Connection, identifier: str) -> None:
         """Delete every attribute row of the owner."""
-        conn.execute(self.delete, {self.identifier_bind: identifier})
+        execute(conn, self.delete, {self.identifier_bind: identifier})
 
     def replace(self, conn: Connection, identifier: str, attributes: Mapping[str, Any]) -> None:
         """Make ``attributes`` the owner's only attribute rows."""
         self.remove(conn, identifier)
         if attributes:
-            conn.execute(
-                self.insert, {self.identifier_bind: identifier, "attribute_doc": attributes}
+            execute(
+                conn, self.insert, {self.identifier_bind: identifier, "attribute_doc": attributes}
             )
 
 

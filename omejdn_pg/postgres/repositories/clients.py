@@ -61,6 +61,7 @@ from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
 from omejdn_pg.keys.states import DATES
 from omejdn_pg.names import check_file_name
+from omejdn_pg.postgres.database.direct import execute
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
 from omejdn_pg.postgres.repositories.common import (
     ConnectionReader,
@@ -229,11 +230,14 @@ class ClientRepository:
         """
         values = self._checked(client)
         lock_for_update(self.conn, LOCK_KIND, values["id"])
-        if self.conn.execute(_EXISTS, {"id": values["id"]}).scalar_one():
+        taken = execute(self.conn, _EXISTS, {"id": values["id"]}).fetchone()
+        if taken is not None and taken[0]:
             raise AlreadyExists(f"client {values['id']!r} exists already")
         try:
-            self.conn.execute(
-                _INSERT_METADATA, {"id": values["id"], "metadata_doc": values["metadata_doc"]}
+            execute(
+                self.conn,
+                _INSERT_METADATA,
+                {"id": values["id"], "metadata_doc": values["metadata_doc"]},
             )
             _ATTRIBUTES.replace(self.conn, values["id"], values["attribute_doc"])
             self._store_keys(values)
@@ -247,10 +251,11 @@ class ClientRepository:
         """Replace the metadata and attributes; NotFound if there is no such client."""
         values = self._checked(client)
         lock_for_update(self.conn, LOCK_KIND, values["id"])
-        deleted = self.conn.execute(_DELETE_METADATA, {"id": values["id"]}).all()
+        deleted = execute(self.conn, _DELETE_METADATA, {"id": values["id"]}).fetchall()
         if not deleted:
             raise NotFound(f"client {values['id']!r} does not exist")
-        self.conn.execute(
+        execute(
+            self.conn,
             _REINSERT_METADATA,
             {
                 "id": values["id"],
@@ -265,7 +270,9 @@ class ClientRepository:
         # As Omejdn's client store: the metadata is the whole client, so a
         # client written without ``jwks`` has no keys.
         if self.jwks:
-            self.keys.store(CLIENT_CERTIFICATE_TARGET_TYPE, values["id"], values["keys"])
+            self.keys.store(
+                CLIENT_CERTIFICATE_TARGET_TYPE, values["id"], values["keys"], locked=True
+            )
 
     def delete(self, client_id: str) -> bool:
         """Delete the client, its attributes and its keys; False if there was no such client.
@@ -276,10 +283,10 @@ class ClientRepository:
         """
         check_text(client_id, "client_id")
         lock_for_update(self.conn, LOCK_KIND, client_id)
-        if self.conn.execute(_DELETE_METADATA, {"id": client_id}).first() is None:
+        if execute(self.conn, _DELETE_METADATA, {"id": client_id}).fetchone() is None:
             return False
         _ATTRIBUTES.remove(self.conn, client_id)
-        self.conn.execute(_DELETE_KEYS, {"id": client_id})
+        execute(self.conn, _DELETE_KEYS, {"id": client_id})
         return True
 
     # --- certificate (the key events before JWKS) ---------------------------------

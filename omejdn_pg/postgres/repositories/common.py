@@ -17,12 +17,12 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final, Protocol
 
-from sqlalchemy import ColumnElement, Connection, cast, func, select
+from sqlalchemy import ColumnElement, Connection, Text, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.sql.base import Executable
 
 from omejdn_pg.entities import User
+from omejdn_pg.postgres.database.direct import execute
 from omejdn_pg.settings.backend import BACKEND_NAME
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 LOCK_NAMESPACE: Final = "omejdn_pg"
 EXTERN_TRUE: Final = "true"
 """How ``extern: true`` (an external user without a named issuer) is kept in the TEXT column."""
-DIALECT: Final = PGDialect_psycopg()  # type: ignore[no-untyped-call]
 """The dialect statements are compiled for when they bypass an engine."""
 
 
@@ -82,7 +81,10 @@ class ConnectionReader:
             # A failed statement would abort the caller's transaction.
             with self.conn.begin_nested():
                 return self.conn.execute(statement, params).all()
-        return self.conn.execute(statement, params).all()
+        try:
+            return execute(self.conn, statement, params).fetchall()
+        except TypeError:  # not compiled once (an expanding IN list): SQLAlchemy's way
+            return self.conn.execute(statement, params).all()
 
     def stream(
         self, statement: Executable, params: Mapping[str, Any] | None = None
@@ -181,8 +183,12 @@ def lock_for_update(conn: Connection, kind: str, identifier: str) -> None:
     many rows. Keys hash into 64 bits; a collision only serializes two
     unrelated writers, it never lets two writers of the same object through.
     """
-    key = f"{LOCK_NAMESPACE}:{kind}:{identifier}"
-    conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+    execute(conn, _LOCK, {"lock_key": f"{LOCK_NAMESPACE}:{kind}:{identifier}"})
+
+
+_LOCK: Final = select(
+    func.pg_advisory_xact_lock(func.hashtextextended(bindparam("lock_key", type_=Text), 0))
+)
 
 
 def dumps(value: object) -> str:

@@ -55,6 +55,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Connection,
+    Delete,
     Insert,
     Select,
     Text,
@@ -72,8 +73,9 @@ from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.schema import DropTable
 
 from omejdn_pg.errors import InvalidSectionName, InvalidValue, PermissionDenied
+from omejdn_pg.postgres.database.direct import execute
+from omejdn_pg.postgres.database.readpool import DIALECT
 from omejdn_pg.postgres.repositories.common import (
-    DIALECT,
     ConnectionReader,
     Reader,
     lock_for_update,
@@ -137,15 +139,16 @@ class ConfigRepository:
         shape, payload = section_payload(section, data)
 
         lock_for_update(self.conn, "config", section)
-        columns = self.conn.execute(_COLUMNS, {"regclass": regclass_text(name)}).scalar_one()
+        found = execute(self.conn, _COLUMNS, {"regclass": regclass_text(name)}).fetchone()
+        columns = found[0] if found is not None else None
         layout = layout_of(section, columns) if columns is not None else None
         if layout is None or layout.shape != shape:
             self._create(section, shape, replace=layout is not None)
             layout = OURS[shape]
 
-        self.conn.execute(delete(table(name)))
+        execute(self.conn, _delete_statement(name))
         if data:
-            self.conn.execute(_insert_statement(name, layout), {"document": payload})
+            execute(self.conn, _insert_statement(name, layout), {"document": payload})
 
     def provision(self, section: str, shape: Shape = "dict", *, replace: bool = False) -> bool:
         """Create the section's table ahead of its first write (as the schema owner).
@@ -312,6 +315,12 @@ def _load_query(name: str) -> Select[Any]:
         .scalar_subquery()
     )
     return select(_COLUMNS.scalar_subquery().label("columns"), rows.label("rows"))
+
+
+@lru_cache(maxsize=1024)
+def _delete_statement(name: str) -> Delete:
+    """Every row of the section's table: one statement object per table, compiled once."""
+    return delete(table(name))
 
 
 @lru_cache(maxsize=1024)

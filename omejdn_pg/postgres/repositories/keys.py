@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from sqlalchemy import Connection, delete, func, insert, or_, select
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select
 
 from omejdn_pg import lifecycle
 from omejdn_pg.errors import ConfigurationError, InvalidKeyMaterial
@@ -29,6 +29,7 @@ from omejdn_pg.json_values import check_text
 from omejdn_pg.keys.algorithms import weak_key_problem
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
+from omejdn_pg.postgres.database.direct import execute, execute_many
 from omejdn_pg.postgres.repositories import key_mapping, key_sealing
 from omejdn_pg.postgres.repositories.common import ConnectionReader, lock_for_update
 from omejdn_pg.postgres.repositories.key_mapping import (
@@ -110,8 +111,12 @@ class KeyRepository:
         keys: KeySet | Sequence[Key],
         *,
         now: datetime.datetime | None = None,
+        locked: bool = False,
     ) -> None:
         """Replace the target's set with ``keys``, as KEYS_STORE does; an empty set deletes it.
+
+        ``locked``: the caller holds the target's lock already (a client's write
+        holds its client's).
 
         A key that arrives without its private key but with the kid and public
         key of a stored private key keeps the stored one (a host storing back a
@@ -134,25 +139,34 @@ class KeyRepository:
             target_type,
             target,
             lambda stored: merge(target_type, target, stored, incoming, moment),
+            locked=locked,
         )
 
     def modify(
-        self, target_type: str, target: str, change: Callable[[KeySet], Sequence[Key]]
+        self,
+        target_type: str,
+        target: str,
+        change: Callable[[KeySet], Sequence[Key]],
+        *,
+        locked: bool = False,
     ) -> KeySet:
         """Lock the target, apply ``change`` to its stored set, write the result back."""
         target_type, target = check_target(target_type, target)
-        _lock(self.conn, target_type, target)
-        return self._write(target_type, target, change(self.load(target_type, target)))
+        if not locked:
+            _lock(self.conn, target_type, target)
+        stored = self.load(target_type, target)
+        changed = change(stored)
+        if not stored and not changed:
+            return KeySet([])  # nothing stored, nothing to store: no statement to send
+        return self._write(target_type, target, changed)
 
     def _write(self, target_type: str, target: str, keys: Sequence[Key]) -> KeySet:
         result = KeySet(lifecycle.ordered(keys))
         rows = key_rows(target_type, target, result, self.keyring)
         self._refuse_plaintext_beside_sealed(target_type, target, rows)
-        self.conn.execute(
-            delete(KEYS).where(KEYS.c.target_type == target_type, KEYS.c.target == target)
-        )
+        execute(self.conn, _DELETE_SET, {"target_type": target_type, "target": target})
         if rows:
-            self.conn.execute(insert(KEYS), rows)
+            execute_many(self.conn, _INSERT_KEY, rows)
         return result
 
     def _refuse_plaintext_beside_sealed(
@@ -169,11 +183,7 @@ class KeyRepository:
             return
         if not any(row["type"] in KEY_TYPES and is_private_pem(row["value"]) for row in rows):
             return
-        sealed = self.conn.execute(
-            select(KEYS.c.value)
-            .where(KEYS.c.type.in_(KEY_TYPES), KEYS.c.value.startswith(SEALED_PREFIX))
-            .limit(1)
-        ).first()
+        sealed = execute(self.conn, _ANY_SEALED).fetchone()
         if sealed is not None:
             raise ConfigurationError(
                 f"keys {target_type}/{target}: the database holds private keys sealed by "
@@ -187,9 +197,7 @@ class KeyRepository:
         """Delete the target's whole set; False if nothing was stored."""
         target_type, target = check_target(target_type, target)
         _lock(self.conn, target_type, target)
-        result = self.conn.execute(
-            delete(KEYS).where(KEYS.c.target_type == target_type, KEYS.c.target == target)
-        )
+        result = execute(self.conn, _DELETE_SET, {"target_type": target_type, "target": target})
         return result.rowcount > 0
 
     def maintain(
@@ -270,6 +278,18 @@ def _refused_certificate(
         return problem
     log.warning("keys %s/%s: key %s stored with a %s", target_type, target, key.kid, problem)
     return None
+
+
+_DELETE_SET: Final = delete(KEYS).where(
+    KEYS.c.target_type == bindparam("target_type"), KEYS.c.target == bindparam("target")
+)
+_INSERT_KEY: Final = insert(KEYS)
+_ANY_SEALED: Final = (
+    select(KEYS.c.value)
+    .where(or_(*(KEYS.c.type == kind for kind in KEY_TYPES)))
+    .where(KEYS.c.value.startswith(SEALED_PREFIX))
+    .limit(1)
+)
 
 
 def _lock(conn: Connection, target_type: str, target: str) -> None:

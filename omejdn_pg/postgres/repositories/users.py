@@ -53,6 +53,7 @@ from omejdn_pg.entities import User
 from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound, PasswordRejected
 from omejdn_pg.json_values import MAX_INT_BITS, check_json, check_text, storable_text
 from omejdn_pg.passwords import PasswordPolicy, cost_refusal, default_policy
+from omejdn_pg.postgres.database.direct import execute
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
 from omejdn_pg.postgres.repositories.common import (
     EXTERN_TRUE,
@@ -199,7 +200,7 @@ class UserRepository:
         """
         values = self._checked(user)
         try:
-            created = self.conn.execute(_CREATE_USER, values).scalar_one_or_none()
+            created = execute(self.conn, _CREATE_USER, values).fetchone()
         except sa_exc.IntegrityError as error:
             if not isinstance(error.orig, psycopg.errors.UniqueViolation):
                 raise
@@ -211,7 +212,7 @@ class UserRepository:
     def update(self, user: User) -> None:
         """Replace password, extern, consent and attributes; NotFound if there is no such user."""
         values = self._checked(user)
-        if self.conn.execute(_UPDATE_USER, values).scalar_one_or_none() is None:
+        if execute(self.conn, _UPDATE_USER, values).fetchone() is None:
             raise NotFound(f"user {user.username!r} does not exist")
         _ATTRIBUTES.replace(self.conn, values["name"], values["attribute_doc"])
 
@@ -222,7 +223,7 @@ class UserRepository:
         acts only on users it holds.
         """
         check_text(username, "username")
-        if self.conn.execute(_DELETE_USER, {"name": username}).first() is None:
+        if execute(self.conn, _DELETE_USER, {"name": username}).fetchone() is None:
             return False
         _ATTRIBUTES.remove(self.conn, username)
         return True
@@ -246,7 +247,9 @@ class UserRepository:
         refusal = cost_refusal(new_hash)
         if refusal is not None:
             raise PasswordRejected(f"user {username!r}: {refusal}")
-        found = self.conn.execute(_SET_PASSWORD, {"name": username, "new_hash": new_hash}).first()
+        found = execute(
+            self.conn, _SET_PASSWORD, {"name": username, "new_hash": new_hash}
+        ).fetchone()
         if found is None:
             raise NotFound(f"user {username!r} does not exist")
 
@@ -257,8 +260,10 @@ class UserRepository:
     def replace_password_hash(self, username: str, old_hash: str, new_hash: str) -> bool:
         """Compare-and-set: replace ``old_hash`` only if it is still the stored one,
         so an upgrade after a login never undoes a password changed meanwhile."""
-        result = self.conn.execute(
-            _REHASH_PASSWORD, {"name": username, "old_hash": old_hash, "new_hash": new_hash}
+        result = execute(
+            self.conn,
+            _REHASH_PASSWORD,
+            {"name": username, "old_hash": old_hash, "new_hash": new_hash},
         )
         return bool(result.rowcount)
 
