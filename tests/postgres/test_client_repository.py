@@ -25,6 +25,7 @@ from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue, NotFound
 from omejdn_pg.names import is_file_name
 from omejdn_pg.postgres.database.engine import count_statements
 from omejdn_pg.postgres.database.unit_of_work import Database
+from omejdn_pg.postgres.repositories import listing
 from omejdn_pg.postgres.repositories.clients import ClientRepository
 from omejdn_pg.settings.backend import BACKEND_NAME
 from tests.kits.strategies import PROPERTY_SETTINGS, json_values, names, same_json
@@ -129,6 +130,36 @@ def test_all_is_a_constant_number_of_statements(db: Database) -> None:
         backend=BACKEND_NAME,
     )
     assert clients[8].attributes == {}
+
+
+def test_every_read_gives_the_fields_by_name_whatever_order_they_were_written_in(
+    db: Database, plain_sql: Any
+) -> None:
+    # Another writer (the Ruby plugin, hand SQL) inserts a client's rows in its own order,
+    # which is neither by name nor jsonb's order (shorter names first).
+    written = [
+        ("zeta", 1),
+        ("client_id", "web"),
+        ("backend", "yaml"),
+        ("aaaaa", True),
+        ("ab", [2]),
+        ("mid", {}),
+    ]
+    for key, value in written:
+        plain_sql.execute(
+            "INSERT INTO clients (client_id, key, value) VALUES ('web', %s, %s)",
+            (key, json.dumps(value)),
+        )
+    by_name = ["client_id", "aaaaa", "ab", "mid", "zeta"]
+    found = get(db, "web")
+    assert found is not None
+    assert list(found.metadata) == by_name
+    (listed,) = db.read(lambda c: repo(c).all())
+    assert list(listed.metadata) == by_name
+    with db.snapshot() as conn:  # as omejdn-pg clients list reads
+        (operator_listed,) = list(listing.clients(conn))
+    assert list(operator_listed.metadata) == by_name
+    assert found == listed == operator_listed
 
 
 # --- writes ---------------------------------------------------------------------

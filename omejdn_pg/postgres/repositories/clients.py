@@ -2,9 +2,10 @@
 
 In Omejdn's layout a client is not a row but a set of rows — one ``clients``
 row per metadata field, ``client_id`` included — so a point read folds them
-into one jsonb object with ``jsonb_object_agg`` and adds the attributes with a
-correlated subquery: one statement, one round trip. A full listing is the same
-statement grouped over every client: one statement whatever their number.
+into one json object, fields by name (:func:`metadata_fields`), and adds the
+attributes with a correlated subquery: one statement, one round trip. A full
+listing is one statement whatever the number of clients, streamed (see
+:func:`all_clients`).
 
 Because a client is many rows, there is no single row to lock, and a client
 that does not exist yet has none at all. Writers of one client therefore take
@@ -37,7 +38,9 @@ import psycopg
 from cryptography import x509
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Connection,
+    FromClause,
     Select,
     Table,
     Text,
@@ -50,7 +53,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSON, JSONB, aggregate_order_by
 
 from omejdn_pg import collector
 from omejdn_pg.client_metadata import check_client_metadata
@@ -88,6 +91,8 @@ _keys: Final = cast(Table, KeyRecord.__table__)
 
 LOCK_KIND: Final = "client"
 _NOT_METADATA: Final = "backend"
+_NOT_FIELDS: Final = ("client_id", _NOT_METADATA)
+"""Metadata rows that are not fields of a client (see :func:`metadata_fields`)."""
 JWKS_FIELD: Final = "jwks"
 
 
@@ -108,35 +113,48 @@ def _folded_keys(client_id: Any) -> Any:
     )
 
 
+def metadata_fields(fields: FromClause = _clients) -> ColumnElement[Any]:
+    """A client's metadata rows folded into one json object of its fields by name (NULL
+    if none); ``fields`` is the clients table or an alias of it.
+
+    By name, because that is the order the primary key reads a client's rows
+    in: the fold needs no sort, so a point read stays one index range scan and
+    a listing grouped along the key streams (an unordered fold lets the planner
+    choose a hash aggregate, which emits nothing before it has read every row).
+    Every read answers the same order, whatever order the rows were written in.
+    ``client_id`` and ``backend`` are left out: the key column says which client
+    this is, and ``backend`` is never metadata.
+    """
+    return func.json_object_agg(
+        fields.c.key, aggregate_order_by(json_column(fields.c.value), fields.c.key), type_=JSON
+    ).filter(*(fields.c.key != name for name in _NOT_FIELDS))
+
+
 def _select_clients() -> Select[Any]:
-    """One row per client: its metadata, attributes and key rows (NULL if none) as jsonb."""
+    """One row per client: its fields, attributes and key rows (NULL if none) as JSON."""
     return select(
         _clients.c.client_id,
-        func.jsonb_object_agg(_clients.c.key, json_column(_clients.c.value), type_=JSONB).label(
-            "metadata"
-        ),
+        metadata_fields().label("metadata"),
         _ATTRIBUTES.folded(_clients.c.client_id).label("attributes"),
         _folded_keys(_clients.c.client_id).label("keys"),
     ).group_by(_clients.c.client_id)
 
 
 def _listing() -> Select[Any]:
-    """Every client as text JSON columns, in creation order.
+    """Every client as text JSON columns with its place in creation order, by client_id.
 
-    Creation order is what Omejdn's own client store (a YAML list) answers; a
-    client's place is the smallest ``ordinal`` of its metadata rows. Each part
-    is grouped by client_id (metadata, attributes, key rows) and joined on it,
-    then sorted by that place, so nothing is emitted before every client is
-    folded: the sort of the folded clients costs little next to the folding.
-    The parser takes a chunk's documents in one go.
+    Each part is grouped along its primary key (metadata, attributes, key rows)
+    and merge-joined on client_id, so clients stream out while the server
+    still folds the rest, and the parser and :func:`all_clients` work on the
+    first ones meanwhile. The creation order (a client's place is the
+    smallest ``ordinal`` of its rows) is therefore left to the caller: a sort
+    in SQL would hold back every row until the last client was folded.
     """
     metadata = (
         select(
             _clients.c.client_id,
-            func.json_object_agg(_clients.c.key, json_column(_clients.c.value))
-            .cast(Text)
-            .label("metadata"),
-            func.min(_clients.c.ordinal).label("ordinal"),
+            func.min(_clients.c.ordinal).label("place"),
+            metadata_fields().cast(Text).label("metadata"),
         )
         .group_by(_clients.c.client_id)
         .subquery("metadata")
@@ -150,13 +168,19 @@ def _listing() -> Select[Any]:
         .subquery("key_rows")
     )
     return (
-        select(metadata.c.client_id, metadata.c.metadata, attributes.c.attributes, keys.c["keys"])
+        select(
+            metadata.c.client_id,
+            metadata.c.place,
+            metadata.c.metadata,
+            attributes.c.attributes,
+            keys.c["keys"],
+        )
         .select_from(
             metadata.outerjoin(
                 attributes, attributes.c.identifier == metadata.c.client_id
             ).outerjoin(keys, keys.c.target == metadata.c.client_id)
         )
-        .order_by(metadata.c.ordinal)
+        .order_by(metadata.c.client_id)
     )
 
 
@@ -365,7 +389,7 @@ def find_client(
     if not rows:
         return None
     row = rows[0]
-    return _client(row.client_id, row.metadata, row.attributes, row.keys, jwks, keyring, answers)
+    return _assembled(row.client_id, row.metadata, row.attributes, row.keys, jwks, keyring, answers)
 
 
 def all_clients(
@@ -377,26 +401,32 @@ def all_clients(
 ) -> list[Client]:
     """Every client, in creation order; one statement whatever their number."""
     with collector.paused():
-        return [
-            _client(row[0], metadata, attributes, key_rows, jwks, keyring, answers)
-            for row, (metadata, attributes, key_rows) in with_documents(
-                reader.stream(_ALL), 1, "client"
-            )
-        ]
+        found: list[Client] = []
+        places: list[int] = []
+        for row, (fields, attributes, key_rows) in with_documents(reader.stream(_ALL), 2, "client"):
+            places.append(row[1])
+            found.append(_assembled(row[0], fields, attributes, key_rows, jwks, keyring, answers))
+        # Positions rather than (place, client) pairs: nothing more for the
+        # cyclic collector to walk once the pause ends.
+        return [found[index] for index in sorted(range(len(found)), key=places.__getitem__)]
 
 
-def _client(
+def _assembled(
     client_id: str,
-    metadata: Mapping[str, Any] | None,
-    attributes: Mapping[str, Any] | None,
+    fields: Mapping[str, Any] | None,
+    attributes: dict[str, Any] | None,
     key_rows: Sequence[Mapping[str, Any]] | None,
     jwks: bool,
     keyring: Keyring | None,
-    answers: JwksAnswers | None = None,
+    answers: JwksAnswers | None,
 ) -> Client:
-    fields: dict[str, Any] = dict(metadata or {})
-    fields.pop(_NOT_METADATA, None)
-    fields.pop("client_id", None)
+    """The client from its parsed documents; ``fields`` holds neither client_id nor backend.
+
+    The key column is the authority on which client this is; client_id first
+    keeps exported YAML readable. The documents are the caller's own (freshly
+    parsed), so they are not copied.
+    """
+    metadata: dict[str, Any] = {"client_id": client_id, **(fields or {})}
     if jwks and key_rows:
 
         def convert() -> dict[str, Any]:
@@ -404,16 +434,10 @@ def _client(
             keys = keys_from_rows(CLIENT_CERTIFICATE_TARGET_TYPE, client_id, rows, keyring)
             return keys.to_jwks(private=False)
 
-        fields[JWKS_FIELD] = (
+        metadata[JWKS_FIELD] = (
             answers.client(client_id, key_rows, keyring, convert) if answers else convert()
         )
-    # The key column is the authority on which client this is; client_id first
-    # keeps exported YAML readable.
-    return Client(
-        metadata={"client_id": client_id, **fields},
-        attributes=dict(attributes or {}),
-        backend=BACKEND_NAME,
-    )
+    return Client(metadata=metadata, attributes=attributes or {}, backend=BACKEND_NAME)
 
 
 def check_client_id(value: object) -> str:

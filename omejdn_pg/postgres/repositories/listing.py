@@ -54,6 +54,7 @@ from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import InvalidValue
 from omejdn_pg.json_values import check_json, check_text
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes
+from omejdn_pg.postgres.repositories.clients import metadata_fields
 from omejdn_pg.postgres.repositories.common import json_column, read_documents, read_extern
 from omejdn_pg.postgres.schema import (
     CLIENT_OWNER,
@@ -72,7 +73,6 @@ _fields: Final = cast(Table, ClientFieldRecord.__table__)
 _attributes: Final = cast(Table, AttributeRecord.__table__)
 _USER_ATTRIBUTES: Final = OwnedAttributes(USER_OWNER, identifier_bind="name")
 _CLIENT_ATTRIBUTES: Final = OwnedAttributes(CLIENT_OWNER, identifier_bind="id")
-_NOT_METADATA: Final = "backend"
 
 
 @dataclass(frozen=True)
@@ -255,11 +255,7 @@ def clients(conn: Connection, criteria: Criteria = Criteria()) -> Iterator[Clien
     """The clients ``criteria`` selects, by client_id, as the cursor delivers them."""
     criteria = criteria.checked()
     owner = _client_ids.c.client_id
-    metadata = (
-        select(func.jsonb_object_agg(_field.c.key, json_column(_field.c.value), type_=JSONB))
-        .where(_field.c.client_id == owner)
-        .scalar_subquery()
-    )
+    metadata = select(metadata_fields(_field)).where(_field.c.client_id == owner).scalar_subquery()
     statement = (
         select(
             owner.label("client_id"),
@@ -273,12 +269,9 @@ def clients(conn: Connection, criteria: Criteria = Criteria()) -> Iterator[Clien
         documents = read_documents((row.metadata, row.attributes), "client", row.client_id)
         if documents is None:
             continue
-        metadata_doc, attributes = documents
-        fields: dict[str, Any] = dict(metadata_doc or {})
-        fields.pop(_NOT_METADATA, None)
-        fields.pop("client_id", None)
+        fields, attributes = documents
         yield Client(
-            metadata={"client_id": row.client_id, **fields},
+            metadata={"client_id": row.client_id, **(fields or {})},
             attributes=dict(attributes or {}),
             backend=BACKEND_NAME,
         )

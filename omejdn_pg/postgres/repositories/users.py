@@ -87,12 +87,17 @@ _GET: Final = _select_users().where(_users.c.username == bindparam("name"))
 
 
 def _listing() -> Select[Any]:
-    """Every user with its attributes as text JSON (NULL if none), in creation order.
+    """Every user with its attributes as text JSON (NULL if none) and its place in
+    creation order, by username.
 
     Creation order is what Omejdn's own user store (a YAML list) answers, and
-    what its admin APIs show. Users are read along their ``ordinal`` index;
-    the attributes, folded per owner, are joined to them, and the parser
-    takes a chunk's documents in one go. One statement, so one snapshot.
+    what its admin APIs show; :func:`all_users` puts the users in it. Both
+    sides are read along their primary keys, so the plan is a merge join that
+    emits each user as soon as its attributes are folded: the rows stream out
+    while the server still folds the rest, and the parser takes a chunk's
+    documents in one go meanwhile. Sorting by ``ordinal`` in SQL would hold
+    every row back until the last user was folded. One statement, so one
+    snapshot.
     """
     owned = _ATTRIBUTES.per_owner()
     return (
@@ -100,11 +105,12 @@ def _listing() -> Select[Any]:
             _users.c.username,
             _users.c.password,
             _users.c.extern,
+            _users.c.ordinal,
             json_column(_users.c.consent).cast(Text).label("consent"),
             owned.c.attributes,
         )
         .select_from(_users.outerjoin(owned, owned.c.identifier == _users.c.username))
-        .order_by(_users.c.ordinal)
+        .order_by(_users.c.username)
     )
 
 
@@ -377,17 +383,23 @@ def find_user(reader: Reader, username: str) -> User | None:
 def all_users(reader: Reader) -> list[User]:
     """Every user, in creation order; one statement whatever their number."""
     with collector.paused():
-        return [
-            User(
-                username=row[0],
-                password=row[1],
-                attributes=attributes or {},
-                extern=read_extern(row[2]),
-                consent=consent or {},
-                backend=BACKEND_NAME,
+        found: list[User] = []
+        places: list[int] = []
+        for row, (consent, attributes) in with_documents(reader.stream(_ALL), 4, "user"):
+            places.append(row[3])
+            found.append(
+                User(
+                    username=row[0],
+                    password=row[1],
+                    attributes=attributes or {},
+                    extern=read_extern(row[2]),
+                    consent=consent or {},
+                    backend=BACKEND_NAME,
+                )
             )
-            for row, (consent, attributes) in with_documents(reader.stream(_ALL), 3, "user")
-        ]
+        # Positions rather than (place, user) pairs: nothing more for the
+        # cyclic collector to walk once the pause ends.
+        return [found[index] for index in sorted(range(len(found)), key=places.__getitem__)]
 
 
 def stored_password(reader: Reader, username: str) -> tuple[bool, str | None]:
