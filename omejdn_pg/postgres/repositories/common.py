@@ -93,8 +93,10 @@ class ConnectionReader:
         return iter(self.conn.execute(statement, params))
 
 
-DECODED_TOGETHER: Final = 500
-"""Rows whose JSON columns :func:`with_documents` parses in one call."""
+DECODED_TOGETHER: Final = 100
+"""Rows whose JSON columns :func:`with_documents` parses in one call: the direct read
+path's chunk (:data:`~omejdn_pg.postgres.database.readpool.STREAM_CHUNK`), so that each
+chunk is parsed as soon as it arrives, while the server computes the next."""
 
 
 def with_documents(
