@@ -6,6 +6,11 @@ varies with them), so a mixture of two writes — one writer's attributes with
 another's metadata, a key set of one and the keys of another — is detectable
 with plain SQL afterwards. No write may fail (no duplicate key, no deadlock
 reaching the caller).
+
+Writers of one object take turns on its lock, so a writer may wait for every
+other writer of that object: on a loaded machine longer than any fixed
+``lock_timeout``. The plugin here turns the lock and statement timeouts off,
+so that a failure can only be one of concurrency, never one of scheduling.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ def keys_of(writer: int, seq: int) -> KeySet:
 
 @pytest.fixture
 def seeded_host(database: ConnectionSettings, tmp_path: Path) -> Iterator[Host]:
-    path = plugin_file(tmp_path / "plugins.yml", database, backend="      pool: {size: 16}\n")
+    unbounded = "      pool: {size: 16}\n      lock_timeout: 0\n      statement_timeout: 0\n"
+    path = plugin_file(tmp_path / "plugins.yml", database, backend=unbounded)
     with Host(PluginLoader.from_files([path], base_dir=tmp_path)) as opened:
         opened.users.add(User(username="alice", password=OMEJDN_HASH))
         opened.clients.add(Client(metadata={"client_id": "portal"}))
