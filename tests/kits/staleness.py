@@ -13,13 +13,14 @@ What a loaded machine can delay without breaking anything — the listener's
 reconnect, a fill, a log line — is waited for with :func:`until`, which only
 gives up when something never happens. Which way a cache learnt of a change
 (a notice, a gap in a chain, a poll) is read from what its listener hands it
-(:func:`notices_heard`, :func:`rows_found_behind`), not from timing.
+(:func:`notices_heard`, :func:`heartbeats`), not from timing.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from omejdn_pg.postgres.cache.changes import Notice, Polled, Row
@@ -82,16 +83,27 @@ def notices_heard(cache: ReadCache) -> list[Notice]:
     return heard
 
 
-def rows_found_behind(cache: ReadCache) -> list[Row]:
-    """Every counter row a poll of ``cache``'s listener finds changed without the notices
-    that would reach its value (so its group is flushed), from now on."""
-    found: list[Row] = []
+@dataclass
+class Heartbeats:
+    """What the polls of a cache's listener answered, from when :func:`heartbeats` was called."""
+
+    polled: list[Polled] = field(default_factory=list)
+    """Each poll's counter rows, in order."""
+    behind: list[Row] = field(default_factory=list)
+    """Every row a poll found changed without the notices that would reach its value (so
+    its group was flushed)."""
+
+
+def heartbeats(cache: ReadCache) -> Heartbeats:
+    """Record the heartbeats ``cache``'s listener hands it from now on."""
+    seen = Heartbeats()
     beat = cache.on_heartbeat
 
     def record(sent: float, counters: Polled, behind: Iterable[Row]) -> None:
         rows = list(behind)
-        found.extend(rows)
+        seen.polled.append(dict(counters))
+        seen.behind.extend(rows)
         beat(sent, counters, rows)
 
     cache.on_heartbeat = record  # type: ignore[method-assign]
-    return found
+    return seen

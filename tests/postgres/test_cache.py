@@ -39,8 +39,8 @@ from tests.kits.plugins import cache_of, plugin, plugin_file
 from tests.kits.staleness import (
     GIVE_UP,
     fresh_within,
+    heartbeats,
     notices_heard,
-    rows_found_behind,
     served_late,
     until,
 )
@@ -430,7 +430,7 @@ def test_a_change_without_its_notice_is_caught_by_the_counter(
     assert warm(lambda: section(reader), reader) == {"n": 1}
     cache = cache_of(reader)
     heard = notices_heard(cache)
-    behind = rows_found_behind(cache)
+    behind = heartbeats(cache).behind
     lost = (
         "UPDATE omejdn_pg_changes SET prior = counter, "
         "counter = nextval('omejdn_pg_change_seq'), xact = pg_current_xact_id()::text::bigint, "
