@@ -142,21 +142,24 @@ def read_until_stdin_closes(plugins: str) -> int:
             sys.stdin.read()
             done.set()
 
-        threading.Thread(target=wait_for_eof, daemon=True).start()
-        print("ready", flush=True)
-        run: tuple[int, float, float] | None = None
-        while not done.is_set():
+        def read() -> tuple[int, float]:
             asked = time.monotonic()
             (answer,) = loader.fire(events.CONFIGURATION_LOAD, section=SECTION, fallback=None)
-            if run is not None and answer["n"] == run[0]:
-                run = (run[0], run[1], asked)
-            else:
-                if run is not None:
-                    print("run {} {!r} {!r}".format(*run), flush=True)
-                run = (answer["n"], asked, asked)
+            return answer["n"], asked
+
+        threading.Thread(target=wait_for_eof, daemon=True).start()
+        value, asked = read()  # the value before the first write: its run comes first
+        run = (value, asked, asked)
+        print("ready", flush=True)
+        while not done.is_set():
             time.sleep(0.0002)
-        if run is not None:
-            print("run {} {!r} {!r}".format(*run), flush=True)
+            value, asked = read()
+            if value == run[0]:
+                run = (value, run[1], asked)
+            else:
+                print("run {} {!r} {!r}".format(*run), flush=True)
+                run = (value, asked, asked)
+        print("run {} {!r} {!r}".format(*run), flush=True)
         print("stats " + json.dumps(plugin.stats()), flush=True)
     return 0
 
