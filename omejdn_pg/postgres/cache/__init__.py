@@ -58,7 +58,10 @@ How that holds, using nothing but PostgreSQL:
   or snapshot, whose view may never commit.
 
 Why per-session rows and not the alternatives. One row per group made every
-writer of the deployment wait for the previous one's commit. Rows per key
+writer of the deployment wait for the previous one's commit; rows per key grow
+with the data, fixed shards still collide, and a sequence or commit-LSN
+watermark cannot tell a rolled-back number from a lost notice without a change
+log every poll rereads (the whole argument is :mod:`.changes`' docstring).
 
 Where each part lives: the writer's side of the protocol and the chains a
 listener checks are :mod:`.changes`; the listener thread is :mod:`.listener`;
