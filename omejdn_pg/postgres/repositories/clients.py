@@ -38,9 +38,7 @@ import psycopg
 from cryptography import x509
 from sqlalchemy import (
     BigInteger,
-    ColumnElement,
     Connection,
-    FromClause,
     Select,
     Table,
     Text,
@@ -53,7 +51,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import JSON, JSONB, aggregate_order_by
+from sqlalchemy.dialects.postgresql import JSONB
 
 from omejdn_pg import collector
 from omejdn_pg.client_metadata import check_client_metadata
@@ -66,10 +64,10 @@ from omejdn_pg.keys.states import DATES
 from omejdn_pg.names import check_file_name
 from omejdn_pg.postgres.database.direct import execute
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
+from omejdn_pg.postgres.repositories.client_fields import NOT_METADATA, metadata_fields
 from omejdn_pg.postgres.repositories.common import (
     ConnectionReader,
     Reader,
-    json_column,
     lock_for_update,
     with_documents,
 )
@@ -90,9 +88,6 @@ _ATTRIBUTES: Final = OwnedAttributes(CLIENT_OWNER, identifier_bind="id")
 _keys: Final = cast(Table, KeyRecord.__table__)
 
 LOCK_KIND: Final = "client"
-_NOT_METADATA: Final = "backend"
-_NOT_FIELDS: Final = ("client_id", _NOT_METADATA)
-"""Metadata rows that are not fields of a client (see :func:`metadata_fields`)."""
 JWKS_FIELD: Final = "jwks"
 
 
@@ -111,23 +106,6 @@ def _folded_keys(client_id: Any) -> Any:
         )
         .scalar_subquery()
     )
-
-
-def metadata_fields(fields: FromClause = _clients) -> ColumnElement[Any]:
-    """A client's metadata rows folded into one json object of its fields by name (NULL
-    if none); ``fields`` is the clients table or an alias of it.
-
-    By name, because that is the order the primary key reads a client's rows
-    in: the fold needs no sort, so a point read stays one index range scan and
-    a listing grouped along the key streams (an unordered fold lets the planner
-    choose a hash aggregate, which emits nothing before it has read every row).
-    Every read answers the same order, whatever order the rows were written in.
-    ``client_id`` and ``backend`` are left out: the key column says which client
-    this is, and ``backend`` is never metadata.
-    """
-    return func.json_object_agg(
-        fields.c.key, aggregate_order_by(json_column(fields.c.value), fields.c.key), type_=JSON
-    ).filter(*(fields.c.key != name for name in _NOT_FIELDS))
 
 
 def _select_clients() -> Select[Any]:
@@ -350,7 +328,7 @@ class ClientRepository:
             )
         client_id = check_client_id(client.metadata.get("client_id"))
         who = f"client {client_id!r}"
-        metadata = {k: v for k, v in client.metadata.items() if k != _NOT_METADATA}
+        metadata = {k: v for k, v in client.metadata.items() if k != NOT_METADATA}
         keys = KeySet()
         if self.jwks:
             keys = KeySet.from_jwks(metadata.pop(JWKS_FIELD, None), what=f"{who}: jwks")

@@ -54,7 +54,7 @@ from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import InvalidValue
 from omejdn_pg.json_values import check_json, check_text
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes
-from omejdn_pg.postgres.repositories.clients import metadata_fields
+from omejdn_pg.postgres.repositories.client_fields import metadata_fields
 from omejdn_pg.postgres.repositories.common import json_column, read_documents, read_extern
 from omejdn_pg.postgres.schema import (
     CLIENT_OWNER,
