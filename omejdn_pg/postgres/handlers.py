@@ -33,7 +33,8 @@ from omejdn_pg.errors import InvalidKeyMaterial, InvalidValue
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.postgres.cache.entries import CLIENT, CONFIG, KEYS, KEYS_ALL, USER
 from omejdn_pg.postgres.plugin_core import PluginCore
-from omejdn_pg.postgres.repositories.clients import ClientRepository, all_clients, find_client
+from omejdn_pg.postgres.repositories.client_reads import all_clients, find_client
+from omejdn_pg.postgres.repositories.clients import ClientRepository
 from omejdn_pg.postgres.repositories.config import ConfigRepository, load_section
 from omejdn_pg.postgres.repositories.key_reads import load_all_keys, load_keys
 from omejdn_pg.postgres.repositories.users import (

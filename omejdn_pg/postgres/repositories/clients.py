@@ -1,11 +1,9 @@
 """Clients: metadata rows, ``attributes`` rows of type ``client`` and a key set.
 
 In Omejdn's layout a client is not a row but a set of rows — one ``clients``
-row per metadata field, ``client_id`` included — so a point read folds them
-into one json object, fields by name (:func:`metadata_fields`), and adds the
-attributes with a correlated subquery: one statement, one round trip. A full
-listing is one statement whatever the number of clients, streamed (see
-:func:`all_clients`).
+row per metadata field, ``client_id`` included. Its reads, one statement each
+(a point read, and a listing whatever the number of clients), are
+:mod:`~omejdn_pg.postgres.repositories.client_reads`; this module writes.
 
 Because a client is many rows, there is no single row to lock, and a client
 that does not exist yet has none at all. Writers of one client therefore take
@@ -30,8 +28,7 @@ as it is until its next write moves it into ``keys``.
 
 from __future__ import annotations
 
-import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Final, cast
 
 import psycopg
@@ -39,7 +36,6 @@ from cryptography import x509
 from sqlalchemy import (
     BigInteger,
     Connection,
-    Select,
     Table,
     Text,
     bindparam,
@@ -53,26 +49,18 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
 
-from omejdn_pg import collector
 from omejdn_pg.client_metadata import check_client_metadata
 from omejdn_pg.entities import Client
 from omejdn_pg.errors import AlreadyExists, InvalidKeyMaterial, InvalidValue, NotFound
 from omejdn_pg.json_values import check_json, check_text, storable_text
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
-from omejdn_pg.keys.states import DATES
 from omejdn_pg.names import check_file_name
 from omejdn_pg.postgres.database.direct import execute
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
-from omejdn_pg.postgres.repositories.client_fields import NOT_METADATA, metadata_fields
-from omejdn_pg.postgres.repositories.common import (
-    ConnectionReader,
-    Reader,
-    lock_for_update,
-    with_documents,
-)
-from omejdn_pg.postgres.repositories.jwks_answers import JwksAnswers
-from omejdn_pg.postgres.repositories.key_mapping import KEY_COLUMNS, keys_from_rows
+from omejdn_pg.postgres.repositories.client_fields import NOT_METADATA
+from omejdn_pg.postgres.repositories.client_reads import JWKS_FIELD, all_clients, find_client
+from omejdn_pg.postgres.repositories.common import ConnectionReader, lock_for_update
 from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.postgres.schema import (
     CLIENT_CERTIFICATE_TARGET_TYPE,
@@ -81,89 +69,13 @@ from omejdn_pg.postgres.schema import (
     KeyRecord,
 )
 from omejdn_pg.sealing import Keyring
-from omejdn_pg.settings.backend import BACKEND_NAME
 
 _clients: Final = cast(Table, ClientFieldRecord.__table__)
 _ATTRIBUTES: Final = OwnedAttributes(CLIENT_OWNER, identifier_bind="id")
 _keys: Final = cast(Table, KeyRecord.__table__)
 
 LOCK_KIND: Final = "client"
-JWKS_FIELD: Final = "jwks"
 
-
-_KEY_FIELDS: Final = tuple(part for column in KEY_COLUMNS for part in (column.name, column))
-"""A key row's columns as ``json_build_object`` arguments: each name, then its column."""
-
-
-def _folded_keys(client_id: Any) -> Any:
-    """The client's key rows as one jsonb array (NULL if none): a correlated subquery."""
-    row = func.jsonb_build_object(*_KEY_FIELDS)
-    return (
-        select(func.jsonb_agg(row, type_=JSONB))
-        .where(
-            _keys.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE,
-            _keys.c.target == client_id,
-        )
-        .scalar_subquery()
-    )
-
-
-def _select_clients() -> Select[Any]:
-    """One row per client: its fields, attributes and key rows (NULL if none) as JSON."""
-    return select(
-        _clients.c.client_id,
-        metadata_fields().label("metadata"),
-        _ATTRIBUTES.folded(_clients.c.client_id).label("attributes"),
-        _folded_keys(_clients.c.client_id).label("keys"),
-    ).group_by(_clients.c.client_id)
-
-
-def _listing() -> Select[Any]:
-    """Every client as text JSON columns with its place in creation order, by client_id.
-
-    Each part is grouped along its primary key (metadata, attributes, key rows)
-    and merge-joined on client_id, so clients stream out while the server
-    still folds the rest, and the parser and :func:`all_clients` work on the
-    first ones meanwhile. The creation order (a client's place is the
-    smallest ``ordinal`` of its rows) is therefore left to the caller: a sort
-    in SQL would hold back every row until the last client was folded.
-    """
-    metadata = (
-        select(
-            _clients.c.client_id,
-            func.min(_clients.c.ordinal).label("place"),
-            metadata_fields().cast(Text).label("metadata"),
-        )
-        .group_by(_clients.c.client_id)
-        .subquery("metadata")
-    )
-    attributes = _ATTRIBUTES.per_owner()
-    key_row = func.json_build_object(*_KEY_FIELDS)
-    keys = (
-        select(_keys.c.target, func.json_agg(key_row).cast(Text).label("keys"))
-        .where(_keys.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE)
-        .group_by(_keys.c.target)
-        .subquery("key_rows")
-    )
-    return (
-        select(
-            metadata.c.client_id,
-            metadata.c.place,
-            metadata.c.metadata,
-            attributes.c.attributes,
-            keys.c["keys"],
-        )
-        .select_from(
-            metadata.outerjoin(
-                attributes, attributes.c.identifier == metadata.c.client_id
-            ).outerjoin(keys, keys.c.target == metadata.c.client_id)
-        )
-        .order_by(metadata.c.client_id)
-    )
-
-
-_GET: Final = _select_clients().where(_clients.c.client_id == bindparam("id"))
-_ALL: Final = _listing()
 
 _EXISTS: Final = select(exists().where(_clients.c.client_id == bindparam("id")))
 _DELETE_METADATA: Final = (
@@ -345,94 +257,6 @@ class ClientRepository:
         }
 
 
-# --- reads, on any Reader (a connection, or the primary's direct read path) --------
-
-
-def find_client(
-    reader: Reader,
-    client_id: str,
-    *,
-    jwks: bool = True,
-    keyring: Keyring | None = None,
-    answers: JwksAnswers | None = None,
-) -> Client | None:
-    """The client, or None; one statement (none for an id nothing can be stored under).
-
-    ``jwks``: the client's key set is its ``jwks`` metadata (Omejdn's current core).
-    ``answers``: where that set is kept, converted once per stored content of its keys.
-    """
-    if not storable_text(client_id):
-        return None
-    rows = reader.rows(_GET, {"id": client_id})
-    if not rows:
-        return None
-    row = rows[0]
-    return _assembled(row.client_id, row.metadata, row.attributes, row.keys, jwks, keyring, answers)
-
-
-def all_clients(
-    reader: Reader,
-    *,
-    jwks: bool = True,
-    keyring: Keyring | None = None,
-    answers: JwksAnswers | None = None,
-) -> list[Client]:
-    """Every client, in creation order; one statement whatever their number."""
-    with collector.paused():
-        found: list[Client] = []
-        places: list[int] = []
-        for row, (fields, attributes, key_rows) in with_documents(reader.stream(_ALL), 2, "client"):
-            places.append(row[1])
-            found.append(_assembled(row[0], fields, attributes, key_rows, jwks, keyring, answers))
-        # Positions rather than (place, client) pairs: nothing more for the
-        # cyclic collector to walk once the pause ends.
-        return [found[index] for index in sorted(range(len(found)), key=places.__getitem__)]
-
-
-def _assembled(
-    client_id: str,
-    fields: Mapping[str, Any] | None,
-    attributes: dict[str, Any] | None,
-    key_rows: Sequence[Mapping[str, Any]] | None,
-    jwks: bool,
-    keyring: Keyring | None,
-    answers: JwksAnswers | None,
-) -> Client:
-    """The client from its parsed documents; ``fields`` holds neither client_id nor backend.
-
-    The key column is the authority on which client this is; client_id first
-    keeps exported YAML readable. The documents are the caller's own (freshly
-    parsed), so they are not copied.
-    """
-    metadata: dict[str, Any] = {"client_id": client_id, **(fields or {})}
-    if jwks and key_rows:
-
-        def convert() -> dict[str, Any]:
-            rows = (_KeyRow(row) for row in key_rows)
-            keys = keys_from_rows(CLIENT_CERTIFICATE_TARGET_TYPE, client_id, rows, keyring)
-            return keys.to_jwks(private=False)
-
-        metadata[JWKS_FIELD] = (
-            answers.client(client_id, key_rows, keyring, convert) if answers else convert()
-        )
-    return Client(metadata=metadata, attributes=attributes or {}, backend=BACKEND_NAME)
-
-
 def check_client_id(value: object) -> str:
     """A client id is also a key target, so it must be usable as a file name."""
     return check_file_name(check_text(value, "client_id"), "client_id")
-
-
-class _KeyRow:
-    """A key row folded into jsonb, read like a result row (timestamps parsed back)."""
-
-    _DATES: Final = frozenset(DATES)
-
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        self._data = data
-
-    def __getattr__(self, name: str) -> Any:
-        value = self._data.get(name)
-        if name in self._DATES and isinstance(value, str):
-            return datetime.datetime.fromisoformat(value)
-        return value
