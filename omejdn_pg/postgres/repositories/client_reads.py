@@ -12,11 +12,11 @@ streamed (see :func:`all_clients`). A client's keys are the key set of target
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Final, cast
 
-from sqlalchemy import Select, Table, Text, bindparam, func, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import ColumnElement, Select, Table, Text, bindparam, func, literal, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from omejdn_pg import collector
 from omejdn_pg.entities import Client
@@ -24,7 +24,7 @@ from omejdn_pg.json_values import storable_text
 from omejdn_pg.keys.states import DATES
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes
 from omejdn_pg.postgres.repositories.client_fields import metadata_fields
-from omejdn_pg.postgres.repositories.common import Reader, with_documents
+from omejdn_pg.postgres.repositories.common import Reader, read_documents, with_documents
 from omejdn_pg.postgres.repositories.jwks_answers import JwksAnswers
 from omejdn_pg.postgres.repositories.key_mapping import KEY_COLUMNS, keys_from_rows
 from omejdn_pg.postgres.schema import (
@@ -47,31 +47,54 @@ _KEY_FIELDS: Final = tuple(part for column in KEY_COLUMNS for part in (column.na
 """A key row's columns as ``json_build_object`` arguments: each name, then its column."""
 
 
-def _folded_keys(client_id: Any) -> Any:
-    """The client's key rows as one jsonb array (NULL if none): a correlated subquery."""
-    row = func.jsonb_build_object(*_KEY_FIELDS)
-    return (
-        select(func.jsonb_agg(row, type_=JSONB))
-        .where(
-            _keys.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE,
-            _keys.c.target == client_id,
-        )
-        .scalar_subquery()
-    )
+def _key_rows() -> ColumnElement[Any]:
+    """A client's key rows as one JSON array, in text, in their order in the set (NULL if
+    none): an aggregate for a correlated subquery (the point read) or a grouping (the listing).
+
+    Text, not parsed: the rows matter only when they are not what they were last time
+    (:meth:`~omejdn_pg.postgres.repositories.jwks_answers.JwksAnswers.client` compares
+    the text), and both reads fold them with this one expression, ordered, so the same
+    rows give the same text.
+    """
+    row = func.json_build_object(*_KEY_FIELDS)
+    in_set_order = aggregate_order_by(row, _keys.c.position, _keys.c.kid, _keys.c.type)
+    return func.json_agg(in_set_order).cast(Text)
 
 
 def _select_clients() -> Select[Any]:
-    """One row per client: its fields, attributes and key rows (NULL if none) as JSON."""
+    """One row per client: its fields and attributes as JSON, its key rows as JSON text."""
+    key_rows = (
+        select(_key_rows())
+        .where(
+            _keys.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE,
+            _keys.c.target == _clients.c.client_id,
+        )
+        .scalar_subquery()
+    )
     return select(
         _clients.c.client_id,
         metadata_fields().label("metadata"),
         _ATTRIBUTES.folded(_clients.c.client_id).label("attributes"),
-        _folded_keys(_clients.c.client_id).label("keys"),
+        key_rows.label("keys"),
     ).group_by(_clients.c.client_id)
 
 
+def _metadata_text(client_id: ColumnElement[Any], fields: ColumnElement[Any]) -> Any:
+    """A client's metadata as JSON text that starts with its client_id, then its ``fields``
+    (a json object, or NULL for none).
+
+    Spliced as text: ``{"client_id": <id>`` followed by the object's members, i.e.
+    its text after the opening brace. The parsed object is then the client's
+    metadata as it is, client_id first, and nothing is copied in Python.
+    """
+    head = literal('{"client_id": ', Text) + func.to_json(client_id).cast(Text)
+    members = literal(", ", Text) + func.substr(fields.cast(Text), 2)
+    return head + func.coalesce(members, literal("}", Text))
+
+
 def _listing() -> Select[Any]:
-    """Every client as text JSON columns with its place in creation order, by client_id.
+    """Every client with its place in creation order, its key rows as JSON text and its
+    metadata and attributes as JSON documents, by client_id.
 
     Each part is grouped along its primary key (metadata, attributes, key rows)
     and merge-joined on client_id, so clients stream out while the server
@@ -84,15 +107,14 @@ def _listing() -> Select[Any]:
         select(
             _clients.c.client_id,
             func.min(_clients.c.ordinal).label("place"),
-            metadata_fields().cast(Text).label("metadata"),
+            metadata_fields().label("fields"),
         )
         .group_by(_clients.c.client_id)
         .subquery("metadata")
     )
     attributes = _ATTRIBUTES.per_owner()
-    key_row = func.json_build_object(*_KEY_FIELDS)
     keys = (
-        select(_keys.c.target, func.json_agg(key_row).cast(Text).label("keys"))
+        select(_keys.c.target, _key_rows().label("keys"))
         .where(_keys.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE)
         .group_by(_keys.c.target)
         .subquery("key_rows")
@@ -101,9 +123,9 @@ def _listing() -> Select[Any]:
         select(
             metadata.c.client_id,
             metadata.c.place,
-            metadata.c.metadata,
-            attributes.c.attributes,
             keys.c["keys"],
+            _metadata_text(metadata.c.client_id, metadata.c.fields).label("metadata"),
+            attributes.c.attributes,
         )
         .select_from(
             metadata.outerjoin(
@@ -130,6 +152,7 @@ def find_client(
 
     ``jwks``: the client's key set is its ``jwks`` metadata (Omejdn's current core).
     ``answers``: where that set is kept, converted once per stored content of its keys.
+    A client whose key rows Python cannot read is None, named in a warning.
     """
     if not storable_text(client_id):
         return None
@@ -137,7 +160,15 @@ def find_client(
     if not rows:
         return None
     row = rows[0]
-    return _assembled(row.client_id, row.metadata, row.attributes, row.keys, jwks, keyring, answers)
+    # The key column is the authority on which client this is; client_id first
+    # keeps exported YAML readable.
+    metadata: dict[str, Any] = {"client_id": row.client_id, **(row.metadata or {})}
+    if jwks and row.keys:
+        key_set = _key_set(row.client_id, row.keys, keyring, answers)
+        if key_set is None:
+            return None
+        metadata[JWKS_FIELD] = key_set
+    return Client(metadata=metadata, attributes=row.attributes or {}, backend=BACKEND_NAME)
 
 
 def all_clients(
@@ -147,49 +178,49 @@ def all_clients(
     keyring: Keyring | None = None,
     answers: JwksAnswers | None = None,
 ) -> list[Client]:
-    """Every client, in creation order; one statement whatever their number."""
+    """Every client, in creation order; one statement whatever their number.
+
+    A client Python cannot read (JSON another writer nested too deep, say) is
+    left out and named in a warning, and the listing goes on.
+    """
     with collector.paused():
         found: list[Client] = []
         places: list[int] = []
-        for row, (fields, attributes, key_rows) in with_documents(reader.stream(_ALL), 2, "client"):
+        for row, (metadata, attributes) in with_documents(reader.stream(_ALL), 3, "client"):
+            # The metadata is parsed for this row alone: it is the client's own.
+            if jwks and row[2]:
+                key_set = _key_set(row[0], row[2], keyring, answers)
+                if key_set is None:
+                    continue
+                metadata[JWKS_FIELD] = key_set
             places.append(row[1])
-            found.append(_assembled(row[0], fields, attributes, key_rows, jwks, keyring, answers))
+            found.append(
+                Client(metadata=metadata, attributes=attributes or {}, backend=BACKEND_NAME)
+            )
         # Positions rather than (place, client) pairs: nothing more for the
         # cyclic collector to walk once the pause ends.
         return [found[index] for index in sorted(range(len(found)), key=places.__getitem__)]
 
 
-def _assembled(
-    client_id: str,
-    fields: Mapping[str, Any] | None,
-    attributes: dict[str, Any] | None,
-    key_rows: Sequence[Mapping[str, Any]] | None,
-    jwks: bool,
-    keyring: Keyring | None,
-    answers: JwksAnswers | None,
-) -> Client:
-    """The client from its parsed documents; ``fields`` holds neither client_id nor backend.
+def _key_set(
+    client_id: str, key_rows: str, keyring: Keyring | None, answers: JwksAnswers | None
+) -> dict[str, Any] | None:
+    """The client's public JWK Set from its key rows (JSON text), converted only when they
+    changed if ``answers`` keeps it; None, named in a warning, if Python cannot read them."""
 
-    The key column is the authority on which client this is; client_id first
-    keeps exported YAML readable. The documents are the caller's own (freshly
-    parsed), so they are not copied.
-    """
-    metadata: dict[str, Any] = {"client_id": client_id, **(fields or {})}
-    if jwks and key_rows:
+    def convert() -> dict[str, Any] | None:
+        parsed = read_documents((key_rows,), "client", client_id)
+        if parsed is None:
+            return None
+        rows = (_KeyRow(row) for row in parsed[0])
+        keys = keys_from_rows(CLIENT_CERTIFICATE_TARGET_TYPE, client_id, rows, keyring)
+        return keys.to_jwks(private=False)
 
-        def convert() -> dict[str, Any]:
-            rows = (_KeyRow(row) for row in key_rows)
-            keys = keys_from_rows(CLIENT_CERTIFICATE_TARGET_TYPE, client_id, rows, keyring)
-            return keys.to_jwks(private=False)
-
-        metadata[JWKS_FIELD] = (
-            answers.client(client_id, key_rows, keyring, convert) if answers else convert()
-        )
-    return Client(metadata=metadata, attributes=attributes or {}, backend=BACKEND_NAME)
+    return answers.client(client_id, key_rows, keyring, convert) if answers else convert()
 
 
 class _KeyRow:
-    """A key row folded into jsonb, read like a result row (timestamps parsed back)."""
+    """A key row folded into JSON, read like a result row (timestamps parsed back)."""
 
     _DATES: Final = frozenset(DATES)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import marshal
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from omejdn_pg.json_values import check_text
@@ -82,16 +82,20 @@ class JwksAnswers:
     def client(
         self,
         client_id: str,
-        key_rows: Sequence[Mapping[str, Any]],
+        key_rows: str,
         keyring: Keyring | None,
-        convert: Callable[[], dict[str, Any]],
-    ) -> dict[str, Any]:
-        """A client's public JWK Set (its ``jwks`` metadata) from its key rows as read.
+        convert: Callable[[], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        """A client's public JWK Set (its ``jwks`` metadata) from its key rows as read, one
+        JSON text, compared as it is: nothing is parsed while they stay the same.
 
         The listing reads every client's keys; a token request for a client that
-        authenticates with ``private_key_jwt`` reads its one client.
+        authenticates with ``private_key_jwt`` reads its one client. A None from
+        ``convert`` (rows Python cannot read) is not kept, so that every read names them.
         """
-        answer: dict[str, Any] = self._answer(("client", client_id), keyring, key_rows, convert)
+        answer: dict[str, Any] | None = self._answer(
+            ("client", client_id), keyring, key_rows, convert, keep_none=False
+        )
         return answer
 
     def _answer(
@@ -100,6 +104,8 @@ class JwksAnswers:
         keyring: Keyring | None,
         content: Sequence[Any],
         convert: Callable[[], Any],
+        *,
+        keep_none: bool = True,
     ) -> Any:
         # The rows hold every column the answer is computed from, and nothing
         # changes them afterwards (params, a dict, is copied before use).
@@ -107,6 +113,8 @@ class JwksAnswers:
         if found is not None and found[0] is keyring and found[1] == content:
             return marshal.loads(found[2])  # noqa: S302 - bytes this process made
         answer = convert()
+        if answer is None and not keep_none:
+            return None
         if len(self._answers) >= self._max_targets:
             self._answers.clear()
         self._answers[target] = (keyring, content, marshal.dumps(answer))
