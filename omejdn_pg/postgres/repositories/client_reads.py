@@ -15,7 +15,7 @@ import datetime
 from collections.abc import Mapping
 from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, Select, Table, Text, bindparam, func, literal, select
+from sqlalchemy import ColumnElement, Select, Table, Text, bindparam, func, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from omejdn_pg import collector
@@ -79,22 +79,9 @@ def _select_clients() -> Select[Any]:
     ).group_by(_clients.c.client_id)
 
 
-def _metadata_text(client_id: ColumnElement[Any], fields: ColumnElement[Any]) -> Any:
-    """A client's metadata as JSON text that starts with its client_id, then its ``fields``
-    (a json object, or NULL for none).
-
-    Spliced as text: ``{"client_id": <id>`` followed by the object's members, i.e.
-    its text after the opening brace. The parsed object is then the client's
-    metadata as it is, client_id first, and nothing is copied in Python.
-    """
-    head = literal('{"client_id": ', Text) + func.to_json(client_id).cast(Text)
-    members = literal(", ", Text) + func.substr(fields.cast(Text), 2)
-    return head + func.coalesce(members, literal("}", Text))
-
-
 def _listing() -> Select[Any]:
     """Every client with its place in creation order, its key rows as JSON text and its
-    metadata and attributes as JSON documents, by client_id.
+    fields and attributes as JSON documents, by client_id.
 
     Each part is grouped along its primary key (metadata, attributes, key rows)
     and merge-joined on client_id, so clients stream out while the server
@@ -107,7 +94,7 @@ def _listing() -> Select[Any]:
         select(
             _clients.c.client_id,
             func.min(_clients.c.ordinal).label("place"),
-            metadata_fields().label("fields"),
+            metadata_fields().cast(Text).label("fields"),
         )
         .group_by(_clients.c.client_id)
         .subquery("metadata")
@@ -124,7 +111,7 @@ def _listing() -> Select[Any]:
             metadata.c.client_id,
             metadata.c.place,
             keys.c["keys"],
-            _metadata_text(metadata.c.client_id, metadata.c.fields).label("metadata"),
+            metadata.c.fields,
             attributes.c.attributes,
         )
         .select_from(
@@ -186,8 +173,8 @@ def all_clients(
     with collector.paused():
         found: list[Client] = []
         places: list[int] = []
-        for row, (metadata, attributes) in with_documents(reader.stream(_ALL), 3, "client"):
-            # The metadata is parsed for this row alone: it is the client's own.
+        for row, (fields, attributes) in with_documents(reader.stream(_ALL), 3, "client"):
+            metadata = {"client_id": row[0], **fields} if fields else {"client_id": row[0]}
             if jwks and row[2]:
                 key_set = _key_set(row[0], row[2], keyring, answers)
                 if key_set is None:
