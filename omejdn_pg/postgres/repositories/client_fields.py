@@ -11,16 +11,20 @@ from typing import Any, Final, cast
 from sqlalchemy import ColumnElement, FromClause, Table, func
 from sqlalchemy.dialects.postgresql import JSON, aggregate_order_by
 
+from omejdn_pg.postgres.repositories.attributes import OwnedAttributes
 from omejdn_pg.postgres.repositories.common import json_column
-from omejdn_pg.postgres.schema import ClientFieldRecord
+from omejdn_pg.postgres.schema import CLIENT_OWNER, ClientFieldRecord
 
-_clients: Final = cast(Table, ClientFieldRecord.__table__)
+CLIENTS: Final = cast(Table, ClientFieldRecord.__table__)
+"""A client's metadata rows: (client_id, key, value, ordinal)."""
+CLIENT_ATTRIBUTES: Final = OwnedAttributes(CLIENT_OWNER, identifier_bind="id")
+"""Statements on a client's attribute rows, its id bound as ``id``."""
 NOT_METADATA: Final = "backend"
 NOT_FIELDS: Final = ("client_id", NOT_METADATA)
 """Metadata rows that are not fields of a client (see :func:`metadata_fields`)."""
 
 
-def metadata_fields(fields: FromClause = _clients) -> ColumnElement[Any]:
+def metadata_fields(fields: FromClause = CLIENTS) -> ColumnElement[Any]:
     """A client's metadata rows folded into one json object of its fields by name (NULL
     if none); ``fields`` is the clients table or an alias of it.
 

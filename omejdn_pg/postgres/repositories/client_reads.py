@@ -13,32 +13,28 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Select, Table, Text, bindparam, func, select
+from sqlalchemy import ColumnElement, Select, Text, bindparam, func, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from omejdn_pg import collector
 from omejdn_pg.entities import Client
 from omejdn_pg.json_values import storable_text
 from omejdn_pg.keys.states import DATES
-from omejdn_pg.postgres.repositories.attributes import OwnedAttributes
-from omejdn_pg.postgres.repositories.client_fields import metadata_fields
+from omejdn_pg.postgres.repositories.client_fields import (
+    CLIENT_ATTRIBUTES,
+    CLIENTS,
+    metadata_fields,
+)
 from omejdn_pg.postgres.repositories.common import Reader, read_documents, with_documents
 from omejdn_pg.postgres.repositories.jwks_answers import JwksAnswers
-from omejdn_pg.postgres.repositories.key_mapping import KEY_COLUMNS, keys_from_rows
+from omejdn_pg.postgres.repositories.key_mapping import KEY_COLUMNS, KEYS, keys_from_rows
 from omejdn_pg.postgres.schema import (
     CLIENT_CERTIFICATE_TARGET_TYPE,
-    CLIENT_OWNER,
-    ClientFieldRecord,
-    KeyRecord,
 )
 from omejdn_pg.sealing import Keyring
 from omejdn_pg.settings.backend import BACKEND_NAME
-
-_clients: Final = cast(Table, ClientFieldRecord.__table__)
-_ATTRIBUTES: Final = OwnedAttributes(CLIENT_OWNER, identifier_bind="id")
-_keys: Final = cast(Table, KeyRecord.__table__)
 
 JWKS_FIELD: Final = "jwks"
 
@@ -57,7 +53,7 @@ def _key_rows() -> ColumnElement[Any]:
     rows give the same text.
     """
     row = func.json_build_object(*_KEY_FIELDS)
-    in_set_order = aggregate_order_by(row, _keys.c.position, _keys.c.kid, _keys.c.type)
+    in_set_order = aggregate_order_by(row, KEYS.c.position, KEYS.c.kid, KEYS.c.type)
     return func.json_agg(in_set_order).cast(Text)
 
 
@@ -66,17 +62,17 @@ def _select_clients() -> Select[Any]:
     key_rows = (
         select(_key_rows())
         .where(
-            _keys.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE,
-            _keys.c.target == _clients.c.client_id,
+            KEYS.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE,
+            KEYS.c.target == CLIENTS.c.client_id,
         )
         .scalar_subquery()
     )
     return select(
-        _clients.c.client_id,
+        CLIENTS.c.client_id,
         metadata_fields().label("metadata"),
-        _ATTRIBUTES.folded(_clients.c.client_id).label("attributes"),
+        CLIENT_ATTRIBUTES.folded(CLIENTS.c.client_id).label("attributes"),
         key_rows.label("keys"),
-    ).group_by(_clients.c.client_id)
+    ).group_by(CLIENTS.c.client_id)
 
 
 def _listing() -> Select[Any]:
@@ -92,18 +88,18 @@ def _listing() -> Select[Any]:
     """
     metadata = (
         select(
-            _clients.c.client_id,
-            func.min(_clients.c.ordinal).label("place"),
+            CLIENTS.c.client_id,
+            func.min(CLIENTS.c.ordinal).label("place"),
             metadata_fields().cast(Text).label("fields"),
         )
-        .group_by(_clients.c.client_id)
+        .group_by(CLIENTS.c.client_id)
         .subquery("metadata")
     )
-    attributes = _ATTRIBUTES.per_owner()
+    attributes = CLIENT_ATTRIBUTES.per_owner()
     keys = (
-        select(_keys.c.target, _key_rows().label("keys"))
-        .where(_keys.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE)
-        .group_by(_keys.c.target)
+        select(KEYS.c.target, _key_rows().label("keys"))
+        .where(KEYS.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE)
+        .group_by(KEYS.c.target)
         .subquery("key_rows")
     )
     return (
@@ -123,7 +119,7 @@ def _listing() -> Select[Any]:
     )
 
 
-_GET: Final = _select_clients().where(_clients.c.client_id == bindparam("id"))
+_GET: Final = _select_clients().where(CLIENTS.c.client_id == bindparam("id"))
 _ALL: Final = _listing()
 
 

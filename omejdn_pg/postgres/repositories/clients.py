@@ -29,14 +29,13 @@ as it is until its next write moves it into ``keys``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import psycopg
 from cryptography import x509
 from sqlalchemy import (
     BigInteger,
     Connection,
-    Table,
     Text,
     bindparam,
     column,
@@ -57,41 +56,35 @@ from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
 from omejdn_pg.names import check_file_name
 from omejdn_pg.postgres.database.direct import execute
-from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
-from omejdn_pg.postgres.repositories.client_fields import NOT_METADATA
+from omejdn_pg.postgres.repositories.attributes import checked_attributes
+from omejdn_pg.postgres.repositories.client_fields import CLIENT_ATTRIBUTES, CLIENTS, NOT_METADATA
 from omejdn_pg.postgres.repositories.client_reads import JWKS_FIELD, all_clients, find_client
 from omejdn_pg.postgres.repositories.common import ConnectionReader, lock_for_update
+from omejdn_pg.postgres.repositories.key_mapping import KEYS
 from omejdn_pg.postgres.repositories.keys import KeyRepository
 from omejdn_pg.postgres.schema import (
     CLIENT_CERTIFICATE_TARGET_TYPE,
-    CLIENT_OWNER,
-    ClientFieldRecord,
-    KeyRecord,
 )
 from omejdn_pg.sealing import Keyring
-
-_clients: Final = cast(Table, ClientFieldRecord.__table__)
-_ATTRIBUTES: Final = OwnedAttributes(CLIENT_OWNER, identifier_bind="id")
-_keys: Final = cast(Table, KeyRecord.__table__)
 
 LOCK_KIND: Final = "client"
 
 
-_EXISTS: Final = select(exists().where(_clients.c.client_id == bindparam("id")))
+_EXISTS: Final = select(exists().where(CLIENTS.c.client_id == bindparam("id")))
 _DELETE_METADATA: Final = (
-    delete(_clients)
-    .where(_clients.c.client_id == bindparam("id"))
-    .returning(_clients.c.key, _clients.c.ordinal)
+    delete(CLIENTS)
+    .where(CLIENTS.c.client_id == bindparam("id"))
+    .returning(CLIENTS.c.key, CLIENTS.c.ordinal)
 )
 _each_field = func.jsonb_each(bindparam("metadata_doc", type_=JSONB)).table_valued(
     column("key", Text), column("value", JSONB)
 )
-_INSERT_METADATA: Final = insert(_clients).from_select(
+_INSERT_METADATA: Final = insert(CLIENTS).from_select(
     ["client_id", "key", "value"],
     select(bindparam("id", type_=Text), _each_field.c.key, _each_field.c.value),
 )
 # An update writes the rows back in the client's place (see 0006).
-_REINSERT_METADATA: Final = insert(_clients).from_select(
+_REINSERT_METADATA: Final = insert(CLIENTS).from_select(
     ["client_id", "key", "value", "ordinal"],
     select(
         bindparam("id", type_=Text),
@@ -101,8 +94,8 @@ _REINSERT_METADATA: Final = insert(_clients).from_select(
     ),
 )
 
-_DELETE_KEYS: Final = delete(_keys).where(
-    _keys.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE, _keys.c.target == bindparam("id")
+_DELETE_KEYS: Final = delete(KEYS).where(
+    KEYS.c.target_type == CLIENT_CERTIFICATE_TARGET_TYPE, KEYS.c.target == bindparam("id")
 )
 
 
@@ -153,7 +146,7 @@ class ClientRepository:
                 _INSERT_METADATA,
                 {"id": values["id"], "metadata_doc": values["metadata_doc"]},
             )
-            _ATTRIBUTES.replace(self.conn, values["id"], values["attribute_doc"])
+            CLIENT_ATTRIBUTES.replace(self.conn, values["id"], values["attribute_doc"])
             self._store_keys(values)
         except sa_exc.IntegrityError as error:
             if not isinstance(error.orig, psycopg.errors.UniqueViolation):
@@ -177,7 +170,7 @@ class ClientRepository:
                 "ordinal": min(row.ordinal for row in deleted),
             },
         )
-        _ATTRIBUTES.replace(self.conn, values["id"], values["attribute_doc"])
+        CLIENT_ATTRIBUTES.replace(self.conn, values["id"], values["attribute_doc"])
         self._store_keys(values)
 
     def _store_keys(self, values: Mapping[str, Any]) -> None:
@@ -199,7 +192,7 @@ class ClientRepository:
         lock_for_update(self.conn, LOCK_KIND, client_id)
         if execute(self.conn, _DELETE_METADATA, {"id": client_id}).fetchone() is None:
             return False
-        _ATTRIBUTES.remove(self.conn, client_id)
+        CLIENT_ATTRIBUTES.remove(self.conn, client_id)
         execute(self.conn, _DELETE_KEYS, {"id": client_id})
         return True
 
