@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from omejdn_pg.errors import InvalidKeyMaterial
 from omejdn_pg.keys.algorithms import USES, allowed_algs, key_type_problem
 from omejdn_pg.keys.jwk import CHAIN_MEMBERS, KEY_MEMBERS
-from omejdn_pg.keys.pem import public_der
 from omejdn_pg.keys.states import Lifecycle
 
 if TYPE_CHECKING:
@@ -51,7 +50,8 @@ def validate(key: Key) -> None:
         private, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
     ):
         raise KeyProblem(f"private_key is not a private key: {type(private).__name__}")
-    if private is not None and public_der(private.public_key()) != public_der(public):
+    # cryptography compares keys by value (the modulus and exponent, the point).
+    if private is not None and private.public_key() != public:
         raise KeyProblem("the private key does not match the public key")
 
     permitted: frozenset[str] | None = None
@@ -66,9 +66,7 @@ def validate(key: Key) -> None:
             held: object = first.public_key()
         except (ValueError, UnsupportedAlgorithm):
             held = None
-        if not isinstance(held, rsa.RSAPublicKey | ec.EllipticCurvePublicKey) or public_der(
-            held
-        ) != public_der(public):
+        if not isinstance(held, rsa.RSAPublicKey | ec.EllipticCurvePublicKey) or held != public:
             raise KeyProblem("the first certificate does not match the key")
         try:
             permitted = permitted_uses(first)

