@@ -198,10 +198,16 @@ class Key:
     def copied(self, lifecycle: Lifecycle) -> Key:
         """This key with ``lifecycle``, its params and chain copied; not checked again:
         its invariants do not involve the lifecycle, and hold for a copy."""
-        copied = copy.copy(self)
-        copied.params = copy.deepcopy(self.params)
-        copied.certificates = list(self.certificates)
-        copied.lifecycle = lifecycle
+        copied = object.__new__(Key)
+        copied.__dict__.update(
+            self.__dict__,
+            params={
+                name: value if type(value) is str else copy.deepcopy(value)
+                for name, value in self.params.items()
+            },
+            certificates=list(self.certificates),
+            lifecycle=lifecycle,
+        )
         return copied
 
     def public(self) -> Key:
