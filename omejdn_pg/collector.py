@@ -42,4 +42,23 @@ def paused() -> Iterator[None]:
         with _lock:
             _holders -= 1
             if _holders == 0 and _resume:
+                _promote_without_a_pass()
                 gc.enable()
+
+
+def _promote_without_a_pass() -> None:
+    """Move what the young generations hold into the oldest, scanning nothing.
+
+    Everything made during the pause sits in the youngest generation, far past
+    its threshold, so the first allocation after it would walk every object of
+    the result once more (6,000 lists, dicts and Clients for 1,000 clients:
+    0.4 ms, a tenth of CLIENT_GET_ALL). Freezing and unfreezing moves them all to
+    the oldest generation in constant time: what reference counting frees
+    leaves it as from any other, and a cycle made meanwhile waits for the next
+    full pass instead of the next young one. Not done while someone else keeps
+    objects frozen (a pre-forking server's ``gc.freeze()``): unfreezing would
+    hand theirs back to the collector.
+    """
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+        gc.unfreeze()

@@ -57,3 +57,34 @@ def test_a_collector_that_was_off_stays_off() -> None:
     with collector.paused():
         assert not gc.isenabled()
     assert not gc.isenabled()
+
+
+def test_what_was_made_during_the_pause_is_not_walked_again_when_it_ends() -> None:
+    passes: list[int] = []
+
+    def count_young_passes(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] < 2:
+            passes.append(info["generation"])
+
+    gc.collect()
+    gc.callbacks.append(count_young_passes)
+    try:
+        with collector.paused():
+            made = [[index] for index in range(50_000)]  # far past the young threshold
+        more = [[index] for index in range(100)]  # would start a young pass over all of it
+    finally:
+        gc.callbacks.remove(count_young_passes)
+    assert len(made) + len(more) == 50_100
+    assert passes == []
+    assert gc.get_count()[0] < 200
+
+
+def test_objects_someone_else_froze_stay_frozen() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with collector.paused():
+            _ = [[index] for index in range(1_000)]
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

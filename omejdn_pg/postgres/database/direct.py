@@ -58,7 +58,9 @@ def _run(
         conn.begin()
     driver: psycopg.Connection[Any] = conn.connection.driver_connection  # type: ignore[assignment]
     cursor = driver.cursor(row_factory=prepared.row_factory)
-    dispatch = conn.dispatch
+    # The engine's listeners: the package registers none on a single connection, and
+    # the connection's joined dispatcher costs a lookup object per access.
+    dispatch = conn.engine.dispatch
     if dispatch.before_cursor_execute:
         dispatch.before_cursor_execute(conn, cursor, prepared.sql, values, None, many)
     try:
