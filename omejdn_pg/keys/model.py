@@ -197,7 +197,9 @@ class Key:
 
     def copied(self, lifecycle: Lifecycle) -> Key:
         """This key with ``lifecycle``, its params and chain copied; not checked again:
-        its invariants do not involve the lifecycle, and hold for a copy."""
+        its invariants hold for a copy, and of the lifecycle only its type is one."""
+        if not isinstance(lifecycle, Lifecycle):
+            raise KeyProblem(f"lifecycle must be a Lifecycle, got {type(lifecycle).__name__}")
         copied = object.__new__(Key)
         copied.__dict__.update(
             self.__dict__,

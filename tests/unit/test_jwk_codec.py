@@ -1107,3 +1107,10 @@ def test_a_key_read_again_from_the_same_pem_takes_the_lifecycle_it_is_given(
     assert active.params == retired.params == {"kid": "pem"}
     with pytest.raises(InvalidKeyMaterial, match="lifecycle must be a Lifecycle"):
         Key.from_pem(text, None, {"kid": "pem"}, lifecycle="active")  # type: ignore[arg-type]
+
+
+def test_a_copy_takes_only_a_lifecycle(rsa_key: rsa.RSAPrivateKey) -> None:
+    key = Key.from_jwk(public_jwk(rsa_key))
+    assert key.copied(Lifecycle("next")).state == "next"
+    with pytest.raises(InvalidKeyMaterial, match="lifecycle must be a Lifecycle"):
+        key.copied("next")  # type: ignore[arg-type]
