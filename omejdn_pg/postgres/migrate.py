@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from alembic.runtime.environment import NameFilterParentNames, NameFilterType
     from alembic.script import ScriptDirectory
 
-REVISIONS: Final = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
+REVISIONS: Final = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
 """The packaged revisions, oldest first; the last is the one this package needs."""
 HEAD: Final = REVISIONS[-1]
 URL_ENV: Final = "OMEJDN_PG_URL"

@@ -552,3 +552,67 @@ def test_the_models_map_rows_written_with_plain_sql(
             assert (key.kid, key.state, key.position, key.params) == ("", "active", 0, {})
     finally:
         engine.dispose()
+
+
+def _announcements(settings: ConnectionSettings) -> list[str]:
+    """What ``omejdn_pg_count`` announces for one key, the same key again, a NULL key and
+    several keys, each step in its own transaction or sharing one: the notices' group and
+    key (the rest of a payload is the writer, the counters and the time)."""
+    steps = [
+        [["a"]],
+        [["a"], ["a"], [None]],
+        [[None]],
+        [["b"], ["c", "b", "c"], ["c", "d"]],
+        [["e", "e"]],
+    ]
+    with (
+        psycopg.connect(settings.conninfo(), autocommit=True) as listener,
+        psycopg.connect(settings.conninfo(), autocommit=True) as writer,
+    ):
+        listener.execute("LISTEN omejdn_pg_changes")
+        for transaction in steps:
+            with writer.transaction():
+                for keys in transaction:
+                    writer.execute("SELECT omejdn_pg_count('config', %s::text[])", (keys,))
+        return [
+            notice.payload.rsplit(":", 2)[0]
+            for notice in listener.notifies(timeout=2, stop_after=9)
+        ]
+
+
+def test_0008_announces_one_key_without_a_sort_and_as_before(
+    empty_database: ConnectionSettings, sql: PlainSQL
+) -> None:
+    """0008 changes how ``omejdn_pg_count`` finds a single key already announced, not what
+    is announced: the same notices at 0007 and at 0008, and 0007's function after the
+    downgrade."""
+    migrate.upgrade(empty_database, "0007")
+    before = _announcements(empty_database)
+    assert before == [
+        "config:a",
+        "config:a",
+        "config:*",
+        "config:b",
+        "config:c",
+        "config:d",
+        "config:e",
+    ]
+    definition = "SELECT prosrc FROM pg_proc WHERE proname = 'omejdn_pg_count'"
+    guarded = (
+        "SELECT prosecdef, proconfig::text, "
+        "has_function_privilege('public', 'omejdn_pg_count(text, text[])', 'EXECUTE') "
+        "FROM pg_proc WHERE proname = 'omejdn_pg_count'"
+    )
+    sorted_body = sql.value(definition)
+    guards = sql.rows(guarded)
+    security_definer, _, anyone_may_call = guards[0]
+    assert security_definer is True
+    assert anyone_may_call is False
+
+    migrate.upgrade(empty_database, "0008")
+    assert "cardinality(changed_keys) = 1" in sql.value(definition)
+    assert sql.rows(guarded) == guards
+    assert _announcements(empty_database) == before
+
+    migrate.downgrade(empty_database, "0007")
+    assert sql.value(definition) == sorted_body
