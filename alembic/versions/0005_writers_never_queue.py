@@ -45,16 +45,14 @@ that version treats as a reconnect would (it flushes).
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
+from omejdn_pg.postgres import migrate
 
 revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"
@@ -277,17 +275,6 @@ def _restore_search_path() -> None:
     )
 
 
-def _previous(name: str) -> ModuleType:
-    """An earlier revision's script, for its SQL (scripts are not importable by name)."""
-    path = Path(__file__).with_name(name)
-    spec = importlib.util.spec_from_file_location(f"omejdn_pg_revision_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _in(column: str, allowed: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(value) for value in allowed)})"
 
@@ -356,8 +343,8 @@ def downgrade() -> None:
         sa.PrimaryKeyConstraint("name", name=op.f("pk_omejdn_pg_changes")),
     )
     op.bulk_insert(changes, [{"name": group} for group in GROUPS])
-    op.execute(_previous("0003_change_counter.py").CHANGED_FUNCTION)
-    announce = _previous("0004_announce_every_writer.py")
+    op.execute(migrate.earlier_script(__file__, "0003_change_counter.py").CHANGED_FUNCTION)
+    announce = migrate.earlier_script(__file__, "0004_announce_every_writer.py")
     op.execute(announce.ROWS_TRIGGER_FUNCTION)
     for table, groups in announce.ANNOUNCED_TABLES.items():
         arguments = ", ".join(f"'{group}'" for group in groups)

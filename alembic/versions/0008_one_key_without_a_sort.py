@@ -18,13 +18,11 @@ function body changes; downgrade puts 0005's back.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 from typing import Final
 
 from alembic import op
+from omejdn_pg.postgres import migrate
 
 revision: str = "0008"
 down_revision: str | Sequence[str] | None = "0007"
@@ -55,7 +53,7 @@ def downgrade() -> None:
 
 
 def _create_count_function(*, one_key_first: bool) -> None:
-    writers = _previous("0005_writers_never_queue.py")
+    writers = migrate.earlier_script(__file__, "0005_writers_never_queue.py")
     body: str = writers.COUNT_FUNCTION
     if _SORTED not in body:
         raise RuntimeError("omejdn_pg_count: 0005's body no longer holds the sorted statement")
@@ -66,14 +64,3 @@ def _create_count_function(*, one_key_first: bool) -> None:
     writers._pin_search_path()
     op.execute(body.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
     writers._restore_search_path()
-
-
-def _previous(name: str) -> ModuleType:
-    """An earlier revision's script, for its SQL (scripts are not importable by name)."""
-    path = Path(__file__).with_name(name)
-    spec = importlib.util.spec_from_file_location(f"omejdn_pg_revision_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Connection
@@ -72,6 +74,20 @@ SETTINGS_ATTRIBUTE: Final = "connection_settings"
 """``Config.attributes`` key of ConnectionSettings for ``env.py`` to connect with."""
 VERSION_TABLE: Final = "alembic_version"
 MIGRATE_HINT: Final = "run `omejdn-pg migrate upgrade`"
+
+
+def earlier_script(script: str, name: str) -> ModuleType:
+    """The revision script ``name`` beside ``script`` (a revision's ``__file__``), loaded for
+    its SQL: a later revision puts back or builds on an earlier one's, and scripts are not
+    importable by name."""
+    path = Path(script).with_name(name)
+    spec = importlib.util.spec_from_file_location(f"omejdn_pg_revision_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 Target = ConnectionSettings | Database | Connection
 
