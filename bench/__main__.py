@@ -132,6 +132,11 @@ def run_case(case: Case, repeat: int) -> dict[str, Any]:
         "name": case.name,
         "group": case.group,
         "statements": case.statements,
+        "round_trips": (
+            {"ours": case.round_trips[0], "floor": case.round_trips[1]}
+            if case.round_trips is not None
+            else None
+        ),
         "note": case.note,
         "ours": ours.summary(),
         "floor": floor.summary(),

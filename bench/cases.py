@@ -24,7 +24,7 @@ import bcrypt
 from sqlalchemy import Engine
 
 from bench import seed
-from bench.floor import Floor, Statement, capture
+from bench.floor import Floor, Statement, capture, round_trips
 from omejdn_pg.host import events
 from omejdn_pg.host.events import EventBus
 from omejdn_pg.keys.key_set import KeySet
@@ -48,6 +48,8 @@ class Case:
     n_plus_1: Call | None = None
     note: str = ""
     sql: list[str] = field(default_factory=list)
+    round_trips: tuple[int, int] | None = None
+    """Waits for the server in one call of ``ours`` and of ``floor`` (writes)."""
 
 
 def first(answers: Iterable[Any]) -> Any:
@@ -262,15 +264,21 @@ class Cases:
 
     def _write(self, name: str, call: Call, note: str) -> Case:
         captured = self._steady(call)
+        floor = self.floor.write(captured)
+        floor()  # prepared, as ours is after _steady: neither side counts a Parse's wait
         return Case(
             name,
             "write",
             call,
-            self.floor.write(captured),
+            floor,
             len(captured),
             share=0.5,
             note=note,
             sql=[s.sql for s in captured],
+            round_trips=(
+                round_trips(call, engine=self.engine),
+                round_trips(floor, connection=self.floor.conn),
+            ),
         )
 
     def user_update(self) -> Case:

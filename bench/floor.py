@@ -1,14 +1,17 @@
 """The floor: the package's own SQL, replayed on raw psycopg as fast as it can go.
 
-What an event costs beyond its round trips is the package's to remove, so the
-floor of an event is exactly those round trips: the statements the package
-sent for it — captured from the engine with SQLAlchemy's
-``before_cursor_execute`` while the event runs, text and bound values alike —
-executed on one persistent psycopg connection, each prepared on the server
-(``prepare=True``), every row fetched. Reads run in autocommit as the package's
-do; a write's statements run inside one transaction (``BEGIN`` … ``COMMIT``, the
-same round trips the package's unit of work makes). Because it is captured at
-run time, the floor follows the code: a change of SQL changes both sides.
+What an event costs beyond its SQL is the package's to remove, so the floor of
+an event is that SQL sent the plain way: the statements the package sent for
+it — captured from the engine with SQLAlchemy's ``before_cursor_execute``
+while the event runs, text and bound values alike — executed on one
+persistent psycopg connection, each prepared on the server (``prepare=True``),
+every row fetched. Reads run in autocommit as the package's do; a write's
+statements run inside one transaction (``BEGIN`` … ``COMMIT``), one round trip
+each, as a program that waits for every answer sends them. The package sends
+a write's independent statements together (psycopg's pipeline mode,
+``omejdn_pg.postgres.database.direct.together``): the round trips it saves
+are its gain over this floor. Because it is captured at run time, the floor
+follows the code: a change of SQL changes both sides.
 
 The trade-off: a replay repeats the bound values of the captured call. Point
 reads are rotated over many keys by substituting the key in the captured
@@ -19,13 +22,15 @@ repeated write of the same object costs.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, event
+from psycopg import pq
+from sqlalchemy import Connection, Engine, event
 
 from omejdn_pg.postgres.database.engine import connect_arguments
 from omejdn_pg.settings.connection import ConnectionSettings
@@ -84,6 +89,45 @@ def capture(engine: Engine, operation: Callable[[], object]) -> list[Statement]:
     with recording(engine) as statements:
         operation()
     return list(statements)
+
+
+def round_trips(
+    operation: Callable[[], object],
+    engine: Engine | None = None,
+    connection: psycopg.Connection[Any] | None = None,
+) -> int:
+    """How often one call of ``operation`` waits for the server: the Sync and simple
+    Query messages libpq sends (its protocol trace) on ``connection`` and on every
+    connection of ``engine`` that a statement of the call goes out on."""
+    with tempfile.TemporaryFile() as trace:
+        traced: list[Any] = []
+
+        def follow(pgconn: Any) -> None:
+            if pgconn not in traced:
+                pgconn.trace(trace.fileno())
+                pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+                traced.append(pgconn)
+
+        def on_statement(conn: object, *_: object) -> None:
+            # The first statement's event comes before its BEGIN is sent.
+            if isinstance(conn, Connection):
+                follow(conn.connection.driver_connection.pgconn)  # type: ignore[union-attr]
+
+        if connection is not None:
+            follow(connection.pgconn)
+        if engine is not None:
+            event.listen(engine, "before_cursor_execute", on_statement)
+        try:
+            operation()
+        finally:
+            if engine is not None:
+                event.remove(engine, "before_cursor_execute", on_statement)
+            for pgconn in traced:
+                pgconn.untrace()
+        trace.seek(0)
+        lines = trace.read().decode("utf-8", "replace").splitlines()
+    sent = [line.split("\t")[2].strip() for line in lines if line.startswith("F\t")]
+    return sent.count("Sync") + sent.count("Query")
 
 
 class Floor:

@@ -95,6 +95,11 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _waits(round_trips: dict[str, int] | None) -> str:
+    """A write's round trips, the package's against the floor's: ``3 / 5``."""
+    return "" if round_trips is None else f"{round_trips['ours']} / {round_trips['floor']}"
+
+
 def _placed(results: dict[str, Any]) -> str:
     placement = results.get("placement") or {}
     if not placement.get("bench_cores"):
@@ -116,7 +121,7 @@ def print_tables(results: dict[str, Any], console: Console | None = None) -> Non
         f"{results['machine']['cpu']}, {results['machine']['cores']} cores{_placed(results)}"
     )
     table = Table(title=f"Latency, omejdn_pg vs the floor (raw psycopg, same SQL) · {head}")
-    for column in ("case", "stmts", "ours p50", "ours p99", "floor p50", "floor p99"):
+    for column in ("case", "stmts", "waits", "ours p50", "ours p99", "floor p50", "floor p99"):
         table.add_column(column, justify="left" if column == "case" else "right")
     table.add_column("ratio p50", justify="right", style="bold")
     table.add_column("ratio p99", justify="right")
@@ -127,6 +132,7 @@ def print_tables(results: dict[str, Any], console: Console | None = None) -> Non
         table.add_row(
             row["name"],
             str(row["statements"]),
+            _waits(row.get("round_trips")),
             _time(row["ours"]["median_us"]),
             _time(row["ours"]["p99_us"]),
             _time(row["floor"]["median_us"]),
@@ -138,10 +144,13 @@ def print_tables(results: dict[str, Any], console: Console | None = None) -> Non
         )
     for row in results["cached"]["rows"]:
         if row["median_us"] is None:
-            table.add_row(f"{row['name']} (cached)", "", "null", "null", "", "", "null", "", "", "")
+            table.add_row(
+                f"{row['name']} (cached)", "", "", "null", "null", "", "", "null", "", "", ""
+            )
             continue
         table.add_row(
             f"{row['name']} (cached)",
+            "",
             "",
             _time(row["median_us"]),
             _time(row["p99_us"]),

@@ -56,6 +56,18 @@ class Wire:
 def traced_read(db: Database, operation: Callable[[Connection], T]) -> tuple[T, Wire]:
     """Run ``operation`` through ``db.read`` with the connection's protocol traced,
     including what the pool does when the connection goes back."""
+    return _traced(db.read, operation)
+
+
+def traced_write(db: Database, operation: Callable[[Connection], T]) -> tuple[T, Wire]:
+    """Run ``operation`` through ``db.write`` with the connection's protocol traced, from
+    the transaction's ``BEGIN`` (sent with its first statement) to its ``COMMIT``."""
+    return _traced(db.write, operation)
+
+
+def _traced(
+    run_on: Callable[[Callable[[Connection], T]], T], operation: Callable[[Connection], T]
+) -> tuple[T, Wire]:
     with tempfile.TemporaryFile() as trace:
         traced: list[Any] = []
 
@@ -66,7 +78,7 @@ def traced_read(db: Database, operation: Callable[[Connection], T]) -> tuple[T, 
             return operation(conn)
 
         try:
-            result = db.read(run)
+            result = run_on(run)
         finally:
             for pgconn in traced:
                 pgconn.untrace()

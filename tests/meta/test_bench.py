@@ -134,6 +134,13 @@ def test_every_event_has_numbers_beside_its_floor(results: dict[str, Any]) -> No
         assert is_number(rows[name]["n_plus_1_over_ours"])
     for name in ("USER_GET", "CLIENT_GET", "KEYS_LOAD", "CONFIGURATION_LOAD"):
         assert rows[name]["sql"], f"{name}: the captured SQL is recorded"
+    # A write's floor waits for BEGIN, each statement and COMMIT; the package sends
+    # independent statements together, so it never waits more often.
+    for name in ("USER_UPDATE", "CLIENT_UPDATE", "CONFIGURATION_STORE", "KEYS_STORE"):
+        waits = rows[name]["round_trips"]
+        assert waits["floor"] == rows[name]["statements"] + 2, name
+        assert 3 <= waits["ours"] < waits["floor"], name
+    assert rows["USER_UPDATE"]["round_trips"] == {"ours": 3, "floor": 5}
 
 
 def test_reads_beyond_one_server_are_measured_or_say_why(results: dict[str, Any]) -> None:

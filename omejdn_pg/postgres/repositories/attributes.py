@@ -54,28 +54,37 @@ _attributes: Final = cast(Table, AttributeRecord.__table__)
 class OwnedAttributes:
     """Statements on the attribute rows of the owners of one ``type``."""
 
-    def __init__(self, owner_type: str, identifier_bind: str) -> None:
+    def __init__(
+        self,
+        owner_type: str,
+        identifier_bind: str,
+        *,
+        only_if: ColumnElement[bool] | None = None,
+    ) -> None:
+        """``only_if``: a condition (the owner exists, say) without which :meth:`replace`
+        and :meth:`remove` touch no row, checked by the statements themselves."""
         self.owner_type: Final = owner_type
         self.identifier_bind: Final = identifier_bind
-        self.delete: Final = (
-            delete(_attributes)
-            .where(_attributes.c.type == owner_type)
-            .where(_attributes.c.identifier == bindparam(identifier_bind))
+        owned = delete(_attributes).where(
+            _attributes.c.type == owner_type,
+            _attributes.c.identifier == bindparam(identifier_bind),
         )
+        self.delete: Final = owned.where(only_if) if only_if is not None else owned
         each = (
             func.json_each(bindparam("attribute_doc", type_=JSON))
             .table_valued(column("key", Text), column("value", JSON), with_ordinality="ordinal")
             .render_derived()
         )
+        rows = select(
+            literal(owner_type, Text),
+            bindparam(identifier_bind, type_=Text),
+            each.c.key,
+            each.c.value.cast(JSONB),
+            each.c.ordinal,
+        )
         self.insert: Final = insert(_attributes).from_select(
             ["type", "identifier", "key", "value", "ordinal"],
-            select(
-                literal(owner_type, Text),
-                bindparam(identifier_bind, type_=Text),
-                each.c.key,
-                each.c.value.cast(JSONB),
-                each.c.ordinal,
-            ),
+            rows.where(only_if) if only_if is not None else rows,
         )
 
     def folded(self, identifier: ColumnElement[Any]) -> ScalarSelect[Any]:

@@ -28,7 +28,7 @@ as it is until its next write moves it into ``keys``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import psycopg
@@ -55,7 +55,7 @@ from omejdn_pg.json_values import check_json, check_text, storable_text
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
 from omejdn_pg.names import check_file_name
-from omejdn_pg.postgres.database.direct import execute
+from omejdn_pg.postgres.database.direct import execute, together
 from omejdn_pg.postgres.repositories.attributes import checked_attributes
 from omejdn_pg.postgres.repositories.client_fields import CLIENT_ATTRIBUTES, CLIENTS, NOT_METADATA
 from omejdn_pg.postgres.repositories.client_reads import JWKS_FIELD, all_clients, find_client
@@ -157,28 +157,41 @@ class ClientRepository:
     def update(self, client: Client) -> None:
         """Replace the metadata and attributes; NotFound if there is no such client."""
         values = self._checked(client)
-        lock_for_update(self.conn, LOCK_KIND, values["id"])
-        deleted = execute(self.conn, _DELETE_METADATA, {"id": values["id"]}).fetchall()
+        with together(self.conn):
+            lock_for_update(self.conn, LOCK_KIND, values["id"])
+            deleting = execute(self.conn, _DELETE_METADATA, {"id": values["id"]})
+        deleted = deleting.fetchall()
         if not deleted:
             raise NotFound(f"client {values['id']!r} does not exist")
-        execute(
-            self.conn,
-            _REINSERT_METADATA,
-            {
-                "id": values["id"],
-                "metadata_doc": values["metadata_doc"],
-                "ordinal": min(row.ordinal for row in deleted),
-            },
-        )
-        CLIENT_ATTRIBUTES.replace(self.conn, values["id"], values["attribute_doc"])
-        self._store_keys(values)
+        ordinal = min(row.ordinal for row in deleted)
 
-    def _store_keys(self, values: Mapping[str, Any]) -> None:
+        def rewrite() -> None:
+            execute(
+                self.conn,
+                _REINSERT_METADATA,
+                {"id": values["id"], "metadata_doc": values["metadata_doc"], "ordinal": ordinal},
+            )
+            CLIENT_ATTRIBUTES.replace(self.conn, values["id"], values["attribute_doc"])
+
+        # The rows and the attributes go out with the read of the stored keys.
+        if self.jwks:
+            self._store_keys(values, alongside=rewrite)
+        else:
+            with together(self.conn):
+                rewrite()
+
+    def _store_keys(
+        self, values: Mapping[str, Any], alongside: Callable[[], object] | None = None
+    ) -> None:
         # As Omejdn's client store: the metadata is the whole client, so a
         # client written without ``jwks`` has no keys.
         if self.jwks:
             self.keys.store(
-                CLIENT_CERTIFICATE_TARGET_TYPE, values["id"], values["keys"], locked=True
+                CLIENT_CERTIFICATE_TARGET_TYPE,
+                values["id"],
+                values["keys"],
+                locked=True,
+                alongside=alongside,
             )
 
     def delete(self, client_id: str) -> bool:

@@ -73,7 +73,7 @@ from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.schema import DropTable
 
 from omejdn_pg.errors import InvalidSectionName, InvalidValue, PermissionDenied
-from omejdn_pg.postgres.database.direct import execute
+from omejdn_pg.postgres.database.direct import execute, together
 from omejdn_pg.postgres.database.readpool import DIALECT
 from omejdn_pg.postgres.repositories.common import (
     ConnectionReader,
@@ -138,17 +138,20 @@ class ConfigRepository:
         name = section_table_name(section)
         shape, payload = section_payload(section, data)
 
-        lock_for_update(self.conn, "config", section)
-        found = execute(self.conn, _COLUMNS, {"regclass": regclass_text(name)}).fetchone()
+        with together(self.conn):
+            lock_for_update(self.conn, "config", section)
+            asking = execute(self.conn, _COLUMNS, {"regclass": regclass_text(name)})
+        found = asking.fetchone()
         columns = found[0] if found is not None else None
         layout = layout_of(section, columns) if columns is not None else None
         if layout is None or layout.shape != shape:
             self._create(section, shape, replace=layout is not None)
             layout = OURS[shape]
 
-        execute(self.conn, _delete_statement(name))
-        if data:
-            execute(self.conn, _insert_statement(name, layout), {"document": payload})
+        with together(self.conn):
+            execute(self.conn, _delete_statement(name))
+            if data:
+                execute(self.conn, _insert_statement(name, layout), {"document": payload})
 
     def provision(self, section: str, shape: Shape = "dict", *, replace: bool = False) -> bool:
         """Create the section's table ahead of its first write (as the schema owner).

@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from psycopg import Cursor
 from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select
 
 from omejdn_pg import lifecycle
@@ -29,7 +30,7 @@ from omejdn_pg.json_values import check_text
 from omejdn_pg.keys.algorithms import weak_key_problem
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import Key
-from omejdn_pg.postgres.database.direct import execute, execute_many
+from omejdn_pg.postgres.database.direct import execute, execute_many, together
 from omejdn_pg.postgres.repositories import key_mapping, key_sealing
 from omejdn_pg.postgres.repositories.common import ConnectionReader, lock_for_update
 from omejdn_pg.postgres.repositories.key_mapping import (
@@ -37,8 +38,14 @@ from omejdn_pg.postgres.repositories.key_mapping import (
     KEYS,
     is_private_pem,
     key_rows,
+    keys_from_rows,
 )
-from omejdn_pg.postgres.repositories.key_reads import check_target, load_all_keys, load_keys
+from omejdn_pg.postgres.repositories.key_reads import (
+    LOAD_KEYS,
+    check_target,
+    load_all_keys,
+    load_keys,
+)
 from omejdn_pg.postgres.schema import CLIENT_CERTIFICATE_TARGET_TYPE
 from omejdn_pg.sealing import PREFIX as SEALED_PREFIX
 from omejdn_pg.sealing import Keyring, sealed_by
@@ -112,11 +119,13 @@ class KeyRepository:
         *,
         now: datetime.datetime | None = None,
         locked: bool = False,
+        alongside: Callable[[], object] | None = None,
     ) -> None:
         """Replace the target's set with ``keys``, as KEYS_STORE does; an empty set deletes it.
 
         ``locked``: the caller holds the target's lock already (a client's write
-        holds its client's).
+        holds its client's). ``alongside`` sends the caller's own statements in
+        the round trip that reads the stored set (see :func:`together`).
 
         A key that arrives without its private key but with the kid and public
         key of a stored private key keeps the stored one (a host storing back a
@@ -140,6 +149,8 @@ class KeyRepository:
             target,
             lambda stored: merge(target_type, target, stored, incoming, moment),
             locked=locked,
+            alongside=alongside,
+            private_incoming=any(key.is_private for key in incoming),
         )
 
     def modify(
@@ -149,28 +160,59 @@ class KeyRepository:
         change: Callable[[KeySet], Sequence[Key]],
         *,
         locked: bool = False,
+        alongside: Callable[[], object] | None = None,
+        private_incoming: bool = False,
     ) -> KeySet:
-        """Lock the target, apply ``change`` to its stored set, write the result back."""
+        """Lock the target, apply ``change`` to its stored set, write the result back.
+
+        ``private_incoming``: ``change`` brings private keys, so the check for
+        sealed keys (:meth:`_refuse_plaintext_beside_sealed`) goes out with the
+        read of the stored set rather than in a round trip of its own.
+        """
         target_type, target = check_target(target_type, target)
-        if not locked:
-            _lock(self.conn, target_type, target)
-        stored = self.load(target_type, target)
+        with together(self.conn):
+            if alongside is not None:
+                alongside()
+            if not locked:
+                _lock(self.conn, target_type, target)
+            loaded = execute(self.conn, LOAD_KEYS, {"target_type": target_type, "target": target})
+            sealed = self._ask_for_sealed() if private_incoming else None
+        stored = keys_from_rows(target_type, target, loaded.fetchall(), self.keyring)
         changed = change(stored)
         if not stored and not changed:
             return KeySet([])  # nothing stored, nothing to store: no statement to send
-        return self._write(target_type, target, changed)
+        return self._write(target_type, target, changed, sealed)
 
-    def _write(self, target_type: str, target: str, keys: Sequence[Key]) -> KeySet:
+    def _write(
+        self,
+        target_type: str,
+        target: str,
+        keys: Sequence[Key],
+        sealed: Cursor[Any] | None = None,
+    ) -> KeySet:
+        """Replace the stored set by ``keys``; ``sealed``: the check for sealed keys,
+        if it was sent already."""
         result = KeySet(lifecycle.ordered(keys))
         rows = key_rows(target_type, target, result, self.keyring)
-        self._refuse_plaintext_beside_sealed(target_type, target, rows)
-        execute(self.conn, _DELETE_SET, {"target_type": target_type, "target": target})
-        if rows:
-            execute_many(self.conn, _INSERT_KEY, rows)
+        if any(row["type"] in KEY_TYPES and is_private_pem(row["value"]) for row in rows):
+            self._refuse_plaintext_beside_sealed(
+                target_type, target, sealed if sealed is not None else self._ask_for_sealed()
+            )
+        with together(self.conn):
+            execute(self.conn, _DELETE_SET, {"target_type": target_type, "target": target})
+            if rows:
+                execute_many(self.conn, _INSERT_KEY, rows)
         return result
 
+    def _ask_for_sealed(self) -> Cursor[Any] | None:
+        """The query for a sealed key, unless this repository may store plain private
+        keys (it seals them itself, or was told to store them unsealed)."""
+        if self.keyring or self.allow_plaintext:
+            return None
+        return execute(self.conn, _ANY_SEALED)
+
     def _refuse_plaintext_beside_sealed(
-        self, target_type: str, target: str, rows: Sequence[Mapping[str, Any]]
+        self, target_type: str, target: str, sealed_query: Cursor[Any] | None
     ) -> None:
         """A plain private key is not written where others are sealed, unless allowed.
 
@@ -179,11 +221,7 @@ class KeyRepository:
         plugin file lost ``key_encryption``) would otherwise store a readable
         private key beside them without a word.
         """
-        if self.keyring or self.allow_plaintext:
-            return
-        if not any(row["type"] in KEY_TYPES and is_private_pem(row["value"]) for row in rows):
-            return
-        sealed = execute(self.conn, _ANY_SEALED).fetchone()
+        sealed = sealed_query.fetchone() if sealed_query is not None else None
         if sealed is not None:
             raise ConfigurationError(
                 f"keys {target_type}/{target}: the database holds private keys sealed by "

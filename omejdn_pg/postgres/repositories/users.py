@@ -41,6 +41,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     delete,
+    exists,
     select,
     text,
     update,
@@ -53,7 +54,7 @@ from omejdn_pg.entities import User
 from omejdn_pg.errors import AlreadyExists, InvalidValue, NotFound, PasswordRejected
 from omejdn_pg.json_values import MAX_INT_BITS, check_json, check_text, storable_text
 from omejdn_pg.passwords import PasswordPolicy, cost_refusal, default_policy
-from omejdn_pg.postgres.database.direct import execute
+from omejdn_pg.postgres.database.direct import execute, together
 from omejdn_pg.postgres.repositories.attributes import OwnedAttributes, checked_attributes
 from omejdn_pg.postgres.repositories.common import (
     EXTERN_TRUE,
@@ -69,6 +70,13 @@ from omejdn_pg.settings.backend import BACKEND_NAME
 
 _users: Final = cast(Table, UserRecord.__table__)
 _ATTRIBUTES: Final = OwnedAttributes(USER_OWNER, identifier_bind="name")
+_ATTRIBUTES_OF_A_USER: Final = OwnedAttributes(
+    USER_OWNER,
+    identifier_bind="name",
+    only_if=exists().where(_users.c.username == bindparam("name", type_=Text)),
+)
+"""For an update, which sends them with the user's UPDATE, before its answer: the
+rows of a name with no user stay as they are, whatever the caller does next."""
 
 
 def _select_users() -> Select[Any]:
@@ -218,9 +226,11 @@ class UserRepository:
     def update(self, user: User) -> None:
         """Replace password, extern, consent and attributes; NotFound if there is no such user."""
         values = self._checked(user)
-        if execute(self.conn, _UPDATE_USER, values).fetchone() is None:
+        with together(self.conn):
+            updated = execute(self.conn, _UPDATE_USER, values)
+            _ATTRIBUTES_OF_A_USER.replace(self.conn, values["name"], values["attribute_doc"])
+        if updated.fetchone() is None:
             raise NotFound(f"user {user.username!r} does not exist")
-        _ATTRIBUTES.replace(self.conn, values["name"], values["attribute_doc"])
 
     def delete(self, username: str) -> bool:
         """Delete the user and its attributes; False if there was no such user.
