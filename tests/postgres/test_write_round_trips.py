@@ -22,6 +22,7 @@ from omejdn_pg.entities import Client, User
 from omejdn_pg.errors import ConfigurationError, NotFound, StorageError
 from omejdn_pg.keys.key_set import KeySet
 from omejdn_pg.keys.model import generate_key
+from omejdn_pg.postgres.database import direct
 from omejdn_pg.postgres.database.direct import execute, together
 from omejdn_pg.postgres.database.unit_of_work import Database
 from omejdn_pg.postgres.repositories.clients import ClientRepository
@@ -62,6 +63,20 @@ def test_updating_a_missing_user_leaves_no_attribute_rows(
         db.write(lambda c: UserRepository(c).update(ghost))
     assert attribute_rows(plain_sql, "user", "ghost") == {}
     assert plain_sql.value("SELECT count(*) FROM users") == 0
+
+
+def test_without_pipeline_mode_the_statements_go_one_by_one(
+    db: Database, plain_sql: PlainSQL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As with a libpq older than 14, which has no pipeline mode.
+    monkeypatch.setattr(direct, "PIPELINES", False)
+    db.write(lambda c: UserRepository(c).create(User(username="alice", attributes={"a": 1})))
+    updated = User(username="alice", attributes={"b": 2})
+    _, wire = traced_write(db, lambda c: UserRepository(c).update(updated))
+    assert wire.round_trips == 5, wire.lines
+    assert attribute_rows(plain_sql, "user", "alice") == {"b": 2}
+    with pytest.raises(NotFound, match="user 'ghost' does not exist"):
+        db.write(lambda c: UserRepository(c).update(User(username="ghost")))
 
 
 def test_in_a_batch_a_missing_users_update_leaves_its_names_rows_alone(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from sqlalchemy import Connection, exc
@@ -58,6 +58,11 @@ def execute_many(
     _run(conn, prepared, [prepared.values(row) for row in rows], many=True)
 
 
+PIPELINES: Final = psycopg.Pipeline.is_supported()
+"""Whether the driver's libpq has pipeline mode (14 and newer); without it
+:func:`together` sends the statements one by one, as they come."""
+
+
 @contextmanager
 def together(conn: Connection) -> Iterator[None]:
     """The statements run inside go out without waiting for each other's answers.
@@ -71,6 +76,9 @@ def together(conn: Connection) -> Iterator[None]:
     this module's statements belong inside: SQLAlchemy's ``Connection.execute``
     looks at a result's columns before any answer has arrived.
     """
+    if not PIPELINES:
+        yield
+        return
     if not conn.in_transaction():
         conn.begin()
     driver = _driver(conn)
