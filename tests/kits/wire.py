@@ -61,7 +61,7 @@ def traced_read(db: Database, operation: Callable[[Connection], T]) -> tuple[T, 
 
 def traced_write(db: Database, operation: Callable[[Connection], T]) -> tuple[T, Wire]:
     """Run ``operation`` through ``db.write`` with the connection's protocol traced, from
-    the transaction's ``BEGIN`` (sent with its first statement) to its ``COMMIT``."""
+    the transaction's ``BEGIN`` (sent before its first statement) to its ``COMMIT``."""
     return _traced(db.write, operation)
 
 

@@ -176,7 +176,11 @@ class KeyRepository:
             if not locked:
                 _lock(self.conn, target_type, target)
             loaded = execute(self.conn, LOAD_KEYS, {"target_type": target_type, "target": target})
-            sealed = self._ask_for_sealed() if private_incoming else None
+            sealed = (
+                execute(self.conn, _ANY_SEALED)
+                if private_incoming and self._guards_plaintext
+                else None
+            )
         stored = keys_from_rows(target_type, target, loaded.fetchall(), self.keyring)
         changed = change(stored)
         if not stored and not changed:
@@ -194,9 +198,13 @@ class KeyRepository:
         if it was sent already."""
         result = KeySet(lifecycle.ordered(keys))
         rows = key_rows(target_type, target, result, self.keyring)
-        if any(row["type"] in KEY_TYPES and is_private_pem(row["value"]) for row in rows):
+        if self._guards_plaintext and any(
+            row["type"] in KEY_TYPES and is_private_pem(row["value"]) for row in rows
+        ):
             self._refuse_plaintext_beside_sealed(
-                target_type, target, sealed if sealed is not None else self._ask_for_sealed()
+                target_type,
+                target,
+                sealed if sealed is not None else execute(self.conn, _ANY_SEALED),
             )
         with together(self.conn):
             execute(self.conn, _DELETE_SET, {"target_type": target_type, "target": target})
@@ -204,15 +212,14 @@ class KeyRepository:
                 execute_many(self.conn, _INSERT_KEY, rows)
         return result
 
-    def _ask_for_sealed(self) -> Cursor[Any] | None:
-        """The query for a sealed key, unless this repository may store plain private
-        keys (it seals them itself, or was told to store them unsealed)."""
-        if self.keyring or self.allow_plaintext:
-            return None
-        return execute(self.conn, _ANY_SEALED)
+    @property
+    def _guards_plaintext(self) -> bool:
+        """Whether a plain private key is checked before it is stored: not where this
+        repository seals keys itself or was told to store them unsealed."""
+        return not (self.keyring or self.allow_plaintext)
 
     def _refuse_plaintext_beside_sealed(
-        self, target_type: str, target: str, sealed_query: Cursor[Any] | None
+        self, target_type: str, target: str, sealed_query: Cursor[Any]
     ) -> None:
         """A plain private key is not written where others are sealed, unless allowed.
 
@@ -221,7 +228,7 @@ class KeyRepository:
         plugin file lost ``key_encryption``) would otherwise store a readable
         private key beside them without a word.
         """
-        sealed = sealed_query.fetchone() if sealed_query is not None else None
+        sealed = sealed_query.fetchone()
         if sealed is not None:
             raise ConfigurationError(
                 f"keys {target_type}/{target}: the database holds private keys sealed by "
